@@ -1,0 +1,52 @@
+"""The exceptions raised by paramsurgery.
+
+Every error is a :class:`ParamSurgeryError`. Each subclass also subclasses the built-in
+exception a user would naturally catch (``KeyError`` for a key that selects nothing,
+``ValueError`` for a bad value, ``TypeError`` for a wrong type, ``RuntimeError`` for a
+parameter or trainer in a state that does not allow the operation), so existing
+``except ValueError:`` code keeps working.
+"""
+
+__all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
+           'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError']
+
+
+class ParamSurgeryError(Exception):
+    """Root of every error raised by paramsurgery."""
+
+
+class SurgeryError(ParamSurgeryError):
+    """An operation on parameters was refused; nothing was changed."""
+
+
+class SelectionError(SurgeryError, KeyError):
+    """A ``key`` selected no parameter (or a parameter that is not part of ``net``).
+
+    The message quotes the key, lists up to five close parameter names and the total
+    number of parameters.
+    """
+
+    def __str__(self):
+        # KeyError.__str__ would print the repr of the message (quotes, escaped newlines).
+        return str(self.args[0]) if self.args else ''
+
+
+class SurgeryValueError(SurgeryError, ValueError):
+    """A value has the wrong shape, is not finite, or is otherwise unusable."""
+
+
+class SurgeryTypeError(SurgeryError, TypeError):
+    """An argument has a type paramsurgery does not accept."""
+
+
+class ParameterStateError(SurgeryError, RuntimeError):
+    """A parameter is not in a state that allows the operation.
+
+    Examples: its initialisation is deferred until the first forward, it was never
+    initialised, it does not live on the context asked for, or its internal arrays were
+    damaged (see :func:`paramsurgery.check_params`).
+    """
+
+
+class TrainerStateError(SurgeryError, RuntimeError):
+    """A Trainer's kvstore makes the operation impossible to do correctly."""
