@@ -9,7 +9,7 @@ from mxnet import gluon, ndarray as nd
 from . import _internals
 from .access import ensure_usable
 from .errors import SurgeryTypeError, SurgeryValueError, TrainerStateError
-from .select import select
+from .select import all_params, select
 
 __all__ = ['assign_params', 'set_params']
 
@@ -45,9 +45,11 @@ class _Value:
                 self._per_ctx[ctx] = self.array.copyto(ctx)
 
     def on(self, ctx):
-        arr = self._per_ctx.get(ctx)
+        arr = self._per_ctx.pop(ctx, None)
         if arr is None:
-            arr = self._per_ctx[ctx] = nd.array(self.array, ctx=ctx, dtype=self.array.dtype)
+            # Not kept: freeing each copy right after its write lets MXNet's memory pool
+            # reuse the buffer for the next parameter.
+            arr = nd.array(self.array, ctx=ctx, dtype=self.array.dtype)
         return arr
 
 
@@ -191,8 +193,9 @@ def _plan(net, key, value, what, allow_nonfinite):
                 % (what, what, what))
         pairs = [(key, value)]
     plan, seen = [], {}
+    params = all_params(net)
     for one_key, one_value in pairs:
-        for name, param in select(net, one_key).items():
+        for name, param in select(params, one_key).items():
             if name in seen:
                 raise SurgeryValueError(
                     "Parameter '%s' is selected by both %r and %r; give each parameter one %s."
