@@ -1,0 +1,113 @@
+"""Start a real MXNet parameter-server cluster on loopback for a test.
+
+The scheduler, the servers and the workers are separate processes, as with
+``mxnet/tools/launch.py``: each is a Python interpreter with ``DMLC_ROLE`` and the other
+``DMLC_*`` variables set. Scheduler and servers run their loop at ``import mxnet``; each
+worker runs the given source, which creates ``mx.kv.create('dist_sync')`` and prints one line
+``RESULT <json>``. Every process is killed and reaped when the run ends, also on failure.
+
+MXNet 1.9.1 workers that used a Gluon Trainer on a dist kvstore hang at interpreter exit
+(the kvstore is torn down after the engine). The harness therefore appends an epilogue to
+the worker source: a barrier on the worker's ``kv`` (so no worker leaves while another still
+talks to the servers), then ``os._exit(0)``; the scheduler and servers are killed afterwards.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+EPILOGUE = """
+import os as _os, sys as _sys
+if 'kv' in globals():
+    kv._barrier()
+_sys.stdout.flush()
+_sys.stderr.flush()
+_os._exit(0)
+"""
+
+
+class ClusterError(RuntimeError):
+    """A worker failed, printed no result, or the cluster did not finish in time."""
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _start(role, args, env, log):
+    env = dict(env, DMLC_ROLE=role)
+    return subprocess.Popen([sys.executable] + args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _kill(proc):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def run_cluster(worker_source, workers=2, servers=1, timeout=120, extra_env=None):
+    """Run ``worker_source`` on ``workers`` workers; returns their results, by rank order of
+    start (each result is the JSON object the worker printed after ``RESULT``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('DMLC_')}
+    env.update({
+        'DMLC_PS_ROOT_URI': '127.0.0.1', 'DMLC_PS_ROOT_PORT': str(free_port()),
+        'DMLC_NUM_SERVER': str(servers), 'DMLC_NUM_WORKER': str(workers),
+        'DMLC_NODE_HOST': '127.0.0.1', 'DMLC_INTERFACE': 'lo',
+        'PYTHONPATH': os.pathsep.join([REPO, env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
+        'OMP_NUM_THREADS': '1',
+    })
+    env.update(extra_env or {})
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, 'worker.py')
+        with open(script, 'w') as f:
+            f.write(worker_source + EPILOGUE)
+        procs, logs = [], []
+
+        def start(role, args):
+            log = open(os.path.join(tmp, '%s%d.log' % (role, len(procs))), 'w+')
+            logs.append(log)
+            procs.append(_start(role, args, env, log))
+            return procs[-1], log
+
+        try:
+            start('scheduler', ['-c', 'import mxnet'])
+            for _ in range(servers):
+                start('server', ['-c', 'import mxnet'])
+            worker_procs = [start('worker', [script]) for _ in range(workers)]
+            results = []
+            for proc, log in worker_procs:
+                try:
+                    code = proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    raise ClusterError('a worker did not finish within %ds:\n%s'
+                                       % (timeout, _tail(log))) from None
+                out = _tail(log, lines=None)
+                lines = [l for l in out.splitlines() if l.startswith('RESULT ')]
+                if code != 0 or not lines:
+                    raise ClusterError('a worker exited with %s:\n%s' % (code, _tail(log)))
+                results.append(json.loads(lines[-1][len('RESULT '):]))
+            return results
+        finally:
+            for proc in procs:
+                _kill(proc)
+            for log in logs:
+                log.close()
+
+
+def _tail(log, lines=40):
+    log.flush()
+    log.seek(0)
+    text = log.read()
+    return text if lines is None else '\n'.join(text.splitlines()[-lines:])
