@@ -6,9 +6,11 @@ undoing the change.
 """
 from .errors import (ParamSurgeryError, SurgeryError, SelectionError, SurgeryValueError,
                      SurgeryTypeError, ParameterStateError, TrainerStateError)
+from .errors import SamplerValueError, SamplerTypeError
 from .select import select
 from .access import replicas, data_on, check_params, Problem
 from .surgery import assign_params, set_params
+from .samplers import SubsetRandomSampler, complementary_split, kfold
 
 __version__ = '0.1.0'
 
@@ -20,4 +22,7 @@ __all__ = [
     'select', 'replicas', 'data_on', 'check_params', 'Problem',
     # value surgery
     'assign_params', 'set_params',
+    # samplers
+    'SamplerValueError', 'SamplerTypeError',
+    'SubsetRandomSampler', 'complementary_split', 'kfold',
 ]

@@ -8,7 +8,8 @@ parameter or trainer in a state that does not allow the operation), so existing
 """
 
 __all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
-           'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError']
+           'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
+           'SamplerValueError', 'SamplerTypeError']
 
 
 class ParamSurgeryError(Exception):
@@ -50,3 +51,22 @@ class ParameterStateError(SurgeryError, RuntimeError):
 
 class TrainerStateError(SurgeryError, RuntimeError):
     """A Trainer's kvstore makes the operation impossible to do correctly."""
+
+
+class SamplerValueError(ParamSurgeryError, ValueError):
+    """A sampler size, length, fold count or seed has an unusable value.
+
+    Examples: a negative size, a size larger than the indices available, ``k`` outside
+    ``[2, length]``, or a number that is not a whole number (``2.5``). The message gives the
+    numbers involved.
+    """
+
+
+class SamplerTypeError(ParamSurgeryError, TypeError, ValueError):
+    """A sampler argument has the wrong type (a ``bool``, ``str`` or ``None`` as a size, an
+    ``exclude`` that is not a :class:`paramsurgery.SubsetRandomSampler`).
+
+    It is also a ``ValueError`` because the API contract promises ``ValueError`` for every
+    bad size, while Python's own convention for a wrong type is ``TypeError``: catching
+    either works.
+    """
