@@ -5,10 +5,13 @@ custom training loops, without stale-gradient errors and without the Trainer sil
 undoing the change.
 """
 from .errors import (ParamSurgeryError, SurgeryError, SelectionError, SurgeryValueError,
-                     SurgeryTypeError, ParameterStateError, TrainerStateError)
+                     SurgeryTypeError, ParameterStateError, TrainerStateError,
+                     MissingDependencyError)
 from .select import select
 from .access import replicas, data_on, check_params, Problem
 from .surgery import assign_params, set_params
+from .pruning import (prune_count, magnitude_masks, random_masks, structured_masks,
+                      custom_masks, ConstantSparsity, PolynomialDecay)
 
 __version__ = '0.1.0'
 
@@ -20,4 +23,8 @@ __all__ = [
     'select', 'replicas', 'data_on', 'check_params', 'Problem',
     # value surgery
     'assign_params', 'set_params',
+    'MissingDependencyError',
+    # pruning: masks computed from arrays, and schedules
+    'prune_count', 'magnitude_masks', 'random_masks', 'structured_masks', 'custom_masks',
+    'ConstantSparsity', 'PolynomialDecay',
 ]

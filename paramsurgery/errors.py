@@ -8,7 +8,8 @@ parameter or trainer in a state that does not allow the operation), so existing
 """
 
 __all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
-           'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError']
+           'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
+           'MissingDependencyError']
 
 
 class ParamSurgeryError(Exception):
@@ -50,3 +51,8 @@ class ParameterStateError(SurgeryError, RuntimeError):
 
 class TrainerStateError(SurgeryError, RuntimeError):
     """A Trainer's kvstore makes the operation impossible to do correctly."""
+
+
+class MissingDependencyError(ParamSurgeryError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install
+    (e.g. ``pip install 'paramsurgery[plot]'``)."""
