@@ -5,12 +5,14 @@ custom training loops, without stale-gradient errors and without the Trainer sil
 undoing the change.
 """
 from .errors import (ParamSurgeryError, SurgeryError, SelectionError, SurgeryValueError,
-                     SurgeryTypeError, ParameterStateError, TrainerStateError)
-from .errors import SamplerValueError, SamplerTypeError
+                     SurgeryTypeError, ParameterStateError, TrainerStateError,
+                     SamplerValueError, SamplerTypeError, MissingDependencyError)
 from .select import select
 from .access import replicas, data_on, check_params, Problem
 from .surgery import assign_params, set_params
 from .samplers import SubsetRandomSampler, complementary_split, kfold
+from .pruning import (prune_count, magnitude_masks, random_masks, structured_masks,
+                      custom_masks, ConstantSparsity, PolynomialDecay)
 
 __version__ = '0.1.0'
 
@@ -25,4 +27,8 @@ __all__ = [
     # samplers
     'SamplerValueError', 'SamplerTypeError',
     'SubsetRandomSampler', 'complementary_split', 'kfold',
+    'MissingDependencyError',
+    # pruning: masks computed from arrays, and schedules
+    'prune_count', 'magnitude_masks', 'random_masks', 'structured_masks', 'custom_masks',
+    'ConstantSparsity', 'PolynomialDecay',
 ]

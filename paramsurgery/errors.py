@@ -9,7 +9,7 @@ parameter or trainer in a state that does not allow the operation), so existing
 
 __all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
            'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
-           'SamplerValueError', 'SamplerTypeError']
+           'SamplerValueError', 'SamplerTypeError', 'MissingDependencyError']
 
 
 class ParamSurgeryError(Exception):
@@ -70,3 +70,8 @@ class SamplerTypeError(ParamSurgeryError, TypeError, ValueError):
     bad size, while Python's own convention for a wrong type is ``TypeError``: catching
     either works.
     """
+
+
+class MissingDependencyError(ParamSurgeryError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install
+    (e.g. ``pip install 'paramsurgery[plot]'``)."""
