@@ -13,6 +13,7 @@ from .surgery import assign_params, set_params
 from .samplers import SubsetRandomSampler, complementary_split, kfold
 from .pruning import (prune_count, magnitude_masks, random_masks, structured_masks,
                       custom_masks, ConstantSparsity, PolynomialDecay)
+from .report import SparsityReport, arrays_report
 
 __version__ = '0.1.0'
 
@@ -31,4 +32,6 @@ __all__ = [
     # pruning: masks computed from arrays, and schedules
     'prune_count', 'magnitude_masks', 'random_masks', 'structured_masks', 'custom_masks',
     'ConstantSparsity', 'PolynomialDecay',
+    # reports
+    'SparsityReport', 'arrays_report',
 ]

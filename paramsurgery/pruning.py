@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import MissingDependencyError, SurgeryTypeError, SurgeryValueError
+from .errors import SurgeryTypeError, SurgeryValueError
 
 __all__ = ['prune_count', 'magnitude_masks', 'random_masks', 'structured_masks',
            'custom_masks', 'ConstantSparsity', 'PolynomialDecay']
@@ -1023,87 +1023,3 @@ class Pruner:
                                            getattr(self, field)))
         self.last_step = state.get('last_step')
         self.pruned_steps = list(state.get('pruned_steps', []))
-
-
-class SparsityReport:
-    """The table returned by :func:`sparsity_report`: ``str()``, ``.rows``, ``.plot(path)``."""
-
-    _columns = ('name', 'shape', 'contexts', 'size', 'zeros', 'sparsity', 'masked',
-                'grad_req', 'replicas_equal')
-
-    def __init__(self, rows):
-        self.rows = rows
-
-    def _cells(self, row):
-        return [row['name'], 'x'.join(str(d) for d in row['shape']) or '()',
-                ','.join(str(c) for c in row['contexts']), str(row['size']), str(row['zeros']),
-                '%.2f%%' % (100 * row['sparsity']), 'yes' if row['masked'] else 'no',
-                row['grad_req'], 'yes' if row['replicas_equal'] else 'NO']
-
-    def __str__(self):
-        size = sum(r['size'] for r in self.rows)
-        zeros = sum(r['zeros'] for r in self.rows)
-        lines = [list(self._columns)] + [self._cells(r) for r in self.rows]
-        lines.append(['total', '', '', str(size), str(zeros),
-                      '%.2f%%' % (100.0 * zeros / size if size else 0.0),
-                      str(sum(r['masked'] for r in self.rows)), '', ''])
-        widths = [max(len(line[i]) for line in lines) for i in range(len(self._columns))]
-        text = ['  '.join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                          for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
-                for line in lines]
-        text.insert(1, '-' * len(text[0]))
-        text.insert(len(text) - 1, '-' * len(text[0]))
-        return '\n'.join(text)
-
-    __repr__ = __str__
-
-    def plot(self, path: str) -> None:
-        """Write a PNG bar chart of the sparsity of each parameter to ``path``."""
-        try:
-            import matplotlib
-            matplotlib.use('Agg')
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise MissingDependencyError(
-                "SparsityReport.plot needs matplotlib: pip install 'paramsurgery[plot]'.") \
-                from None
-        fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(self.rows)), 4))
-        ax.bar(range(len(self.rows)), [100 * r['sparsity'] for r in self.rows])
-        ax.set_xticks(range(len(self.rows)))
-        ax.set_xticklabels([r['name'] for r in self.rows], rotation=90, fontsize=7)
-        ax.set_ylabel('sparsity (%)')
-        ax.set_ylim(0, 100)
-        fig.tight_layout()
-        fig.savefig(path, format='png')
-        plt.close(fig)
-
-
-def sparsity_report(net, key=None) -> SparsityReport:
-    """Sparsity of the effective weights ``weight * mask`` of the selected parameters
-    (all of them when ``key`` is None), mask companions excluded."""
-    from .access import replicas
-    from .masks import get_mask, masked
-    from .select import all_params, select
-    params = all_params(net) if key is None else select(net, key)
-    have = set(masked(net))
-    rows = []
-    for name, param in params.items():
-        if name.endswith('_mask') and name[:-len('_mask')] in have:
-            continue
-        copies = [data.asnumpy() for _, data, _ in replicas(param)]
-        equal = all(np.array_equal(copies[0], c) for c in copies[1:])
-        effective = copies[0]
-        if name in have:
-            mask = get_mask(net, name)[name].asnumpy()
-            effective = effective * mask
-            mask_param = params.get(name + '_mask') or all_params(net).get(name + '_mask')
-            if mask_param is not None:
-                mcopies = [data.asnumpy() for _, data, _ in replicas(mask_param)]
-                equal = equal and all(np.array_equal(mcopies[0], c) for c in mcopies[1:])
-        zeros = int(effective.size - np.count_nonzero(effective))
-        rows.append({'name': name, 'shape': tuple(param.shape),
-                     'contexts': list(param.list_ctx()), 'size': int(effective.size),
-                     'zeros': zeros, 'sparsity': zeros / effective.size if effective.size
-                     else 0.0, 'masked': name in have, 'grad_req': param.grad_req,
-                     'replicas_equal': bool(equal)})
-    return SparsityReport(rows)

@@ -1,0 +1,130 @@
+"""Sparsity reports: of a net's effective weights, or of the arrays of a saved file."""
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .errors import MissingDependencyError
+
+__all__ = ['SparsityReport', 'sparsity_report', 'arrays_report']
+
+MASK_SUFFIX = '_mask'
+
+_NET_COLUMNS = ('name', 'shape', 'contexts', 'size', 'zeros', 'sparsity', 'masked', 'grad_req',
+                'replicas_equal')
+_FILE_COLUMNS = ('name', 'shape', 'dtype', 'size', 'zeros', 'sparsity', 'masked')
+
+
+def _cell(column, value):
+    if column == 'shape':
+        return 'x'.join(str(d) for d in value) or '()'
+    if column == 'contexts':
+        return ','.join(str(c) for c in value)
+    if column == 'sparsity':
+        return '%.2f%%' % (100 * value)
+    if column == 'masked':
+        return 'yes' if value else 'no'
+    if column == 'replicas_equal':
+        return 'yes' if value else 'NO'
+    return str(value)
+
+
+class SparsityReport:
+    """A table of sparsity per parameter: ``str()`` is the aligned table with a total line,
+    ``.rows`` the list of dicts behind it, ``.plot(path)`` a PNG bar chart.
+
+    Sparsity and zeros are those of the effective weight ``weight * mask``.
+    """
+
+    def __init__(self, rows: List[Dict[str, Any]], columns: Sequence[str] = _NET_COLUMNS):
+        self.rows = rows
+        self.columns = tuple(columns)
+
+    @property
+    def total(self) -> Dict[str, Any]:
+        """Totals over the rows: size, zeros, sparsity, and how many are masked."""
+        size = sum(r['size'] for r in self.rows)
+        zeros = sum(r['zeros'] for r in self.rows)
+        return {'size': size, 'zeros': zeros, 'sparsity': zeros / size if size else 0.0,
+                'masked': sum(bool(r['masked']) for r in self.rows)}
+
+    def __str__(self):
+        total = self.total
+        lines = [list(self.columns)]
+        lines += [[_cell(c, r[c]) for c in self.columns] for r in self.rows]
+        lines.append(['total (%d)' % len(self.rows) if c == 'name' else
+                      str(total['masked']) if c == 'masked' else
+                      _cell(c, total[c]) if c in total else '' for c in self.columns])
+        widths = [max(len(line[i]) for line in lines) for i in range(len(self.columns))]
+        text = ['  '.join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                          for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
+                for line in lines]
+        rule = '-' * max(len(t) for t in text)
+        return '\n'.join([text[0], rule] + text[1:-1] + [rule, text[-1]])
+
+    __repr__ = __str__
+
+    def plot(self, path: str) -> None:
+        """Write a PNG bar chart of the sparsity of each parameter to ``path``.
+
+        Needs matplotlib (``pip install 'paramsurgery[plot]'``); without it raises
+        :class:`MissingDependencyError`.
+        """
+        try:
+            import matplotlib
+            matplotlib.use('Agg')
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise MissingDependencyError(
+                "SparsityReport.plot needs matplotlib: pip install 'paramsurgery[plot]'.") \
+                from None
+        fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(self.rows)), 4.5))
+        ax.bar(range(len(self.rows)), [100 * r['sparsity'] for r in self.rows])
+        ax.set_xticks(range(len(self.rows)))
+        ax.set_xticklabels([r['name'] for r in self.rows], rotation=90, fontsize=6)
+        ax.set_ylabel('sparsity of weight * mask (%)')
+        ax.set_ylim(0, 100)
+        ax.set_title('sparsity per parameter (total %.1f%%)' % (100 * self.total['sparsity']))
+        fig.tight_layout()
+        fig.savefig(path, format='png', dpi=100)
+        plt.close(fig)
+
+
+def _zeros(effective: np.ndarray) -> int:
+    return int(effective.size - np.count_nonzero(effective))
+
+
+def arrays_report(arrays: Mapping[str, np.ndarray], names: Optional[Sequence[str]] = None
+                  ) -> SparsityReport:
+    """The sparsity table of plain arrays, e.g. a file loaded with ``mx.nd.load``.
+
+    An array ``<name>_mask`` beside ``<name>`` is recognised as its mask: it is not listed on
+    its own, and the row of ``<name>`` counts the zeros of ``array * mask``.
+
+    Parameters
+    ----------
+    arrays : dict of str -> numpy.ndarray
+        The arrays by name.
+    names : list of str, default None
+        The rows to show, in order (default: every array that is not a mask).
+
+    Examples
+    --------
+    >>> import numpy as np, paramsurgery as ps
+    >>> report = ps.arrays_report({'w': np.array([[1., 0.], [2., 3.]]),
+    ...                            'w_mask': np.array([[1., 1.], [0., 1.]]), 'b': np.ones(2)})
+    >>> [(r['name'], r['zeros'], r['masked']) for r in report.rows]
+    [('w', 2, True), ('b', 0, False)]
+    """
+    if names is None:
+        names = [n for n in arrays if not (n.endswith(MASK_SUFFIX)
+                                           and n[:-len(MASK_SUFFIX)] in arrays)]
+    rows = []
+    for name in names:
+        value = np.asarray(arrays[name])
+        mask = arrays.get(name + MASK_SUFFIX)
+        effective = value * np.asarray(mask) if mask is not None else value
+        rows.append({'name': name, 'shape': tuple(value.shape), 'dtype': value.dtype.name,
+                     'size': int(value.size), 'zeros': _zeros(effective),
+                     'sparsity': _zeros(effective) / value.size if value.size else 0.0,
+                     'masked': mask is not None})
+    return SparsityReport(rows, _FILE_COLUMNS)

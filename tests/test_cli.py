@@ -1,0 +1,171 @@
+"""The command line on saved model_zoo files: inspect, prune, and bad input."""
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon.model_zoo import vision
+
+from paramsurgery.cli import main
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+    """resnet18_v1 saved with save_parameters (structural names), plus a copy with a mask."""
+    folder = tmp_path_factory.mktemp('cli')
+    mx.random.seed(0)
+    net = vision.resnet18_v1(pretrained=False, classes=10)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    path = str(folder / 'r18.params')
+    net.save_parameters(path)
+    arrays = mx.nd.load(path)
+    mask = (mx.nd.arange(arrays['output.weight'].size) % 2).reshape(arrays['output.weight'].shape)
+    masked = dict(arrays, **{'output.weight_mask': mask})
+    masked_path = str(folder / 'masked.params')
+    mx.nd.save(masked_path, masked)
+    return path, masked_path, arrays
+
+
+def run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_inspect_lists_every_array(saved, capsys):
+    path, _, arrays = saved
+    code, out, err = run(['inspect', path], capsys)
+    assert code == 0 and err == ''
+    rows = out.splitlines()[2:-2]
+    assert [r.split()[0] for r in rows] == list(arrays)
+    assert out.splitlines()[-1].split()[:2] == ['total', '(%d)' % len(arrays)]
+    code, out, _ = run(['inspect', path, '--key', r'.*\.running_var'], capsys)
+    assert code == 0 and len(out.splitlines()) == 4 + 20  # 20 BatchNorm layers
+
+
+def test_inspect_recognises_masks(saved, capsys):
+    _, masked_path, arrays = saved
+    code, out, _ = run(['inspect', masked_path, '--key', 'output'], capsys)
+    assert code == 0
+    (row,) = [l for l in out.splitlines() if l.startswith('output.weight')]
+    size = arrays['output.weight'].size
+    assert row.split()[-4:] == [str(size), str(size // 2), '50.00%', 'yes']
+    assert 'output.weight_mask' not in out
+
+
+@pytest.mark.parametrize('scope', ['global', 'layer'])
+def test_prune_exact_count_and_rest_untouched(saved, tmp_path, capsys, scope):
+    path, _, arrays = saved
+    out_path = str(tmp_path / 'pruned.params')
+    code, out, err = run(['prune', path, '-o', out_path, '--amount', '0.9', '--scope', scope],
+                         capsys)
+    assert code == 0, err
+    pruned = mx.nd.load(out_path)
+    assert list(pruned) == list(arrays)
+    chosen = [n for n, a in arrays.items() if n.endswith('weight') and a.ndim >= 2]
+    assert len(chosen) == 21  # 20 convolutions and the output Dense
+    new_zeros = {n: int((pruned[n].asnumpy() == 0).sum() - (arrays[n].asnumpy() == 0).sum())
+                 for n in chosen}
+    if scope == 'global':
+        total = sum(arrays[n].size for n in chosen)
+        assert sum(new_zeros.values()) == int(np.floor(0.9 * total + 0.5))
+    else:
+        for n in chosen:
+            assert new_zeros[n] == int(np.floor(0.9 * arrays[n].size + 0.5)), n
+    for name, arr in arrays.items():
+        before, after = arr.asnumpy(), pruned[name].asnumpy()
+        if name in chosen:  # pruned entries are zero, the others are bit-identical
+            kept = after != 0
+            np.testing.assert_array_equal(after[kept], before[kept])
+        else:
+            assert before.tobytes() == after.tobytes() and arr.dtype == pruned[name].dtype
+    assert 'input unchanged' in out
+    assert mx.nd.load(path)['features.0.weight'].asnumpy().tobytes() == \
+        arrays['features.0.weight'].asnumpy().tobytes()
+
+
+def test_prune_respects_masks_in_the_file(saved, tmp_path, capsys):
+    _, masked_path, arrays = saved
+    out_path = str(tmp_path / 'p.params')
+    assert run(['prune', masked_path, '-o', out_path, '--amount', '10', '--key', 'output'],
+               capsys)[0] == 0
+    pruned = mx.nd.load(out_path)
+    mask = pruned['output.weight_mask'].asnumpy()
+    newly = (pruned['output.weight'].asnumpy() == 0) & (arrays['output.weight'].asnumpy() != 0)
+    assert newly.sum() == 10 and (mask[newly] == 1).all()  # only still-unmasked entries
+
+
+def test_prune_structured_and_random(saved, tmp_path, capsys):
+    path, _, arrays = saved
+    out_path = str(tmp_path / 's.params')
+    assert run(['prune', path, '-o', out_path, '--amount', '0.25', '--key', 'output',
+                '--method', 'structured'], capsys)[0] == 0
+    w = mx.nd.load(out_path)['output.weight'].asnumpy()
+    assert (np.abs(w).sum(axis=1) == 0).sum() == 3  # 25% of 10 output rows, rounded
+    outs = []
+    for i in range(2):
+        p = str(tmp_path / ('r%d.params' % i))
+        assert run(['prune', path, '-o', p, '--amount', '0.5', '--method', 'random',
+                    '--seed', '7'], capsys)[0] == 0
+        outs.append(mx.nd.load(p)['features.0.weight'].asnumpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_prune_overwrites_only_when_named(saved, tmp_path, capsys):
+    path, _, arrays = saved
+    copy = str(tmp_path / 'copy.params')
+    mx.nd.save(copy, arrays)
+    code, out, _ = run(['prune', copy, '-o', copy, '--amount', '0.5', '--key', 'output'], capsys)
+    assert code == 0 and 'overwrote the input' in out
+    assert (mx.nd.load(copy)['output.weight'].asnumpy() == 0).mean() >= 0.5
+
+
+@pytest.mark.parametrize('args, message', [
+    (['inspect', '{missing}'], 'no such file'),
+    (['inspect', '{corrupt}'], 'not a readable MXNet parameter file'),
+    (['prune', '{path}', '-o', '{out}', '--amount', '1.5'], 'Did you mean'),
+    (['prune', '{path}', '-o', '{out}', '--amount', '-1'], '-1'),
+    (['prune', '{path}', '-o', '{out}', '--amount', '0.5', '--key', 'nothing.*'],
+     "matches no array"),
+    (['prune', '{path}', '-o', '{out}', '--amount', '0.5', '--key', '('],
+     'not a valid regular expression'),
+    (['prune', '{path}', '-o', '{out}', '--amount', '99999999', '--key', 'output'], 'only 5120'),
+    (['prune', '{path}', '-o', '{out}', '--amount', '0.5', '--method', 'structured',
+      '--scope', 'global'], '--scope layer'),
+])
+def test_bad_input_exits_2_without_output(saved, tmp_path, capsys, args, message):
+    path, _, _ = saved
+    corrupt = tmp_path / 'corrupt.params'
+    corrupt.write_bytes(open(path, 'rb').read()[:100])
+    out_path = tmp_path / 'out.params'
+    args = [a.format(missing=tmp_path / 'nope.params', corrupt=corrupt, path=path, out=out_path)
+            for a in args]
+    code, out, err = run(args, capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err and 'Traceback' not in err
+    assert not out_path.exists()
+    assert [f for f in os.listdir(tmp_path) if f.endswith('.tmp')] == []
+
+
+def test_console_entry_point_and_usage_errors(saved, tmp_path):
+    path, _, _ = saved
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ok = subprocess.run([sys.executable, '-m', 'paramsurgery', 'inspect', path, '--key', 'output'],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and 'output.weight' in ok.stdout
+    bad = subprocess.run([sys.executable, '-m', 'paramsurgery', 'prune', path, '--amount', '0.5'],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and 'Traceback' not in bad.stderr and '-o' in bad.stderr
+    corrupt = tmp_path / 'c.params'
+    corrupt.write_bytes(b'not a params file')
+    bad = subprocess.run([sys.executable, '-m', 'paramsurgery', 'inspect', str(corrupt)],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and 'Traceback' not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    for sub in ['inspect', 'prune', 'demo']:
+        helped = subprocess.run([sys.executable, '-m', 'paramsurgery', sub, '--help'],
+                                capture_output=True, text=True, env=env)
+        assert helped.returncode == 0 and 'usage: paramsurgery ' + sub in helped.stdout
