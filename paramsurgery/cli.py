@@ -169,8 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument('--seed', type=int, default=None, help='seed for --method random')
     prune.set_defaults(func=_prune)
 
-    demo = sub.add_parser('demo', help='run the end-to-end example (offline)',
-                          description='Run the end-to-end example (offline).')
+    demo = sub.add_parser(
+        'demo', help='run the end-to-end example (offline)',
+        description='Train a small CNN on scikit-learn\'s bundled digits on two contexts, '
+                    'prune it gradually to 90%% sparsity while fine-tuning, and print the '
+                    'sparsity reports and a RESULT line. Needs the [demo] extra.')
+    from .demo import add_arguments
+    add_arguments(demo)
     demo.set_defaults(func=_demo)
     return parser
 
