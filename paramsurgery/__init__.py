@@ -5,19 +5,25 @@ custom training loops, without stale-gradient errors and without the Trainer sil
 undoing the change.
 """
 from .errors import (ParamSurgeryError, SurgeryError, SelectionError, SurgeryValueError,
-                     SurgeryTypeError, ParameterStateError, TrainerStateError)
+                     SurgeryTypeError, ParameterStateError, TrainerStateError,
+                     StaleGradientError)
 from .select import select
 from .access import replicas, data_on, check_params, Problem
 from .surgery import assign_params, set_params
+from .stale import (find_stale, safe_step, track_usage, explain, StaleRecord, UsageTracker,
+                    STALE_REASONS)
 
 __version__ = '0.1.0'
 
 __all__ = [
     # errors
     'ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
-    'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
+    'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError', 'StaleGradientError',
     # selection and access
     'select', 'replicas', 'data_on', 'check_params', 'Problem',
     # value surgery
     'assign_params', 'set_params',
+    # stale gradients
+    'find_stale', 'safe_step', 'track_usage', 'explain', 'StaleRecord', 'UsageTracker',
+    'STALE_REASONS',
 ]

@@ -8,7 +8,7 @@ parameter or trainer in a state that does not allow the operation), so existing
 """
 
 __all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
-           'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError']
+           'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError', 'StaleGradientError']
 
 
 class ParamSurgeryError(Exception):
@@ -50,3 +50,23 @@ class ParameterStateError(SurgeryError, RuntimeError):
 
 class TrainerStateError(SurgeryError, RuntimeError):
     """A Trainer's kvstore makes the operation impossible to do correctly."""
+
+
+class StaleGradientError(ParamSurgeryError, UserWarning):
+    """A step was refused because some parameters have stale gradients.
+
+    Raised by :func:`paramsurgery.safe_step` before anything is updated and before any
+    freshness flag is consumed, and returned by :func:`paramsurgery.explain` for MXNet's
+    own stale-gradient ``UserWarning``. It subclasses ``UserWarning`` so that code written
+    for MXNet's ``trainer.step`` (``except UserWarning:``) keeps catching it.
+
+    Attributes
+    ----------
+    records : list of StaleRecord
+        One record per stale (parameter, context), with ``.name``, ``.context``,
+        ``.reason`` and ``.message``.
+    """
+
+    def __init__(self, message='', records=()):
+        super().__init__(message)
+        self.records = list(records)
