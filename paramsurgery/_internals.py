@@ -192,6 +192,7 @@ import contextlib  # noqa: E402  pylint: disable=wrong-import-position,wrong-imp
 from mxnet.gluon.block import HybridBlock  # noqa: E402  pylint: disable=wrong-import-position
 from mxnet.gluon.parameter import Parameter  # noqa: E402  pylint: disable=wrong-import-position
 
+
 def trainer_params(trainer):
     """The Parameters a Trainer updates, in its kvstore-key order (sorted names for a dict)."""
     return list(trainer._params)

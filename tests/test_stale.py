@@ -38,25 +38,15 @@ HEAD_B = ['net_dense2_weight', 'net_dense2_bias']
 
 
 class TwoHead(nn.HybridBlock):
-    """body -> head_a; head_b is defined but the forward never uses it (an unused head)."""
+    """body -> head_a; head_b is defined but the forward never uses it (an unused head).
 
-    def __init__(self, **kwargs):
+    With ``both=True`` the forward returns both heads: head_b is read, but a loss on
+    head_a alone does not reach it.
+    """
+
+    def __init__(self, both=False, **kwargs):
         super().__init__(**kwargs)
-        with self.name_scope():
-            self.body = nn.Dense(3, in_units=2)
-            self.head_a = nn.Dense(1, in_units=3)
-            self.head_b = nn.Dense(1, in_units=3)
-
-    def hybrid_forward(self, F, x):
-        return self.head_a(self.body(x))
-
-
-class BothHeads(nn.HybridBlock):
-    """Returns both heads: head_b is read by the forward, but a loss on head_a alone
-    does not reach it."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+        self._both = both
         with self.name_scope():
             self.body = nn.Dense(3, in_units=2)
             self.head_a = nn.Dense(1, in_units=3)
@@ -64,11 +54,11 @@ class BothHeads(nn.HybridBlock):
 
     def hybrid_forward(self, F, x):
         h = self.body(x)
-        return self.head_a(h), self.head_b(h)
+        return (self.head_a(h), self.head_b(h)) if self._both else self.head_a(h)
 
 
-def make(ctxs, hybrid, kvstore=None, update_on_kvstore=None, cls=TwoHead):
-    net = cls(prefix='net_')
+def make(ctxs, hybrid, kvstore=None, update_on_kvstore=None, both=False):
+    net = TwoHead(both, prefix='net_')
     net.initialize(ctx=ctxs)
     rng = np.random.RandomState(0)
     for param in net.collect_params().values():
@@ -229,7 +219,7 @@ def test_unused_head_tracked_names_the_block(ctxs, hybrid):
 @pytest.mark.parametrize('hybrid', [False, True], ids=['imperative', 'hybrid'])
 @pytest.mark.parametrize('ctxs', [ONE, TWO], ids=['1ctx', '2ctx'])
 def test_read_but_not_in_the_loss(ctxs, hybrid):
-    net, trainer = make(ctxs, hybrid, cls=BothHeads)
+    net, trainer = make(ctxs, hybrid, both=True)
     with ps.track_usage(net) as usage:
         with autograd.record():
             losses = [net(p)[0].sum() for p in parts(batch(), ctxs)]  # loss on head_a only
