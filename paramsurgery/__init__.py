@@ -6,7 +6,8 @@ undoing the change.
 """
 from .errors import (ParamSurgeryError, SurgeryError, SelectionError, SurgeryValueError,
                      SurgeryTypeError, ParameterStateError, TrainerStateError,
-                     SamplerValueError, SamplerTypeError, MissingDependencyError)
+                     SamplerValueError, SamplerTypeError, MissingDependencyError,
+                     StaleGradientError)
 from .select import select
 from .access import replicas, data_on, check_params, Problem
 from .surgery import assign_params, set_params
@@ -14,13 +15,15 @@ from .samplers import SubsetRandomSampler, complementary_split, kfold
 from .pruning import (prune_count, magnitude_masks, random_masks, structured_masks,
                       custom_masks, ConstantSparsity, PolynomialDecay)
 from .report import SparsityReport, arrays_report
+from .stale import (find_stale, safe_step, track_usage, explain, StaleRecord, UsageTracker,
+                    STALE_REASONS)
 
 __version__ = '0.1.0'
 
 __all__ = [
     # errors
     'ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
-    'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
+    'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError', 'StaleGradientError',
     # selection and access
     'select', 'replicas', 'data_on', 'check_params', 'Problem',
     # value surgery
@@ -34,4 +37,7 @@ __all__ = [
     'ConstantSparsity', 'PolynomialDecay',
     # reports
     'SparsityReport', 'arrays_report',
+    # stale gradients
+    'find_stale', 'safe_step', 'track_usage', 'explain', 'StaleRecord', 'UsageTracker',
+    'STALE_REASONS',
 ]

@@ -183,3 +183,60 @@ def write_replicas(param, write):
     with autograd.pause():
         for arr in param._data:
             write(arr)
+
+
+# --------------------------------------------------------------------------- stale gradients
+# (imported here rather than at the top so that this section merges as a pure addition)
+import contextlib  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
+
+from mxnet.gluon.block import HybridBlock  # noqa: E402  pylint: disable=wrong-import-position
+from mxnet.gluon.parameter import Parameter  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def trainer_params(trainer):
+    """The Parameters a Trainer updates, in its kvstore-key order (sorted names for a dict)."""
+    return list(trainer._params)
+
+
+@contextlib.contextmanager
+def excluded_from_step(params):
+    """Make ``Trainer.step`` pass over ``params`` as if their grad_req were 'null'.
+
+    ``Trainer._allreduce_grads`` and ``Trainer._update`` skip a parameter whose
+    ``grad_req`` is 'null': no push/pull to the kvstore (so a kvstore that updates the
+    weights does not run the optimizer on it, and its momentum does not advance) and no
+    local update. The private ``_grad_req`` is switched instead of the ``grad_req``
+    property because the property's setter detaches the replicas and re-allocates the
+    gradient buffers, which would change the parameter for good.
+    """
+    saved = [(param, param._grad_req) for param in params]
+    try:
+        for param, _ in saved:
+            param._grad_req = 'null'
+        yield
+    finally:
+        for param, req in saved:
+            param._grad_req = req
+
+
+def registered_params(block):
+    """The parameters a block's own forward reads (``_reg_params``: its Parameter attributes)."""
+    return list(block._reg_params.values())
+
+
+def is_hybridized(block):
+    """True when ``block`` runs through a cached graph when called with NDArrays."""
+    return isinstance(block, HybridBlock) and bool(block._active)
+
+
+def cached_graph_params(block):
+    """The Parameters a hybridised block's cached graph reads at every call, or None.
+
+    A hybridised block builds its graph once (calling its children with Symbols) and then
+    runs the CachedOp: the children's ``forward`` never runs again, so which parameters a
+    call reads is the list of parameter inputs of that graph (``_cached_op_args``).
+    """
+    args = getattr(block, '_cached_op_args', None)
+    if not args or getattr(block, '_cached_op', None) is None:
+        return None
+    return [param for is_data, param in args if not is_data and isinstance(param, Parameter)]

@@ -9,7 +9,8 @@ parameter or trainer in a state that does not allow the operation), so existing
 
 __all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
            'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
-           'SamplerValueError', 'SamplerTypeError', 'MissingDependencyError']
+           'SamplerValueError', 'SamplerTypeError', 'MissingDependencyError',
+           'StaleGradientError']
 
 
 class ParamSurgeryError(Exception):
@@ -75,3 +76,23 @@ class SamplerTypeError(ParamSurgeryError, TypeError, ValueError):
 class MissingDependencyError(ParamSurgeryError, ImportError):
     """An optional dependency is not installed; the message names the extra to install
     (e.g. ``pip install 'paramsurgery[plot]'``)."""
+
+
+class StaleGradientError(ParamSurgeryError, UserWarning):
+    """A step was refused because some parameters have stale gradients.
+
+    Raised by :func:`paramsurgery.safe_step` before anything is updated and before any
+    freshness flag is consumed, and returned by :func:`paramsurgery.explain` for MXNet's
+    own stale-gradient ``UserWarning``. It subclasses ``UserWarning`` so that code written
+    for MXNet's ``trainer.step`` (``except UserWarning:``) keeps catching it.
+
+    Attributes
+    ----------
+    records : list of StaleRecord
+        One record per stale (parameter, context), with ``.name``, ``.context``,
+        ``.reason`` and ``.message``.
+    """
+
+    def __init__(self, message='', records=()):
+        super().__init__(message)
+        self.records = list(records)

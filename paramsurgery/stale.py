@@ -1,0 +1,754 @@
+"""Stale gradients: find them, say why, and step without ever applying one.
+
+MXNet marks a replica's gradient "fresh" in ``backward()`` and ``Trainer.step`` is
+supposed to refuse a step whose gradients are not. Its check has three flaws
+(see ``docs/stale-gradients.md``): a failed check has already consumed the flags of the
+parameters it passed, one stale parameter cancels every update, and with
+``update_on_kvstore=True`` (the multi-device default) it is blind, because the kvstore has
+already applied the step before the check runs and the flags are never consumed.
+
+This module reads the flags without consuming them (:func:`find_stale`), records which
+parameters each forward read (:func:`track_usage`) to say which block did not run, and
+steps only when every gradient that is applied is fresh (:func:`safe_step`).
+"""
+import re
+import weakref
+from collections import OrderedDict
+from typing import Any, List, NamedTuple, Optional
+
+import mxnet as mx
+from mxnet import autograd, gluon, ndarray as nd
+from mxnet.gluon.parameter import Parameter
+
+from . import _internals
+from .errors import StaleGradientError, SurgeryTypeError, SurgeryValueError
+from .select import all_params, select
+
+__all__ = ['STALE_REASONS', 'StaleRecord', 'UsageTracker', 'find_stale', 'track_usage',
+           'safe_step', 'explain']
+
+#: Reason codes of :class:`StaleRecord`.
+STALE_REASONS = ('unused', 'no-backward', 'not-a-leaf', 'flags-reset', 'partial-context')
+
+_MXNET_STALE = re.compile(r"Gradient of Parameter `(?P<name>.+?)` on context (?P<ctx>\S+) "
+                          r"has not been updated by backward")
+
+
+class StaleRecord(NamedTuple):
+    """One stale (parameter, context) found by :func:`find_stale`.
+
+    Attributes
+    ----------
+    name : str
+        Full name of the parameter.
+    context : Context
+        The replica concerned.
+    reason : str
+        One of :data:`STALE_REASONS`.
+    message : str
+        Why the gradient is stale, and the fix.
+    """
+    name: str
+    context: mx.Context
+    reason: str
+    message: str
+
+    def __str__(self):
+        return '[%s] %s on %s: %s' % (self.reason, self.name, self.context, self.message)
+
+
+# --------------------------------------------------------------------------- usage tracking
+
+class _Read(NamedTuple):
+    grads: Any          # the parameter's gradient-buffer list when it was read
+    recording: bool     # read inside autograd.record()
+    block: Any          # the block whose call read it
+
+
+# The newest tracker of each parameter; it outlives the ``with`` block so that find_stale
+# after the block still knows, until safe_step starts a new step.
+_TRACKERS = weakref.WeakKeyDictionary()
+
+
+def _first_context(args):
+    for arg in args:
+        if isinstance(arg, nd.NDArray):
+            return arg.context
+        if isinstance(arg, (list, tuple)):
+            ctx = _first_context(arg)
+            if ctx is not None:
+                return ctx
+        elif isinstance(arg, mx.sym.Symbol):
+            # A parent HybridBlock is building its graph: nothing is read now.
+            return None
+    return None
+
+
+def _describe(block):
+    return "'%s' (%s)" % (block.name, type(block).__name__)
+
+
+class UsageTracker:
+    """Records which parameters each forward of a net read, per context.
+
+    Made by :func:`track_usage`; use it as a context manager. Every block of the net
+    gets a forward hook. A block that runs eagerly read its own parameters; a hybridised
+    block read the parameters its cached graph takes as inputs (its children do not run
+    again after the graph is built, so their hooks only see Symbols and are ignored).
+
+    Reads accumulate from ``__enter__`` until :meth:`clear` or the next successful
+    :func:`safe_step`. After a plain ``trainer.step`` call :meth:`clear` yourself, or a
+    parameter read in an earlier iteration still counts as read.
+
+    Attributes
+    ----------
+    active : bool
+        True inside the ``with`` block (hooks attached).
+    """
+
+    def __init__(self, net):
+        if not isinstance(net, gluon.Block):
+            raise SurgeryTypeError('track_usage needs a gluon.Block (its forward is observed), '
+                                   'got %s.' % type(net).__name__)
+        self._net = net
+        self._params = all_params(net)
+        self._blocks = []
+        net.apply(self._blocks.append)
+        self._direct = {}
+        self._owners = {}
+        for block in self._blocks:
+            own = list(_internals.registered_params(block))
+            if not isinstance(block, gluon.HybridBlock):
+                # A plain Block may read any parameter of its own ParameterDict by name.
+                own += [p for p in block.params.values() if all(p is not q for q in own)]
+            self._direct[id(block)] = own
+            for param in own:
+                self._owners.setdefault(id(param), []).append(block)
+        self._reads = {}
+        self._calls = {}
+        self._handles = []
+        self.active = False
+
+    # hooks
+    def _on_call(self, block, args, out):  # pylint: disable=unused-argument
+        ctx = _first_context(args)
+        if ctx is None:
+            return
+        hybrid = _internals.is_hybridized(block)
+        params = _internals.cached_graph_params(block) if hybrid else None
+        if params is None:
+            hybrid = False
+            params = self._direct.get(id(block), ())
+        recording = autograd.is_recording()
+        for param in params:
+            self._reads[(id(param), ctx)] = _Read(_internals.raw_grad(param), recording, block)
+        self._calls.setdefault(ctx, OrderedDict())[id(block)] = (block, hybrid)
+
+    def __enter__(self):
+        if self.active:
+            raise SurgeryValueError('This UsageTracker is already active; make a new one with '
+                                    'ps.track_usage(net).')
+        self.clear()
+        for block in self._blocks:
+            self._handles.append(block.register_forward_hook(self._on_call))
+        for param in self._params.values():
+            _TRACKERS[param] = self
+        self.active = True
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.detach()
+        self._handles = []
+        self.active = False
+        return False
+
+    # queries
+    def clear(self) -> None:
+        """Forget every read: the next forwards start a new step."""
+        self._reads = {}
+        self._calls = {}
+
+    @property
+    def contexts(self) -> List[mx.Context]:
+        """The contexts on which a tracked forward ran."""
+        return list(self._calls)
+
+    def read(self, ctx: Optional[mx.Context] = None) -> List[str]:
+        """Names of the parameters read by the tracked forwards (on ``ctx``, or anywhere)."""
+        keys = set(self._reads)
+        ctxs = [ctx] if ctx is not None else self.contexts
+        return [name for name, p in self._params.items()
+                if any((id(p), c) in keys for c in ctxs)]
+
+    def ran(self, ctx: Optional[mx.Context] = None) -> List[str]:
+        """Names of the blocks called with NDArrays (on ``ctx``, or anywhere), in call order."""
+        ctxs = [ctx] if ctx is not None else self.contexts
+        names = []
+        for c in ctxs:
+            for block, _ in self._calls.get(c, {}).values():
+                if block.name not in names:
+                    names.append(block.name)
+        return names
+
+    # used by find_stale
+    def _knows(self, param):
+        return any(param is p for p in self._params.values())
+
+    def _read_on(self, param, ctx):
+        return self._reads.get((id(param), ctx))
+
+    def _why_not_read(self, param, ctx):
+        """A sentence saying which block did not run on ``ctx`` for ``param``."""
+        owners = self._owners.get(id(param), [])
+        owner = ('block %s' % _describe(owners[0])) if owners else 'the block that owns it'
+        calls = self._calls.get(ctx)
+        if not calls:
+            where = ', '.join(str(c) for c in self.contexts) or 'no context'
+            return ('no tracked forward ran on %s at all (tracked forwards ran on %s), so its '
+                    '%s did not run there.' % (ctx, where, owner))
+        for block, hybrid in calls.values():
+            if hybrid and param.name in block.collect_params().keys():
+                return ('its %s is not part of the cached graph of hybridised block %s, which '
+                        'ran on %s: that hybrid_forward does not use its output.'
+                        % (owner, _describe(block), ctx))
+        return 'its %s did not run on %s in the tracked forwards, while other blocks did.' % (
+            owner, ctx)
+
+
+def track_usage(net) -> UsageTracker:
+    """Record which parameters each forward of ``net`` reads, per context.
+
+    While it is active (and after, until the next successful :func:`safe_step`),
+    :func:`find_stale` uses the record to name the block that did not run (reason
+    ``unused``) and to tell a parameter that was read but whose freshness flag was reset
+    afterwards (reason ``flags-reset``: a grad_req change, ``cast``, ``reset_ctx`` or
+    re-initialisation between forward and step) from one that was never read.
+
+    Works hybridised or not: a hybridised block's call is recorded with the parameters
+    its cached graph reads, once per call and context.
+
+    Parameters
+    ----------
+    net : Block
+        The network; every block in it (at the time of the call) is observed.
+
+    Returns
+    -------
+    UsageTracker
+        A context manager; ``read(ctx)``, ``ran(ctx)`` and ``contexts`` say what it saw.
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet import autograd
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='net_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Dense(2, in_units=3), nn.Dense(1, in_units=2))
+    >>> net.initialize()
+    >>> net.hybridize()
+    >>> with ps.track_usage(net) as usage:
+    ...     with autograd.record():
+    ...         y = net[0](mx.nd.ones((1, 3)))   # only the first layer runs
+    >>> usage.read(mx.cpu(0))
+    ['net_dense0_weight', 'net_dense0_bias']
+    """
+    return UsageTracker(net)
+
+
+def _tracker_for(param, usage):
+    if usage is not None:
+        return usage if usage._knows(param) else None
+    return _TRACKERS.get(param)
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+_FIX_UNUSED = (
+    "Fix: make its block take part in the loss; or, if leaving it out of this step is "
+    "intended, skip it explicitly with ps.safe_step(trainer, batch_size, allow_stale=%r) or "
+    "freeze it (param.grad_req = 'null'). Avoid ignore_stale_grad=True: under "
+    "update_on_kvstore=True (the multi-device default) it still applies the old gradient.")
+
+
+def _msg_unused(name, ctx, tracker, read, param, deferred=False):
+    if deferred:
+        why = ("Parameter '%s' was never initialised on %s: its initialisation waits for the "
+               "first forward through its block, and no forward has run that block. MXNet's "
+               "trainer.step cannot even start with it. " % (name, ctx))
+        return why + ("Fix: run the block once (e.g. net(x) on a sample batch) before "
+                      "training, or leave its parameters out of this Trainer.")
+    if tracker is None:
+        why = ("Parameter '%s' got no gradient on %s from the last backward, while other "
+               "parameters did: its block did not run (a branch not taken, an unused head) or "
+               "its output did not reach the loss. Run the forward inside `with "
+               "ps.track_usage(net):` to see which block, and to tell this apart from a "
+               "freshness flag reset by a grad_req change, cast, reset_ctx or "
+               "re-initialisation. " % (name, ctx))
+    elif read is not None:
+        why = ("Parameter '%s' was read by block %s on %s%s, but the backward did not reach "
+               "it: the output that depends on it did not feed the loss that was "
+               "back-propagated%s. " % (
+                   name, _describe(read.block), ctx,
+                   '' if read.recording else ' outside autograd.record()',
+                   '' if read.recording else ', and an unrecorded forward has no gradient'))
+    else:
+        why = "Parameter '%s' got no gradient on %s: %s " % (
+            name, ctx, tracker._why_not_read(param, ctx))
+    return why + _FIX_UNUSED % name
+
+
+def _msg_partial(name, ctx, fresh_ctxs, tracker, param):
+    detail = ''
+    if tracker is not None and tracker._read_on(param, ctx) is None:
+        detail = ' (%s)' % tracker._why_not_read(param, ctx).rstrip('.')
+    return ("Parameter '%s' has a fresh gradient on %s but not on %s: the forward/backward on "
+            "%s did not use it.%s The kvstore sums the replicas' gradients, so a step would "
+            "mix in the old gradient of %s (and without a kvstore the replicas would drift "
+            "apart). Fix: give every context its slice of each batch "
+            "(gluon.utils.split_and_load(batch, ctx_list)), run the same blocks on each and "
+            "back-propagate every context's loss; or skip it with ps.safe_step(..., "
+            "allow_stale=%r)." % (name, '[%s]' % ', '.join(str(c) for c in fresh_ctxs), ctx,
+                                  ctx, detail, ctx, name))
+
+
+def _msg_no_backward(name, ctx):
+    return ("Parameter '%s' on %s: no parameter has a fresh gradient, so there was no "
+            "backward() since the last step (or the gradients came from autograd.grad(), "
+            "which does not mark them fresh, or a trainer.step that raised consumed them). "
+            "Stepping now would apply the old gradients again, which MXNet does silently when "
+            "the kvstore updates the weights (update_on_kvstore=True). Fix: run the forward "
+            "inside autograd.record() and call loss.backward() (or autograd.backward(losses)) "
+            "before every step." % (name, ctx))
+
+
+def _msg_flags_reset(name, ctx, read):
+    return ("Parameter '%s' was read by block %s on %s, but its gradient buffer was replaced "
+            "after that forward: a grad_req change, cast, reset_ctx or re-initialisation "
+            "re-creates the buffers and clears the freshness flag, so the gradient of that "
+            "backward is lost. Fix: make such changes before the forward (or right after a "
+            "step), then run forward and backward again. Skipping it (ignore_stale_grad or "
+            "allow_stale) would leave it untrained for this step." % (
+                name, _describe(read.block), ctx))
+
+
+def _msg_not_a_leaf(name, ctx, bare):
+    if bare:
+        return ("Parameter '%s': _data is a bare NDArray, not a list with one autograd "
+                "variable per context, so no replica can receive a gradient. Fix: never "
+                "assign _data; write values with ps.set_params/ps.assign_params (see "
+                "ps.check_params for the repair)." % name)
+    return ("Parameter '%s' on %s: the replica is a computed array, not the autograd variable "
+            "bound to the gradient buffer (e.g. _data was rebound to w * mask inside "
+            "autograd.record(), the old blog recipe). Backward never marks it, the Trainer "
+            "cannot update the real weight, and with update_on_kvstore=True a step writes the "
+            "new weight into the computed array. Fix: put masks in the graph (ps.apply_mask) "
+            "and write values with ps.assign_params/ps.set_params; repair this parameter with "
+            "param.reset_ctx(param.list_ctx()), which re-creates leaf replicas from the "
+            "current values." % (name, ctx))
+
+
+def _collect(trainer_or_params) -> 'OrderedDict[str, Parameter]':
+    if isinstance(trainer_or_params, gluon.Trainer):
+        return OrderedDict((p.name, p) for p in _internals.trainer_params(trainer_or_params))
+    if isinstance(trainer_or_params, (list, tuple)):
+        for item in trainer_or_params:
+            if not isinstance(item, Parameter):
+                raise SurgeryTypeError(
+                    'find_stale takes a Trainer, a Block, a ParameterDict, a dict of name -> '
+                    'Parameter or a list of Parameters; the list holds a %s.'
+                    % type(item).__name__)
+        return OrderedDict((p.name, p) for p in trainer_or_params)
+    try:
+        return all_params(trainer_or_params)
+    except SurgeryTypeError:
+        raise SurgeryTypeError(
+            'find_stale takes a Trainer, a Block, a ParameterDict, a dict of name -> Parameter '
+            'or a list of Parameters, got %s.' % type(trainer_or_params).__name__) from None
+
+
+def _states(param, assume_fresh):
+    """``[(ctx, state)]`` with state 'fresh', 'stale', 'not-a-leaf', 'bare' or 'deferred'."""
+    ctxs = _internals.context_list(param)
+    if ctxs is None:
+        return []  # never initialised: there is no gradient to speak of
+    if _internals.is_deferred(param):
+        return [(ctx, 'deferred') for ctx in ctxs]
+    data = _internals.raw_data(param)
+    if not isinstance(data, (list, tuple)):
+        return [(ctx, 'bare') for ctx in ctxs]
+    states = []
+    for i, ctx in enumerate(ctxs):
+        arr = data[i] if i < len(data) else None
+        if arr is None or not _internals.is_leaf(arr):
+            states.append((ctx, 'not-a-leaf'))
+        elif id(param) in assume_fresh or _internals.fresh_grad(arr):
+            states.append((ctx, 'fresh'))
+        else:
+            states.append((ctx, 'stale'))
+    return states
+
+
+def _diagnose(params, usage=None, assume_fresh=frozenset()) -> List[StaleRecord]:
+    table = [(name, param, _states(param, assume_fresh)) for name, param in params.items()
+             if param.grad_req != 'null']
+    any_fresh = any(state == 'fresh' for _, _, states in table for _, state in states)
+    records = []
+    for name, param, states in table:
+        fresh_ctxs = [ctx for ctx, state in states if state == 'fresh']
+        tracker = _tracker_for(param, usage)
+        for ctx, state in states:
+            if state == 'fresh':
+                continue
+            if state in ('not-a-leaf', 'bare'):
+                records.append(StaleRecord(name, ctx, 'not-a-leaf',
+                                           _msg_not_a_leaf(name, ctx, state == 'bare')))
+                continue
+            if state == 'deferred':
+                records.append(StaleRecord(name, ctx, 'unused',
+                                           _msg_unused(name, ctx, tracker, None, param, True)))
+                continue
+            read = tracker._read_on(param, ctx) if tracker is not None else None
+            if read is not None and read.grads is not _internals.raw_grad(param):
+                records.append(StaleRecord(name, ctx, 'flags-reset',
+                                           _msg_flags_reset(name, ctx, read)))
+            elif not any_fresh:
+                records.append(StaleRecord(name, ctx, 'no-backward', _msg_no_backward(name, ctx)))
+            elif fresh_ctxs:
+                records.append(StaleRecord(name, ctx, 'partial-context',
+                                           _msg_partial(name, ctx, fresh_ctxs, tracker, param)))
+            else:
+                records.append(StaleRecord(name, ctx, 'unused',
+                                           _msg_unused(name, ctx, tracker, read, param)))
+    return records
+
+
+def find_stale(trainer_or_params, *, usage: Optional[UsageTracker] = None) -> List[StaleRecord]:
+    """Find the parameters whose gradient was not refreshed by a backward since the last step.
+
+    Reads MXNet's freshness flags without consuming them (a ``trainer.step`` that raises
+    consumes those it checked before failing; this does not). Parameters with grad_req
+    'null' are never stale.
+
+    Parameters
+    ----------
+    trainer_or_params : Trainer or Block or ParameterDict or dict or list of Parameter
+        What to inspect; a Trainer contributes the parameters it updates.
+    usage : UsageTracker, default None
+        The record of a :func:`track_usage`. By default the newest tracker of each
+        parameter is used, if there is one.
+
+    Returns
+    -------
+    list of StaleRecord
+        One per stale (parameter, context), in parameter then context order. Reasons:
+        ``unused`` (it got no gradient while others did; with a usage record, names the
+        block that did not run; also a parameter still waiting for deferred initialisation),
+        ``no-backward`` (nothing has a fresh gradient: no ``backward()`` since the last
+        step, or ``autograd.grad`` was used), ``not-a-leaf`` (``_data`` rebound to computed
+        arrays), ``flags-reset`` (read by the tracked forward, then its flag was reset by a
+        grad_req change, ``cast``, ``reset_ctx`` or re-initialisation; needs a usage
+        record, otherwise reported ``unused``), ``partial-context`` (fresh on some contexts,
+        not on others).
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet import autograd, gluon
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='net_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Dense(2, in_units=3), nn.Dense(1, in_units=2))
+    >>> net.initialize()
+    >>> trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1})
+    >>> [r.reason for r in ps.find_stale(trainer)]   # no backward yet
+    ['no-backward', 'no-backward', 'no-backward', 'no-backward']
+    >>> with autograd.record():
+    ...     loss = net[0](mx.nd.ones((1, 3))).sum()   # the second layer does not run
+    >>> loss.backward()
+    >>> [(r.name, r.reason) for r in ps.find_stale(trainer)]
+    [('net_dense1_bias', 'unused'), ('net_dense1_weight', 'unused')]
+    """
+    if usage is not None and not isinstance(usage, UsageTracker):
+        raise SurgeryTypeError('usage must be a UsageTracker made by ps.track_usage(net), '
+                               'got %s.' % type(usage).__name__)
+    return _diagnose(_collect(trainer_or_params), usage)
+
+
+# --------------------------------------------------------------------------- the error
+
+def _group(records):
+    groups = OrderedDict()
+    for rec in records:
+        groups.setdefault((rec.name, rec.reason), []).append(rec)
+    return groups
+
+
+def _stale_error(records, head, allowed=(), tail=''):
+    groups = _group(records)
+    n_params = len(OrderedDict.fromkeys(rec.name for rec in records))
+    lines = ['%s %d parameter%s %s a stale gradient.' % (
+        head, n_params, '' if n_params == 1 else 's', 'has' if n_params == 1 else 'have')]
+    no_backward = [key[0] for key in groups if key[1] == 'no-backward']
+    if no_backward:
+        # The same cause for every parameter: one explanation, every name.
+        first = groups[(no_backward[0], 'no-backward')][0]
+        lines.append('- [no-backward] %s. %s' % (', '.join(no_backward),
+                                                 first.message.split(': ', 1)[1]))
+    for (name, reason), recs in groups.items():
+        if reason == 'no-backward':
+            continue
+        lines.append('- [%s] %s on %s%s: %s' % (
+            reason, name, ', '.join(str(r.context) for r in recs),
+            ' (allowed, but cannot be skipped here)' if name in allowed else '',
+            recs[0].message))
+    if tail:
+        lines.append(tail)
+    return StaleGradientError('\n'.join(lines), records)
+
+
+# --------------------------------------------------------------------------- stepping
+
+def _consume(params):
+    for param in params:
+        if param.grad_req == 'null':
+            continue
+        data = _internals.raw_data(param)
+        if not isinstance(data, (list, tuple)):
+            continue
+        for arr in data:
+            if _internals.is_leaf(arr):
+                _internals.set_fresh_grad(arr, False)
+
+
+def _new_step_for_trackers(params):
+    seen = {}
+    for param in params:
+        tracker = _TRACKERS.get(param)
+        if tracker is not None:
+            seen[id(tracker)] = tracker
+    for tracker in seen.values():
+        if tracker.active:
+            tracker.clear()
+        else:
+            # A finished tracker says nothing about the next step's forwards.
+            for param in list(tracker._params.values()):
+                if _TRACKERS.get(param) is tracker:
+                    del _TRACKERS[param]
+
+
+def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = None
+              ) -> List[StaleRecord]:
+    """``trainer.step(batch_size)`` that never applies a stale gradient.
+
+    Checks every parameter of the Trainer first. If a parameter has a stale gradient and
+    ``allow_stale`` does not select it, raises :class:`StaleGradientError` listing every
+    stale parameter with its reason: nothing is updated and no freshness flag is consumed.
+    Otherwise steps, skipping exactly the stale parameters (their values and optimizer
+    state, e.g. momentum, stay as they are, also when the kvstore runs the optimizer) and
+    updating all others; then marks every gradient as consumed, so a second step without
+    a new backward raises (``no-backward``), whatever the kvstore setting.
+
+    Parameters
+    ----------
+    trainer : Trainer
+        The Trainer to step.
+    batch_size : int
+        As for ``trainer.step``: gradients are scaled by ``1 / batch_size``.
+    allow_stale : str or Parameter or list or callable, default None
+        A key as in :func:`select` (over the Trainer's parameters): the stale parameters it
+        selects are skipped instead of refused. A selected parameter with a fresh gradient
+        is updated normally. ``'.*'`` skips every stale parameter, which is what
+        ``ignore_stale_grad=True`` promises (and under ``update_on_kvstore=True`` does not
+        do). With a distributed kvstore a stale parameter is never skipped (every worker
+        must push the same keys): it raises.
+
+    Returns
+    -------
+    list of StaleRecord
+        The records of the parameters that were skipped (empty when all were fresh).
+
+    Raises
+    ------
+    StaleGradientError
+        (a ``UserWarning`` too, like MXNet's own) when a stale parameter may not be
+        skipped; nothing changed.
+    SelectionError
+        When ``allow_stale`` selects no parameter of the Trainer.
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet import autograd, gluon
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='net_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Dense(1, in_units=2), nn.Dense(1, in_units=2))
+    >>> net.initialize(mx.init.One())
+    >>> trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.5})
+    >>> with autograd.record():
+    ...     loss = net[0](mx.nd.ones((1, 2))).sum()
+    >>> loss.backward()
+    >>> ps.safe_step(trainer, 1)
+    Traceback (most recent call last):
+    ...
+    paramsurgery.errors.StaleGradientError: Step refused, nothing updated: 2 parameters ...
+    >>> [r.name for r in ps.safe_step(trainer, 1, allow_stale='net_dense1_')]
+    ['net_dense1_bias', 'net_dense1_weight']
+    >>> net[0].weight.data(), net[1].weight.data()
+    (
+    [[0.5 0.5]]
+    <NDArray 1x2 @cpu(0)>, 
+    [[1. 1.]]
+    <NDArray 1x2 @cpu(0)>)
+    >>> ps.safe_step(trainer, 1, allow_stale='net_dense1_')
+    Traceback (most recent call last):
+    ...
+    paramsurgery.errors.StaleGradientError: Step refused, nothing updated: 4 parameters ...
+    """
+    if not isinstance(trainer, gluon.Trainer):
+        raise SurgeryTypeError('safe_step needs a gluon.Trainer, got %s.'
+                               % type(trainer).__name__)
+    if isinstance(allow_stale, bool):
+        raise SurgeryTypeError(
+            "allow_stale takes a key (a name, regular expression, Parameter, list or callable), "
+            "not %r. allow_stale='.*' skips every stale parameter." % allow_stale)
+    params = _collect(trainer)
+    allowed = select(params, allow_stale) if allow_stale is not None else {}
+    records = _diagnose(params)
+    kvstore, _, initialized = _internals.trainer_kvstore(trainer)
+    distributed = _internals.is_distributed(kvstore)
+
+    def skippable(rec):
+        if rec.name not in allowed or distributed:
+            return False
+        # The Trainer's first step reads every parameter to create the kvstore.
+        return initialized or not _internals.is_deferred(params[rec.name])
+
+    if not all(skippable(rec) for rec in records):
+        tail = ("Skip parameters on purpose with ps.safe_step(trainer, batch_size, "
+                "allow_stale=[names]): they keep their values and optimizer state.")
+        if distributed and any(rec.name in allowed for rec in records):
+            tail = ("The Trainer's kvstore '%s' is distributed: every worker must push the "
+                    "same keys at every step, so a stale parameter cannot be skipped on one "
+                    "worker. Make every worker back-propagate through every parameter, or "
+                    "freeze the parameter (grad_req='null') on all workers before the first "
+                    "step." % (kvstore if isinstance(kvstore, str) else kvstore.type))
+        raise _stale_error(records, 'Step refused, nothing updated:',
+                           allowed=[r.name for r in records if r.name in allowed], tail=tail)
+    skipped = list(OrderedDict.fromkeys(rec.name for rec in records))
+    with _internals.excluded_from_step([params[name] for name in skipped]):
+        trainer.step(batch_size)
+    # MXNet leaves the flags set when the kvstore updates the weights: without this, the
+    # next step would apply the same gradients again.
+    _consume(params.values())
+    _new_step_for_trackers(params.values())
+    return records
+
+
+# --------------------------------------------------------------------------- explain
+
+def _trainer_in_traceback(exc):
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get('self')
+        if isinstance(candidate, gluon.Trainer):
+            found = candidate
+        tb = tb.tb_next
+    return found
+
+
+def explain(exc: BaseException, trainer_or_params=None) -> StaleGradientError:
+    """Turn MXNet's stale-gradient ``UserWarning`` into the diagnosis of :func:`safe_step`.
+
+    MXNet's message names only the first stale parameter it met, and its failed check has
+    already consumed the freshness flags of the parameters it passed (they were fresh).
+    This parses the name and context from the message, takes the Trainer from the
+    exception's traceback (or ``trainer_or_params``) and inspects every parameter, counting
+    those MXNet passed as fresh.
+
+    Parameters
+    ----------
+    exc : Exception
+        The ``UserWarning`` raised by ``trainer.step`` / ``trainer.update`` (a
+        :class:`StaleGradientError` is returned as is).
+    trainer_or_params : Trainer or Block or ParameterDict or dict or list, default None
+        Where the parameter lives; None means the Trainer found in the traceback.
+
+    Returns
+    -------
+    StaleGradientError
+        Its ``records`` list every stale parameter with its reason; raise it
+        (``raise ps.explain(err) from err``) or print it.
+
+    Raises
+    ------
+    SurgeryValueError
+        When ``exc`` is not MXNet's stale-gradient warning.
+    SurgeryTypeError
+        When no Trainer is in the traceback and ``trainer_or_params`` is not given.
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet import autograd, gluon
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='net_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Dense(1, in_units=2), nn.Dense(1, in_units=2))
+    >>> net.initialize()
+    >>> trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1})
+    >>> with autograd.record():
+    ...     loss = net[1](mx.nd.ones((1, 2))).sum()
+    >>> loss.backward()
+    >>> try:
+    ...     trainer.step(1)
+    ... except UserWarning as err:
+    ...     diagnosis = ps.explain(err)
+    >>> sorted({(r.name, r.reason) for r in diagnosis.records})
+    [('net_dense0_bias', 'unused'), ('net_dense0_weight', 'unused')]
+    """
+    if isinstance(exc, StaleGradientError):
+        return exc
+    match = _MXNET_STALE.search(str(exc)) if isinstance(exc, BaseException) else None
+    if match is None:
+        raise SurgeryValueError(
+            'explain() turns MXNet\'s "Gradient of Parameter `...` on context ... has not been '
+            'updated by backward since last `step`" UserWarning into a diagnosis; got %s: %s'
+            % (type(exc).__name__, str(exc)[:200]))
+    name, ctx_text = match.group('name'), match.group('ctx')
+    source = trainer_or_params if trainer_or_params is not None else _trainer_in_traceback(exc)
+    if source is None:
+        raise SurgeryTypeError(
+            "explain() found no Trainer in the traceback of the warning about Parameter '%s'; "
+            "pass it: ps.explain(err, trainer)." % name)
+    params = _collect(source)
+    param = select(params, name)[name]  # a clear SelectionError if it is not there
+    # The order MXNet checked in is the Trainer's (the last one built on the parameter,
+    # when a net or a dict was given).
+    trainer = source if isinstance(source, gluon.Trainer) else _internals.last_trainer(param)
+    passed, tail = frozenset(), ''
+    if trainer is not None and _internals.trainer_index(trainer, param) is not None:
+        order = [p for p in _internals.trainer_params(trainer) if p.grad_req != 'null']
+        failing = next((i for i, p in enumerate(order) if p is param), 0)
+        passed = frozenset(id(p) for p in order[:failing])
+        kvstore, update_on_kvstore, initialized = _internals.trainer_kvstore(trainer)
+        if initialized and kvstore is not None and update_on_kvstore:
+            # The check never consumes a flag in this mode: nothing to count as fresh.
+            passed = frozenset()
+            tail = ("MXNet raised after the kvstore had already applied this step to every "
+                    "parameter, the stale ones included (update_on_kvstore=True): the "
+                    "weights have changed. Use ps.safe_step, which checks first.")
+        elif passed:
+            tail = ("MXNet's failed step consumed the freshness flags of the %d parameters it "
+                    "checked before '%s' (they were fresh; counted as fresh here): run "
+                    "forward and backward again before stepping, and use ps.safe_step, which "
+                    "checks before it consumes anything." % (len(passed), name))
+    records = _diagnose(params, assume_fresh=passed)
+    if not records:
+        raise SurgeryValueError(
+            "Parameter '%s' on %s is no longer stale: it has had a new backward since MXNet's "
+            "warning. Call ps.explain(err) right after the failed step." % (name, ctx_text))
+    return _stale_error(records, "MXNet's step failed:", tail=tail)
