@@ -9,6 +9,8 @@ from .errors import (ParamSurgeryError, SurgeryError, SelectionError, SurgeryVal
 from .select import select
 from .access import replicas, data_on, check_params, Problem
 from .surgery import assign_params, set_params
+from .masks import (apply_mask, get_mask, masked, remove_mask, save_masks, load_masks,
+                    load_exported)
 
 __version__ = '0.1.0'
 
@@ -20,4 +22,7 @@ __all__ = [
     'select', 'replicas', 'data_on', 'check_params', 'Problem',
     # value surgery
     'assign_params', 'set_params',
+    # masks in the graph
+    'apply_mask', 'get_mask', 'masked', 'remove_mask', 'save_masks', 'load_masks',
+    'load_exported',
 ]
