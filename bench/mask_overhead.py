@@ -21,7 +21,12 @@ Memory: each of ``unmasked`` and ``masked`` runs in its own fresh process (same 
 steps) and reports its peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``);
 the script prints both and the ratio masked/unmasked (target <= 1.25).
 
-Run: ``python bench/mask_overhead.py [--rounds 30] [--warmup 3] [--mem-steps 5]``.
+Both are measured with a plain ``hybridize()`` and with ``hybridize(static_alloc=True)``
+(``--alloc``): without static allocation the effective weights ``w * mask`` are new arrays
+every step, and the script also prints the minor page faults per step that this costs.
+
+Run: ``python bench/mask_overhead.py [--rounds 30] [--warmup 3] [--mem-steps 5]
+[--alloc default|static|both]``.
 """
 import argparse
 import os
@@ -87,21 +92,25 @@ def build(arm, seed=0, static_alloc=False):
 
 
 def time_arms(rounds, warmup, arms, static_alloc):
+    """Median-ready step times and minor page faults per step of each arm, interleaved."""
     steps, infos = {}, {}
     for arm in arms:
         steps[arm], infos[arm] = build(arm, static_alloc=static_alloc)
         for _ in range(warmup):
             steps[arm]()
     times = {arm: [] for arm in arms}
+    faults = {arm: 0 for arm in arms}
     order = list(arms)
     rng = random.Random(0)
     for _ in range(rounds):
         rng.shuffle(order)
         for arm in order:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             steps[arm]()
             times[arm].append(time.perf_counter() - start)
-    return times, infos
+            faults[arm] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return times, {arm: dict(infos[arm], faults=faults[arm] / rounds) for arm in arms}
 
 
 def peak_memory_child(arm, steps, static_alloc):
@@ -115,7 +124,7 @@ def peak_memory_child(arm, steps, static_alloc):
 
 def peak_memory(arm, steps, static_alloc):
     # Linux keeps ru_maxrss across exec, and a child starts with its parent's pages: run the
-    # children before this process grows (it has only imported MXNet at this point).
+    # children before this process grows (it has only imported MXNet at that point).
     cmd = [sys.executable, os.path.abspath(__file__), '--memory-child', arm,
            '--mem-steps', str(steps)] + (['--static-alloc'] if static_alloc else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -123,29 +132,12 @@ def peak_memory(arm, steps, static_alloc):
     return int(line.split()[1])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--rounds', type=int, default=30, help='timed steps per arm')
-    parser.add_argument('--warmup', type=int, default=3, help='untimed steps per arm')
-    parser.add_argument('--mem-steps', type=int, default=5,
-                        help='training steps in each memory process')
-    parser.add_argument('--no-blocked-arm', action='store_true',
-                        help='skip the masked-blocked arm')
-    parser.add_argument('--static-alloc', action='store_true',
-                        help='hybridize(static_alloc=True) in every arm')
-    parser.add_argument('--memory-child', choices=ARMS, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.memory_child:
-        peak_memory_child(args.memory_child, args.mem_steps, args.static_alloc)
-        return
-
+def report(args, static_alloc, mem):
     arms = ARMS[:2] if args.no_blocked_arm else ARMS
-    print('resnet18_v1, hybridised%s, batch %d x 3x32x32, SGD momentum 0.9, cpu(0); MXNet %s, '
-          'MKLDNN %s' % (' (static_alloc)' if args.static_alloc else '', BATCH, mx.__version__,
-                         'on' if _internals.mkldnn_enabled() else 'off'))
-    mem = {arm: peak_memory(arm, args.mem_steps, args.static_alloc)
-           for arm in ('unmasked', 'masked')}
-    times, infos = time_arms(args.rounds, args.warmup, arms, args.static_alloc)
+    print('== resnet18_v1, hybridize(static_alloc=%s), batch %d x 3x32x32, SGD momentum 0.9, '
+          'cpu(0); MXNet %s, MKLDNN %s' % (static_alloc, BATCH, mx.__version__,
+                                          'on' if _internals.mkldnn_enabled() else 'off'))
+    times, infos = time_arms(args.rounds, args.warmup, arms, static_alloc)
     info = infos['masked']
     print('Conv2D/Dense weights: %d; left in MKLDNN blocked layout by the predict-mode init '
           'forward: %d; still blocked when training: masked %d, masked-blocked %s'
@@ -156,8 +148,8 @@ def main():
     print('step time, median of %d interleaved steps:' % args.rounds)
     for arm in arms:
         q1, q3 = np.percentile(times[arm], [25, 75])
-        print('  %-15s %8.1f ms   (IQR %.1f-%.1f ms)' % (arm, medians[arm] * 1e3, q1 * 1e3,
-                                                         q3 * 1e3))
+        print('  %-15s %8.1f ms   (IQR %.1f-%.1f ms, %.0f minor page faults per step)'
+              % (arm, medians[arm] * 1e3, q1 * 1e3, q3 * 1e3, infos[arm]['faults']))
     for arm in arms[1:]:
         print('  ratio %s/unmasked: %.3f%s' % (arm, medians[arm] / medians['unmasked'],
                                                '   (target <= 1.05)' if arm == 'masked'
@@ -166,6 +158,31 @@ def main():
     for arm, value in mem.items():
         print('  %-15s %8.1f MiB' % (arm, value / 2.0 ** 20))
     print('  ratio masked/unmasked: %.3f   (target <= 1.25)' % (mem['masked'] / mem['unmasked']))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--rounds', type=int, default=30, help='timed steps per arm')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed steps per arm')
+    parser.add_argument('--mem-steps', type=int, default=5,
+                        help='training steps in each memory process')
+    parser.add_argument('--no-blocked-arm', action='store_true',
+                        help='skip the masked-blocked arm')
+    parser.add_argument('--alloc', choices=('default', 'static', 'both'), default='both',
+                        help="hybridize() as is ('default'), with static_alloc=True "
+                             "('static'), or one after the other ('both')")
+    parser.add_argument('--memory-child', choices=ARMS, help=argparse.SUPPRESS)
+    parser.add_argument('--static-alloc', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        peak_memory_child(args.memory_child, args.mem_steps, args.static_alloc)
+        return
+    modes = {'default': [False], 'static': [True], 'both': [False, True]}[args.alloc]
+    # Every memory child first, while this process is still small (see peak_memory).
+    mem = {static_alloc: {arm: peak_memory(arm, args.mem_steps, static_alloc)
+                          for arm in ('unmasked', 'masked')} for static_alloc in modes}
+    for static_alloc in modes:
+        report(args, static_alloc, mem[static_alloc])
 
 
 if __name__ == '__main__':

@@ -257,8 +257,13 @@ def _masked_hybrid_forward(self, F, *args, **kwargs):
     """``hybrid_forward`` of a block with masks: the weights it receives are ``w * mask``."""
     from mxnet.util import is_np_array
     for attr, mask_attr in self.__dict__[MASKS_ATTR].items():
-        mask = kwargs.pop(mask_attr)
+        mask = kwargs.pop(mask_attr, None)
         weight = kwargs[attr]
+        if mask is None:
+            # hybrid_forward called by hand with the block's own parameters only
+            param = self._reg_params[mask_attr]
+            mask = param.var() if isinstance(weight, mx.sym.Symbol) \
+                else param.data(weight.context)
         kwargs[attr] = F.np.multiply(weight, mask) if is_np_array() \
             else F.elemwise_mul(weight, mask)
     if needs_deconv_workaround(self) and 'weight' in self.__dict__[MASKS_ATTR]:

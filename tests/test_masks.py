@@ -784,3 +784,13 @@ def test_model_zoo_every_conv_masked_one_step_on_two_contexts(model):
         moved += int((after[0] != stored[p.name]).any())
     assert moved == len(convs)
     assert ps.check_params(net) == []
+
+
+def test_check_params_compares_mask_replicas():
+    net, _, _, owner, _, _ = _twin('dense', CTXS[2])
+    ps.apply_mask(net, owner.weight, 1.0)
+    with autograd.pause():
+        owner.weight_mask.data(mx.cpu(1))[0, 0] = 0.0    # an edit that reached one context
+    problems = ps.check_params(net)
+    assert [(p.name, p.context, p.code) for p in problems] == [
+        ('net_dense0_weight_mask', mx.cpu(1), 'replicas-diverged')]
