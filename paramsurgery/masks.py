@@ -614,7 +614,25 @@ def load_masks(net, path: str, *, combine: str = 'replace') -> List[str]:
 
     Examples
     --------
-    See :func:`save_masks`.
+    >>> import os, tempfile, mxnet as mx, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.Dense(2, in_units=3, prefix='a_')
+    >>> net.initialize()
+    >>> ps.apply_mask(net, 'a_weight', mx.nd.array([[1, 0, 1], [0, 1, 0]]))
+    ['a_weight']
+    >>> path = os.path.join(tempfile.mkdtemp(), 'm.npz')
+    >>> ps.save_masks(net, path)
+    ['weight']
+    >>> other = nn.Dense(2, in_units=3, prefix='b_')
+    >>> other.initialize()
+    >>> ps.load_masks(other, path)
+    ['b_weight']
+    >>> ps.get_mask(other, 'b_weight')['b_weight'].asnumpy().tolist()
+    [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    >>> ps.load_masks(nn.Dense(3, in_units=3, prefix='c_'), path)
+    Traceback (most recent call last):
+    ...
+    paramsurgery.errors.SurgeryValueError: The mask file ... has a mask of shape (2, 3) for 'weight' ...
     """
     _require_block(net, 'load_masks')
     saved = _read_masks(path)
