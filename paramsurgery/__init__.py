@@ -12,11 +12,14 @@ from .select import select
 from .access import replicas, data_on, check_params, Problem
 from .surgery import assign_params, set_params
 from .samplers import SubsetRandomSampler, complementary_split, kfold
-from .pruning import (prune_count, magnitude_masks, random_masks, structured_masks,
+from .pruning import (prune_magnitude, prune_random, prune_structured, prune_custom, Pruner,
+                      prune_count, magnitude_masks, random_masks, structured_masks,
                       custom_masks, ConstantSparsity, PolynomialDecay)
-from .report import SparsityReport, arrays_report
+from .report import SparsityReport, sparsity_report, arrays_report
 from .stale import (find_stale, safe_step, track_usage, explain, StaleRecord, UsageTracker,
                     STALE_REASONS)
+from .masks import (apply_mask, get_mask, masked, remove_mask, save_masks, load_masks,
+                    load_exported)
 
 __version__ = '0.1.0'
 
@@ -32,12 +35,16 @@ __all__ = [
     'SamplerValueError', 'SamplerTypeError',
     'SubsetRandomSampler', 'complementary_split', 'kfold',
     'MissingDependencyError',
-    # pruning: masks computed from arrays, and schedules
+    # pruning: on a net, masks computed from arrays, and schedules
+    'prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner',
     'prune_count', 'magnitude_masks', 'random_masks', 'structured_masks', 'custom_masks',
     'ConstantSparsity', 'PolynomialDecay',
     # reports
-    'SparsityReport', 'arrays_report',
+    'SparsityReport', 'sparsity_report', 'arrays_report',
     # stale gradients
     'find_stale', 'safe_step', 'track_usage', 'explain', 'StaleRecord', 'UsageTracker',
     'STALE_REASONS',
+    # masks in the graph
+    'apply_mask', 'get_mask', 'masked', 'remove_mask', 'save_masks', 'load_masks',
+    'load_exported',
 ]

@@ -16,7 +16,8 @@ import numpy as np
 
 from .errors import ParamSurgeryError
 from .pruning import magnitude_masks, random_masks, structured_masks
-from .report import MASK_SUFFIX, arrays_report
+from .masks import MASK_SUFFIX
+from .report import arrays_report
 
 __all__ = ['main']
 

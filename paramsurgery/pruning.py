@@ -31,8 +31,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from .errors import SurgeryTypeError, SurgeryValueError
+from .select import select
 
-__all__ = ['prune_count', 'magnitude_masks', 'random_masks', 'structured_masks',
+__all__ = ['prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner',
+           'prune_count', 'magnitude_masks', 'random_masks', 'structured_masks',
            'custom_masks', 'ConstantSparsity', 'PolynomialDecay']
 
 # Elements per block when recomputing scores to build the masks: small enough for the block
@@ -849,23 +851,16 @@ class PolynomialDecay(_Schedule):
 
 
 # ---------------------------------------------------------------------------------------------
-# Net-level functions. NOT exported or tested yet: they need paramsurgery.masks (apply_mask,
-# get_mask, masked), which is built on another branch, and are enabled when it is merged.
+# Net-level functions: read the weights, call the core, apply through apply_mask.
 # ---------------------------------------------------------------------------------------------
 
 def _read(net, key):
-    """Selected parameters (mask companions excluded), their first-context weights and
+    """Selected parameters (masks themselves never selected), their first-context weights and
     existing masks as numpy arrays."""
     from .access import replicas
-    from .masks import get_mask, masked
-    from .select import select
-    params = select(net, key)
+    from .masks import get_mask, masked, unmasked_params
+    params = select(unmasked_params(net), key)
     have = set(masked(net))
-    params = OrderedDict((name, p) for name, p in params.items()
-                         if not (name.endswith('_mask') and name[:-len('_mask')] in have))
-    if not params:
-        raise SurgeryValueError('key %r selects only masks; select the weights instead.'
-                                % (key,))
     weights = OrderedDict((name, replicas(p)[0][1].asnumpy()) for name, p in params.items())
     mine = [name for name in params if name in have]
     existing = {name: m.asnumpy() for name, m in get_mask(net, mine).items()} if mine else {}
