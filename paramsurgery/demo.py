@@ -26,10 +26,10 @@ PRUNED = r'.*(conv|dense)\d+_weight$'  # every conv/dense weight, not their mask
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--epochs', type=int, default=12,
-                        help='dense training epochs (default 12)')
-    parser.add_argument('--prune-epochs', type=int, default=12,
-                        help='epochs of gradual pruning and fine-tuning (default 12)')
+    parser.add_argument('--epochs', type=int, default=20,
+                        help='dense training epochs (default 20)')
+    parser.add_argument('--prune-epochs', type=int, default=40,
+                        help='epochs of gradual pruning and fine-tuning (default 40)')
     parser.add_argument('--sparsity', type=float, default=0.9,
                         help='final sparsity of the conv/dense weights (default 0.9)')
     parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')

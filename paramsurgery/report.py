@@ -79,7 +79,8 @@ class SparsityReport:
         fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(self.rows)), 4.5))
         ax.bar(range(len(self.rows)), [100 * r['sparsity'] for r in self.rows])
         ax.set_xticks(range(len(self.rows)))
-        ax.set_xticklabels([r['name'] for r in self.rows], rotation=90, fontsize=6)
+        ax.set_xticklabels([r['name'] for r in self.rows], rotation=90,
+                           fontsize=8 if len(self.rows) <= 30 else 6)
         ax.set_ylabel('sparsity of weight * mask (%)')
         ax.set_ylim(0, 100)
         ax.set_title('sparsity per parameter (total %.1f%%)' % (100 * self.total['sparsity']))
