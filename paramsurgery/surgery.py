@@ -73,7 +73,7 @@ def _check_values(name, what, values, dtype, allow_nonfinite):
 
 def _prepare(name, param, value, what, allow_nonfinite) -> _Value:
     dtype = np.dtype(param.dtype)
-    shape = tuple(param.shape)
+    shape = tuple(_internals.raw_data(param)[0].shape)  # param.shape is None after SymbolBlock.imports
     if isinstance(value, (np.bool_, numbers.Real)):
         cast = np.asarray(value).astype(dtype)
         _check_values(name, what, cast, dtype, allow_nonfinite)

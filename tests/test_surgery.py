@@ -315,3 +315,23 @@ def test_uninitialised_parameter_is_refused():
     net = gluon.nn.Dense(2, in_units=3, prefix='u_')
     with pytest.raises(ps.ParameterStateError, match=r"'u_weight'.*never initialised"):
         ps.set_params(net, 'u_weight', 1.0)
+
+
+def test_symbolblock_parameters_without_shape(tmp_path, ctxs):
+    # SymbolBlock.imports leaves param.shape None: the replicas' shape is the truth
+    net = gluon.nn.HybridSequential(prefix='e_')
+    with net.name_scope():
+        net.add(gluon.nn.Dense(2, in_units=3))
+    net.initialize(mx.init.One())
+    net.hybridize()
+    net(mx.nd.ones((1, 3)))
+    net.export(str(tmp_path / 'm'))
+    block = gluon.nn.SymbolBlock.imports(str(tmp_path / 'm-symbol.json'), ['data'],
+                                         str(tmp_path / 'm-0000.params'), ctx=ctxs)
+    assert block.collect_params()['e_dense0_weight'].shape is None
+    assert ps.assign_params(block, 'e_dense0_weight', np.array([[2.0], [3.0]])) == \
+        ['e_dense0_weight']
+    for ctx in ctxs:
+        np.testing.assert_array_equal(block(mx.nd.ones((1, 3), ctx=ctx)).asnumpy(), [[6, 9]])
+    with pytest.raises(ps.SurgeryValueError, match=r'shape \(2, 3\)'):
+        ps.set_params(block, 'e_dense0_weight', np.ones(4))
