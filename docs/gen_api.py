@@ -44,7 +44,7 @@ def render_module(name):
         lines += ['## `%s%s`' % (public, _signature(obj) if kind != 'data' else ''), '',
                   '*%s*' % kind, '']
         doc = inspect.getdoc(obj) if kind != 'data' else None
-        lines += ['```text', doc or '(no docstring)', '```', '']
+        lines += ['```text', doc or '(no docstring)', '', '```', '']  # blank: ends a doctest
         if inspect.isclass(obj):
             for attr, member in sorted(vars(obj).items()):
                 if attr.startswith('_') or not (inspect.isfunction(member)
@@ -52,7 +52,7 @@ def render_module(name):
                     continue
                 sig = _signature(member) if inspect.isfunction(member) else ''
                 lines += ['### `%s.%s%s`' % (public, attr, sig), '',
-                          '```text', inspect.getdoc(member) or '(no docstring)', '```', '']
+                          '```text', inspect.getdoc(member) or '(no docstring)', '', '```', '']
     return '\n'.join(lines).rstrip() + '\n'
 
 
