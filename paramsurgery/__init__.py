@@ -6,7 +6,8 @@ undoing the change.
 """
 from .errors import (ParamSurgeryError, SurgeryError, SelectionError, SurgeryValueError,
                      SurgeryTypeError, ParameterStateError, TrainerStateError,
-                     SamplerValueError, SamplerTypeError, MissingDependencyError)
+                     SamplerValueError, SamplerTypeError, MissingDependencyError,
+                     DistributedWarning)
 from .select import select
 from .access import replicas, data_on, check_params, Problem
 from .surgery import assign_params, set_params
@@ -14,6 +15,7 @@ from .samplers import SubsetRandomSampler, complementary_split, kfold
 from .pruning import (prune_count, magnitude_masks, random_masks, structured_masks,
                       custom_masks, ConstantSparsity, PolynomialDecay)
 from .report import SparsityReport, arrays_report
+from .distributed import check_trainer, init_kvstore
 
 __version__ = '0.1.0'
 
@@ -34,4 +36,6 @@ __all__ = [
     'ConstantSparsity', 'PolynomialDecay',
     # reports
     'SparsityReport', 'arrays_report',
+    # distributed kvstore (dist_sync)
+    'DistributedWarning', 'check_trainer', 'init_kvstore',
 ]
