@@ -22,7 +22,8 @@ MODULES = [
     ('pruning', 'pruning: masks from magnitudes, scores, random draws or slices; schedules'),
     ('report', 'sparsity reports'),
     ('samplers', 'complementary samplers for DataLoader'),
-    ('errors', 'the exceptions'),
+    ('distributed', 'the parameter-server kvstore: check_trainer, init_kvstore'),
+    ('errors', 'the exceptions and warnings'),
 ]
 
 

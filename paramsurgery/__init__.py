@@ -7,7 +7,7 @@ undoing the change.
 from .errors import (ParamSurgeryError, SurgeryError, SelectionError, SurgeryValueError,
                      SurgeryTypeError, ParameterStateError, TrainerStateError,
                      SamplerValueError, SamplerTypeError, MissingDependencyError,
-                     StaleGradientError)
+                     StaleGradientError, DistributedWarning)
 from .select import select
 from .access import replicas, data_on, check_params, Problem
 from .surgery import assign_params, set_params
@@ -20,31 +20,33 @@ from .stale import (find_stale, safe_step, track_usage, explain, StaleRecord, Us
                     STALE_REASONS)
 from .masks import (apply_mask, get_mask, masked, remove_mask, save_masks, load_masks,
                     load_exported)
+from .distributed import check_trainer, init_kvstore
 
 __version__ = '0.1.0'
 
 __all__ = [
-    # errors
+    # errors and warnings
     'ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
     'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError', 'StaleGradientError',
+    'SamplerValueError', 'SamplerTypeError', 'MissingDependencyError', 'DistributedWarning',
     # selection and access
     'select', 'replicas', 'data_on', 'check_params', 'Problem',
     # value surgery
     'assign_params', 'set_params',
-    # samplers
-    'SamplerValueError', 'SamplerTypeError',
-    'SubsetRandomSampler', 'complementary_split', 'kfold',
-    'MissingDependencyError',
+    # masks in the graph
+    'apply_mask', 'get_mask', 'masked', 'remove_mask', 'save_masks', 'load_masks',
+    'load_exported',
+    # stale gradients
+    'find_stale', 'safe_step', 'track_usage', 'explain', 'StaleRecord', 'UsageTracker',
+    'STALE_REASONS',
     # pruning: on a net, masks computed from arrays, and schedules
     'prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner',
     'prune_count', 'magnitude_masks', 'random_masks', 'structured_masks', 'custom_masks',
     'ConstantSparsity', 'PolynomialDecay',
     # reports
     'SparsityReport', 'sparsity_report', 'arrays_report',
-    # stale gradients
-    'find_stale', 'safe_step', 'track_usage', 'explain', 'StaleRecord', 'UsageTracker',
-    'STALE_REASONS',
-    # masks in the graph
-    'apply_mask', 'get_mask', 'masked', 'remove_mask', 'save_masks', 'load_masks',
-    'load_exported',
+    # samplers
+    'SubsetRandomSampler', 'complementary_split', 'kfold',
+    # distributed kvstore (dist_sync)
+    'check_trainer', 'init_kvstore',
 ]

@@ -557,3 +557,60 @@ def deconvolution_as_convolution(F, data, weight, bias=None, *, weight_shape, ke
     return F.Convolution(*args, kernel=tuple(kernel), stride=(1,) * n, dilate=dilate,
                          pad=tuple(conv_pad), num_filter=num_filter, num_group=groups,
                          no_bias=no_bias or bias is None)
+
+# --------------------------------------------------------------------------- distributed kvstore
+# (imported here rather than at the top so that this section merges as a pure addition)
+import os  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
+
+
+def kvstore_type(kvstore):
+    """The type string of a kvstore or of a Trainer's configured kvstore ('' for None)."""
+    if isinstance(kvstore, str):
+        return kvstore
+    return getattr(kvstore, 'type', '') or ''
+
+
+def effective_update_on_kvstore(trainer):
+    """Whether ``trainer`` runs (or will run, once its first step creates the kvstore) the
+    optimizer on the kvstore, resolved the way ``Trainer._init_kvstore`` resolves it for
+    dense parameters: an explicit ``update_on_kvstore`` wins, else ``MXNET_UPDATE_ON_KVSTORE``
+    (default 1); a distributed async kvstore and sparse weights always update on the kvstore.
+    """
+    if trainer._kv_initialized:
+        return trainer._kvstore is not None and bool(trainer._update_on_kvstore)
+    config = trainer._kvstore_params
+    kv_type = kvstore_type(config['kvstore'])
+    if config['kvstore'] is None:
+        return False
+    if trainer._contains_sparse_weight or (trainer._contains_sparse_grad and 'dist' in kv_type):
+        return True  # MXNet forces it (or raises when update_on_kvstore=False was asked for)
+    if 'dist' in kv_type and 'async' in kv_type:
+        return True
+    if config['update_on_kvstore'] is not None:
+        return bool(config['update_on_kvstore'])
+    return bool(int(os.getenv('MXNET_UPDATE_ON_KVSTORE', '1')))
+
+
+def params_to_broadcast(trainer):
+    """The Parameters the next ``step`` will broadcast from rank 0 through the kvstore.
+
+    Before the first step that is every parameter; afterwards only those whose
+    initialisation was still deferred at the first step (``_params_to_init``).
+    """
+    if not trainer._kv_initialized:
+        return list(trainer._params)
+    return list(trainer._params_to_init)
+
+
+def init_trainer_kvstore(trainer):
+    """Create the Trainer's kvstore and broadcast its parameters now, as its first ``step``
+    would (``_init_kvstore`` then ``_init_params``), and wait until every replica has
+    received its value: ``KVStore.broadcast`` only queues the pull on the engine."""
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    for param in trainer._params:
+        if not param._deferred_init and param._data is not None:
+            for arr in param._data:
+                arr.wait_to_read()

@@ -6,7 +6,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import gluon, ndarray as nd
 
-from . import _internals
+from . import _internals, distributed
 from .access import ensure_usable
 from .errors import SurgeryTypeError, SurgeryValueError, TrainerStateError
 from .select import all_params, select
@@ -213,6 +213,10 @@ def _run(net, key, value, what, write, trainer, allow_nonfinite):
     trainers = _trainers(params, trainer)
     for t in trainers:
         _check_trainer(t, params)
+    for t in trainers:
+        # the values written now are what rank 0 broadcasts at the first step: say so if
+        # that broadcast can race (dist_sync with update_on_kvstore=False)
+        distributed.warn_if_exposed(t, stacklevel=3)
     for _, param, prepared in plan:
         prepared.prefetch(_internals.context_list(param))
     # Everything is validated: from here on nothing raises for the user's input.

@@ -1,0 +1,194 @@
+"""Training on MXNet's parameter-server kvstore (``dist_sync``) without silent divergence.
+
+MXNet 1.9.1's Gluon Trainer has one race on a ``dist_sync`` kvstore with
+``update_on_kvstore=False``. Its first ``step`` broadcasts rank 0's weights (``kv.init``,
+then a ``kv.pull`` into every worker's replicas) and then all-reduces the gradients
+(``kv.pushpull``) on the same keys. The pull and the pushpull write different arrays, so the
+engine is free to send them in either order; with no optimizer on the servers, the
+pushpull replaces the servers' copy of each key by the summed gradient. When a worker's
+pull is served after that, the worker's weights become the summed gradient, on that worker
+only or on all of them, and because the workers never exchange weights again with
+``update_on_kvstore=False`` the error stays for the rest of training. Nothing is raised.
+``docs/distributed.md`` has the measurements.
+
+:func:`check_trainer` says when a Trainer is exposed; :func:`init_kvstore` removes the race
+by doing the broadcast before the first step and waiting for it.
+"""
+import warnings
+from typing import List
+
+from mxnet import gluon
+
+from . import _internals
+from .errors import DistributedWarning, ParameterStateError, SurgeryTypeError
+
+__all__ = ['check_trainer', 'init_kvstore']
+
+
+def _require_trainer(trainer, where):
+    if not isinstance(trainer, gluon.Trainer):
+        raise SurgeryTypeError('%s expects a gluon.Trainer, got %s.'
+                               % (where, type(trainer).__name__))
+
+
+def _exposed(trainer):
+    """Names of the parameters whose next broadcast can race, and the kvstore type."""
+    kv_type = _internals.kvstore_type(_internals.trainer_kvstore(trainer)[0])
+    if not _internals.is_distributed(kv_type) or 'async' in kv_type:
+        return [], kv_type
+    if _internals.effective_update_on_kvstore(trainer):
+        return [], kv_type  # the servers own the weights: every step pulls them back
+    return [p.name for p in _internals.params_to_broadcast(trainer)], kv_type
+
+
+def _warn(trainer, stacklevel):
+    names, kv_type = _exposed(trainer)
+    if not names:
+        return names
+    deferred = [p.name for p in _internals.params_to_broadcast(trainer)
+                if _internals.is_deferred(p)]
+    shown = ', '.join("'%s'" % n for n in names[:3])
+    if len(names) > 3:
+        shown += ' and %d more' % (len(names) - 3)
+    message = (
+        "Trainer on kvstore '%s' with update_on_kvstore=False: with MXNet 1.9.1 its next "
+        "step can start parameter(s) %s from the summed gradient instead of rank 0's "
+        "weights, on some workers or all, silently and for good (the broadcast pull and the "
+        "gradient pushpull of the same key are not ordered, and without an optimizer the "
+        "servers store the gradient sum in place of the weight). Fix: call "
+        "ps.init_kvstore(trainer) on every worker before the first trainer.step(), or use "
+        "update_on_kvstore=True." % (kv_type, shown))
+    if deferred:
+        message += (" Parameter '%s'%s still waits for its first forward (deferred "
+                    "initialisation): give the layers their input sizes (in_units, "
+                    "in_channels) or run one forward outside autograd.record() first."
+                    % (deferred[0], ' (and %d more)' % (len(deferred) - 1)
+                       if len(deferred) > 1 else ''))
+    warnings.warn(message, DistributedWarning, stacklevel=stacklevel + 1)
+    return names
+
+
+def warn_if_exposed(trainer, stacklevel=1):
+    """:func:`check_trainer` for paramsurgery's own functions: ``stacklevel`` counts from
+    the caller of this function, as in ``warnings.warn``."""
+    return _warn(trainer, stacklevel + 1)
+
+
+def check_trainer(trainer: gluon.Trainer) -> List[str]:
+    """Warn when ``trainer``'s next step can silently corrupt weights on ``dist_sync``.
+
+    The exposed configuration is exactly: a distributed synchronous kvstore (``dist_sync``,
+    ``dist_sync_device``, ...), the optimizer running on the workers
+    (``update_on_kvstore=False``, or ``None`` with ``MXNET_UPDATE_ON_KVSTORE=0``), and
+    parameters that the next step will broadcast from rank 0 (all of them before the first
+    step, or those whose initialisation was deferred until then). With
+    ``update_on_kvstore=True`` (the distributed default), an async kvstore, a local kvstore
+    or none, nothing is reported. No kvstore is created and nothing is changed.
+
+    Parameters
+    ----------
+    trainer : Trainer
+        The Trainer to inspect, before or after its first ``step``.
+
+    Returns
+    -------
+    list of str
+        The names of the exposed parameters (empty when the Trainer is safe). When the
+        list is not empty a :class:`paramsurgery.DistributedWarning` is issued too; it
+        names the fix, :func:`paramsurgery.init_kvstore`.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``trainer`` is not a ``gluon.Trainer``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet import gluon
+    >>> net = gluon.nn.Dense(2, in_units=3, prefix='fc_')
+    >>> net.initialize(ctx=mx.cpu(0))
+    >>> trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1},
+    ...                         kvstore='dist_sync', update_on_kvstore=False)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter('always')
+    ...     ps.check_trainer(trainer)
+    ['fc_bias', 'fc_weight']
+    >>> caught[0].category is ps.DistributedWarning
+    True
+    >>> safe = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1},
+    ...                      kvstore='dist_sync')          # update_on_kvstore=True
+    >>> ps.check_trainer(safe)
+    []
+    """
+    _require_trainer(trainer, 'check_trainer')
+    return _warn(trainer, stacklevel=2)
+
+
+def init_kvstore(trainer: gluon.Trainer) -> List[str]:
+    """Remove the ``dist_sync`` first-step race: broadcast the parameters now and wait.
+
+    For a Trainer that :func:`check_trainer` reports, this creates the kvstore and
+    broadcasts rank 0's parameters to every worker and context, exactly as the first
+    ``step`` would, and waits until every replica has its value, so no gradient can reach
+    the servers while a worker still waits for its weights. Afterwards
+    :func:`check_trainer` reports nothing and ``dist_sync`` with ``update_on_kvstore=False``
+    matches a single-process run. The optimizer and its state are not touched.
+
+    For any other Trainer it does nothing and returns ``[]``: there is no race, and on a
+    distributed kvstore with ``update_on_kvstore=True`` creating the kvstore early would
+    send the optimizer to the servers before ``step(batch_size)`` has set its gradient
+    scale, after which MXNet refuses every step ("Possible change in the `batch_size`").
+
+    It is a collective call (``kv.init`` waits at a barrier for every worker): call it on
+    every worker at the same point, after ``initialize()`` and before the first
+    ``trainer.step()``. Calling it again does nothing.
+
+    Parameters
+    ----------
+    trainer : Trainer
+        The Trainer whose kvstore to initialise.
+
+    Returns
+    -------
+    list of str
+        The names of the parameters broadcast by this call.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``trainer`` is not a ``gluon.Trainer``.
+    ParameterStateError
+        A parameter to broadcast still waits for its first forward (deferred
+        initialisation); nothing was done.
+
+    Examples
+    --------
+    Without a parameter server there is nothing to do (``docs/distributed.md`` runs it on
+    a real ``dist_sync`` cluster):
+
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet import gluon
+    >>> net = gluon.nn.Dense(2, in_units=3, prefix='fc_')
+    >>> net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+    >>> trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1},
+    ...                         kvstore='device', update_on_kvstore=False)
+    >>> ps.init_kvstore(trainer)
+    []
+    """
+    _require_trainer(trainer, 'init_kvstore')
+    names, _ = _exposed(trainer)
+    if not names:
+        return []
+    deferred = [p.name for p in _internals.params_to_broadcast(trainer)
+                if _internals.is_deferred(p)]
+    if deferred:
+        raise ParameterStateError(
+            "Parameter '%s'%s has not been initialised yet (its shape waits for the first "
+            "forward), so init_kvstore cannot broadcast it. Nothing was done. Fix: give the "
+            "layers their input sizes (in_units, in_channels), or run one forward outside "
+            "autograd.record() on every worker, then call ps.init_kvstore(trainer)."
+            % (deferred[0], ' (and %d more)' % (len(deferred) - 1) if len(deferred) > 1 else ''))
+    _internals.init_trainer_kvstore(trainer)
+    return names
