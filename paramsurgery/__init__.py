@@ -20,7 +20,7 @@ from .stale import (find_stale, safe_step, track_usage, explain, StaleRecord, Us
                     STALE_REASONS)
 from .masks import (apply_mask, get_mask, masked, remove_mask, save_masks, load_masks,
                     load_exported)
-from .distributed import check_trainer, init_kvstore
+from .distributed import check_trainer, init_kvstore, broadcast_masks
 
 __version__ = '0.1.0'
 
@@ -48,5 +48,5 @@ __all__ = [
     # samplers
     'SubsetRandomSampler', 'complementary_split', 'kfold',
     # distributed kvstore (dist_sync)
-    'check_trainer', 'init_kvstore',
+    'check_trainer', 'init_kvstore', 'broadcast_masks',
 ]

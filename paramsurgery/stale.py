@@ -21,6 +21,7 @@ from mxnet import autograd, gluon, ndarray as nd
 from mxnet.gluon.parameter import Parameter
 
 from . import _internals
+from .distributed import init_kvstore
 from .errors import StaleGradientError, SurgeryTypeError, SurgeryValueError
 from .select import all_params, select
 
@@ -548,7 +549,9 @@ def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = Non
     Otherwise steps, skipping exactly the stale parameters (their values and optimizer
     state, e.g. momentum, stay as they are, also when the kvstore runs the optimizer) and
     updating all others; then marks every gradient as consumed, so a second step without
-    a new backward raises (``no-backward``), whatever the kvstore setting.
+    a new backward raises (``no-backward``), whatever the kvstore setting. On a
+    ``dist_sync`` kvstore with ``update_on_kvstore=False`` it first calls
+    :func:`init_kvstore`, which removes MXNet's first-step broadcast race.
 
     Parameters
     ----------
@@ -638,6 +641,10 @@ def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = Non
         raise _stale_error(records, 'Step refused, nothing updated:',
                            allowed=[r.name for r in records if r.name in allowed], tail=tail)
     skipped = list(OrderedDict.fromkeys(rec.name for rec in records))
+    if distributed:
+        # dist_sync with update_on_kvstore=False: do the first broadcast before the step, or
+        # it can race with the gradient all-reduce (docs/distributed.md). No-op otherwise.
+        init_kvstore(trainer)
     with _internals.excluded_from_step([params[name] for name in skipped]):
         trainer.step(batch_size)
     # MXNet leaves the flags set when the kvstore updates the weights: without this, the

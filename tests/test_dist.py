@@ -305,3 +305,119 @@ def test_distributed_helpers_reject_a_non_trainer():
     for fn in (ps.check_trainer, ps.init_kvstore):
         with pytest.raises(ps.SurgeryTypeError, match='expects a gluon.Trainer, got dict'):
             fn({})
+
+
+# --------------------------------------------------------------------------- masks, stale, pruning
+
+MASKS = COMMON + r'''
+import json, os
+import paramsurgery as ps
+cfg = json.loads(os.environ['DIST_CFG'])
+kv = mx.kv.create('dist_sync')
+ctxs = [mx.cpu(0), mx.cpu(1)]
+net = build_net(ctxs, True)
+trainer = gluon.Trainer(net.collect_params(), *OPTIMIZER, kvstore=kv,
+                        update_on_kvstore=cfg['update_on_kvstore'])
+
+def masks():
+    return {n: [m.asnumpy().tolist() for m in net.collect_params()[n + '_mask'].list_data()]
+            for n in ps.masked(net)}
+
+def weights():
+    return {n: [d.asnumpy().tolist() for d in p.list_data()]
+            for n, p in ps.masks.unmasked_params(net).items()}
+
+def step(s):
+    parts = gluon.utils.split_and_load(mx.nd.array(batch(kv.rank, s)), ctxs)
+    with autograd.record():
+        losses = [(net(part) ** 2).sum() for part in parts]
+    autograd.backward(losses)
+    ps.safe_step(trainer, 4 * kv.num_workers)   # also removes the first-step race
+
+ps.prune_random(net, r'.*weight$', 0.5, seed=kv.rank)    # local randomness: masks differ
+local = masks()
+broadcast = ps.broadcast_masks(kv, net)
+shared = masks()
+for s in range(STEPS):
+    step(s)
+trained = weights()
+pruner = ps.Pruner(net, r'.*weight$', ps.ConstantSparsity(0.8, frequency=1), scope='global')
+pruned = pruner.step(0)
+step(STEPS)
+final, final_masks = weights(), masks()
+problems = [p.code for p in ps.check_params(net)]
+with autograd.record():                            # the second layer does not run
+    loss = sum(net[0](part).sum() for part in gluon.utils.split_and_load(
+        mx.nd.array(batch(kv.rank, 9)), ctxs))
+loss.backward()
+stale = sorted({(r.name, r.reason) for r in ps.find_stale(trainer)})
+try:
+    ps.safe_step(trainer, 8, allow_stale='.*dense1.*')
+    refused = None
+except ps.StaleGradientError as err:
+    refused = str(err)
+print('RESULT ' + json.dumps({
+    'rank': kv.rank, 'local': local, 'broadcast': broadcast, 'shared': shared,
+    'trained': trained, 'pruned': pruned, 'final': final, 'final_masks': final_masks,
+    'problems': problems, 'stale': stale, 'refused': refused,
+    'unchanged_after_refusal': weights() == final}))
+'''
+
+
+def _masked_reference(rank0_masks):
+    """Single process: rank 0's masks, every worker's rows in one batch, then the Pruner."""
+    ns = {}
+    exec(COMMON, ns)  # pylint: disable=exec-used
+    net = ns['build_net']([mx.cpu(0)], False)
+    ps.apply_mask(net, {n: np.array(m[0], dtype=np.float32) for n, m in rank0_masks.items()})
+    trainer = gluon.Trainer(net.collect_params(), *ns['OPTIMIZER'], kvstore=None)
+
+    def step(s):
+        x = np.concatenate([ns['batch'](rank, s) for rank in range(2)])
+        ns['train_step'](net, trainer, x, [mx.cpu(0)], len(x))
+    for s in range(ns['STEPS']):
+        step(s)
+    ps.Pruner(net, r'.*weight$', ps.ConstantSparsity(0.8, frequency=1), scope='global').step(0)
+    step(ns['STEPS'])
+    return ({n: p.data().asnumpy() for n, p in ps.masks.unmasked_params(net).items()},
+            {n: m.asnumpy() for n, m in ps.get_mask(net, r'.*weight$').items()})
+
+
+@pytest.mark.parametrize('update_on_kvstore', [True, False], ids=['uok-true', 'uok-false'])
+def test_masks_pruner_and_stale_on_dist_sync(update_on_kvstore):
+    results = run_cluster(MASKS, workers=2, timeout=90, extra_env={
+        'DIST_CFG': json.dumps({'update_on_kvstore': update_on_kvstore})})
+    results.sort(key=lambda r: r['rank'])
+    rank0, rank1 = results
+    weights = ['mlp_dense0_weight', 'mlp_dense1_weight']
+    # local masks differed; broadcast_masks made both workers use rank 0's
+    assert rank0['local'] != rank1['local']
+    for r in results:
+        assert r['broadcast'] == weights
+        assert r['shared'] == rank0['local']
+    ref_weights, ref_masks = _masked_reference(rank0['local'])
+    ns = {}
+    exec(COMMON, ns)  # pylint: disable=exec-used
+    initial = {n: p.data().asnumpy() for n, p in ns['build_net']([mx.cpu(0)], False)
+               .collect_params().items()}
+    for r in results:
+        for name, replicas in r['final'].items():   # every worker, every context
+            for replica in replicas:
+                np.testing.assert_allclose(replica, ref_weights[name], rtol=1e-5, atol=1e-6,
+                                           err_msg='rank %d %s' % (r['rank'], name))
+        assert r['pruned'] is True
+        zeros = 0
+        for name in weights:
+            for mask in r['final_masks'][name]:
+                np.testing.assert_array_equal(mask, ref_masks[name])  # identical everywhere
+            # entries under the broadcast masks got no gradient: still at their initial value
+            hidden = np.array(rank0['local'][name][0]) == 0
+            for w in r['trained'][name]:
+                np.testing.assert_array_equal(np.array(w)[hidden], initial[name][hidden])
+            zeros += int((np.array(r['final_masks'][name][0]) == 0).sum())
+        assert zeros == int(np.floor(0.8 * (5 * 4 + 3 * 5) + 0.5))
+        assert r['problems'] == []
+        # the unused head is diagnosed, and never skipped on a distributed kvstore
+        assert r['stale'] == [['mlp_dense1_bias', 'unused'], ['mlp_dense1_weight', 'unused']]
+        assert 'distributed' in r['refused'] and 'mlp_dense1_weight' in r['refused']
+        assert r['unchanged_after_refusal'] is True
