@@ -169,3 +169,28 @@ def test_console_entry_point_and_usage_errors(saved, tmp_path):
         helped = subprocess.run([sys.executable, '-m', 'paramsurgery', sub, '--help'],
                                 capture_output=True, text=True, env=env)
         assert helped.returncode == 0 and 'usage: paramsurgery ' + sub in helped.stdout
+
+
+def test_exported_file_with_prefixed_names_and_masks(tmp_path, capsys):
+    import paramsurgery as ps
+    from mxnet.gluon import nn
+    net = nn.HybridSequential(prefix='x_')
+    with net.name_scope():
+        net.add(nn.Conv2D(4, 3, in_channels=1), nn.BatchNorm(in_channels=4))
+    net.initialize(mx.init.One())
+    ps.apply_mask(net, 'x_conv0_weight', (np.arange(36) % 3 != 0).reshape(4, 1, 3, 3))
+    net.hybridize()
+    net(mx.nd.ones((1, 1, 5, 5)))
+    net.export(str(tmp_path / 'm'))
+    path = str(tmp_path / 'm-0000.params')
+    assert 'arg:x_conv0_weight_mask' in mx.nd.load(path)
+    code, out, _ = run(['inspect', path], capsys)
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:-2]}
+    assert 'arg:x_conv0_weight_mask' not in rows and 'aux:x_batchnorm0_running_var' in rows
+    assert rows['arg:x_conv0_weight'][-4:] == ['36', '12', '33.33%', 'yes']
+    out_path = str(tmp_path / 'p.params')
+    assert run(['prune', path, '-o', out_path, '--amount', '6'], capsys)[0] == 0
+    pruned = mx.nd.load(out_path)
+    w, m = pruned['arg:x_conv0_weight'].asnumpy(), pruned['arg:x_conv0_weight_mask'].asnumpy()
+    assert ((w == 0) & (m != 0)).sum() == 6   # six more, among the entries still unmasked
