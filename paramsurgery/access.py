@@ -249,7 +249,13 @@ def data_on(param: Parameter, ctx: Optional[mx.Context] = None) -> mx.nd.NDArray
     paramsurgery.errors.ParameterStateError: Parameter 'fc_weight' is not on context cpu(2); it lives on [cpu(0), cpu(1)]. ...
     """
     _require_param(param)
-    ensure_usable(param)
+    try:
+        ensure_usable(param)
+    except ParameterStateError as err:
+        raise ParameterStateError('%s (data_on asked for context %s; the parameter %s)' % (
+            err, 'None' if ctx is None else ctx,
+            'is set up for %s' % _internals.context_list(param)
+            if _internals.context_list(param) else 'has no context yet')) from None
     ctxs = _internals.context_list(param)
     if ctx is None:
         if len(ctxs) == 1:

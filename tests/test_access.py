@@ -50,6 +50,9 @@ def test_data_on_deferred_and_uninitialised():
     layer.initialize(ctx=TWO)
     with pytest.raises(ps.ParameterStateError, match=r"'fc_weight'.*deferred.*forward"):
         ps.replicas(layer.weight)
+    with pytest.raises(ps.ParameterStateError,
+                       match=r"deferred.*asked for context cpu\(1\).*\[cpu\(0\), cpu\(1\)\]"):
+        ps.data_on(layer.weight, mx.cpu(1))
     with pytest.raises(ps.SurgeryTypeError, match='Parameter'):
         ps.data_on('fc_weight')
 
