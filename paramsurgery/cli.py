@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import ParamSurgeryError
 from .pruning import magnitude_masks, random_masks, structured_masks
-from .masks import MASK_SUFFIX
+from .masks import MASK_SUFFIX, mask_names
 from .report import arrays_report
 
 __all__ = ['main']
@@ -47,8 +47,8 @@ def _load(path):
 
 
 def _keys(arrays, key, default):
-    names = [n for n in arrays if not (n.endswith(MASK_SUFFIX)
-                                       and n[:-len(MASK_SUFFIX)] in arrays)]
+    hidden = set(mask_names(arrays))
+    names = [n for n in arrays if n not in hidden]
     if key is None:
         chosen = [n for n in names if default(n, arrays[n])]
         what = 'no array of 2 or more dimensions whose name ends in "weight"'

@@ -18,6 +18,13 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 from .errors import MissingDependencyError
+from .masks import remove_mask
+from .pruning import PolynomialDecay, Pruner
+from .report import sparsity_report
+from .samplers import complementary_split
+from .select import select
+from .stale import safe_step
+from .surgery import set_params
 
 __all__ = ['run', 'add_arguments']
 
@@ -88,7 +95,6 @@ def accuracy(net, x, y):
 
 def _epoch(net, trainer, loader, loss_fn, bar, pruner=None, step=0):
     """One epoch of the custom loop; returns the global step after it."""
-    from . import safe_step
     for data, label in loader:
         if pruner is not None:
             pruner.step(step)  # masks change before the forward that should see them
@@ -111,8 +117,6 @@ def run(args: Optional[argparse.Namespace] = None) -> dict:
         args = parser.parse_args([])
     _require_demo_extras()
     from tqdm import tqdm
-    from . import (PolynomialDecay, Pruner, complementary_split, remove_mask, sparsity_report,
-                   select)
 
     fit, (x_test, y_test) = _data(args.seed)
     train_sampler, valid_sampler = complementary_split(len(fit), int(0.8 * len(fit)),
@@ -137,7 +141,6 @@ def run(args: Optional[argparse.Namespace] = None) -> dict:
             best = acc
             best_params = {n: p.data(CTXS[0]).copy() for n, p in net.collect_params().items()}
     bar.close()
-    from . import set_params
     set_params(net, best_params, trainer=trainer)
     dense_acc = accuracy(net, x_test, y_test)
     print('dense: validation accuracy %.4f, test accuracy %.4f' % (best, dense_acc))

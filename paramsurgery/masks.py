@@ -42,14 +42,15 @@ _AUX_STATES = ('running_mean', 'running_var', 'moving_mean', 'moving_var')
 
 # --------------------------------------------------------------------------- helpers
 
-def _mask_names(params) -> List[str]:
-    """Names of the mask parameters among ``params``: ``X_mask`` where ``X`` exists too."""
+def mask_names(params) -> List[str]:
+    """Names of the masks among ``params`` (any mapping by name: parameters, or the arrays
+    of a saved file): ``X_mask`` where ``X`` exists too."""
     return [name for name in params
             if name.endswith(MASK_SUFFIX) and name[:-len(MASK_SUFFIX)] in params]
 
 
 def _unmasked_view(params):
-    masks = set(_mask_names(params))
+    masks = set(mask_names(params))
     return OrderedDict((n, p) for n, p in params.items() if n not in masks)
 
 
@@ -74,7 +75,7 @@ def _require_block(net, what):
 
 def _refuse_masks_as_keys(key, params, what):
     """A key that names a mask explicitly is an error; regular expressions skip masks."""
-    masks = set(_mask_names(params))
+    masks = set(mask_names(params))
     keys = list(key) if isinstance(key, (list, tuple, dict)) else [key]
     for one in keys:
         name = one.name if isinstance(one, Parameter) else one
@@ -348,7 +349,7 @@ def masked(net) -> List[str]:
     ['fc_bias']
     """
     params = all_params(net)
-    return [name[:-len(MASK_SUFFIX)] for name in _mask_names(params)]
+    return [name[:-len(MASK_SUFFIX)] for name in mask_names(params)]
 
 
 def _select_masked(net, key, what):
@@ -488,7 +489,7 @@ def _weight_keys(net):
     """``{id(weight): structural name}`` for the non-mask parameters of ``net``."""
     names = _internals.structural_names(net)
     params = all_params(net)
-    masks = set(id(params[n]) for n in _mask_names(params))
+    masks = set(id(params[n]) for n in mask_names(params))
     keys = {}
     for sname, param in names.items():
         if id(param) not in masks:
@@ -723,6 +724,6 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
         # every loaded parameter its shape, so that value surgery can validate against it.
         if param.shape is None and _internals.raw_data(param) is not None:
             param.shape = _internals.raw_data(param)[0].shape
-    for name in _mask_names(params):
+    for name in mask_names(params):
         params[name].grad_req = 'null'
     return block

@@ -30,7 +30,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from .access import replicas
 from .errors import SurgeryTypeError, SurgeryValueError
+from .masks import apply_mask, get_mask, masked, unmasked_params
 from .select import select
 
 __all__ = ['prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner',
@@ -857,8 +859,6 @@ class PolynomialDecay(_Schedule):
 def _read(net, key):
     """Selected parameters (masks themselves never selected), their first-context weights and
     existing masks as numpy arrays."""
-    from .access import replicas
-    from .masks import get_mask, masked, unmasked_params
     params = select(unmasked_params(net), key)
     have = set(masked(net))
     weights = OrderedDict((name, replicas(p)[0][1].asnumpy()) for name, p in params.items())
@@ -868,7 +868,6 @@ def _read(net, key):
 
 
 def _apply(net, params, keeps):
-    from .masks import apply_mask
     return apply_mask(net, OrderedDict((name, keep.astype(np.dtype(params[name].dtype)))
                                        for name, keep in keeps.items()), combine='multiply')
 

@@ -4,7 +4,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .errors import MissingDependencyError
-from .masks import MASK_SUFFIX
+from .access import replicas
+from .masks import MASK_SUFFIX, mask_names, unmasked_params
+from .select import all_params, select
 
 __all__ = ['SparsityReport', 'sparsity_report', 'arrays_report']
 
@@ -116,8 +118,8 @@ def arrays_report(arrays: Mapping[str, np.ndarray], names: Optional[Sequence[str
     [('w', 2, True), ('b', 0, False)]
     """
     if names is None:
-        names = [n for n in arrays if not (n.endswith(MASK_SUFFIX)
-                                           and n[:-len(MASK_SUFFIX)] in arrays)]
+        hidden = set(mask_names(arrays))
+        names = [n for n in arrays if n not in hidden]
     rows = []
     for name in names:
         value = np.asarray(arrays[name])
@@ -165,15 +167,14 @@ def sparsity_report(net, key=None) -> SparsityReport:
     ----------------------------------------------------------------------------------------
     total (2)                          10      6    60.00%       1
     """
-    from .access import replicas
-    from .masks import unmasked_params
-    from .select import all_params, select
     params = all_params(net)
     view = unmasked_params(params)
     chosen = view if key is None else select(view, key)
     rows = []
     for name, param in chosen.items():
-        copies = [data.asnumpy() for _, data, _ in replicas(param)]
+        copies = replicas(param)
+        contexts = [ctx for ctx, _, _ in copies]
+        copies = [data.asnumpy() for _, data, _ in copies]
         equal = all(c.tobytes() == copies[0].tobytes() for c in copies[1:])
         mask_param = params.get(name + MASK_SUFFIX)
         effective = copies[0]
@@ -183,7 +184,7 @@ def sparsity_report(net, key=None) -> SparsityReport:
             effective = effective * masks[0]
         zeros = _zeros(effective)
         rows.append({'name': name, 'shape': tuple(effective.shape),
-                     'contexts': [ctx for ctx, _, _ in replicas(param)],
+                     'contexts': contexts,
                      'size': int(effective.size), 'zeros': zeros,
                      'sparsity': zeros / effective.size if effective.size else 0.0,
                      'masked': mask_param is not None, 'grad_req': param.grad_req,
