@@ -13,6 +13,17 @@ __all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueE
            'StaleGradientError', 'DistributedWarning']
 
 
+def and_more(names, shown: int = 1) -> str:
+    """``'a'``, ``'a' (and 2 more)`` or ``'a', 'b', 'c' (and 4 more)``: the first ``shown``
+    names of a list, quoted, and how many were left out. Every message that names several
+    parameters uses it, so they all read the same."""
+    names = list(names)
+    text = ', '.join("'%s'" % name for name in names[:shown])
+    if len(names) > shown:
+        text += ' (and %d more)' % (len(names) - shown)
+    return text
+
+
 class ParamSurgeryError(Exception):
     """Root of every error raised by paramsurgery."""
 

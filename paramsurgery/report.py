@@ -3,8 +3,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import MissingDependencyError
 from .access import replicas
+from .errors import MissingDependencyError
 from .masks import MASK_SUFFIX, mask_names, unmasked_params
 from .select import all_params, select
 
