@@ -5,7 +5,7 @@ import pytest
 from mxnet import autograd, gluon
 
 import paramsurgery as ps
-from conftest import ONE, TWO, batch, forward_backward, make_mlp
+from helpers import ONE, TWO, batch, forward_backward, make_mlp
 
 
 def test_replicas_in_context_order(ctxs):

@@ -684,8 +684,8 @@ from mxnet.gluon import nn  # noqa: E402
 
 import mxnet as mx  # noqa: E402
 
-from conftest import assert_same_bits, split  # noqa: E402
-from conftest import snapshot as net_snapshot  # noqa: E402
+from helpers import assert_same_bits, split  # noqa: E402
+from helpers import snapshot as net_snapshot  # noqa: E402
 
 
 def conv_net(ctxs, hybridize, seed=0):

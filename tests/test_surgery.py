@@ -5,7 +5,7 @@ import pytest
 from mxnet import autograd, gluon
 
 import paramsurgery as ps
-from conftest import (ONE, TWO, TRAINER_SETUPS, Scale, assert_same_bits, batch, forward_backward,
+from helpers import (ONE, TWO, TRAINER_SETUPS, Scale, assert_same_bits, batch, forward_backward,
                       make_mlp, snapshot, split)
 
 

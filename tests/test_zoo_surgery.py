@@ -6,7 +6,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
-from conftest import TWO, split
+from helpers import TWO, split
 
 
 def build(path, hybridize):
