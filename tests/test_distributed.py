@@ -9,10 +9,11 @@ import warnings
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, gluon
+from mxnet import gluon
 
 import paramsurgery as ps
 from paramsurgery import _internals
+
 from dist_harness import run_cluster
 
 REFUSAL = r'''

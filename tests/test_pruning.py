@@ -12,9 +12,9 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 import paramsurgery as ps
+
 from helpers import assert_same_bits, split
 from helpers import snapshot as net_snapshot
-
 
 
 def conv_net(ctxs, hybridize, seed=0):

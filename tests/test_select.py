@@ -4,6 +4,7 @@ import pytest
 from mxnet import gluon
 
 import paramsurgery as ps
+
 from helpers import make_mlp
 
 NAMES = ['mlp_dense0_weight', 'mlp_dense0_bias', 'mlp_dense1_weight', 'mlp_dense1_bias']

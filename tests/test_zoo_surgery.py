@@ -7,6 +7,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
+
 from helpers import TWO, split
 
 pytestmark = pytest.mark.zoo
