@@ -37,8 +37,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 

@@ -1,8 +1,8 @@
 """Generate docs/api/*.md, the API reference, from the docstrings.
 
 Run ``python docs/gen_api.py`` after changing a public docstring; the test suite
-(tests/test_docs.py) fails while the pages and the docstrings disagree, and runs the
-examples of both as doctests.
+(tests/test_docs.py) fails while the pages and the docstrings disagree. The examples run
+once, as doctests of the modules: setup.cfg does not collect docs/api/ (norecursedirs).
 """
 import importlib
 import inspect

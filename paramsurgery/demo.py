@@ -17,7 +17,7 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from .errors import MissingDependencyError
+from .errors import MissingDependencyError, install_hint
 from .masks import remove_mask
 from .pruning import Pruner
 from .report import sparsity_report
@@ -53,8 +53,8 @@ def _require_demo_extras():
         import tqdm  # noqa: F401
     except ImportError as err:
         raise MissingDependencyError(
-            "the demo needs scikit-learn and tqdm (%s): pip install 'paramsurgery[demo]' or "
-            "run `make demo`." % err) from None
+            "the demo needs scikit-learn and tqdm (%s): %s or "
+            "run `make demo`." % (err, install_hint('demo'))) from None
 
 
 def _data(seed):

@@ -6,6 +6,7 @@ exception a user would naturally catch (``KeyError`` for a key that selects noth
 parameter or trainer in a state that does not allow the operation), so existing
 ``except ValueError:`` code keeps working.
 """
+import os
 
 __all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
            'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
@@ -120,3 +121,22 @@ class DistributedWarning(UserWarning):
     a race: it hit 15 of 80 runs of a small net in our measurements and none of 30 after
     ``init_kvstore`` (``docs/distributed.md``).
     """
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs the optional dependencies of ``extra`` and keeps numpy in range.
+
+    ``pip install matplotlib`` alone can upgrade numpy to 2.x, with which MXNet 1.9.1 no
+    longer imports; installing the extra goes through paramsurgery's own requirement
+    ``numpy<1.24``. From a source checkout (a ``setup.py`` next to the package directory) the
+    command is the editable install, to run in the checkout; otherwise the released package.
+
+    Examples
+    --------
+    >>> install_hint('plot') in ("pip install -e '.[plot]'", "pip install 'paramsurgery[plot]'")
+    True
+    """
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(checkout, 'setup.py')):
+        return "pip install -e '.[%s]'" % extra
+    return "pip install 'paramsurgery[%s]'" % extra

@@ -2,9 +2,9 @@
 import copy
 import os
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn, rnn
 
@@ -756,6 +756,7 @@ def test_export_round_trip(nctx, tmp_path):
 
 # --------------------------------------------------------------------------- model zoo
 
+@pytest.mark.zoo
 @pytest.mark.parametrize('model', ['resnet18_v1', 'mobilenet0.25'])
 def test_model_zoo_every_conv_masked_one_step_on_two_contexts(model):
     ctxs = CTXS[2]

@@ -4,7 +4,8 @@ import pytest
 from mxnet import gluon
 
 import paramsurgery as ps
-from conftest import make_mlp
+
+from helpers import make_mlp
 
 NAMES = ['mlp_dense0_weight', 'mlp_dense0_bias', 'mlp_dense1_weight', 'mlp_dense1_bias']
 
