@@ -186,3 +186,21 @@ def test_pruner_layer_scope_each_parameter(ctxs):
     for n in ['cnn_conv0_weight', 'cnn_dense0_weight']:
         w = effective(net, n)
         assert (w == 0).sum() == int(np.floor(0.5 * w.size + 0.5))
+
+
+def test_state_dict_checks_the_schedule():
+    net = nn.Dense(4, in_units=4, prefix='fc_')
+    net.initialize()
+    one = ps.Pruner(net, 'fc_weight', ps.ConstantSparsity(0.5, frequency=2))
+    one.step(0)
+    state = one.state_dict()
+    assert state['schedule'] == 'ConstantSparsity(target=0.5, begin=0, end=-1, frequency=2)'
+    other = ps.Pruner(net, 'fc_weight', ps.ConstantSparsity(0.75, frequency=2))
+    with pytest.raises(ps.SurgeryValueError, match='same schedule'):
+        other.load_state_dict(state)
+    assert other.last_step is None
+    # a plain callable has no stable repr: recorded as None and not compared
+    plain = ps.Pruner(net, 'fc_weight', lambda step: (False, 0.0))
+    assert plain.state_dict()['schedule'] is None
+    plain.load_state_dict(state)
+    assert plain.pruned_steps == [0]

@@ -7,6 +7,9 @@ test_pruning.py).
 """
 import copy
 import math
+import os
+import subprocess
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -561,3 +564,27 @@ def test_count_errors_name_the_parameter_or_union():
     with pytest.raises(SurgeryValueError,
                        match='only 5 entries are still unmasked in the 2 selected parameters'):
         ps.magnitude_masks(w, 6, scope='global')
+
+
+# ---------------------------------------------------------------------------------------------
+# the core needs no MXNet
+# ---------------------------------------------------------------------------------------------
+
+def test_core_and_schedules_import_with_mxnet_blocked():
+    # A fresh interpreter in which `import mxnet` fails: the core and the schedules must work.
+    code = ("import sys; sys.modules['mxnet'] = None\n"
+            "import numpy as np\n"
+            "import paramsurgery as ps\n"
+            "from paramsurgery import pruning_core, schedules\n"
+            "keep = ps.magnitude_masks({'w': np.arange(10.0)}, 0.3)['w']\n"
+            "print(int(keep.sum()), ps.prune_count(0.5, 9), ps.PolynomialDecay(0, 0.5, 0, 4)(2))\n"
+            "try:\n"
+            "    ps.apply_mask\n"
+            "except ImportError:\n"
+            "    print('gluon parts need mxnet')\n"
+            "print(sorted(m for m in sys.modules if m.startswith('mxnet') and sys.modules[m]))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=root, env=dict(os.environ, PYTHONPATH=root))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ['7 5 (False, 0.4375)', 'gluon parts need mxnet', '[]']
