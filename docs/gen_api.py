@@ -23,6 +23,7 @@ MODULES = [
     ('pruning_core', 'exact masks from numpy arrays (no MXNet needed)'),
     ('schedules', 'pruning schedules (no MXNet needed)'),
     ('report', 'sparsity reports'),
+    ('analysis', 'sensitivity analysis and budget plans: which layers to prune, and how much'),
     ('samplers', 'complementary samplers for DataLoader'),
     ('distributed', 'the parameter-server kvstore: check_trainer, init_kvstore'),
     ('errors', 'the exceptions and warnings'),

@@ -18,7 +18,8 @@ The layers, each importing only from the ones above it::
     _values -> surgery               the value plan; assign_params, set_params
     _deconv, _layout, _masked_forward -> masks    masks in the forward graph
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
-    report -> cli, demo              sparsity reports; the command line
+    report, analysis                 sparsity reports; sensitivity analysis and budgets
+    cli, demo                        the command line and the demo
 """
 import importlib
 
@@ -45,6 +46,7 @@ _EXPORTS = {
                      'custom_masks'],
     'schedules': ['ConstantSparsity', 'PolynomialDecay'],
     'report': ['SparsityReport', 'sparsity_report', 'arrays_report'],
+    'analysis': ['sensitivity', 'SensitivityReport'],
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
     'distributed': ['check_trainer', 'init_kvstore'],
 }

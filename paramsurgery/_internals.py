@@ -20,6 +20,7 @@ another MXNet version (2.0 renamed ``_ctx_list``/``_ctx_map`` to ``_device_list`
   ``_contains_sparse_weight``, ``_contains_sparse_grad``, ``_init_kvstore``,
   ``_init_params``.
 - KVStore: ``_updater``, ``_set_updater``.
+- Optimizer: ``_all_index_update_counts`` (and its alias ``_index_update_count``).
 """
 import contextlib
 import os
@@ -399,3 +400,40 @@ def init_trainer_kvstore(trainer):
         if not param._deferred_init and param._data is not None:
             for arr in param._data:
                 arr.wait_to_read()
+
+
+# --------------------------------------------------------------------------- optimizer state
+
+def trainer_updaters(trainer):
+    """Every Updater that holds optimizer state for ``trainer`` in this process: one per
+    context (``_updaters``), and a local/device kvstore's when it runs the optimizer."""
+    found = list(trainer._updaters)
+    if trainer._kv_initialized and trainer._kvstore is not None and trainer._update_on_kvstore:
+        kv_updater = getattr(trainer._kvstore, '_updater', None)
+        if kv_updater is not None:
+            found.append(kv_updater)
+    unique = {}
+    for updater in found:
+        unique.setdefault(id(updater), updater)
+    return list(unique.values())
+
+
+def optimizer_counters(optimizer):
+    """``(num_update, {device: {key: count}})``: the update counters an optimizer keeps
+    (they drive the learning-rate schedule and Adam's bias correction), copied."""
+    return optimizer.num_update, {dev: dict(counts) for dev, counts
+                                  in optimizer._all_index_update_counts.items()}
+
+
+def set_optimizer_counters(optimizer, counters):
+    """Put back what :func:`optimizer_counters` returned, keeping the dict objects (the
+    optimizer aliases the current device's dict as ``_index_update_count``)."""
+    num_update, saved = counters
+    optimizer.num_update = num_update
+    live = optimizer._all_index_update_counts
+    for dev in list(live):
+        if dev not in saved:
+            del live[dev]
+    for dev, counts in saved.items():
+        live.setdefault(dev, {}).clear()
+        live[dev].update(counts)
