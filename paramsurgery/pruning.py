@@ -59,9 +59,11 @@ def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer'
         The network.
     key : str or Parameter or list or callable
         Which parameters (see :func:`select`; masks are never selected).
-    amount : int or float
+    amount : int or float or dict of str -> (int or float)
         A float in [0, 1]: the fraction of the still-unmasked entries to prune,
-        ``floor(amount * n + 0.5)`` of them; an int >= 0: a count.
+        ``floor(amount * n + 0.5)`` of them; an int >= 0: a count. A dict gives each
+        selected parameter its own amount (``scope='layer'``; parameters left out are not
+        pruned), such as a :meth:`SensitivityReport.plan`.
     scope : {'layer', 'global'}, default 'layer'
         ``'layer'`` prunes ``amount`` of each parameter; ``'global'`` ranks all selected
         parameters together and prunes exactly ``amount`` of their union.

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._checks import is_int as _is_int
 from ._checks import is_real as _is_real
-from .errors import SurgeryTypeError, SurgeryValueError
+from .errors import SurgeryTypeError, SurgeryValueError, and_more
 
 __all__ = ['prune_count', 'magnitude_masks', 'random_masks', 'structured_masks',
            'custom_masks']
@@ -361,6 +361,24 @@ def scope_groups(names, scope):
     return [list(names)] if scope == 'global' else [[name] for name in names]
 
 
+def group_amounts(names, amount, scope):
+    """``[(group, amount or None)]``: the groups of :func:`scope_groups` with the amount of
+    each. ``amount`` is one amount for every group, or a dict name -> amount (each name its
+    own, ``scope='layer'`` only; names left out are not pruned and not returned)."""
+    check_scope(scope)
+    if not isinstance(amount, Mapping):
+        return [(group, amount) for group in scope_groups(names, scope)]
+    if scope != 'layer':
+        raise SurgeryValueError("a dict amount gives each parameter its own amount; it needs "
+                                "scope='layer', got scope=%r." % (scope,))
+    unknown = [name for name in amount if name not in names]
+    if unknown:
+        raise SurgeryValueError(
+            'amount has names that are not among the selected weights: %s. The weights are: '
+            '%s.' % (and_more(unknown, shown=3), and_more(list(names), shown=5)))
+    return [([name], amount[name]) for name in names if name in amount]
+
+
 def _where(group):
     if len(group) == 1:
         return "parameter '%s'" % group[0]
@@ -382,10 +400,12 @@ def magnitude_masks(weights: Mapping[str, np.ndarray], amount: Union[int, float]
     ----------
     weights : dict of str -> numpy.ndarray
         The stored weights.
-    amount : int or float
+    amount : int or float or dict of str -> (int or float)
         A float in [0, 1] is the fraction of the still-unmasked entries to prune (of each
         weight with ``scope='layer'``, of all of them together with ``scope='global'``);
-        an int >= 0 is a count. See :func:`prune_count`.
+        an int >= 0 is a count. See :func:`prune_count`. A dict gives each weight its own
+        amount (``scope='layer'``; weights left out are not pruned, and not in the result),
+        e.g. a :meth:`SensitivityReport.plan`.
     masks : dict of str -> numpy.ndarray or None, default None
         Existing masks (missing names or None: no mask). Entries where the mask is 0 are
         already pruned: they stay pruned and are not candidates; the others are ranked by
@@ -439,9 +459,9 @@ def magnitude_masks(weights: Mapping[str, np.ndarray], amount: Union[int, float]
         (name, _Source(name, w, _unmasked(masks[name], w.shape), scores[name], masks[name]))
         for name, w in weights.items())
     plan = []
-    for group in scope_groups(weights, scope):
+    for group, one in group_amounts(weights, amount, scope):
         n = sum(sources[name].candidates for name in group)
-        plan.append((group, prune_count(amount, n, where=_where(group))))
+        plan.append((group, prune_count(one, n, where=_where(group))))
     result = OrderedDict()
     for group, k in plan:
         keeps = _keep_lowest_pruned([sources[name] for name in group], k)
@@ -501,10 +521,10 @@ def random_masks(weights: Mapping[str, np.ndarray], amount: Union[int, float], *
     rng = random_state(seed)
     unmasked = OrderedDict((name, _unmasked(masks[name], w.shape)) for name, w in weights.items())
     plan = []
-    for group in scope_groups(weights, scope):
+    for group, one in group_amounts(weights, amount, scope):
         sizes = [weights[name].size if unmasked[name] is None
                  else int(np.count_nonzero(unmasked[name])) for name in group]
-        plan.append((group, sizes, prune_count(amount, sum(sizes), where=_where(group))))
+        plan.append((group, sizes, prune_count(one, sum(sizes), where=_where(group))))
     result = OrderedDict()
     for group, sizes, k in plan:
         drawn = np.sort(rng.choice(sum(sizes), size=k, replace=False)) if k else \

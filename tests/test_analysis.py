@@ -251,3 +251,14 @@ def test_save_load_str_and_plot(tmp_path):
         json.dump({'format': 'other'}, f)
     with pytest.raises(ps.SurgeryValueError, match='Cannot read'):
         SensitivityReport.load(path)
+
+
+def test_a_plan_is_an_amount_for_prune_magnitude(ctxs):
+    net = small_cnn(ctxs, False)
+    report = sensitivity(net, accuracy_of(*data()), kind='weights', amounts=[0.25, 0.5, 0.9],
+                         progress=False)
+    plan = report.plan(params_ratio=1.5)
+    assert ps.prune_magnitude(net, '.*weight', plan) == list(plan)
+    zeros = {name: int(ps.sparsity_report(net, name).rows[0]['zeros']) for name in plan}
+    assert sum(zeros.values()) == report._combined(plan)[1]
+    assert ps.masked(net) == list(plan)

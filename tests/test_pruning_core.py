@@ -588,3 +588,18 @@ def test_core_and_schedules_import_with_mxnet_blocked():
                           cwd=root, env=dict(os.environ, PYTHONPATH=root))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ['7 5 (False, 0.4375)', 'gluon parts need mxnet', '[]']
+
+
+def test_dict_amounts_give_each_weight_its_own():
+    w = OrderedDict([('a', np.arange(10.0)), ('b', np.arange(4.0)), ('c', np.ones(6))])
+    keeps = ps.magnitude_masks(w, {'a': 0.5, 'c': 2})
+    assert list(keeps) == ['a', 'c'] and [pruned(keeps[n]) for n in keeps] == [5, 2]
+    assert np.array_equal(keeps['a'], ps.magnitude_masks({'a': w['a']}, 0.5)['a'])
+    keeps = ps.random_masks(w, {'b': 0.75}, seed=0)
+    assert list(keeps) == ['b'] and pruned(keeps['b']) == 3
+    with pytest.raises(SurgeryValueError, match="'d'.*The weights are: 'a', 'b', 'c'"):
+        ps.magnitude_masks(w, {'d': 0.5})
+    with pytest.raises(SurgeryValueError, match="scope='layer'"):
+        ps.magnitude_masks(w, {'a': 0.5}, scope='global')
+    with pytest.raises(SurgeryValueError, match="parameter 'a'.*amount/100"):
+        ps.magnitude_masks(w, {'a': 50.0})
