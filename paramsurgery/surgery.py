@@ -2,13 +2,19 @@
 from typing import Any, List, Optional
 
 from . import _internals, distributed
-from ._values import assign, multiply, plan, trainers_of
+from ._checks import check_flag
+from ._values import assign, check_product, multiply, plan, trainers_of
 
 __all__ = ['assign_params', 'set_params']
 
 
 def _run(net, key, value, what, write, trainer, allow_nonfinite):
+    allow_nonfinite = check_flag('allow_nonfinite', allow_nonfinite)
     steps = plan(net, key, value, what, allow_nonfinite)
+    if write is multiply and not allow_nonfinite:
+        # Finite factors can still overflow (fp16) or wrap around (integers).
+        for name, param, prepared in steps:
+            check_product(name, param, prepared, what)
     params = [param for _, param, _ in steps]
     trainers = trainers_of(params, trainer)
     for t in trainers:
