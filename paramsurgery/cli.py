@@ -8,12 +8,12 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from collections import OrderedDict
 from typing import List, Optional
 
 import numpy as np
 
+from ._files import atomic_write, check_path
 from .errors import ParamSurgeryError, SelectionError
 from .pruning_core import magnitude_masks, random_masks, structured_masks
 from .report import arrays_report
@@ -32,6 +32,8 @@ def _load(path):
     import mxnet as mx
     if not os.path.isfile(path):
         raise UsageError("%s: no such file" % path)
+    if os.path.getsize(path) == 0:
+        raise UsageError('%s: the file is empty (0 bytes), not an MXNet parameter file' % path)
     try:
         loaded = mx.nd.load(path)
     except Exception as err:  # MXNet raises MXNetError with a C++ trace for a corrupt file
@@ -66,7 +68,7 @@ def _is_prunable(name, arr):
 
 def _amount(text):
     try:
-        if re.fullmatch(r'[+-]?\d+', text.strip()):
+        if re.fullmatch(r'[+-]?\d+(?:_\d+)*', text.strip()):  # 1000 or 1_000: a count
             return int(text)
         return float(text)
     except ValueError:
@@ -83,6 +85,7 @@ def _inspect(args) -> int:
 
 def _prune(args) -> int:
     import mxnet as mx
+    check_path('-o/--output', args.output, write=True)  # before any work
     source = os.path.abspath(args.file)
     target = os.path.abspath(args.output)
     arrays = _load(args.file)
@@ -106,17 +109,11 @@ def _prune(args) -> int:
         value = weights[name].copy()
         value[pruned] = 0
         out[name] = mx.nd.array(value, dtype=arrays[name].dtype)
-    # Write next to the target and rename: an error leaves no partial output file.
-    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(target), suffix='.tmp',
-                               dir=os.path.dirname(target))
-    os.close(fd)
-    try:
+        if arrays[name].stype != 'default':
+            # A row_sparse array stays row_sparse (rows pruned to zero are dropped from it).
+            out[name] = out[name].tostype(arrays[name].stype)
+    with atomic_write(target) as tmp:  # a kill or an error leaves the old file
         mx.nd.save(tmp, out)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     arrays = OrderedDict((n, a.asnumpy()) for n, a in out.items())
     print(arrays_report(arrays, names))
     print('wrote %s (%s)' % (args.output, 'overwrote the input' if source == target else

@@ -4,7 +4,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .access import replicas
-from .errors import MissingDependencyError
+from ._files import atomic_write, check_path
+from .errors import (
+    MissingDependencyError,
+    SelectionError,
+    SurgeryTypeError,
+    SurgeryValueError,
+)
 from .masks import MASK_SUFFIX, mask_names, unmasked_params
 from .select import all_params, select
 
@@ -70,14 +76,8 @@ class SparsityReport:
         Needs matplotlib (``pip install 'paramsurgery[plot]'``); without it raises
         :class:`MissingDependencyError`.
         """
-        try:
-            import matplotlib
-            matplotlib.use('Agg')
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise MissingDependencyError(
-                "SparsityReport.plot needs matplotlib: pip install 'paramsurgery[plot]'.") \
-                from None
+        path = check_path('path', path, write=True)
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(self.rows)), 4.5))
         ax.bar(range(len(self.rows)), [100 * r['sparsity'] for r in self.rows])
         ax.set_xticks(range(len(self.rows)))
@@ -87,8 +87,25 @@ class SparsityReport:
         ax.set_ylim(0, 100)
         ax.set_title('sparsity per parameter (total %.1f%%)' % (100 * self.total['sparsity']))
         fig.tight_layout()
-        fig.savefig(path, format='png', dpi=100)
-        plt.close(fig)
+        try:
+            with atomic_write(path) as tmp:
+                fig.savefig(tmp, format='png', dpi=100)
+        finally:
+            plt.close(fig)
+
+
+def pyplot():
+    """``matplotlib.pyplot`` with the file-only Agg backend, or MissingDependencyError (so
+    a caller can check before a long run that a plot will be possible)."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError(
+            "SparsityReport.plot needs matplotlib: pip install 'paramsurgery[plot]'.") \
+            from None
+    return plt
 
 
 def _zeros(effective: np.ndarray) -> int:
@@ -117,14 +134,37 @@ def arrays_report(arrays: Mapping[str, np.ndarray], names: Optional[Sequence[str
     >>> [(r['name'], r['zeros'], r['masked']) for r in report.rows]
     [('w', 2, True), ('b', 0, False)]
     """
+    if not isinstance(arrays, Mapping) or not all(isinstance(n, str) for n in arrays):
+        raise SurgeryTypeError('arrays must be a dict of name -> numpy array (e.g. from '
+                               'mx.nd.load), got %s.' % type(arrays).__name__)
+    if names is not None:
+        if isinstance(names, str) or not isinstance(names, Sequence):
+            raise SurgeryTypeError('names must be a list of array names or None, got %r.'
+                                   % (names,))
+        unknown = [n for n in names if not isinstance(n, str) or n not in arrays]
+        if unknown:
+            raise SelectionError('names: %r is not an array of the file (it has %d arrays, '
+                                 'e.g. %s).' % (unknown[0], len(arrays),
+                                                ', '.join(list(arrays)[:5])))
     if names is None:
         hidden = set(mask_names(arrays))
         names = [n for n in arrays if n not in hidden]
     rows = []
     for name in names:
         value = np.asarray(arrays[name])
+        if value.dtype.kind not in 'biuf':
+            raise SurgeryTypeError("Array '%s' has dtype %s; a sparsity report needs numbers."
+                                   % (name, value.dtype))
         mask = arrays.get(name + MASK_SUFFIX)
-        effective = value * np.asarray(mask) if mask is not None else value
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.ndim > value.ndim or any(m not in (1, v) for m, v in zip(
+                    mask.shape[::-1], value.shape[::-1])):
+                raise SurgeryValueError(
+                    "Array '%s' has shape %s but its mask '%s' has shape %s, which does not "
+                    "broadcast to it: the file is inconsistent. Fix or drop '%s'."
+                    % (name, value.shape, name + MASK_SUFFIX, mask.shape, name + MASK_SUFFIX))
+        effective = value * mask if mask is not None else value
         rows.append({'name': name, 'shape': tuple(value.shape), 'dtype': value.dtype.name,
                      'size': int(value.size), 'zeros': _zeros(effective),
                      'sparsity': _zeros(effective) / value.size if value.size else 0.0,
