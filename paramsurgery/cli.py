@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ._files import atomic_write, check_path
+from ._files import atomic_write, check_path, reading
 from .errors import ParamSurgeryError, SelectionError
 from .pruning_core import magnitude_masks, random_masks, structured_masks
 from .report import arrays_report
@@ -34,13 +34,10 @@ def _load(path):
         raise UsageError("%s: no such file" % path)
     if os.path.getsize(path) == 0:
         raise UsageError('%s: the file is empty (0 bytes), not an MXNet parameter file' % path)
-    try:
+    # MXNet raises MXNetError with a C++ trace for a damaged file: one line instead
+    with reading(path, 'MXNet parameter file (save_parameters, nd.save or export output)',
+                 'Pass a file written by save_parameters, mx.nd.save or export().'):
         loaded = mx.nd.load(path)
-    except Exception as err:  # MXNet raises MXNetError with a C++ trace for a corrupt file
-        lines = [l.strip() for l in str(err).splitlines() if l.strip()]
-        last = lines[-1] if lines else type(err).__name__  # MXNet puts the reason last
-        raise UsageError('%s: not a readable MXNet parameter file (%s)' % (path, last[:200])) \
-            from None
     if isinstance(loaded, list):
         loaded = OrderedDict(('%d' % i, a) for i, a in enumerate(loaded))
     if not loaded:
