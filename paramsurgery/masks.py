@@ -273,11 +273,14 @@ def apply_mask(net, key, mask: Any = None, *, combine: str = 'multiply') -> List
         A key selects nothing.
     SurgeryValueError
         The mask does not broadcast, has NaN or inf, ``combine`` is unknown, a key names a
-        mask, or the parameter is a state updated in place (BatchNorm running statistics).
+        mask, the parameter is a state updated in place (BatchNorm running statistics), or
+        a product overflows the dtype (the new mask times the mask in place, or the weight
+        times the mask: finite fp16 numbers can multiply to inf).
     SurgeryTypeError
         Wrong mask type, ``net`` is not a Block, or the owning block cannot take a mask
-        (not a HybridBlock, ``hybrid_forward`` does not receive the parameter by name, a
-        SymbolBlock, sparse storage).
+        (not a HybridBlock, its class overrides ``forward()`` (which may read the weight
+        itself, out of the mask's reach), ``hybrid_forward`` does not receive the parameter
+        by name, a SymbolBlock, sparse storage).
     ParameterStateError
         The parameter is not initialised yet (run one forward first).
 
@@ -454,7 +457,7 @@ def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -
     key : str or Parameter or list or callable
         Which masked parameters (see :func:`select`).
     bake : bool, default True
-        True writes ``weight * mask`` into the stored weight first, through
+        Exactly ``True`` or ``False`` (anything else raises ``SurgeryTypeError``). True writes ``weight * mask`` into the stored weight first, through
         :func:`assign_params` (every context, Trainer-safe, optimizer state kept), so the
         network computes the same function afterwards; False gives back the stored weight
         as it is (masked entries keep the values they had when masked, apart from what the
@@ -541,13 +544,24 @@ def save_masks(net, path: str) -> List[str]:
     Parameters
     ----------
     net : Block
-    path : str
-        The file to write (a NumPy ``.npz`` archive; written exactly at ``path``).
+    path : str or os.PathLike
+        The file to write (a NumPy ``.npz`` archive; written exactly at ``path``),
+        atomically: a temporary file in the same folder, flushed to disk, then renamed over
+        ``path``, so a kill or a full disk leaves the old file or the complete new one.
 
     Returns
     -------
     list of str
         The structural names of the weights whose masks were saved.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``net`` is not a Block, or ``path`` is not a ``str``/``os.PathLike`` (an ``int``
+        would be a file descriptor).
+    SurgeryValueError
+        ``path`` is a folder or its folder does not exist (checked before anything is
+        written).
 
     Examples
     --------
@@ -668,7 +682,7 @@ def load_masks(net, path: str, *, combine: str = 'replace') -> List[str]:
     Parameters
     ----------
     net : Block
-    path : str
+    path : str or os.PathLike
     combine : {'replace', 'multiply'}, default 'replace'
         How to treat a mask that ``net`` already has (see :func:`apply_mask`).
 
@@ -760,7 +774,8 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
         The ``-NNNN.params`` file.
     ctx : Context or list of Context, default None
     **kwargs
-        Passed to ``SymbolBlock.imports`` (e.g. ``allow_missing``, ``ignore_extra``).
+        ``allow_missing``, ``ignore_extra`` (``True``/``False``), passed to
+        ``SymbolBlock.imports``.
 
     Returns
     -------
@@ -812,6 +827,11 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
                             not all(isinstance(c, mx.Context) for c in contexts)):
         raise SurgeryTypeError('ctx must be a Context, a list of Contexts or None, got %r.'
                                % (ctx,))
+    unknown = sorted(set(kwargs) - {'allow_missing', 'ignore_extra'})
+    if unknown:
+        raise SurgeryTypeError('load_exported got unexpected keyword argument(s) %s; it takes '
+                               'allow_missing and ignore_extra (as SymbolBlock.imports).'
+                               % ', '.join(unknown))
     for flag in ('allow_missing', 'ignore_extra'):
         if flag in kwargs:
             kwargs[flag] = check_flag(flag, kwargs[flag])

@@ -211,7 +211,9 @@ def _check_per_name(weights, values, what, *, required=False):
     out = OrderedDict()
     for name, w in weights.items():
         value = values.get(name)
-        out[name] = None if value is None else _as_numeric(name, what, value, w.shape)
+        # one entry of 'masks' is 'the mask'
+        out[name] = None if value is None else _as_numeric(
+            name, what[:-1] if what.endswith('s') else what, value, w.shape)
     return out
 
 

@@ -74,7 +74,8 @@ class SparsityReport:
         """Write a PNG bar chart of the sparsity of each parameter to ``path``.
 
         Needs matplotlib (``pip install 'paramsurgery[plot]'``); without it raises
-        :class:`MissingDependencyError`.
+        :class:`MissingDependencyError`. ``path`` (``str`` or ``os.PathLike``; its folder
+        must exist) is checked first and written atomically (see :func:`save_masks`).
         """
         path = check_path('path', path, write=True)
         plt = pyplot()

@@ -623,11 +623,14 @@ def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = Non
     ----------
     trainer : Trainer
         The Trainer to step.
-    batch_size : int
-        As for ``trainer.step``: gradients are scaled by ``1 / batch_size``.
+    batch_size : int or float
+        As for ``trainer.step``: gradients are scaled by ``1 / batch_size``. A positive
+        finite number (NaN, inf, 0, a negative number, a ``bool`` or ``str`` raise).
     allow_stale : str or Parameter or list or callable, default None
         A key as in :func:`select` (over the Trainer's parameters): the stale parameters it
-        selects are skipped instead of refused. A selected parameter with a fresh gradient
+        selects are skipped instead of refused. The error lists stale parameters grouped by
+        cause and gives, for each group, a key that selects exactly it (a name, or a
+        regular expression such as ``'net_dense2_.*'``). A selected parameter with a fresh gradient
         is updated normally. ``'.*'`` skips every stale parameter, which is what
         ``ignore_stale_grad=True`` promises (and under ``update_on_kvstore=True`` does not
         do). With a distributed kvstore a stale parameter is never skipped (every worker
@@ -645,6 +648,8 @@ def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = Non
         skipped; nothing changed.
     SelectionError
         When ``allow_stale`` selects no parameter of the Trainer.
+    SurgeryTypeError, SurgeryValueError
+        A ``batch_size`` that is not a positive finite number; nothing changed.
 
     Examples
     --------

@@ -57,7 +57,8 @@ def assign_params(net, key, multiplier: Any = None, *, trainer: Optional[Any] = 
     trainer : Trainer or list of Trainer, default None
         Trainers to keep in step besides the last one built on each parameter.
     allow_nonfinite : bool, default False
-        Accept NaN and inf in ``multiplier``.
+        Accept NaN and inf in ``multiplier``, and products that overflow the parameter's
+        dtype (finite fp16 numbers can multiply to inf). Exactly ``True`` or ``False``.
 
     Returns
     -------
@@ -67,7 +68,9 @@ def assign_params(net, key, multiplier: Any = None, *, trainer: Optional[Any] = 
     Raises
     ------
     SelectionError, SurgeryValueError, SurgeryTypeError, ParameterStateError, TrainerStateError
-        Before anything is written: on error no replica has changed.
+        Before anything is written: on error no replica has changed. A product that is not
+        representable (fp16 overflow to inf, an integer that would wrap around) is a
+        ``SurgeryValueError`` too.
 
     Examples
     --------
@@ -105,7 +108,7 @@ def set_params(net, key, value: Any = None, *, trainer: Optional[Any] = None,
     trainer : Trainer or list of Trainer, default None
         Trainers to keep in step besides the last one built on each parameter.
     allow_nonfinite : bool, default False
-        Accept NaN and inf in ``value``.
+        Accept NaN and inf in ``value``. Exactly ``True`` or ``False``.
 
     Returns
     -------

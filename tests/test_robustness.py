@@ -346,6 +346,8 @@ BAD = {
          TE),
         ("allow_missing='no'", lambda e: ps.load_exported(e.symbol, 'data', e.params_file,
                                                           allow_missing='no'), TE),
+        ('unknown keyword', lambda e: ps.load_exported(e.symbol, 'data', e.params_file,
+                                                       allow_misssing=True), TE),
     ],
     'broadcast_masks': [
         ('kvstore is a str', lambda e: ps.broadcast_masks('device', e.net), TE),
