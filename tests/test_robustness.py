@@ -563,6 +563,7 @@ def test_every_public_name_has_a_table_entry():
 @pytest.mark.parametrize('name, label, call, error', CASES)
 def test_bad_argument_raises_typed_error_and_changes_nothing(env, name, label, call, error):
     before = snapshot(env)
+    assert before['trainer'] and all(before['trainer'].values())   # momentum is watched
     with pytest.raises(ps.ParamSurgeryError) as info:
         call(env)
     assert isinstance(info.value, error), '%s: %r' % (label, info.value)
@@ -770,3 +771,19 @@ def test_flags_reject_truthy_strings_before_anything_changes(env):
             call()
     assert snapshot(env) == before
     assert math.isnan(NAN)
+
+
+def test_shared_parameter_outside_net_is_documented_behaviour():
+    """docs/masks.md: a block outside ``net`` sharing the weight computes unmasked; a
+    container of both networks masks it everywhere."""
+    a = nn.Dense(2, in_units=2, use_bias=False, prefix='a_')
+    b = nn.Dense(2, in_units=2, use_bias=False, prefix='a_', params=a.collect_params())
+    a.initialize(mx.init.One())
+    x = mx.nd.ones((1, 2))
+    ps.apply_mask(a, 'a_weight', np.eye(2, dtype='float32'))
+    assert a(x).asnumpy().tolist() == [[1.0, 1.0]] and b(x).asnumpy().tolist() == [[2.0, 2.0]]
+    ps.remove_mask(a, 'a_weight', bake=False)
+    both = nn.HybridSequential(prefix='both_')
+    both.add(a, b)
+    ps.apply_mask(both, 'a_weight', np.eye(2, dtype='float32'))
+    assert a(x).asnumpy().tolist() == b(x).asnumpy().tolist() == [[1.0, 1.0]]
