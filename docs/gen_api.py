@@ -11,6 +11,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, 'api')
+# Document the package of this checkout, not whichever copy is installed (an editable
+# install of another worktree would otherwise win).
+sys.path.insert(0, os.path.dirname(HERE))
 
 # module -> one-line summary for the index
 MODULES = [

@@ -10,7 +10,7 @@ loaded on first use, so that the parts that need no MXNet (``paramsurgery.errors
 
 The layers, each importing only from the ones above it::
 
-    errors, _checks                  exceptions, argument checks (no MXNet)
+    errors, _checks, _files          exceptions, argument checks, atomic files (no MXNet)
     pruning_core, schedules          exact masks from numpy arrays, schedules (no MXNet)
     select                           keys, and the mask-name rule
     _internals                       every private MXNet attribute, and nothing else
@@ -30,8 +30,8 @@ __version__ = '0.1.0'
 
 _EXPORTS = {
     'errors': ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
-               'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
-               'StaleGradientError', 'SamplerValueError', 'SamplerTypeError',
+               'SurgeryTypeError', 'FileFormatError', 'ParameterStateError',
+               'TrainerStateError', 'StaleGradientError', 'SamplerValueError', 'SamplerTypeError',
                'MissingDependencyError', 'DistributedWarning'],
     'select': ['select'],
     'access': ['replicas', 'data_on', 'check_params', 'Problem'],

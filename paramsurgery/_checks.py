@@ -1,9 +1,10 @@
 """Argument checks shared by every layer (pure Python and numpy: no MXNet needed)."""
+import math
 import numbers
 
 import numpy as np
 
-from .errors import SurgeryTypeError
+from .errors import SurgeryTypeError, SurgeryValueError
 
 __all__ = []
 
@@ -25,3 +26,22 @@ def check_flag(name: str, value, error=SurgeryTypeError) -> bool:
         raise error('%s must be True or False, got %s %r.'
                     % (name, type(value).__name__, value))
     return bool(value)
+
+
+def check_batch_size(value, name: str = 'batch_size') -> float:
+    """``value`` as a positive finite number: the gradients are scaled by ``1 / value``.
+
+    NaN would turn every weight NaN, a negative size would ascend the gradient, 0 divides
+    by zero, and a ``bool`` or ``str`` is a mistake: each raises, naming ``name``.
+    """
+    if not is_real(value):
+        raise SurgeryTypeError(
+            '%s must be a positive number (the number of samples the gradients were summed '
+            'over), got %s %r.' % (name, type(value).__name__, value))
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise SurgeryValueError(
+            '%s must be a positive finite number (the number of samples the gradients were '
+            'summed over; they are scaled by 1/%s), got %r. Pass the batch size, e.g. '
+            'data.shape[0].' % (name, name, value))
+    return value

@@ -7,7 +7,7 @@ nothing; the writers (``multiply``, ``assign``) then cannot fail for the user's 
 import numbers
 
 import numpy as np
-from mxnet import gluon
+from mxnet import autograd, gluon
 from mxnet import ndarray as nd
 
 from . import _internals
@@ -86,6 +86,10 @@ def prepare(name, param, value, what, allow_nonfinite) -> Value:
                 "Parameter '%s' has integer dtype %s: the %s %r would be truncated to %r."
                 % (name, dtype.name, what, value, cast.item()))
         return Value(scalar=cast.item())
+    if isinstance(value, nd.NDArray) and dtype.kind in 'iu' and value.stype == 'default':
+        # An integer parameter: the exact numpy checks below (no truncation, no wrap-around)
+        # must apply to an NDArray exactly as to the same numpy values.
+        value = value.asnumpy()
     if isinstance(value, np.ndarray):
         kind = value.dtype.kind
         vshape = value.shape
@@ -125,6 +129,64 @@ def prepare(name, param, value, what, allow_nonfinite) -> Value:
             if not finite:
                 _check_values(name, what, array.asnumpy(), dtype, allow_nonfinite)
     return Value(array=array, full=full_shape == shape)
+
+
+def _numpy_value(value, dtype):
+    if value.scalar is not None:
+        return np.asarray(value.scalar, dtype=dtype)
+    if isinstance(value.array, nd.NDArray):
+        return value.array.asnumpy()
+    return value.array
+
+
+def _at_most_one(value, dtype):
+    """True when multiplying by ``value`` cannot overflow (every ``|entry| <= 1``; for a
+    signed integer dtype also no -1, since ``-1 * min`` wraps around)."""
+    if value.scalar is not None:
+        big = abs(value.scalar)
+        return big < 1 if dtype.kind == 'i' else big <= 1
+    if isinstance(value.array, nd.NDArray):
+        if value.array.size == 0:
+            return True
+        big = float(nd.abs(value.array).max().asscalar())
+    else:
+        if value.array.size == 0:
+            return True
+        big = float(np.abs(value.array.astype(np.float64)).max())
+    return big < 1 if dtype.kind == 'i' else big <= 1
+
+
+def check_product(name, param, value, what, also=None):
+    """Raise unless ``param * value`` (times the Parameter ``also``, e.g. the mask already in
+    place) is representable on every replica: a product of finite fp16 numbers can overflow
+    to inf, and an integer product can wrap around. Entries whose factors are already
+    non-finite are not counted (nothing new is made non-finite)."""
+    dtype = np.dtype(param.dtype)
+    if dtype.kind not in 'fiu' or _at_most_one(value, dtype):
+        return
+    factor = _numpy_value(value, dtype)
+    with autograd.pause():
+        olds = [arr.asnumpy() for arr in _internals.raw_data(param)]
+        if also is not None:
+            olds = [old * other.asnumpy() for old, other in zip(olds, _internals.raw_data(also))]
+    for old, ctx in zip(olds, _internals.context_list(param)):
+        if dtype.kind == 'f':
+            with np.errstate(over='ignore', invalid='ignore'):
+                product = np.multiply(old, factor, dtype=dtype)
+            bad = ~np.isfinite(product) & np.isfinite(old) & np.isfinite(factor)
+            limit = 'the largest %s is %g' % (dtype.name, np.finfo(dtype).max)
+        else:
+            exact = np.multiply(old.astype(object), np.asarray(factor).astype(object))
+            info = np.iinfo(dtype)
+            bad = np.asarray((exact < info.min) | (exact > info.max), dtype=bool)
+            limit = '%s holds [%d, %d]' % (dtype.name, info.min, info.max)
+        if bad.any():
+            raise SurgeryValueError(
+                "Parameter '%s' on %s: multiplying by the %s would overflow in %d entr%s "
+                "(%s), first at index %s; nothing was changed. Use a smaller %s, or cast the "
+                "parameter to a wider dtype first (e.g. net.cast('float32'))."
+                % (name, ctx, what, int(bad.sum()), 'y' if bad.sum() == 1 else 'ies', limit,
+                   tuple(int(i) for i in np.argwhere(bad)[0]), what))
 
 
 def multiply(arr, value):

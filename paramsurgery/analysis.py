@@ -15,8 +15,6 @@ states, update counters, kvstore copies).
 """
 import json
 import math
-import os
-import tempfile
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -25,11 +23,13 @@ from mxnet import autograd
 from mxnet import ndarray as nd
 
 from . import _internals
-from ._checks import is_real
+from ._checks import check_flag, is_real
+from ._files import atomic_write, check_path, reading, write_bytes
 from ._snapshot import Snapshot
-from .errors import MissingDependencyError, SurgeryTypeError, SurgeryValueError, install_hint
+from .errors import SurgeryTypeError, SurgeryValueError
 from .masks import get_mask, masked, unmasked_params
 from .pruning_core import magnitude_masks, prune_count
+from .report import pyplot
 from .select import select
 
 __all__ = ['sensitivity', 'SensitivityReport']
@@ -114,16 +114,19 @@ class SensitivityReport:
     def save(self, path) -> None:
         """Write the report to ``path`` as JSON (atomically: a temporary file in the same
         folder, then renamed)."""
+        path = check_path('path', path, write=True)
         data = {'format': _FILE_FORMAT, 'version': _FILE_VERSION, 'kind': self.kind,
                 'baseline': self.baseline, 'amounts': list(self.amounts),
                 'table': self.table, 'dense_macs': self.dense_macs,
                 'dense_params': self.dense_params, 'units': self._units}
-        _write_atomic(path, json.dumps(data, indent=1).encode('utf-8'))
+        write_bytes(path, json.dumps(data, indent=1).encode('utf-8'))
 
     @classmethod
     def load(cls, path) -> 'SensitivityReport':
         """Read a report written by :meth:`save`."""
-        try:
+        path = check_path('path', path)
+        with reading(path, 'sensitivity report (JSON written by SensitivityReport.save)',
+                     'Write it with SensitivityReport.save.'):
             with open(path, 'rb') as f:
                 data = json.loads(f.read().decode('utf-8'))
             if data.get('format') != _FILE_FORMAT or data.get('version') != _FILE_VERSION:
@@ -131,10 +134,6 @@ class SensitivityReport:
                                                            data.get('version')))
             return cls(data['kind'], data['baseline'], data['amounts'], data['table'],
                        data['dense_macs'], data['dense_params'], data['units'])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise SurgeryValueError(
-                "Cannot read a sensitivity report from '%s' (%s: %s). Write it with "
-                "SensitivityReport.save." % (path, type(err).__name__, err)) from None
 
     def plot(self, path) -> None:
         """A PNG with one curve per group (or weight): the drop against the amount.
@@ -142,13 +141,8 @@ class SensitivityReport:
         With many curves the legend goes beside the axes in columns, and colours and line
         styles both vary, so 20 or more groups stay readable. Needs matplotlib.
         """
-        try:
-            import matplotlib
-            matplotlib.use('Agg')
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise MissingDependencyError(
-                'SensitivityReport.plot needs matplotlib: %s' % install_hint('plot')) from None
+        path = check_path('path', path, write=True)
+        plt = pyplot()
         names = self.names
         columns = 1 if len(names) <= 16 else 2 if len(names) <= 40 else 3
         fig, ax = plt.subplots(figsize=(7 + 3 * columns, max(4.5, 0.22 * len(names) / columns
@@ -171,17 +165,11 @@ class SensitivityReport:
         ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=columns,
                   frameon=False)
         fig.tight_layout()
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.png',
-                                   dir=folder)
-        os.close(fd)
         try:
-            fig.savefig(tmp, format='png', dpi=110)
-            os.replace(tmp, path)
+            with atomic_write(path) as tmp:
+                fig.savefig(tmp, format='png', dpi=110)
         finally:
             plt.close(fig)
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     # ----------------------------------------------------------------------- budgets
 
@@ -338,21 +326,6 @@ def _knapsack(options, target):
 
 
 # --------------------------------------------------------------------------- trials
-
-def _write_atomic(path, payload):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
-                               dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
 
 def _metric(value):
     if isinstance(value, nd.NDArray) and value.size == 1:
@@ -519,8 +492,7 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
     if not callable(evaluate):
         raise SurgeryTypeError('evaluate must be a callable evaluate(net) -> float, got %s.'
                                % type(evaluate).__name__)
-    if not isinstance(progress, (bool, np.bool_)):
-        raise SurgeryTypeError('progress must be True or False, got %r.' % (progress,))
+    check_flag('progress', progress)
     amounts = _amounts(amounts)
     if kind == 'channels':
         if inputs is None:

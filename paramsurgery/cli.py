@@ -8,12 +8,12 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from collections import OrderedDict
 from typing import List, Optional
 
 import numpy as np
 
+from ._files import atomic_write, check_path, reading
 from .errors import ParamSurgeryError, SelectionError
 from .pruning_core import magnitude_masks, random_masks, structured_masks
 from .report import arrays_report
@@ -32,13 +32,12 @@ def _load(path):
     import mxnet as mx
     if not os.path.isfile(path):
         raise UsageError("%s: no such file" % path)
-    try:
+    if os.path.getsize(path) == 0:
+        raise UsageError('%s: the file is empty (0 bytes), not an MXNet parameter file' % path)
+    # MXNet raises MXNetError with a C++ trace for a damaged file: one line instead
+    with reading(path, 'MXNet parameter file (save_parameters, nd.save or export output)',
+                 'Pass a file written by save_parameters, mx.nd.save or export().'):
         loaded = mx.nd.load(path)
-    except Exception as err:  # MXNet raises MXNetError with a C++ trace for a corrupt file
-        lines = [l.strip() for l in str(err).splitlines() if l.strip()]
-        last = lines[-1] if lines else type(err).__name__  # MXNet puts the reason last
-        raise UsageError('%s: not a readable MXNet parameter file (%s)' % (path, last[:200])) \
-            from None
     if isinstance(loaded, list):
         loaded = OrderedDict(('%d' % i, a) for i, a in enumerate(loaded))
     if not loaded:
@@ -66,7 +65,7 @@ def _is_prunable(name, arr):
 
 def _amount(text):
     try:
-        if re.fullmatch(r'[+-]?\d+', text.strip()):
+        if re.fullmatch(r'[+-]?\d+(?:_\d+)*', text.strip()):  # 1000 or 1_000: a count
             return int(text)
         return float(text)
     except ValueError:
@@ -83,6 +82,7 @@ def _inspect(args) -> int:
 
 def _prune(args) -> int:
     import mxnet as mx
+    check_path('-o/--output', args.output, write=True)  # before any work
     source = os.path.abspath(args.file)
     target = os.path.abspath(args.output)
     arrays = _load(args.file)
@@ -106,17 +106,11 @@ def _prune(args) -> int:
         value = weights[name].copy()
         value[pruned] = 0
         out[name] = mx.nd.array(value, dtype=arrays[name].dtype)
-    # Write next to the target and rename: an error leaves no partial output file.
-    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(target), suffix='.tmp',
-                               dir=os.path.dirname(target))
-    os.close(fd)
-    try:
+        if arrays[name].stype != 'default':
+            # A row_sparse array stays row_sparse (rows pruned to zero are dropped from it).
+            out[name] = out[name].tostype(arrays[name].stype)
+    with atomic_write(target) as tmp:  # a kill or an error leaves the old file
         mx.nd.save(tmp, out)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     arrays = OrderedDict((n, a.asnumpy()) for n, a in out.items())
     print(arrays_report(arrays, names))
     print('wrote %s (%s)' % (args.output, 'overwrote the input' if source == target else

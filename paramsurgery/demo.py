@@ -17,10 +17,12 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from .errors import MissingDependencyError, install_hint
+from ._checks import check_flag, is_int, is_real
+from ._files import atomic_write, check_path
+from .errors import MissingDependencyError, SurgeryTypeError, SurgeryValueError, install_hint
 from .masks import remove_mask
 from .pruning import Pruner
-from .report import sparsity_report
+from .report import pyplot, sparsity_report
 from .samplers import complementary_split
 from .schedules import PolynomialDecay
 from .select import select
@@ -45,6 +47,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', metavar='FILE.params',
                         help='save the pruned net with the masks baked into the weights')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every option checked before the data is loaded or anything trains: a bad value, a
+    plot without matplotlib or an output path that cannot be written fails now, not after
+    the whole run."""
+    for name, low in (('epochs', 1), ('prune_epochs', 1), ('seed', 0)):
+        value = getattr(args, name)
+        option = '--' + name.replace('_', '-')
+        if not is_int(value):
+            raise SurgeryTypeError('%s must be a whole number, got %r.' % (option, value))
+        if value < low:
+            raise SurgeryValueError('%s must be >= %d, got %d.' % (option, low, value))
+    if not is_real(args.sparsity) or not 0 <= args.sparsity < 1:
+        raise SurgeryValueError('--sparsity must be a number in [0, 1) (0.9 for 90%%), got %r.%s'
+                                % (args.sparsity, ' Did you mean %r?' % (args.sparsity / 100)
+                                   if is_real(args.sparsity) and 1 <= args.sparsity < 100
+                                   else ''))
+    check_flag('--quiet', args.quiet)
+    if args.plot is not None:
+        check_path('--plot', args.plot, write=True)
+        pyplot()  # MissingDependencyError now, not after training
+    if args.out is not None:
+        check_path('--out', args.out, write=True)
 
 
 def _require_demo_extras():
@@ -116,6 +142,7 @@ def run(args: Optional[argparse.Namespace] = None) -> dict:
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         args = parser.parse_args([])
+    check_args(args)
     _require_demo_extras()
     from tqdm import tqdm
 
@@ -171,7 +198,8 @@ def run(args: Optional[argparse.Namespace] = None) -> dict:
         print('wrote %s' % args.plot)
     if args.out:
         remove_mask(net, list(select(net, PRUNED)), bake=True)
-        net.save_parameters(args.out)
+        with atomic_write(args.out) as tmp:  # a kill leaves the old file, never half of one
+            net.save_parameters(tmp)
         print('wrote %s (masks baked into the weights)' % args.out)
     print('RESULT dense_acc=%.4f pruned_acc=%.4f sparsity=%.4f' % (dense_acc, pruned_acc,
                                                                   sparsity))

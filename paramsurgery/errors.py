@@ -9,8 +9,8 @@ parameter or trainer in a state that does not allow the operation), so existing
 import os
 
 __all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
-           'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
-           'SamplerValueError', 'SamplerTypeError', 'MissingDependencyError',
+           'SurgeryTypeError', 'FileFormatError', 'ParameterStateError',
+           'TrainerStateError', 'SamplerValueError', 'SamplerTypeError', 'MissingDependencyError',
            'StaleGradientError', 'DistributedWarning']
 
 
@@ -51,6 +51,19 @@ class SurgeryValueError(SurgeryError, ValueError):
 
 class SurgeryTypeError(SurgeryError, TypeError):
     """An argument has a type paramsurgery does not accept."""
+
+
+class FileFormatError(SurgeryValueError):
+    """A file could not be read: empty, truncated, damaged, or of another format.
+
+    Raised by the functions that read files (:func:`paramsurgery.load_masks`,
+    :func:`paramsurgery.load_exported`) instead of whatever the parser underneath raised
+    (``BadZipFile``, ``JSONDecodeError``, ``KeyError``, MXNet's ``MXNetError`` with its C++
+    trace, ``UnicodeDecodeError``, ``AssertionError``, ``EOFError``...). The message names
+    the file, what it should be, the parser's reason in one line, and the fix. Nothing was
+    changed. A ``ValueError`` (and a :class:`SurgeryValueError`), so existing handlers keep
+    catching it.
+    """
 
 
 class ParameterStateError(SurgeryError, RuntimeError):

@@ -10,6 +10,7 @@ See ``docs/masks.md``.
 import inspect
 import io
 import json
+import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
@@ -22,11 +23,14 @@ from mxnet.gluon.parameter import Parameter
 from mxnet.util import is_np_array
 
 from . import _internals, _masked_forward
+from ._checks import check_flag
 from ._deconv import needs_deconv_workaround, transposed_conv_layout
+from ._files import check_path, reading, write_bytes
 from ._layout import restore_default_layout
-from ._values import assign, multiply, plan
+from ._values import assign, check_product, multiply, plan
 from .access import ensure_usable
 from .errors import (
+    FileFormatError,
     SelectionError,
     SurgeryTypeError,
     SurgeryValueError,
@@ -109,6 +113,21 @@ def _receives_by_name(block, attr):
     return False
 
 
+def _forward_overrider(block):
+    """The class that overrides ``HybridBlock.forward`` for ``block``, or None.
+
+    Gluon's own blocks (module ``mxnet.*``) are trusted: their ``forward`` hands the
+    parameters to ``hybrid_forward``. Any other override may read the weight itself, which
+    no mask can reach, so it is refused even when it happens to call ``super().forward``.
+    """
+    for cls in type(block).__mro__:
+        if 'forward' in vars(cls):
+            if cls is HybridBlock or cls.__module__.split('.')[0] == 'mxnet':
+                return None
+            return cls
+    return None
+
+
 def _check_owner(name, param, block, attr):
     """Raise unless ``block`` can apply a mask to ``param`` (attribute ``attr``)."""
     kind = type(block).__name__
@@ -124,6 +143,16 @@ def _check_owner(name, param, block, attr):
             "forward reads the weight itself, so a mask cannot be put into its graph. Make "
             "the block a HybridBlock whose hybrid_forward receives '%s' as an argument."
             % (name, block.name, kind, attr))
+    overrider = _forward_overrider(block)
+    if overrider is not None:
+        raise SurgeryTypeError(
+            "Parameter '%s' belongs to block '%s' (%s), whose class %s overrides forward(): "
+            "a HybridBlock that defines its own forward may read the weight itself (e.g. "
+            "self.%s.data()) instead of receiving it in hybrid_forward, and the mask would "
+            "never reach that computation while reports counted it as applied. Move the "
+            "computation into hybrid_forward(self, F, x, %s) and delete forward(), or change "
+            "the weight values themselves with ps.assign_params."
+            % (name, block.name, kind, overrider.__qualname__, attr, attr))
     if not _receives_by_name(block, attr):
         raise SurgeryTypeError(
             "Parameter '%s': the hybrid_forward of block '%s' (%s) does not receive '%s' by "
@@ -244,11 +273,14 @@ def apply_mask(net, key, mask: Any = None, *, combine: str = 'multiply') -> List
         A key selects nothing.
     SurgeryValueError
         The mask does not broadcast, has NaN or inf, ``combine`` is unknown, a key names a
-        mask, or the parameter is a state updated in place (BatchNorm running statistics).
+        mask, the parameter is a state updated in place (BatchNorm running statistics), or
+        a product overflows the dtype (the new mask times the mask in place, or the weight
+        times the mask: finite fp16 numbers can multiply to inf).
     SurgeryTypeError
         Wrong mask type, ``net`` is not a Block, or the owning block cannot take a mask
-        (not a HybridBlock, ``hybrid_forward`` does not receive the parameter by name, a
-        SymbolBlock, sparse storage).
+        (not a HybridBlock, its class overrides ``forward()`` (which may read the weight
+        itself, out of the mask's reach), ``hybrid_forward`` does not receive the parameter
+        by name, a SymbolBlock, sparse storage).
     ParameterStateError
         The parameter is not initialised yet (run one forward first).
 
@@ -291,6 +323,13 @@ def apply_mask(net, key, mask: Any = None, *, combine: str = 'multiply') -> List
                 found[name] = _owners_checked(net, name, param, params)
     steps = [(name, param, value) + found[name]
              for name, param, value in plan(view, key, mask, 'mask', allow_nonfinite=False)]
+    # Finite masks can still overflow (fp16): the combined mask, and weight * mask, must be
+    # finite wherever their factors are, before anything is written.
+    for name, param, value, existing, _ in steps:
+        kept = existing if combine == 'multiply' else None
+        if kept is not None:
+            check_product(name + MASK_SUFFIX, kept, value, 'mask')
+        check_product(name, param, value, 'mask', also=kept)
     for _, param, value, _, _ in steps:
         value.prefetch(_internals.context_list(param))
     # Everything is validated: from here on nothing raises for the user's input.
@@ -418,7 +457,7 @@ def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -
     key : str or Parameter or list or callable
         Which masked parameters (see :func:`select`).
     bake : bool, default True
-        True writes ``weight * mask`` into the stored weight first, through
+        Exactly ``True`` or ``False`` (anything else raises ``SurgeryTypeError``). True writes ``weight * mask`` into the stored weight first, through
         :func:`assign_params` (every context, Trainer-safe, optimizer state kept), so the
         network computes the same function afterwards; False gives back the stored weight
         as it is (masked entries keep the values they had when masked, apart from what the
@@ -453,6 +492,7 @@ def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -
     >>> net.weight.data().asnumpy().tolist(), ps.masked(net)
     ([[1.0, 0.0], [0.0, 3.0]], [])
     """
+    bake = check_flag('bake', bake)
     _require_block(net, 'remove_mask')
     params, chosen = _select_masked(net, key, 'remove_mask')
     steps = []
@@ -504,13 +544,24 @@ def save_masks(net, path: str) -> List[str]:
     Parameters
     ----------
     net : Block
-    path : str
-        The file to write (a NumPy ``.npz`` archive; written exactly at ``path``).
+    path : str or os.PathLike
+        The file to write (a NumPy ``.npz`` archive; written exactly at ``path``),
+        atomically: a temporary file in the same folder, flushed to disk, then renamed over
+        ``path``, so a kill or a full disk leaves the old file or the complete new one.
 
     Returns
     -------
     list of str
         The structural names of the weights whose masks were saved.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``net`` is not a Block, or ``path`` is not a ``str``/``os.PathLike`` (an ``int``
+        would be a file descriptor).
+    SurgeryValueError
+        ``path`` is a folder or its folder does not exist (checked before anything is
+        written).
 
     Examples
     --------
@@ -535,6 +586,7 @@ def save_masks(net, path: str) -> List[str]:
     85.0
     """
     _require_block(net, 'save_masks')
+    path = check_path('path', path, write=True)
     params = all_params(net)
     keys = _weight_keys(net)
     entries, arrays = [], {}
@@ -555,38 +607,67 @@ def save_masks(net, path: str) -> List[str]:
     arrays['meta'] = np.frombuffer(meta.encode('utf-8'), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)  # a file object: numpy appends no '.npz'
-    with open(path, 'wb') as f:
-        f.write(buf.getvalue())
+    write_bytes(path, buf.getvalue())  # atomic: a killed write leaves the old file
     return [e['key'] for e in entries]
 
 
+_MASKS_FIX = 'Write it again with ps.save_masks(net, path), or pass the file it wrote.'
+
+
 def _read_masks(path):
-    try:
+    """``{structural name: numpy mask}`` from a file written by :func:`save_masks`; any
+    damage (empty, truncated, flipped bytes, another format) is a FileFormatError."""
+    if os.path.getsize(path) == 0:
+        raise FileFormatError("'%s' is empty (0 bytes), not a mask file written by "
+                              "ps.save_masks (an interrupted copy?). %s" % (path, _MASKS_FIX))
+    with open(path, 'rb') as f:
+        head = f.read(6)
+    if not head.startswith((b'PK\x03\x04', b'\x93NUMPY')):
+        # numpy would blame "pickled data" for any file that is neither zip nor .npy
+        raise FileFormatError("'%s' is not a mask file written by ps.save_masks: it is not a "
+                              ".npz archive (it starts with %r). %s" % (path, head, _MASKS_FIX))
+    with reading(path, 'mask file written by ps.save_masks (a .npz archive)', _MASKS_FIX):
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise SurgeryValueError("Cannot read masks from '%s': %s. Write the file with "
-                                "ps.save_masks." % (path, err)) from None
-    with archive:
-        if 'meta' not in archive.files:
-            raise SurgeryValueError("'%s' is not a mask file written by ps.save_masks (no "
-                                    "metadata)." % path)
-        meta = json.loads(archive['meta'].tobytes().decode('utf-8'))
-        if meta.get('format') != _FILE_FORMAT or meta.get('version') != _FILE_VERSION:
-            raise SurgeryValueError("'%s' has format %r version %r; this paramsurgery reads "
-                                    "%r version %d." % (path, meta.get('format'),
-                                                        meta.get('version'), _FILE_FORMAT,
-                                                        _FILE_VERSION))
-        masks = OrderedDict()
-        for entry in meta['masks']:
-            shape = tuple(entry['shape'])
-            stored = archive[entry['slot']]
-            if entry['packed']:
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise FileFormatError("'%s' is a single NumPy array, not a mask file written by "
+                                  "ps.save_masks (a .npz archive). %s" % (path, _MASKS_FIX))
+        with archive:
+            if 'meta' not in archive.files:
+                raise FileFormatError("'%s' is a .npz archive but not a mask file written by "
+                                      "ps.save_masks (no metadata). %s" % (path, _MASKS_FIX))
+            meta = json.loads(archive['meta'].tobytes().decode('utf-8'))
+            if not isinstance(meta, dict) or meta.get('format') != _FILE_FORMAT \
+                    or meta.get('version') != _FILE_VERSION:
+                found = meta if not isinstance(meta, dict) else (meta.get('format'),
+                                                                 meta.get('version'))
+                raise FileFormatError("'%s' has format/version %r; this paramsurgery reads %r "
+                                      "version %d. %s" % (path, found, _FILE_FORMAT,
+                                                          _FILE_VERSION, _MASKS_FIX))
+            masks = OrderedDict()
+            for entry in meta['masks']:
+                shape = tuple(int(n) for n in entry['shape'])
+                if any(n < 0 for n in shape):
+                    raise ValueError('negative dimension in shape %s' % (shape,))
+                dtype = np.dtype(entry['dtype'])
+                if dtype.kind not in 'biuf':
+                    raise ValueError('mask dtype %s is not numeric' % dtype.name)
+                stored = archive[entry['slot']]
                 size = int(np.prod(shape, dtype=np.int64))
-                values = np.unpackbits(stored, count=size).reshape(shape)
-                values = values.astype(entry['dtype'])
-            else:
-                values = stored
-            masks[entry['key']] = values
+                if entry['packed']:
+                    if stored.dtype != np.uint8 or stored.size * 8 < size:
+                        raise ValueError("mask of '%s' has %d packed bytes for %d entries"
+                                         % (entry['key'], stored.size, size))
+                    values = np.unpackbits(stored, count=size).reshape(shape)
+                    values = values.astype(dtype)
+                else:
+                    if stored.shape != shape or stored.dtype != dtype:
+                        raise ValueError("mask of '%s' is stored as %s %s, the metadata says "
+                                         "%s %s" % (entry['key'], stored.dtype, stored.shape,
+                                                    dtype, shape))
+                    values = stored
+                if not isinstance(entry['key'], str):
+                    raise ValueError('mask key %r is not a name' % (entry['key'],))
+                masks[entry['key']] = values
     return masks
 
 
@@ -601,7 +682,7 @@ def load_masks(net, path: str, *, combine: str = 'replace') -> List[str]:
     Parameters
     ----------
     net : Block
-    path : str
+    path : str or os.PathLike
     combine : {'replace', 'multiply'}, default 'replace'
         How to treat a mask that ``net`` already has (see :func:`apply_mask`).
 
@@ -614,8 +695,14 @@ def load_masks(net, path: str, *, combine: str = 'replace') -> List[str]:
     ------
     SelectionError
         A saved mask has no weight of that structural name in ``net``.
+    FileFormatError
+        The file is empty, truncated, damaged or not written by :func:`save_masks` (a
+        ``SurgeryValueError`` too); nothing changed.
     SurgeryValueError
-        Unreadable file, or a shape that does not match.
+        A shape that does not match, a missing file, a folder.
+    SurgeryTypeError
+        ``path`` is not a ``str`` or ``os.PathLike`` (an ``int`` is not a file descriptor
+        here).
 
     Examples
     --------
@@ -640,6 +727,9 @@ def load_masks(net, path: str, *, combine: str = 'replace') -> List[str]:
     paramsurgery.errors.SurgeryValueError: The mask file ... has a mask of shape (2, 3) for 'weight' ...
     """
     _require_block(net, 'load_masks')
+    path = check_path('path', path)
+    if combine not in _COMBINE:
+        raise SurgeryValueError("combine must be 'multiply' or 'replace', got %r." % (combine,))
     saved = _read_masks(path)
     keys = _weight_keys(net)
     params = all_params(net)
@@ -684,11 +774,22 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
         The ``-NNNN.params`` file.
     ctx : Context or list of Context, default None
     **kwargs
-        Passed to ``SymbolBlock.imports`` (e.g. ``allow_missing``, ``ignore_extra``).
+        ``allow_missing``, ``ignore_extra`` (``True``/``False``), passed to
+        ``SymbolBlock.imports``.
 
     Returns
     -------
     SymbolBlock
+
+    Raises
+    ------
+    FileFormatError
+        A file is empty, truncated, damaged or of another format, or the files do not
+        belong together (MXNet's own ``MXNetError``, ``AssertionError`` or ``ValueError``,
+        summed up in one line); nothing was loaded.
+    SurgeryValueError, SurgeryTypeError
+        A missing file or a folder; a path that is not a ``str`` or ``os.PathLike``;
+        ``input_names`` not a name or list of names, ``ctx`` not a Context.
 
     Examples
     --------
@@ -712,7 +813,33 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
     >>> loaded.collect_params()['net_dense0_weight_mask'].grad_req
     'null'
     """
-    block = SymbolBlock.imports(symbol_file, input_names, param_file, ctx, **kwargs)
+    symbol_file = check_path('symbol_file', symbol_file)
+    if param_file is not None:
+        param_file = check_path('param_file', param_file)
+    names = [input_names] if isinstance(input_names, str) else input_names
+    if not isinstance(names, (list, tuple)) or not names or \
+            not all(isinstance(n, str) and n for n in names):
+        raise SurgeryTypeError(
+            "input_names must be a name or a non-empty list of names (e.g. 'data'), got %r."
+            % (input_names,))
+    contexts = ctx if isinstance(ctx, (list, tuple)) else [ctx]
+    if ctx is not None and (not contexts or
+                            not all(isinstance(c, mx.Context) for c in contexts)):
+        raise SurgeryTypeError('ctx must be a Context, a list of Contexts or None, got %r.'
+                               % (ctx,))
+    unknown = sorted(set(kwargs) - {'allow_missing', 'ignore_extra'})
+    if unknown:
+        raise SurgeryTypeError('load_exported got unexpected keyword argument(s) %s; it takes '
+                               'allow_missing and ignore_extra (as SymbolBlock.imports).'
+                               % ', '.join(unknown))
+    for flag in ('allow_missing', 'ignore_extra'):
+        if flag in kwargs:
+            kwargs[flag] = check_flag(flag, kwargs[flag])
+    fix = ('Export the network again with net.export(prefix) and pass prefix + '
+           "'-symbol.json' and prefix + '-0000.params'.")
+    with reading([symbol_file] if param_file is None else [symbol_file, param_file],
+                 'exported model (symbol JSON and parameter file written by export())', fix):
+        block = SymbolBlock.imports(symbol_file, input_names, param_file, ctx, **kwargs)
     params = block.collect_params()
     for param in params.values():
         # Parameter._load_init leaves shape None when the parameter had none before: give
@@ -791,6 +918,14 @@ def broadcast_masks(kvstore, net) -> List[str]:
     params = all_params(net)
     names = masked(net)
     masks = [params[name + MASK_SUFFIX] for name in names]
+    with autograd.pause():
+        # Inside autograd.record() after a forward the masks are part of the graph; the
+        # copies are not a computation to differentiate.
+        _broadcast(kvstore, masks)
+    return names
+
+
+def _broadcast(kvstore, masks):
     if kvstore is not None and _internals.is_distributed(kvstore.type):
         base = _next_mask_key[0]
         _next_mask_key[0] += len(masks)
@@ -806,4 +941,3 @@ def broadcast_masks(kvstore, net) -> List[str]:
             first, *others = mask.list_data()
             for arr in others:
                 first.copyto(arr)
-    return names

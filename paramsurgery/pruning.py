@@ -7,6 +7,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from ._checks import check_flag
+from ._checks import is_int as _is_int
+from ._checks import is_real as _is_real
 from .access import replicas
 from .errors import SurgeryTypeError, SurgeryValueError
 from .masks import apply_mask, get_mask, masked, unmasked_params
@@ -285,6 +288,37 @@ def prune_custom(net, key, mask: Any) -> List[str]:
 
 
 _METHODS = ('magnitude', 'random', 'structured')
+_STATE_FIELDS = ('last_step', 'pruned_steps', 'method', 'scope', 'schedule')
+
+
+def _check_state(state):
+    """Every field of a :meth:`Pruner.state_dict`, with its type and value, or a typed error
+    naming the field: nothing is restored from a damaged state."""
+    missing = [f for f in _STATE_FIELDS if f not in state]
+    extra = [f for f in state if f not in _STATE_FIELDS]
+    if missing or extra:
+        raise SurgeryValueError(
+            'state must have exactly the fields %s of Pruner.state_dict(); %s.'
+            % (', '.join(_STATE_FIELDS), '; '.join(
+                part for part in ('missing: %s' % ', '.join(map(str, missing)) if missing
+                                  else '', 'unknown: %s' % ', '.join(map(repr, extra)) if extra
+                                  else '') if part)))
+    last = state['last_step']
+    if last is not None and not _is_int(last):
+        raise SurgeryTypeError("state['last_step'] must be an int or None, got %s %r."
+                               % (type(last).__name__, last))
+    steps = state['pruned_steps']
+    if not isinstance(steps, (list, tuple)) or not all(_is_int(s) for s in steps):
+        raise SurgeryTypeError("state['pruned_steps'] must be a list of ints, got %r." % (steps,))
+    if steps and last is None:
+        raise SurgeryValueError("state has pruned_steps %r but last_step None: a Pruner that "
+                                "pruned has stepped." % (list(steps),))
+    for field in ('method', 'scope'):
+        if not isinstance(state[field], str):
+            raise SurgeryTypeError("state[%r] must be a str, got %r." % (field, state[field]))
+    if state['schedule'] is not None and not isinstance(state['schedule'], str):
+        raise SurgeryTypeError("state['schedule'] must be a str or None, got %r."
+                               % (state['schedule'],))
 
 
 class Pruner:
@@ -382,9 +416,43 @@ class Pruner:
             amounts[tuple(group)] = count_to_reach(sparsity, total, masked, zeros)
         return amounts
 
+    def _scheduled(self, step):
+        """``schedule(step)`` checked: ``(bool, float in [0, 1))``, or a typed error naming
+        the schedule and the step (nothing is pruned)."""
+        out = self.schedule(step)
+        where = 'schedule %r at step %r' % (self.schedule, step)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise SurgeryTypeError(
+                '%s returned %r; a schedule must return a pair (prune_now: bool, sparsity: '
+                'float in [0, 1)), like ps.PolynomialDecay.' % (where, out))
+        prune_now, sparsity = out
+        prune_now = check_flag('prune_now (the first value returned by %s)' % where, prune_now)
+        if not _is_real(sparsity):
+            raise SurgeryTypeError(
+                '%s returned sparsity %s %r; it must be a float in [0, 1).'
+                % (where, type(sparsity).__name__, sparsity))
+        if not (0 <= float(sparsity) < 1):
+            raise SurgeryValueError(
+                '%s returned sparsity %r; it must be a float in [0, 1) (the fraction of the '
+                'selected weights that is zero after pruning; 1 would remove everything).%s'
+                % (where, sparsity, ' Did you mean %r (sparsity/100)?' % (sparsity / 100)
+                   if 1 <= sparsity < 100 else ''))
+        return prune_now, float(sparsity)
+
     def step(self, step: int) -> bool:
-        """Prune if the schedule says so at ``step``; True when it pruned."""
-        prune_now, sparsity = self.schedule(step)
+        """Prune if the schedule says so at ``step``; True when it pruned.
+
+        Raises
+        ------
+        SurgeryTypeError, SurgeryValueError
+            ``step`` is not a whole number, or the schedule returned something other than
+            ``(bool, float in [0, 1))`` (the message names the schedule and the step);
+            nothing was pruned.
+        """
+        if not _is_int(step):
+            raise SurgeryTypeError('step must be an int (the training step), got %s %r.'
+                                   % (type(step).__name__, step))
+        prune_now, sparsity = self._scheduled(step)
         self.last_step = step
         if not prune_now:
             return False
@@ -429,6 +497,7 @@ class Pruner:
         if not isinstance(state, Mapping):
             raise SurgeryTypeError('state must be a dict from Pruner.state_dict(), got %s.'
                                    % type(state).__name__)
+        _check_state(state)
         saved, mine = state.get('schedule'), self._schedule_id()
         if saved is not None and mine is not None and saved != mine:
             raise SurgeryValueError('state was saved with schedule %s but this Pruner has %s. '

@@ -90,6 +90,11 @@ def prune_count(amount: Union[int, float], n: int, *, what: str = 'entries',
     fraction of the 10 entries still unmasked. Did you mean amount=0.5 (amount/100)? ...
     """
     at = ' in %s' % where if where else ''
+    if not _is_int(n):
+        raise SurgeryTypeError('n (the number of candidates) must be an int, got %s %r.'
+                               % (type(n).__name__, n))
+    if n < 0:
+        raise SurgeryValueError('n (the number of candidates) must be >= 0, got %d.' % n)
     if isinstance(amount, (bool, np.bool_)):
         raise SurgeryTypeError(
             'amount=%r is a bool; pass a float in [0, 1] (fraction of the %s still unmasked%s) '
@@ -206,7 +211,9 @@ def _check_per_name(weights, values, what, *, required=False):
     out = OrderedDict()
     for name, w in weights.items():
         value = values.get(name)
-        out[name] = None if value is None else _as_numeric(name, what, value, w.shape)
+        # one entry of 'masks' is 'the mask'
+        out[name] = None if value is None else _as_numeric(
+            name, what[:-1] if what.endswith('s') else what, value, w.shape)
     return out
 
 

@@ -3,8 +3,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ._files import atomic_write, check_path
 from .access import replicas
-from .errors import MissingDependencyError, install_hint
+from .errors import (
+    MissingDependencyError,
+    SelectionError,
+    SurgeryTypeError,
+    SurgeryValueError,
+    install_hint,
+)
 from .masks import unmasked_params
 from .select import MASK_SUFFIX, all_params, mask_names, select
 
@@ -68,16 +75,11 @@ class SparsityReport:
         """Write a PNG bar chart of the sparsity of each parameter to ``path``.
 
         Needs matplotlib (``pip install 'paramsurgery[plot]'``); without it raises
-        :class:`MissingDependencyError`.
+        :class:`MissingDependencyError`. ``path`` (``str`` or ``os.PathLike``; its folder
+        must exist) is checked first and written atomically (see :func:`save_masks`).
         """
-        try:
-            import matplotlib
-            matplotlib.use('Agg')
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise MissingDependencyError(
-                "SparsityReport.plot needs matplotlib: %s." % install_hint('plot')) \
-                from None
+        path = check_path('path', path, write=True)
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(self.rows)), 4.5))
         ax.bar(range(len(self.rows)), [100 * r['sparsity'] for r in self.rows])
         ax.set_xticks(range(len(self.rows)))
@@ -87,8 +89,24 @@ class SparsityReport:
         ax.set_ylim(0, 100)
         ax.set_title('sparsity per parameter (total %.1f%%)' % (100 * self.total['sparsity']))
         fig.tight_layout()
-        fig.savefig(path, format='png', dpi=100)
-        plt.close(fig)
+        try:
+            with atomic_write(path) as tmp:
+                fig.savefig(tmp, format='png', dpi=100)
+        finally:
+            plt.close(fig)
+
+
+def pyplot():
+    """``matplotlib.pyplot`` with the file-only Agg backend, or MissingDependencyError (so
+    a caller can check before a long run that a plot will be possible)."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError(
+            "SparsityReport.plot needs matplotlib: %s." % install_hint('plot')) from None
+    return plt
 
 
 def _zeros(effective: np.ndarray) -> int:
@@ -117,14 +135,37 @@ def arrays_report(arrays: Mapping[str, np.ndarray], names: Optional[Sequence[str
     >>> [(r['name'], r['zeros'], r['masked']) for r in report.rows]
     [('w', 2, True), ('b', 0, False)]
     """
+    if not isinstance(arrays, Mapping) or not all(isinstance(n, str) for n in arrays):
+        raise SurgeryTypeError('arrays must be a dict of name -> numpy array (e.g. from '
+                               'mx.nd.load), got %s.' % type(arrays).__name__)
+    if names is not None:
+        if isinstance(names, str) or not isinstance(names, Sequence):
+            raise SurgeryTypeError('names must be a list of array names or None, got %r.'
+                                   % (names,))
+        unknown = [n for n in names if not isinstance(n, str) or n not in arrays]
+        if unknown:
+            raise SelectionError('names: %r is not an array of the file (it has %d arrays, '
+                                 'e.g. %s).' % (unknown[0], len(arrays),
+                                                ', '.join(list(arrays)[:5])))
     if names is None:
         hidden = set(mask_names(arrays))
         names = [n for n in arrays if n not in hidden]
     rows = []
     for name in names:
         value = np.asarray(arrays[name])
+        if value.dtype.kind not in 'biuf':
+            raise SurgeryTypeError("Array '%s' has dtype %s; a sparsity report needs numbers."
+                                   % (name, value.dtype))
         mask = arrays.get(name + MASK_SUFFIX)
-        effective = value * np.asarray(mask) if mask is not None else value
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.ndim > value.ndim or any(m not in (1, v) for m, v in zip(
+                    mask.shape[::-1], value.shape[::-1])):
+                raise SurgeryValueError(
+                    "Array '%s' has shape %s but its mask '%s' has shape %s, which does not "
+                    "broadcast to it: the file is inconsistent. Fix or drop '%s'."
+                    % (name, value.shape, name + MASK_SUFFIX, mask.shape, name + MASK_SUFFIX))
+        effective = value * mask if mask is not None else value
         rows.append({'name': name, 'shape': tuple(value.shape), 'dtype': value.dtype.name,
                      'size': int(value.size), 'zeros': _zeros(effective),
                      'sparsity': _zeros(effective) / value.size if value.size else 0.0,

@@ -419,6 +419,11 @@ def kfold(length: int, k: int, *, seed: Optional[int] = None
     True
     """
     length = _check_int('length', length)
+    if length < 2:
+        k = _check_int('k', k, low=2)
+        raise SamplerValueError(
+            'k=%d folds need at least k indices, and kfold needs at least 2 folds of one '
+            'index each: length=%d is too short. Pass length >= 2.' % (k, length))
     k = _check_int('k', k, low=2, high=length,
                    high_what='length (%d): each fold needs at least one index' % length)
     partition = _Partition(length, _entropy(seed), reshuffle=False)

@@ -108,6 +108,10 @@ def _match_one(key, params, noun, where):
     if isinstance(key, str):
         if key in params:
             return [key]
+        if not key:
+            # re.match('') matches every name: an empty key is a mistake, not "everything".
+            raise _miss(key, params, why="is empty (pass '.*' to select every %s)" % noun,
+                        noun=noun, where=where)
         try:
             pattern = re.compile(key)
         except re.error as err:
@@ -117,7 +121,16 @@ def _match_one(key, params, noun, where):
                 % (key, noun, err)) from None
         names = [name for name in unmasked(params) if pattern.match(name)]
     elif callable(key):
-        names = [name for name, param in unmasked(params).items() if key(name, param)]
+        names = []
+        for name, param in unmasked(params).items():
+            chosen = key(name, param)
+            if isinstance(chosen, (str, bytes)):
+                # a truthy string ('no', 'False') would silently mean True
+                raise SurgeryTypeError(
+                    "Key %s returned the string %r for '%s'; it must return True or False."
+                    % (_describe(key), chosen, name))
+            if chosen:
+                names.append(name)
     else:
         raise SurgeryTypeError(
             "key must be a parameter name or regular expression (str), a Parameter, a "

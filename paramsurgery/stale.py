@@ -11,6 +11,7 @@ This module reads the flags without consuming them (:func:`find_stale`), records
 parameters each forward read (:func:`track_usage`) to say which block did not run, and
 steps only when every gradient that is applied is fresh (:func:`safe_step`).
 """
+import os
 import re
 import weakref
 from collections import OrderedDict
@@ -22,8 +23,15 @@ from mxnet import ndarray as nd
 from mxnet.gluon.parameter import Parameter
 
 from . import _internals
+from ._checks import check_batch_size
 from .distributed import init_kvstore
-from .errors import StaleGradientError, SurgeryTypeError, SurgeryValueError
+from .errors import (
+    ParamSurgeryError,
+    StaleGradientError,
+    SurgeryTypeError,
+    SurgeryValueError,
+    and_more,
+)
 from .select import all_params, select
 
 __all__ = ['STALE_REASONS', 'StaleRecord', 'UsageTracker', 'find_stale', 'track_usage',
@@ -267,88 +275,150 @@ def _tracker_for(param, usage):
 
 # --------------------------------------------------------------------------- diagnosis
 
+# Messages are written once per group of records that share a reason and a cause (the same
+# block, the same contexts): they are built as templates with these placeholders, grouped,
+# then filled with the group's parameter names, contexts and a key for allow_stale.
+_P = '\x00P'    # "Parameter 'a'" or "Parameters 'a', 'b'"
+_C = '\x00C'    # the contexts: "cpu(0)" or "cpu(0), cpu(1)"
+_A = '\x00A'    # an allow_stale key selecting exactly the group
+_W = '\x00W'    # was / were
+_H = '\x00H'    # has / have
+_I = '\x00I'    # its / their
+_T = '\x00T'    # it / them
+
 _FIX_UNUSED = (
-    "Fix: make its block take part in the loss; or, if leaving it out of this step is "
-    "intended, skip it explicitly with ps.safe_step(trainer, batch_size, allow_stale=%r) or "
-    "freeze it (param.grad_req = 'null'). Avoid ignore_stale_grad=True: under "
-    "update_on_kvstore=True (the multi-device default) it still applies the old gradient.")
+    "Fix: make " + _I + " block take part in the loss; or, if leaving " + _T + " out of this "
+    "step is intended, skip " + _T + " explicitly with ps.safe_step(trainer, batch_size, "
+    "allow_stale=" + _A + ") or freeze " + _T + " (param.grad_req = 'null'). Avoid "
+    "ignore_stale_grad=True: under update_on_kvstore=True (the multi-device default) it still "
+    "applies the old gradient.")
 
 
-def _msg_unused(name, ctx, tracker, read, param, deferred=False):
+def _why(tracker, param, ctx):
+    """:meth:`UsageTracker._why_not_read` as a template (context and pronoun left open)."""
+    text = tracker._why_not_read(param, ctx).replace(str(ctx), _C)
+    return re.sub(r'\bits ', _I + ' ', text)
+
+
+def _msg_unused(ctx, tracker, read, param, deferred=False):
     if deferred:
-        why = ("Parameter '%s' was never initialised on %s: its initialisation waits for the "
-               "first forward through its block, and no forward has run that block. MXNet's "
-               "trainer.step cannot even start with it. " % (name, ctx))
+        why = (_P + " " + _W + " never initialised on " + _C + ": initialisation waits for the "
+               "first forward through the block, and no forward has run that block. MXNet's "
+               "trainer.step cannot even start with " + _T + ". ")
         return why + ("Fix: run the block once (e.g. net(x) on a sample batch) before "
-                      "training, or leave its parameters out of this Trainer.")
+                      "training, or leave " + _T + " out of this Trainer.")
     if tracker is None:
-        why = ("Parameter '%s' got no gradient on %s from the last backward, while other "
-               "parameters did: its block did not run (a branch not taken, an unused head) or "
-               "its output did not reach the loss. Run the forward inside `with "
+        why = (_P + " got no gradient on " + _C + " from the last backward, while other "
+               "parameters did: " + _I + " block did not run (a branch not taken, an unused "
+               "head) or its output did not reach the loss. Run the forward inside `with "
                "ps.track_usage(net):` to see which block, and to tell this apart from a "
                "freshness flag reset by a grad_req change, cast, reset_ctx or "
-               "re-initialisation. " % (name, ctx))
+               "re-initialisation. ")
     elif read is not None:
-        why = ("Parameter '%s' was read by block %s on %s%s, but the backward did not reach "
-               "it: the output that depends on it did not feed the loss that was "
-               "back-propagated%s. " % (
-                   name, _describe(read.block), ctx,
+        why = (_P + " " + _W + " read by block %s on " + _C + "%s, but the backward did not "
+               "reach " + _T + ": the output that depends on " + _T + " did not feed the loss "
+               "that was back-propagated%s. ") % (
+                   _describe(read.block),
                    '' if read.recording else ' outside autograd.record()',
-                   '' if read.recording else ', and an unrecorded forward has no gradient'))
+                   '' if read.recording else ', and an unrecorded forward has no gradient')
     else:
-        why = "Parameter '%s' got no gradient on %s: %s " % (
-            name, ctx, tracker._why_not_read(param, ctx))
-    return why + _FIX_UNUSED % name
+        why = _P + " got no gradient on " + _C + ": " + _why(tracker, param, ctx) + " "
+    return why + _FIX_UNUSED
 
 
-def _msg_partial(name, ctx, fresh_ctxs, tracker, param):
+def _msg_partial(ctx, fresh_ctxs, tracker, param):
     detail = ''
     if tracker is not None and tracker._read_on(param, ctx) is None:
-        detail = ' (%s)' % tracker._why_not_read(param, ctx).rstrip('.')
-    return ("Parameter '%s' has a fresh gradient on %s but not on %s: the forward/backward on "
-            "%s did not use it.%s The kvstore sums the replicas' gradients, so a step would "
-            "mix in the old gradient of %s (and without a kvstore the replicas would drift "
-            "apart). Fix: give every context its slice of each batch "
-            "(gluon.utils.split_and_load(batch, ctx_list)), run the same blocks on each and "
-            "back-propagate every context's loss; or skip it with ps.safe_step(..., "
-            "allow_stale=%r)." % (name, '[%s]' % ', '.join(str(c) for c in fresh_ctxs), ctx,
-                                  ctx, detail, ctx, name))
+        detail = ' (%s)' % _why(tracker, param, ctx).rstrip('.')
+    return (_P + " " + _H + " a fresh gradient on %s but not on " + _C + ": the "
+            "forward/backward on " + _C + " did not use " + _T + ".%s The kvstore sums the "
+            "replicas' gradients, so a step would mix in the old gradient of " + _C + " (and "
+            "without a kvstore the replicas would drift apart). Fix: give every context its "
+            "slice of each batch (gluon.utils.split_and_load(batch, ctx_list)), run the same "
+            "blocks on each and back-propagate every context's loss; or skip " + _T + " with "
+            "ps.safe_step(..., allow_stale=" + _A + ").") % (
+                '[%s]' % ', '.join(str(c) for c in fresh_ctxs), detail)
 
 
-def _msg_no_backward(name, ctx):
-    return ("Parameter '%s' on %s: no parameter has a fresh gradient, so there was no "
+def _msg_no_backward():
+    return (_P + " on " + _C + ": no parameter has a fresh gradient, so there was no "
             "backward() since the last step (or the gradients came from autograd.grad(), "
             "which does not mark them fresh, or a trainer.step that raised consumed them). "
             "Stepping now would apply the old gradients again, which MXNet does silently when "
             "the kvstore updates the weights (update_on_kvstore=True). Fix: run the forward "
             "inside autograd.record() and call loss.backward() (or autograd.backward(losses)) "
-            "before every step." % (name, ctx))
+            "before every step.")
 
 
-def _msg_flags_reset(name, ctx, read):
-    return ("Parameter '%s' was read by block %s on %s, but its gradient buffer was replaced "
-            "after that forward: a grad_req change, cast, reset_ctx or re-initialisation "
-            "re-creates the buffers and clears the freshness flag, so the gradient of that "
-            "backward is lost. Fix: make such changes before the forward (or right after a "
-            "step), then run forward and backward again. Skipping it (ignore_stale_grad or "
-            "allow_stale) would leave it untrained for this step." % (
-                name, _describe(read.block), ctx))
+def _msg_flags_reset(read):
+    return ((_P + " " + _W + " read by block %s on " + _C + ", but " + _I + " gradient buffer "
+            "was replaced after that forward: a grad_req change, cast, reset_ctx or "
+            "re-initialisation re-creates the buffers and clears the freshness flag, so the "
+            "gradient of that backward is lost. Fix: make such changes before the forward (or "
+            "right after a step), then run forward and backward again. Skipping " + _T + " "
+            "(ignore_stale_grad or allow_stale) would leave " + _T + " untrained for this "
+            "step.") % _describe(read.block))
 
 
-def _msg_not_a_leaf(name, ctx, bare):
+def _msg_not_a_leaf(bare):
     if bare:
-        return ("Parameter '%s': _data is a bare NDArray, not a list with one autograd "
-                "variable per context, so no replica can receive a gradient. Fix: never "
-                "assign _data; write values with ps.set_params/ps.assign_params (see "
-                "ps.check_params for the repair)." % name)
-    return ("Parameter '%s' on %s: the replica is a computed array, not the autograd variable "
+        return (_P + ": _data is a bare NDArray, not a list with one autograd variable per "
+                "context, so no replica can receive a gradient. Fix: never assign _data; "
+                "write values with ps.set_params/ps.assign_params (see ps.check_params for "
+                "the repair).")
+    return (_P + " on " + _C + ": the replica is a computed array, not the autograd variable "
             "bound to the gradient buffer (e.g. _data was rebound to w * mask inside "
             "autograd.record(), the old blog recipe). Backward never marks it, the Trainer "
             "cannot update the real weight, and with update_on_kvstore=True a step writes the "
             "new weight into the computed array. Fix: put masks in the graph (ps.apply_mask) "
-            "and write values with ps.assign_params/ps.set_params; repair this parameter with "
+            "and write values with ps.assign_params/ps.set_params; repair it with "
             "param.reset_ctx(param.list_ctx()), which re-creates leaf replicas from the "
-            "current values." % (name, ctx))
+            "current values.")
+
+
+def _allow_key(names, params):
+    """The shortest ``allow_stale`` key that selects exactly ``names`` among ``params``: the
+    name itself, a regular expression on their common prefix, or the list of names."""
+    if len(names) == 1:
+        return names[0]
+    prefix = os.path.commonprefix(names)
+    if prefix:
+        pattern = re.escape(prefix) + '.*'
+        try:
+            chosen = select(params, pattern)
+        except ParamSurgeryError:
+            chosen = {}
+        if set(chosen) == set(names):
+            return pattern
+    return list(names)
+
+
+def _fill(template, names, ctxs, allow):
+    plural = len(names) > 1
+    subject = ('Parameters %s' % and_more(names, shown=6) if plural
+               else "Parameter '%s'" % names[0])
+    for mark, text in ((_P, subject), (_C, ', '.join(str(c) for c in ctxs)),
+                       (_A, repr(allow)), (_W, 'were' if plural else 'was'),
+                       (_H, 'have' if plural else 'has'), (_I, 'their' if plural else 'its'),
+                       (_T, 'them' if plural else 'it')):
+        template = template.replace(mark, text)
+    return template
+
+
+def _grouped(raw, params):
+    """StaleRecords from ``raw`` ``(name, ctx, reason, template)``: records that share a
+    reason and a template (the same cause) share one message naming all of them."""
+    groups = OrderedDict()
+    for name, ctx, reason, template in raw:
+        names, ctxs = groups.setdefault((reason, template), ([], []))
+        if name not in names:
+            names.append(name)
+        if ctx not in ctxs:
+            ctxs.append(ctx)
+    messages = {key: _fill(key[1], names, ctxs, _allow_key(names, params))
+                for key, (names, ctxs) in groups.items()}
+    return [StaleRecord(name, ctx, reason, messages[(reason, template)])
+            for name, ctx, reason, template in raw]
 
 
 def _collect(trainer_or_params) -> 'OrderedDict[str, Parameter]':
@@ -396,7 +466,7 @@ def _diagnose(params, usage=None, assume_fresh=frozenset()) -> List[StaleRecord]
     table = [(name, param, _states(param, assume_fresh)) for name, param in params.items()
              if param.grad_req != 'null']
     any_fresh = any(state == 'fresh' for _, _, states in table for _, state in states)
-    records = []
+    raw = []
     for name, param, states in table:
         fresh_ctxs = [ctx for ctx, state in states if state == 'fresh']
         tracker = _tracker_for(param, usage)
@@ -404,26 +474,22 @@ def _diagnose(params, usage=None, assume_fresh=frozenset()) -> List[StaleRecord]
             if state == 'fresh':
                 continue
             if state in ('not-a-leaf', 'bare'):
-                records.append(StaleRecord(name, ctx, 'not-a-leaf',
-                                           _msg_not_a_leaf(name, ctx, state == 'bare')))
+                raw.append((name, ctx, 'not-a-leaf', _msg_not_a_leaf(state == 'bare')))
                 continue
             if state == 'deferred':
-                records.append(StaleRecord(name, ctx, 'unused',
-                                           _msg_unused(name, ctx, tracker, None, param, True)))
+                raw.append((name, ctx, 'unused', _msg_unused(ctx, tracker, None, param, True)))
                 continue
             read = tracker._read_on(param, ctx) if tracker is not None else None
             if read is not None and read.grads is not _internals.raw_grad(param):
-                records.append(StaleRecord(name, ctx, 'flags-reset',
-                                           _msg_flags_reset(name, ctx, read)))
+                raw.append((name, ctx, 'flags-reset', _msg_flags_reset(read)))
             elif not any_fresh:
-                records.append(StaleRecord(name, ctx, 'no-backward', _msg_no_backward(name, ctx)))
+                raw.append((name, ctx, 'no-backward', _msg_no_backward()))
             elif fresh_ctxs:
-                records.append(StaleRecord(name, ctx, 'partial-context',
-                                           _msg_partial(name, ctx, fresh_ctxs, tracker, param)))
+                raw.append((name, ctx, 'partial-context',
+                            _msg_partial(ctx, fresh_ctxs, tracker, param)))
             else:
-                records.append(StaleRecord(name, ctx, 'unused',
-                                           _msg_unused(name, ctx, tracker, read, param)))
-    return records
+                raw.append((name, ctx, 'unused', _msg_unused(ctx, tracker, read, param)))
+    return _grouped(raw, params)
 
 
 def find_stale(trainer_or_params, *, usage: Optional[UsageTracker] = None) -> List[StaleRecord]:
@@ -480,31 +546,30 @@ def find_stale(trainer_or_params, *, usage: Optional[UsageTracker] = None) -> Li
 
 # --------------------------------------------------------------------------- the error
 
-def _group(records):
+def _stale_error(records, head, allowed=(), tail=''):
+    """One line per group of records sharing a message (a reason and a cause): the reason,
+    the parameters and contexts, then the explanation, once."""
     groups = OrderedDict()
     for rec in records:
-        groups.setdefault((rec.name, rec.reason), []).append(rec)
-    return groups
-
-
-def _stale_error(records, head, allowed=(), tail=''):
-    groups = _group(records)
+        names, ctxs = groups.setdefault((rec.reason, rec.message), ([], []))
+        if rec.name not in names:
+            names.append(rec.name)
+        if rec.context not in ctxs:
+            ctxs.append(rec.context)
     n_params = len(OrderedDict.fromkeys(rec.name for rec in records))
     lines = ['%s %d parameter%s %s a stale gradient.' % (
         head, n_params, '' if n_params == 1 else 's', 'has' if n_params == 1 else 'have')]
-    no_backward = [key[0] for key in groups if key[1] == 'no-backward']
-    if no_backward:
-        # The same cause for every parameter: one explanation, every name.
-        first = groups[(no_backward[0], 'no-backward')][0]
-        lines.append('- [no-backward] %s. %s' % (', '.join(no_backward),
-                                                 first.message.split(': ', 1)[1]))
-    for (name, reason), recs in groups.items():
-        if reason == 'no-backward':
-            continue
-        lines.append('- [%s] %s on %s%s: %s' % (
-            reason, name, ', '.join(str(r.context) for r in recs),
-            ' (allowed, but cannot be skipped here)' if name in allowed else '',
-            recs[0].message))
+    for (reason, message), (names, ctxs) in groups.items():
+        chosen = [name for name in names if name in allowed]
+        note = ''
+        if chosen and len(chosen) == len(names):
+            note = ' (allowed, but cannot be skipped here)'
+        elif chosen:
+            note = ' (%s allowed, but not the others)' % ', '.join(chosen)
+        shown = ', '.join(names[:6]) + (' (and %d more)' % (len(names) - 6)
+                                        if len(names) > 6 else '')
+        lines.append('- [%s] %s on %s%s: %s' % (reason, shown,
+                                                ', '.join(str(c) for c in ctxs), note, message))
     if tail:
         lines.append(tail)
     return StaleGradientError('\n'.join(lines), records)
@@ -558,11 +623,14 @@ def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = Non
     ----------
     trainer : Trainer
         The Trainer to step.
-    batch_size : int
-        As for ``trainer.step``: gradients are scaled by ``1 / batch_size``.
+    batch_size : int or float
+        As for ``trainer.step``: gradients are scaled by ``1 / batch_size``. A positive
+        finite number (NaN, inf, 0, a negative number, a ``bool`` or ``str`` raise).
     allow_stale : str or Parameter or list or callable, default None
         A key as in :func:`select` (over the Trainer's parameters): the stale parameters it
-        selects are skipped instead of refused. A selected parameter with a fresh gradient
+        selects are skipped instead of refused. The error lists stale parameters grouped by
+        cause and gives, for each group, a key that selects exactly it (a name, or a
+        regular expression such as ``'net_dense2_.*'``). A selected parameter with a fresh gradient
         is updated normally. ``'.*'`` skips every stale parameter, which is what
         ``ignore_stale_grad=True`` promises (and under ``update_on_kvstore=True`` does not
         do). With a distributed kvstore a stale parameter is never skipped (every worker
@@ -580,6 +648,8 @@ def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = Non
         skipped; nothing changed.
     SelectionError
         When ``allow_stale`` selects no parameter of the Trainer.
+    SurgeryTypeError, SurgeryValueError
+        A ``batch_size`` that is not a positive finite number; nothing changed.
 
     Examples
     --------
@@ -614,6 +684,7 @@ def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = Non
     if not isinstance(trainer, gluon.Trainer):
         raise SurgeryTypeError('safe_step needs a gluon.Trainer, got %s.'
                                % type(trainer).__name__)
+    batch_size = check_batch_size(batch_size)
     if isinstance(allow_stale, bool):
         raise SurgeryTypeError(
             "allow_stale takes a key (a name, regular expression, Parameter, list or callable), "
@@ -631,8 +702,10 @@ def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = Non
         return initialized or not _internals.is_deferred(params[rec.name])
 
     if not all(skippable(rec) for rec in records):
-        tail = ("Skip parameters on purpose with ps.safe_step(trainer, batch_size, "
-                "allow_stale=[names]): they keep their values and optimizer state.")
+        stale = list(OrderedDict.fromkeys(rec.name for rec in records))
+        tail = ("To skip %s on purpose: ps.safe_step(trainer, batch_size, allow_stale=%r) "
+                "(skipped parameters keep their values and optimizer state)."
+                % ('it' if len(stale) == 1 else 'them', _allow_key(stale, params)))
         if distributed and any(rec.name in allowed for rec in records):
             tail = ("The Trainer's kvstore '%s' is distributed: every worker must push the "
                     "same keys at every step, so a stale parameter cannot be skipped on one "

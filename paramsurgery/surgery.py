@@ -2,13 +2,19 @@
 from typing import Any, List, Optional
 
 from . import _internals, distributed
-from ._values import assign, multiply, plan, trainers_of
+from ._checks import check_flag
+from ._values import assign, check_product, multiply, plan, trainers_of
 
 __all__ = ['assign_params', 'set_params']
 
 
 def _run(net, key, value, what, write, trainer, allow_nonfinite):
+    allow_nonfinite = check_flag('allow_nonfinite', allow_nonfinite)
     steps = plan(net, key, value, what, allow_nonfinite)
+    if write is multiply and not allow_nonfinite:
+        # Finite factors can still overflow (fp16) or wrap around (integers).
+        for name, param, prepared in steps:
+            check_product(name, param, prepared, what)
     params = [param for _, param, _ in steps]
     trainers = trainers_of(params, trainer)
     for t in trainers:
@@ -51,7 +57,8 @@ def assign_params(net, key, multiplier: Any = None, *, trainer: Optional[Any] = 
     trainer : Trainer or list of Trainer, default None
         Trainers to keep in step besides the last one built on each parameter.
     allow_nonfinite : bool, default False
-        Accept NaN and inf in ``multiplier``.
+        Accept NaN and inf in ``multiplier``, and products that overflow the parameter's
+        dtype (finite fp16 numbers can multiply to inf). Exactly ``True`` or ``False``.
 
     Returns
     -------
@@ -61,7 +68,9 @@ def assign_params(net, key, multiplier: Any = None, *, trainer: Optional[Any] = 
     Raises
     ------
     SelectionError, SurgeryValueError, SurgeryTypeError, ParameterStateError, TrainerStateError
-        Before anything is written: on error no replica has changed.
+        Before anything is written: on error no replica has changed. A product that is not
+        representable (fp16 overflow to inf, an integer that would wrap around) is a
+        ``SurgeryValueError`` too.
 
     Examples
     --------
@@ -99,7 +108,7 @@ def set_params(net, key, value: Any = None, *, trainer: Optional[Any] = None,
     trainer : Trainer or list of Trainer, default None
         Trainers to keep in step besides the last one built on each parameter.
     allow_nonfinite : bool, default False
-        Accept NaN and inf in ``value``.
+        Accept NaN and inf in ``value``. Exactly ``True`` or ``False``.
 
     Returns
     -------

@@ -249,7 +249,7 @@ def test_save_load_str_and_plot(tmp_path):
     assert open(png, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
     with open(path, 'w') as f:
         json.dump({'format': 'other'}, f)
-    with pytest.raises(ps.SurgeryValueError, match='Cannot read'):
+    with pytest.raises(ps.FileFormatError, match='not a readable sensitivity report'):
         SensitivityReport.load(path)
 
 

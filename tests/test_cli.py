@@ -135,19 +135,62 @@ def test_prune_overwrites_only_when_named(saved, tmp_path, capsys):
     (['prune', '{path}', '-o', '{out}', '--amount', '99999999', '--key', 'output'], 'only 5120'),
     (['prune', '{path}', '-o', '{out}', '--amount', '0.5', '--method', 'structured',
       '--scope', 'global'], '--scope layer'),
+    # issue 14: one line and exit 2, never a traceback, nothing written
+    (['inspect', '{unbroadcast}'], "mask 'w_mask' has shape (3, 2), which does not broadcast"),
+    (['prune', '{unbroadcast}', '-o', '{out}', '--amount', '0.5', '--key', 'w'], "'w'"),
+    (['prune', '{path}', '-o', '{missing_dir}', '--amount', '0.5'], 'does not exist'),
+    (['prune', '{path}', '-o', '{folder}', '--amount', '0.5'], 'is a folder'),
+    (['prune', '{path}', '-o', '', '--amount', '0.5'], 'must be a file path'),
+    (['inspect', '{empty}'], 'empty (0 bytes)'),
+    (['prune', '{path}', '-o', '{out}', '--amount', '1_000_000'], 'amount=1000000'),
+    (['prune', '{path}', '-o', '{out}', '--amount', 'nan'], 'not finite'),
 ])
 def test_bad_input_exits_2_without_output(saved, tmp_path, capsys, args, message):
     path, _, _ = saved
     corrupt = tmp_path / 'corrupt.params'
     corrupt.write_bytes(open(path, 'rb').read()[:100])
+    unbroadcast = str(tmp_path / 'unbroadcast.params')
+    mx.nd.save(unbroadcast, {'w': mx.nd.ones((2, 3)), 'w_mask': mx.nd.ones((3, 2))})
+    (tmp_path / 'empty.params').write_bytes(b'')
+    (tmp_path / 'folder').mkdir()
     out_path = tmp_path / 'out.params'
-    args = [a.format(missing=tmp_path / 'nope.params', corrupt=corrupt, path=path, out=out_path)
+    args = [a.format(missing=tmp_path / 'nope.params', corrupt=corrupt, path=path, out=out_path,
+                     unbroadcast=unbroadcast, empty=tmp_path / 'empty.params',
+                     folder=tmp_path / 'folder', missing_dir=tmp_path / 'no' / 'o.params')
             for a in args]
+    before = sorted(os.listdir(tmp_path))
     code, out, err = run(args, capsys)
-    assert code == 2
+    assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and message in err and 'Traceback' not in err
     assert not out_path.exists()
-    assert [f for f in os.listdir(tmp_path) if f.endswith('.tmp')] == []
+    assert sorted(os.listdir(tmp_path)) == before            # nothing written, no temp files
+    assert os.listdir(tmp_path / 'folder') == []
+
+
+def test_amount_with_underscores_is_a_count(saved, tmp_path, capsys):
+    path, _, arrays = saved
+    out_path = str(tmp_path / 'p.params')
+    code, _, err = run(['prune', path, '-o', out_path, '--amount', '1_000', '--key',
+                        'output.weight'], capsys)
+    assert code == 0, err
+    newly = (mx.nd.load(out_path)['output.weight'].asnumpy() == 0).sum() - \
+        (arrays['output.weight'].asnumpy() == 0).sum()
+    assert newly == 1000   # a count, not "did you mean 10.0"
+
+
+def test_prune_keeps_row_sparse_storage(tmp_path, capsys):
+    dense = np.arange(1, 13, dtype=np.float32).reshape(6, 2)
+    path, out_path = str(tmp_path / 'emb.params'), str(tmp_path / 'p.params')
+    mx.nd.save(path, {'emb.weight': mx.nd.array(dense).tostype('row_sparse'),
+                      'fc.weight': mx.nd.ones((2, 2))})
+    code, _, err = run(['prune', path, '-o', out_path, '--amount', '4', '--key', 'emb'], capsys)
+    assert code == 0, err
+    pruned = mx.nd.load(out_path)
+    assert pruned['emb.weight'].stype == 'row_sparse'
+    expected = dense.copy()
+    expected[:2] = 0   # the four smallest entries: rows 0 and 1
+    np.testing.assert_array_equal(pruned['emb.weight'].asnumpy(), expected)
+    assert pruned['fc.weight'].stype == 'default'
 
 
 def test_console_entry_point_and_usage_errors(saved, tmp_path):

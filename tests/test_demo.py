@@ -51,3 +51,32 @@ def test_missing_extras_name_an_install_that_keeps_numpy(monkeypatch, capsys):
         demo.run()
     assert main(['demo', '--epochs', '1', '--quiet']) == 2
     assert install_hint('demo') in capsys.readouterr().err
+
+
+def _fails_before_training(args, capsys, message):
+    code = main(['demo', '--quiet'] + args)
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err and 'Traceback' not in err
+    assert 'digits:' not in out      # no data loaded, nothing trained
+    return err
+
+
+def test_bad_options_fail_before_training(tmp_path, capsys):
+    _fails_before_training(['--epochs', '-1'], capsys, '--epochs must be >= 1, got -1')
+    _fails_before_training(['--prune-epochs', '0'], capsys, '--prune-epochs')
+    _fails_before_training(['--sparsity', '90'], capsys, 'Did you mean 0.9')
+    _fails_before_training(['--sparsity', 'nan'], capsys, '--sparsity')
+    (tmp_path / 'folder').mkdir()
+    _fails_before_training(['--out', str(tmp_path / 'folder')], capsys, 'is a folder')
+    _fails_before_training(['--out', str(tmp_path / 'no' / 'x.params')], capsys,
+                           'does not exist')
+    _fails_before_training(['--plot', str(tmp_path / 'no' / 'x.png')], capsys, '--plot')
+    assert os.listdir(tmp_path) == ['folder'] and os.listdir(tmp_path / 'folder') == []
+
+
+def test_plot_without_matplotlib_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)   # import matplotlib -> ImportError
+    err = _fails_before_training(['--plot', str(tmp_path / 'p.png')], capsys,
+                                 install_hint('plot'))
+    assert 'matplotlib' in err and os.listdir(tmp_path) == []

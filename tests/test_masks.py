@@ -709,7 +709,7 @@ def test_load_masks_errors_change_nothing(tmp_path):
     with pytest.raises(KeyError, match="mask for '0.weight'"):
         ps.load_masks(nn.HybridSequential(), path)
     (tmp_path / 'junk').write_bytes(b'not a zip')
-    with pytest.raises(ValueError, match='Cannot read masks'):
+    with pytest.raises(ps.FileFormatError, match='junk.* not a mask file .*npz'):
         ps.load_masks(wrong, str(tmp_path / 'junk'))
     assert ps.masked(wrong) == []
 
