@@ -21,6 +21,7 @@ from .stale import (find_stale, safe_step, track_usage, explain, StaleRecord, Us
 from .masks import (apply_mask, get_mask, masked, remove_mask, save_masks, load_masks,
                     load_exported)
 from .distributed import check_trainer, init_kvstore, broadcast_masks
+from .channels import trace_channels, ChannelGraph, ChannelGroup, count_ops
 
 __version__ = '0.1.0'
 
@@ -49,4 +50,6 @@ __all__ = [
     'SubsetRandomSampler', 'complementary_split', 'kfold',
     # distributed kvstore (dist_sync)
     'check_trainer', 'init_kvstore', 'broadcast_masks',
+    # channel pruning and structural shrink
+    'trace_channels', 'ChannelGraph', 'ChannelGroup', 'count_ops',
 ]

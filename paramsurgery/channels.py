@@ -1,0 +1,757 @@
+"""Channel groups: which slices of which parameters must be removed together.
+
+A channel of a convolution's output is not only a row of its weight: the BatchNorm after it
+has a gamma, beta and running statistics entry for it, every layer reading the tensor has
+an input slice for it, a residual add ties it to the channel of the same index of every
+other tensor added, a ``Concat`` moves it to an offset, a ``Flatten`` spreads it over
+``H*W`` columns of the next ``Dense``. :func:`trace_channels` finds all of that from the
+symbolic graph of a ``HybridBlock`` (``net(mx.sym.var('data'))`` and shape inference), the
+way Torch-Pruning's dependency graph does for PyTorch, and :func:`prune_channels` masks
+whole channels consistently on every member, so that the masked net computes exactly what
+the net shrunk by :func:`paramsurgery.shrink` computes. See ``docs/shrink.md``.
+"""
+import contextlib
+import io
+import json
+import math
+import numbers
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from . import _internals
+from .access import replicas
+from .errors import SelectionError, SurgeryTypeError, SurgeryValueError
+from .masks import apply_mask, get_mask, mask_names, masked, unmasked_params
+from .pruning import prune_count
+from .select import select
+
+__all__ = ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'prune_channels', 'count_ops']
+
+_IMPORTANCES = ('l1', 'l2', 'bn_gamma', 'taylor')
+_SCOPES = ('layer', 'global')
+
+# Roles of the members of a group. Running statistics are updated in place by BatchNorm and
+# cannot carry a mask: they follow the channels when the net is shrunk, nothing more.
+_NOT_MASKABLE = ('bn_mean', 'bn_var')
+
+# Operators through which channel i of the input is channel i of the output.
+_PASSTHROUGH = {
+    'Activation', 'relu', 'sigmoid', 'tanh', 'softsign', 'clip', '_copy', 'identity',
+    'Dropout', 'Pooling', 'abs', 'exp', 'square', 'sqrt', 'negative', 'Cast', 'BlockGrad',
+    'stop_gradient', 'hard_sigmoid', 'erf', 'log_sigmoid', 'softrelu', 'reciprocal',
+    '_mul_scalar', '_div_scalar', '_plus_scalar', '_minus_scalar', '_rminus_scalar',
+    '_rdiv_scalar', '_power_scalar', '_maximum_scalar', '_minimum_scalar', 'mish',
+    'sign', 'round', 'floor', 'ceil', 'log', 'log1p', 'expm1', 'cos', 'sin', 'cbrt',
+    'rsqrt', 'gelu', 'selu', 'elu',
+}
+# Elementwise operators of several tensors (broadcasting allowed): their inputs' channels are
+# the same channels.
+_ELEMENTWISE = {
+    'elemwise_add', 'broadcast_add', '_plus', '_Plus', '_add', 'ElementWiseSum', 'add_n',
+    'elemwise_sub', 'broadcast_sub', '_minus', '_Minus', '_sub',
+    'elemwise_mul', 'broadcast_mul', '_mul', '_Mul',
+    'elemwise_div', 'broadcast_div', '_div', '_Div',
+    'broadcast_maximum', 'broadcast_minimum', '_maximum', '_minimum',
+}
+# Operators a masked parameter goes through before its layer reads it (``weight * mask``).
+_PARAM_EXPR = {'elemwise_mul', 'broadcast_mul', '_mul', '_Mul', '_mul_scalar', '_copy',
+               'identity', 'Cast'}
+
+
+# --------------------------------------------------------------------------- public types
+
+class ChannelGroup:
+    """Channels that must be removed together, and every slice that holds them.
+
+    Attributes
+    ----------
+    name : str
+        The weight of the first producing layer in topological order (for a data input:
+        the input's name; for channels made by an unknown operator: that node's name).
+    size : int
+        The number of channels.
+    members : list of (str, int, int, int)
+        ``(parameter name, axis, offset, stride)``: channel ``i`` is the slice
+        ``[offset + i*stride, offset + (i+1)*stride)`` of that parameter along ``axis``.
+    prunable : bool
+        Whether the channels can be removed.
+    reason : str
+        Why not (empty when prunable).
+    producers : list of str
+        The weights whose output channels these are (convolution and dense layers).
+    roles : list of str
+        The role of each member: ``'weight'`` (a producer's output axis), ``'bias'``,
+        ``'bn_gamma'``, ``'bn_beta'``, ``'bn_mean'``, ``'bn_var'``, ``'input'`` (a
+        consumer's input slice), ``'depthwise'``, ``'scale'`` (a per-channel parameter).
+    """
+
+    def __init__(self, name, size, members, roles, prunable, reason, producers):
+        self.name = name
+        self.size = int(size)
+        self.members = [tuple(m) for m in members]
+        self.roles = list(roles)
+        self.prunable = bool(prunable)
+        self.reason = reason
+        self.producers = list(producers)
+
+    @property
+    def maskable(self) -> List[Tuple[str, int, int, int]]:
+        """The members that carry masks (every member but BatchNorm running statistics)."""
+        return [m for m, r in zip(self.members, self.roles) if r not in _NOT_MASKABLE]
+
+    def __repr__(self):
+        return 'ChannelGroup(%r, size=%d, members=%d, prunable=%s)' % (
+            self.name, self.size, len(self.members), self.prunable)
+
+
+class ChannelGraph:
+    """The channel groups of a traced network (see :func:`trace_channels`).
+
+    Attributes
+    ----------
+    groups : list of ChannelGroup
+        In topological order of their first producer.
+    inputs : list of str
+        The names of the data inputs the net was traced with.
+    """
+
+    def __init__(self, groups, inputs, trace):
+        self.groups = list(groups)
+        self.inputs = list(inputs)
+        self._trace = trace
+
+    def __getitem__(self, name) -> ChannelGroup:
+        for group in self.groups:
+            if group.name == name:
+                return group
+        raise SelectionError("No channel group named '%s'; groups: %s" % (
+            name, ', '.join(g.name for g in self.groups[:5])
+            + (', ...' if len(self.groups) > 5 else '')))
+
+    def __iter__(self):
+        return iter(self.groups)
+
+    def __len__(self):
+        return len(self.groups)
+
+    @property
+    def prunable(self) -> List[ChannelGroup]:
+        """The groups whose channels can be removed."""
+        return [g for g in self.groups if g.prunable]
+
+    def __str__(self):
+        rows = [('group', 'channels', 'members', 'prunable')]
+        for g in self.groups:
+            rows.append((g.name, str(g.size), str(len(g.members)),
+                         'yes' if g.prunable else 'no: ' + g.reason))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ['%-*s  %*s  %*s  %s' % (widths[0], r[0], widths[1], r[1], widths[2], r[2], r[3])
+                 for r in rows]
+        lines.insert(1, '-' * max(len(l) for l in lines))
+        lines.append('%d groups, %d prunable, %d channels prunable' % (
+            len(self.groups), len(self.prunable), sum(g.size for g in self.prunable)))
+        return '\n'.join(lines)
+
+    def __repr__(self):
+        return 'ChannelGraph(%d groups, %d prunable)' % (len(self.groups), len(self.prunable))
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _input_shapes(inputs, what='inputs') -> List[Tuple[int, ...]]:
+    """Validate ``inputs`` (NDArrays or shape tuples, one may be given bare) -> shapes."""
+    if isinstance(inputs, (mx.nd.NDArray, np.ndarray)) or (
+            isinstance(inputs, tuple) and inputs and all(_is_dim(d) for d in inputs)):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise SurgeryTypeError(
+            '%s must be an NDArray, a shape tuple such as (1, 3, 224, 224), or a non-empty '
+            'list of them, got %r.' % (what, type(inputs).__name__ if not isinstance(
+                inputs, (list, tuple)) else inputs))
+    shapes = []
+    for i, one in enumerate(inputs):
+        if isinstance(one, (mx.nd.NDArray, np.ndarray)):
+            shape = tuple(int(d) for d in one.shape)
+        elif isinstance(one, (tuple, list)) and all(_is_dim(d) for d in one) and one:
+            shape = tuple(int(d) for d in one)
+        else:
+            raise SurgeryTypeError(
+                '%s[%d] must be an NDArray or a tuple of positive ints (a shape), got %r.'
+                % (what, i, one))
+        if any(d <= 0 for d in shape):
+            raise SurgeryValueError('%s[%d] has shape %s; every dimension must be >= 1.'
+                                    % (what, i, shape))
+        shapes.append(shape)
+    return shapes
+
+
+def _is_dim(d):
+    return isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_))
+
+
+def _input_names(n):
+    # the names HybridBlock.export gives its inputs
+    return ['data'] if n == 1 else ['data%d' % i for i in range(n)]
+
+
+def _require_hybrid(net, what):
+    if not isinstance(net, gluon.HybridBlock):
+        raise SurgeryTypeError(
+            "%s needs a gluon.HybridBlock (it traces the net symbolically with "
+            "net(mx.sym.var('data'))), got %s. A plain Block cannot be traced: make it a "
+            "HybridBlock with a hybrid_forward." % (what, type(net).__name__))
+
+
+# --------------------------------------------------------------------------- tracing
+
+class _Trace:
+    """The symbolic graph of a net with the inferred shape of every tensor."""
+
+    def __init__(self, net, shapes):
+        self.input_names = _input_names(len(shapes))
+        variables = [mx.sym.var(n) for n in self.input_names]
+        try:
+            with autograd.pause():
+                out = net(*variables)
+        except Exception as err:  # pylint: disable=broad-except
+            raise SurgeryTypeError(
+                "Cannot trace %s '%s' symbolically: calling it with mx.sym.var inputs failed "
+                "with %s: %s. Every block inside must be a HybridBlock whose hybrid_forward "
+                "uses F (not NDArray methods or Python control flow on values)."
+                % (type(net).__name__, net.name, type(err).__name__,
+                   str(err).splitlines()[0] if str(err) else '')) from None
+        if isinstance(out, (list, tuple)):
+            out = mx.sym.Group(list(out))
+        if not isinstance(out, mx.sym.Symbol):
+            raise SurgeryTypeError("%s '%s' returned %s for symbolic inputs, not a Symbol."
+                                   % (type(net).__name__, net.name, type(out).__name__))
+        self.symbol = out
+        self.graph = json.loads(out.tojson())
+        self.nodes = self.graph['nodes']
+        internals = out.get_internals()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # MXNet prints the arguments
+                _, out_shapes, _ = internals.infer_shape(
+                    **dict(zip(self.input_names, shapes)))
+        except mx.base.MXNetError as err:
+            raise SurgeryValueError(
+                "The input shape%s %s do%s not run through %s '%s': %s. Pass the shape of "
+                "a batch the net accepts (e.g. (1, 3, 224, 224))."
+                % ('s' if len(shapes) > 1 else '', ', '.join(map(str, shapes)),
+                   '' if len(shapes) > 1 else 'es', type(net).__name__, net.name,
+                   _first_line(err))) from None
+        if out_shapes is None:
+            raise SurgeryValueError(
+                "Shape inference of %s '%s' with input shape %s is incomplete; pass the "
+                "shape of a whole batch." % (type(net).__name__, net.name, shapes))
+        self.shapes = dict(zip(internals.list_outputs(), [tuple(s) for s in out_shapes]))
+        self.params = unmasked_params(net)
+        self.all_params = net.collect_params()
+
+    def shape(self, node_id, index=0):
+        node = self.nodes[node_id]
+        if node['op'] == 'null':
+            return self.shapes.get(node['name'])
+        name = node['name']
+        return self.shapes.get('%s_output' % name, self.shapes.get('%s_output%d' % (name, index)))
+
+
+def _first_line(err):
+    text = str(err)
+    for line in text.splitlines():
+        if 'Error in operator' in line or 'Check failed' in line:
+            return line.strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
+
+
+class _Spaces:
+    """Union-find over channel spaces."""
+
+    def __init__(self):
+        self.parent, self.size, self.members, self.reasons = [], [], [], []
+        self.first, self.name, self.producers = [], [], []
+
+    def new(self, size, node, name, reason=''):
+        self.parent.append(len(self.parent))
+        self.size.append(int(size))
+        self.members.append([])
+        self.reasons.append([reason] if reason else [])
+        self.first.append(node)
+        self.name.append(name)
+        self.producers.append([])
+        return len(self.parent) - 1
+
+    def find(self, s):
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a, b):
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return a
+        if (self.first[b], b) < (self.first[a], a):
+            a, b = b, a
+        # the root keeps the earliest producer's name
+        if not self.producers[a] and self.producers[b]:
+            self.name[a] = self.name[b]
+        self.parent[b] = a
+        if self.size[a] != self.size[b]:
+            self.reasons[a].append('joins %d and %d channels' % (self.size[a], self.size[b]))
+        self.members[a].extend(self.members[b])
+        self.reasons[a].extend(self.reasons[b])
+        self.producers[a].extend(self.producers[b])
+        self.first[a] = min(self.first[a], self.first[b])
+        return a
+
+    def block(self, s, reason):
+        self.reasons[self.find(s)].append(reason)
+
+    def add(self, s, param, axis, offset, stride, role):
+        self.members[self.find(s)].append((param, axis, offset, stride, role))
+
+
+def _build(net, shapes) -> ChannelGraph:
+    trace = _Trace(net, shapes)
+    nodes = trace.nodes
+    spaces = _Spaces()
+    param_names = set(trace.all_params)
+    masks = set(mask_names(trace.all_params))
+    # layout[(node, output)]: list of (space, offset, stride) along axis 1, or None
+    layout = {}
+    param_src = {}      # node id -> parameter name it stands for (weight * mask -> weight)
+    unknown = _UNKNOWN
+
+    def data_inputs(node):
+        return [(i, o) for i, o, _ in node['inputs'] if i not in param_src]
+
+    def segs_of(entry):
+        return layout.get((entry[0], entry[1]))
+
+    def block_all(entries, reason):
+        for entry in entries:
+            for sp, _, _ in segs_of(entry) or ():
+                spaces.block(sp, reason)
+
+    def fresh(node_id, reason, out_index=0):
+        shape = trace.shape(node_id, out_index)
+        if shape is None or len(shape) < 2:
+            return None
+        return [(spaces.new(shape[1], node_id, nodes[node_id]['name'], reason), 0, 1)]
+
+    def param_of(entry):
+        return param_src.get(entry[0])
+
+    for nid, node in enumerate(nodes):
+        op, name = node['op'], node['name']
+        attrs = node.get('attrs', node.get('attr', {})) or {}
+        if op == 'null':
+            if name in param_names and name not in masks:
+                param_src[nid] = name
+            elif name in param_names:
+                param_src[nid] = name      # a mask on its own (read by elemwise_mul)
+            elif name in trace.input_names:
+                layout[(nid, 0)] = fresh(nid, 'data input')
+            else:
+                layout[(nid, 0)] = fresh(nid, "comes from the variable '%s', which is not a "
+                                              "parameter of the net" % name)
+            continue
+        inputs = node['inputs']
+        if inputs and all(i in param_src for i, _, _ in inputs) and op in _PARAM_EXPR:
+            param_src[nid] = param_src[inputs[0][0]]
+            continue
+        data = data_inputs(node)
+        in_segs = [segs_of(e) for e in data]
+        known = all(s is not None for s in in_segs)
+        out = unknown
+        why = "passes the operator %s ('%s') that the tracer does not know" % (op, name)
+        if not inputs:
+            layout[(nid, 0)] = fresh(nid, "made by the operator %s ('%s')" % (op, name))
+            continue
+        if not known:
+            out = unknown
+        elif op in ('Convolution',):
+            out = _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of)
+        elif op == 'FullyConnected':
+            out = _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of)
+        elif op in ('BatchNorm', 'BatchNormWithReLU', '_contrib_BatchNormWithReLU') \
+                and len(data) == 1:
+            axis = int(attrs.get('axis', 1))
+            ndim = len(trace.shape(data[0][0], data[0][1]) or ())
+            if axis in (1, 1 - ndim) and len(inputs) == 5:
+                roles = ('bn_gamma', 'bn_beta', 'bn_mean', 'bn_var')
+                for (pid, _, _), role in zip(inputs[1:], roles):
+                    for sp, off, st in in_segs[0]:
+                        spaces.add(sp, param_src[pid], 0, off, st, role)
+                out = in_segs[0]
+        elif op in _PASSTHROUGH and len(data) == 1 and len(inputs) == 1:
+            out = in_segs[0]
+        elif op == 'LeakyReLU' and len(data) == 1:
+            out = _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src)
+        elif op == 'Flatten' and len(data) == 1:
+            shape = trace.shape(*data[0])
+            mult = int(np.prod(shape[2:])) if shape and len(shape) > 2 else 1
+            out = [(sp, off * mult, st * mult) for sp, off, st in in_segs[0]]
+        elif op in ('Concat', 'concat') and len(data) == len(inputs):
+            out = _concat(trace, attrs, data, in_segs)
+        elif op in _ELEMENTWISE:
+            out, why = _elementwise(trace, spaces, nid, node, data, in_segs, inputs,
+                                    param_src, why)
+        if out is unknown:
+            block_all(data, why)
+            n_out = 1
+            for k in range(n_out):
+                layout[(nid, k)] = fresh(nid, why, k)
+        else:
+            layout[(nid, 0)] = out
+    for head in trace.graph['heads']:
+        name = nodes[head[0]]['name']
+        for sp, _, _ in layout.get((head[0], head[1])) or ():
+            spaces.block(sp, "reaches the net output ('%s')" % name)
+    return _groups(trace, spaces, layout)
+
+
+def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
+    inputs = node['inputs']
+    layout = attrs.get('layout', 'None')
+    weight = param_of(inputs[1]) if len(inputs) > 1 else None
+    no_bias = attrs.get('no_bias', 'False') in ('True', 'true', '1')
+    bias = param_of(inputs[2]) if not no_bias and len(inputs) > 2 else None
+    if len(data) != 1 or weight is None or (not no_bias and bias is None) or \
+            layout not in ('None', 'NCW', 'NCHW', 'NCDHW'):
+        return _unknown_marker()
+    groups = int(attrs.get('num_group', 1))
+    filters = int(attrs['num_filter'])
+    in_shape = trace.shape(*data[0])
+    channels = in_shape[1]
+    segs = in_segs[0]
+    if groups == 1:
+        for sp, off, st in segs:
+            spaces.add(sp, weight, 1, off, st, 'input')
+        out = spaces.new(filters, nid, weight)
+        spaces.producers[out].append(weight)
+        spaces.add(out, weight, 0, 0, 1, 'weight')
+        if bias is not None:
+            spaces.add(out, bias, 0, 0, 1, 'bias')
+        return [(out, 0, 1)]
+    if groups == channels == filters:
+        # depthwise: output channel i reads input channel i only
+        for sp, off, st in segs:
+            spaces.add(sp, weight, 0, off, st, 'depthwise')
+            if bias is not None:
+                spaces.add(sp, bias, 0, off, st, 'bias')
+        return segs
+    reason = ("passes the grouped Convolution '%s' (num_group=%d), whose groups would no "
+              "longer split the channels evenly" % (node['name'], groups))
+    for sp, _, _ in segs:
+        spaces.block(sp, reason)
+    out = spaces.new(filters, nid, weight, reason)
+    spaces.producers[out].append(weight)
+    spaces.add(out, weight, 0, 0, 1, 'weight')
+    if bias is not None:
+        spaces.add(out, bias, 0, 0, 1, 'bias')
+    return [(out, 0, 1)]
+
+
+_UNKNOWN = ('unknown',)
+
+
+def _unknown_marker():
+    return _UNKNOWN
+
+
+def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
+    inputs = node['inputs']
+    weight = param_of(inputs[1]) if len(inputs) > 1 else None
+    no_bias = attrs.get('no_bias', 'False') in ('True', 'true', '1')
+    bias = param_of(inputs[2]) if not no_bias and len(inputs) > 2 else None
+    flatten = attrs.get('flatten', 'True') in ('True', 'true', '1')
+    shape = trace.shape(*data[0])
+    if len(data) != 1 or weight is None or (not no_bias and bias is None) or shape is None \
+            or (len(shape) > 2 and not flatten):
+        return _unknown_marker()
+    mult = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    for sp, off, st in in_segs[0]:
+        spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
+    out = spaces.new(int(attrs['num_hidden']), nid, weight)
+    spaces.producers[out].append(weight)
+    spaces.add(out, weight, 0, 0, 1, 'weight')
+    if bias is not None:
+        spaces.add(out, bias, 0, 0, 1, 'bias')
+    return [(out, 0, 1)]
+
+
+def _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src):
+    act = attrs.get('act_type', 'leaky')
+    if act != 'prelu':
+        return in_segs[0] if len(inputs) == 1 else _unknown_marker()
+    if len(inputs) != 2 or inputs[1][0] not in param_src:
+        return _unknown_marker()
+    gamma = param_src[inputs[1][0]]
+    gshape = trace.all_params[gamma].shape
+    if gshape and int(np.prod(gshape)) > 1:
+        for sp, off, st in in_segs[0]:
+            spaces.add(sp, gamma, 0, off, st, 'scale')
+    return in_segs[0]
+
+
+def _concat(trace, attrs, data, in_segs):
+    dim = int(attrs.get('dim', 1))
+    shape0 = trace.shape(*data[0])
+    if shape0 is None or dim not in (1, 1 - len(shape0)):
+        return _unknown_marker()
+    out, base = [], 0
+    for entry, segs in zip(data, in_segs):
+        out.extend((sp, base + off, st) for sp, off, st in segs)
+        base += trace.shape(*entry)[1]
+    return out
+
+
+def _elementwise(trace, spaces, nid, node, data, in_segs, inputs, param_src, why):
+    shapes = [trace.shape(*e) for e in data]
+    out_shape = trace.shape(nid)
+    if out_shape is None or len(out_shape) < 2 or any(s is None for s in shapes):
+        return _UNKNOWN, why
+    channels = out_shape[1]
+    # Parameters combined with the tensor (a per-channel scale or shift): members on axis 1.
+    for pid, _, _ in inputs:
+        if pid not in param_src:
+            continue
+        pshape = trace.shapes.get(trace.nodes[pid]['name'])
+        if pshape is None or len(pshape) != len(out_shape):
+            return _UNKNOWN, why
+        if pshape[1] == channels and channels > 1:
+            for entry, segs in zip(data, in_segs):
+                if trace.shape(*entry)[1] == channels:
+                    for sp, off, st in segs:
+                        spaces.add(sp, param_src[pid], 1, off, st, 'scale')
+                    break
+    full = [(e, s, segs) for e, s, segs in zip(data, shapes, in_segs)
+            if len(s) == len(out_shape) and s[1] == channels]
+    others = [s for s in shapes if not (len(s) == len(out_shape) and s[1] == channels)]
+    if not full or any(len(s) == len(out_shape) and s[1] != 1 for s in others) or \
+            any(len(s) != len(out_shape) for s in others):
+        return _UNKNOWN, why
+    if channels == 1 and len(full) < len(data):
+        return _UNKNOWN, why
+    first = full[0][2]
+    for _, _, segs in full[1:]:
+        if [(o, st) for _, o, st in segs] != [(o, st) for _, o, st in first] or \
+                [spaces.size[spaces.find(sp)] for sp, _, _ in segs] != \
+                [spaces.size[spaces.find(sp)] for sp, _, _ in first]:
+            reason = ("meets channels of a different concatenation in %s ('%s')"
+                      % (node['op'], node['name']))
+            for _, _, s in full:
+                for sp, _, _ in s:
+                    spaces.block(sp, reason)
+            return _UNKNOWN, reason
+    for _, _, segs in full[1:]:
+        for (a, _, _), (b, _, _) in zip(first, segs):
+            spaces.union(a, b)
+    return first, why
+
+
+def _groups(trace, spaces, layout):
+    # The same slice of a parameter in two spaces (a shared layer) makes them one space.
+    seen = {}
+    for s in range(len(spaces.parent)):
+        if spaces.find(s) != s:
+            continue
+        for param, axis, off, st, role in list(spaces.members[s]):
+            key = (param, axis, off, st)
+            if key in seen and spaces.find(seen[key]) != spaces.find(s):
+                spaces.union(seen[key], s)
+            seen.setdefault(key, s)
+    groups = []
+    roots = sorted({spaces.find(s) for s in range(len(spaces.parent))},
+                   key=lambda r: spaces.first[r])
+    for r in roots:
+        members, roles, dedup = [], [], set()
+        for param, axis, off, st, role in spaces.members[r]:
+            if (param, axis, off, st) in dedup:
+                continue
+            dedup.add((param, axis, off, st))
+            members.append((param, axis, off, st))
+            roles.append(role)
+        reasons = list(OrderedDict.fromkeys(spaces.reasons[r]))
+        size = spaces.size[r]
+        for param, axis, off, st in members:
+            shape = trace.shapes.get(param) or trace.all_params[param].shape
+            if shape is None or axis >= len(shape) or off + size * st > shape[axis]:
+                reasons.append("its slice of '%s' (axis %d, offset %d, stride %d) does not fit "
+                               "the shape %s" % (param, axis, off, st, shape))
+        if not members and not reasons:
+            reasons.append('no parameter holds these channels')
+        producers = list(OrderedDict.fromkeys(spaces.producers[r]))
+        name = producers[0] if producers else spaces.name[r]
+        groups.append(ChannelGroup(name, size, members, roles, not reasons,
+                                   '; '.join(reasons), producers))
+    # Unique names: a second group named after the same node gets a suffix.
+    counts = {}
+    for g in groups:
+        if g.name in counts:
+            counts[g.name] += 1
+            g.name = '%s#%d' % (g.name, counts[g.name])
+        else:
+            counts[g.name] = 0
+    return ChannelGraph(groups, trace.input_names, trace)
+
+
+# --------------------------------------------------------------------------- public API
+
+def trace_channels(net, *inputs) -> ChannelGraph:
+    """Find the channel groups of ``net``: the slices that must be removed together.
+
+    The net is traced symbolically (``net(mx.sym.var('data'))``) and the shape of every
+    tensor inferred from ``inputs``. Each output channel of a convolution or dense layer
+    starts a group; operators that keep channels (BatchNorm, activations, pooling, dropout,
+    elementwise unary operators) carry it on, elementwise operators of several tensors
+    (residual adds, squeeze-and-excitation multiplication) join the groups of their inputs,
+    ``Concat`` places groups at offsets, ``Flatten`` spreads each channel over ``H*W``
+    columns, depthwise convolutions couple their input and output channels.
+
+    Parameters
+    ----------
+    net : HybridBlock
+        The network (initialised or not: shapes come from shape inference).
+    *inputs : NDArray or tuple of int
+        One batch per data input of the net, or its shape.
+
+    Returns
+    -------
+    ChannelGraph
+        ``.groups``: every group, prunable or not (with the reason); ``str()`` is a table.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``net`` is not a HybridBlock, or it cannot be traced symbolically.
+    SurgeryValueError
+        The input shapes do not run through the net.
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='net_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Conv2D(8, 3, use_bias=False), nn.BatchNorm(), nn.Activation('relu'),
+    ...             nn.Conv2D(4, 3), nn.Flatten(), nn.Dense(2))
+    >>> graph = ps.trace_channels(net, (1, 3, 8, 8))
+    >>> [(g.name, g.size, g.prunable) for g in graph.groups]
+    [('data', 3, False), ('net_conv0_weight', 8, True), ('net_conv1_weight', 4, True), ('net_dense0_weight', 2, False)]
+    >>> graph['net_conv1_weight'].members
+    [('net_conv1_weight', 0, 0, 1), ('net_conv1_bias', 0, 0, 1), ('net_dense0_weight', 1, 0, 16)]
+    >>> graph['net_dense0_weight'].reason
+    "reaches the net output ('net_dense0_fwd')"
+    >>> print(graph)   # doctest: +NORMALIZE_WHITESPACE
+    group             channels  members  prunable
+    ----------------------------------------------...
+    data                     3        1  no: data input
+    net_conv0_weight         8        6  yes
+    net_conv1_weight         4        3  yes
+    net_dense0_weight        2        2  no: reaches the net output ('net_dense0_fwd')
+    4 groups, 2 prunable, 12 channels prunable
+    """
+    _require_hybrid(net, 'trace_channels')
+    shapes = _input_shapes(list(inputs), 'inputs')
+    graph = _build(net, shapes)
+    _check_owners(net, graph)
+    return graph
+
+
+def _check_owners(net, graph):
+    """Groups whose parameters live in a SymbolBlock (a fixed graph) cannot be shrunk."""
+    fixed = {}
+    for blk in _internals.walk_blocks(net):
+        if isinstance(blk, gluon.SymbolBlock):
+            for param in blk.collect_params().values():
+                fixed[param.name] = blk.name
+    if not fixed:
+        return
+    for g in graph.groups:
+        hit = [m[0] for m in g.members if m[0] in fixed]
+        if hit and g.prunable:
+            g.prunable = False
+            g.reason = ("'%s' belongs to the SymbolBlock '%s', whose graph is fixed"
+                        % (hit[0], fixed[hit[0]]))
+
+
+def count_ops(net, *inputs) -> Tuple[int, int]:
+    """Multiply-accumulates for one sample and learnable parameters of ``net``.
+
+    MACs count the Convolution and FullyConnected layers only (a convolution: output
+    elements times input channels per group times kernel size; bias additions are not
+    counted); the batch size divides out. Parameters count Convolution and FullyConnected
+    weights and biases and BatchNorm gamma and beta, each shared parameter once; running
+    statistics and masks are not counted (a masked weight counts in full: shrink it to make
+    it smaller).
+
+    Parameters
+    ----------
+    net : HybridBlock
+    *inputs : NDArray or tuple of int
+        One batch per data input, or its shape.
+
+    Returns
+    -------
+    (int, int)
+        ``(macs, params)``.
+
+    Examples
+    --------
+    >>> import paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential()
+    >>> net.add(nn.Conv2D(8, 3, padding=1), nn.BatchNorm(), nn.Dense(10))
+    >>> ps.count_ops(net, (4, 3, 16, 16))   # 16*16*8*3*9 + 2048*10; 224 + 16 + 20490
+    (75776, 20730)
+    """
+    _require_hybrid(net, 'count_ops')
+    shapes = _input_shapes(list(inputs), 'inputs')
+    trace = _Trace(net, shapes)
+    return _count(trace)
+
+
+def _count(trace):
+    nodes = trace.nodes
+    macs, counted = 0, {}
+
+    def src(entry):
+        node = nodes[entry[0]]
+        while node['op'] != 'null' and node['inputs']:
+            node = nodes[node['inputs'][0][0]]
+        return node['name']
+
+    for nid, node in enumerate(nodes):
+        op = node['op']
+        if op not in ('Convolution', 'FullyConnected', 'BatchNorm', 'BatchNormWithReLU',
+                      '_contrib_BatchNormWithReLU'):
+            continue
+        inputs = node['inputs']
+        if op in ('Convolution', 'FullyConnected'):
+            wname = src(inputs[1])
+            wshape = trace.shapes.get(wname)
+            out = trace.shape(nid)
+            if wshape is None or out is None:
+                continue
+            if op == 'Convolution':
+                macs += int(np.prod(out[1:], dtype=np.int64)) * int(np.prod(wshape[1:]))
+            else:
+                rows = int(np.prod(out[1:-1], dtype=np.int64)) if len(out) > 2 else 1
+                macs += rows * int(np.prod(wshape))
+            for entry in inputs[1:3]:
+                name = src(entry)
+                if name in trace.all_params:
+                    counted[name] = int(np.prod(trace.shapes.get(name, (0,))))
+        else:
+            for entry in inputs[1:3]:
+                name = src(entry)
+                if name in trace.all_params:
+                    counted[name] = int(np.prod(trace.shapes.get(name, (0,))))
+    return int(macs), int(sum(counted.values()))
