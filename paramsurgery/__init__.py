@@ -21,7 +21,7 @@ from .stale import (find_stale, safe_step, track_usage, explain, StaleRecord, Us
 from .masks import (apply_mask, get_mask, masked, remove_mask, save_masks, load_masks,
                     load_exported)
 from .distributed import check_trainer, init_kvstore, broadcast_masks
-from .channels import trace_channels, ChannelGraph, ChannelGroup, count_ops
+from .channels import trace_channels, ChannelGraph, ChannelGroup, count_ops, prune_channels
 
 __version__ = '0.1.0'
 
@@ -51,5 +51,5 @@ __all__ = [
     # distributed kvstore (dist_sync)
     'check_trainer', 'init_kvstore', 'broadcast_masks',
     # channel pruning and structural shrink
-    'trace_channels', 'ChannelGraph', 'ChannelGroup', 'count_ops',
+    'trace_channels', 'ChannelGraph', 'ChannelGroup', 'count_ops', 'prune_channels',
 ]

@@ -755,3 +755,313 @@ def _count(trace):
                 if name in trace.all_params:
                     counted[name] = int(np.prod(trace.shapes.get(name, (0,))))
     return int(macs), int(sum(counted.values()))
+
+
+# --------------------------------------------------------------------------- pruning
+
+def _channel_view(arr, member, size):
+    """``(size, -1)`` view of the slices of ``arr`` that hold the channels of a member."""
+    _, axis, off, st = member
+    moved = np.moveaxis(arr, axis, 0)[off:off + size * st]
+    return moved.reshape(size, -1)
+
+
+def _channel_rows(member, channels):
+    """Indices along the member's axis that hold ``channels``."""
+    _, _, off, st = member
+    channels = np.asarray(channels, dtype=np.int64)
+    return (off + channels[:, None] * st + np.arange(st)[None, :]).reshape(-1)
+
+
+def _check_round_to(round_to):
+    if isinstance(round_to, (bool, np.bool_)) or not _is_dim(round_to):
+        raise SurgeryTypeError('round_to must be an int >= 1, got %s %r.'
+                               % (type(round_to).__name__, round_to))
+    if round_to < 1:
+        raise SurgeryValueError('round_to=%d: it must be >= 1 (1 keeps exact counts).'
+                                % round_to)
+    return int(round_to)
+
+
+def _kept_count(kept, alive, round_to):
+    """The number of channels kept after rounding (section 9 of the API contract)."""
+    if round_to > 1:
+        kept = int(math.floor(kept / round_to + 0.5)) * round_to
+        kept = max(kept, round_to)
+    return max(1, min(kept, alive))
+
+
+class _GroupState:
+    """The current weights, masks and scores of one group, read once."""
+
+    def __init__(self, group, weights, masks):
+        self.group = group
+        size = group.size
+        alive = np.zeros(size, dtype=bool)
+        has_mask = False
+        for member in group.maskable:
+            mask = masks.get(member[0])
+            if mask is None:
+                alive[:] = True
+            else:
+                has_mask = True
+                alive |= np.any(_channel_view(mask, member, size) != 0, axis=1)
+        if not group.maskable or not has_mask:
+            alive[:] = True
+        self.alive = alive
+        self.weights = weights
+        self.masks = masks
+
+    def effective(self, name):
+        weight = self.weights[name]
+        mask = self.masks.get(name)
+        return weight if mask is None else weight * mask
+
+
+def _scores(state, importance, net):
+    group = state.group
+    size = group.size
+    if callable(importance):
+        scores = importance(group)
+        if hasattr(scores, 'asnumpy'):
+            scores = scores.asnumpy()
+        try:
+            scores = np.asarray(scores, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise SurgeryTypeError(
+                "importance(group) for channel group '%s' returned %s; it must return %d "
+                "numbers (one per channel)." % (group.name, type(scores).__name__, size)) from None
+        if scores.shape != (size,):
+            raise SurgeryValueError(
+                "importance(group) for channel group '%s' returned shape %s; expected (%d,) "
+                "(one score per channel)." % (group.name, scores.shape, size))
+    elif importance in ('l1', 'l2'):
+        scores = np.zeros(size)
+        for member in group.maskable:
+            view = _channel_view(state.effective(member[0]), member, size).astype(np.float64)
+            scores += np.abs(view).sum(axis=1) if importance == 'l1' else \
+                np.sqrt((view ** 2).sum(axis=1))
+    elif importance == 'bn_gamma':
+        gammas = [m for m, r in zip(group.members, group.roles) if r == 'bn_gamma']
+        if not gammas:
+            raise SurgeryValueError(
+                "importance='bn_gamma': channel group '%s' has no BatchNorm, so it has no "
+                "gamma to rank its channels by. Use importance='l2' (or select groups with a "
+                "BatchNorm with key=)." % group.name)
+        scores = np.zeros(size)
+        for member in gammas:
+            view = _channel_view(state.effective(member[0]), member, size)
+            scores += np.abs(view.astype(np.float64)).sum(axis=1)
+    else:  # taylor
+        scores = np.zeros(size)
+        params = net.collect_params()
+        for member in group.maskable:
+            for _, data, grad in replicas(params[member[0]]):
+                if grad is None:
+                    continue
+                prod = np.abs(data.asnumpy().astype(np.float64) * grad.asnumpy())
+                scores += _channel_view(prod, member, size).sum(axis=1)
+    if not np.all(np.isfinite(scores)):
+        raise SurgeryValueError(
+            "The %s importance of channel group '%s' has NaN or infinite scores (channels "
+            "%s): its weights%s are not finite. Fix the weights first."
+            % (importance if isinstance(importance, str) else 'custom', group.name,
+               np.flatnonzero(~np.isfinite(scores))[:5].tolist(),
+               ' or gradients' if importance == 'taylor' else ''))
+    return scores
+
+
+def _lowest(scores, candidates, count):
+    """The ``count`` candidates of lowest score, ties broken by lower index first."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    order = np.lexsort((candidates, scores[candidates]))
+    return np.sort(candidates[order[:count]])
+
+
+def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
+                   importance: Union[str, Callable[[ChannelGroup], Any]] = 'l2',
+                   scope: str = 'layer', round_to: int = 1) -> List[str]:
+    """Mask whole channels of the prunable channel groups of ``net``.
+
+    Every maskable member of a group (producer weights and biases, BatchNorm gamma and
+    beta, the consumers' input slices, depthwise weights; not running statistics) gets the
+    same channels masked through :func:`apply_mask` (``combine='multiply'``), so the masked
+    net computes exactly what :func:`shrink` will compute once the channels are removed.
+
+    Parameters
+    ----------
+    net : HybridBlock
+        An initialised network.
+    amount : int or float
+        Section 7's rules: a float in [0, 1] is the fraction of each group's channels still
+        unmasked (``floor(amount * n + 0.5)``), an int a count. With ``scope='global'``
+        the same rule applies to the channels of all selected groups together. At least one
+        channel of every group is kept.
+    inputs : NDArray or tuple of int or list of them
+        A batch (or its shape) per data input, to trace the net.
+    key : str or Parameter or list or callable, default None
+        A group is selected when one of its producing weights is selected (see
+        :func:`select`); None selects every prunable group.
+    importance : {'l2', 'l1', 'bn_gamma', 'taylor'} or callable, default 'l2'
+        How channels are ranked (lowest pruned first, ties by lower index): ``'l1'``/
+        ``'l2'`` the sum over maskable members of the norm of each channel's slice of the
+        masked weight; ``'bn_gamma'`` the sum of ``|gamma|`` over the group's BatchNorms
+        (network slimming); ``'taylor'`` the sum over members and contexts of
+        ``|w * grad|`` from the last backward; a callable ``f(group) -> scores`` (one
+        number per channel).
+    scope : {'layer', 'global'}, default 'layer'
+        Per group, or all selected groups ranked together, each group's scores divided by
+        its largest score.
+    round_to : int, default 1
+        The number of channels kept is rounded to the nearest multiple (ties up), at least
+        ``round_to`` (or all channels), at most the channels still unmasked.
+
+    Returns
+    -------
+    list of str
+        The names of the groups in which channels were masked.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``net`` is not a HybridBlock, or a wrong argument type.
+    SurgeryValueError
+        A bad ``amount`` (section 7), ``scope``, ``round_to`` or ``importance``; the key
+        selects no prunable group (the message says why each selected one is not); a group
+        without a BatchNorm with ``'bn_gamma'``.
+    SelectionError
+        ``key`` selects no parameter.
+
+    Nothing is changed when an error is raised.
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='net_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Conv2D(8, 3, use_bias=False), nn.BatchNorm(), nn.Activation('relu'),
+    ...             nn.GlobalAvgPool2D(), nn.Dense(2))
+    >>> net.initialize(mx.init.Xavier())
+    >>> x = mx.nd.ones((1, 3, 8, 8))
+    >>> y = net(x)                      # finishes the deferred initialisation
+    >>> ps.prune_channels(net, 0.5, inputs=x)
+    ['net_conv0_weight']
+    >>> mask = ps.get_mask(net, 'net_conv0_weight')['net_conv0_weight']
+    >>> (mask.asnumpy().sum(axis=(1, 2, 3)) > 0).sum()   # 4 of 8 filters kept
+    4
+    >>> sorted(ps.masked(net))
+    ['net_batchnorm0_beta', 'net_batchnorm0_gamma', 'net_conv0_weight', 'net_dense0_weight']
+    """
+    _require_hybrid(net, 'prune_channels')
+    if scope not in _SCOPES:
+        raise SurgeryValueError("scope must be 'layer' or 'global', got %r." % (scope,))
+    if not callable(importance) and importance not in _IMPORTANCES:
+        raise SurgeryValueError(
+            "importance must be one of %s or a callable f(group) -> scores, got %r."
+            % (', '.join(repr(i) for i in _IMPORTANCES), importance))
+    round_to = _check_round_to(round_to)
+    prune_count(amount, 1 << 62, what='channels')   # type, NaN, sign, float > 1
+    shapes = _input_shapes(inputs)
+    graph = _build(net, shapes)
+    _check_owners(net, graph)
+    groups = _selected_groups(net, graph, key)
+    params = net.collect_params()
+    names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.members))
+    with autograd.pause():
+        weights = {n: replicas(params[n])[0][1].asnumpy() for n in names}
+    have = set(masked(net))
+    mine = [n for n in names if n in have]
+    existing = {n: m.asnumpy() for n, m in get_mask(net, mine).items()} if mine else {}
+    states = [_GroupState(g, weights, existing) for g in groups]
+    scores = [_scores(s, importance, net) for s in states]
+    if importance == 'taylor' and all(not np.any(sc) for sc in scores):
+        raise SurgeryValueError(
+            "importance='taylor' needs the gradients of the last backward, but every "
+            "gradient of the selected groups is zero. Run a forward and backward (without "
+            "trainer.step, which keeps them, or before zero_grad) first.")
+    if scope == 'layer':
+        pruned = []
+        for s, sc in zip(states, scores):
+            alive = np.flatnonzero(s.alive)
+            count = prune_count(amount, len(alive), what='channels',
+                                where="channel group '%s'" % s.group.name)
+            kept = _kept_count(len(alive) - count, len(alive), round_to) if len(alive) else 0
+            pruned.append(_lowest(sc, alive, len(alive) - kept))
+    else:
+        pruned = _global(states, scores, amount, round_to)
+    plan = OrderedDict()
+    touched = []
+    for s, chosen in zip(states, pruned):
+        if not len(chosen):
+            continue
+        touched.append(s.group.name)
+        for member in s.group.maskable:
+            name = member[0]
+            if name not in plan:
+                plan[name] = np.ones(weights[name].shape, dtype=np.dtype(params[name].dtype))
+            np.moveaxis(plan[name], member[1], 0)[_channel_rows(member, chosen)] = 0
+    if plan:
+        apply_mask(net, plan, combine='multiply')
+    return touched
+
+
+def _global(states, scores, amount, round_to):
+    entries = []
+    for gi, (s, sc) in enumerate(zip(states, scores)):
+        alive = np.flatnonzero(s.alive)
+        if not len(alive):
+            continue
+        top = sc[alive].max()
+        norm = sc / top if top > 0 else np.zeros_like(sc)
+        entries.extend((norm[i], gi, i) for i in alive)
+    count = prune_count(amount, len(entries), what='channels',
+                        where='the %d selected channel groups' % len(states))
+    entries.sort()
+    left = [int(s.alive.sum()) for s in states]
+    chosen = [[] for _ in states]
+    done = 0
+    for _, gi, i in entries:
+        if done == count:
+            break
+        if left[gi] > 1:
+            chosen[gi].append(i)
+            left[gi] -= 1
+            done += 1
+    if round_to == 1:
+        return [np.sort(np.asarray(c, dtype=np.int64)) for c in chosen]
+    out = []
+    for s, sc, c in zip(states, scores, chosen):
+        alive = np.flatnonzero(s.alive)
+        if not len(alive):
+            out.append(np.zeros(0, dtype=np.int64))
+            continue
+        kept = _kept_count(len(alive) - len(c), len(alive), round_to)
+        out.append(_lowest(sc, alive, len(alive) - kept))
+    return out
+
+
+def _selected_groups(net, graph, key):
+    if key is None:
+        groups = graph.prunable
+        if not groups:
+            raise SurgeryValueError(
+                "%s '%s' has no prunable channel group: %s. See ps.trace_channels(net, ...) "
+                "for the table." % (type(net).__name__, net.name, '; '.join(
+                    "'%s' %s" % (g.name, g.reason) for g in graph.groups[:4])))
+        return groups
+    chosen = select(unmasked_params(net), key)
+    hit = [g for g in graph.groups if any(p in chosen for p in g.producers)]
+    groups = [g for g in hit if g.prunable]
+    if not groups:
+        if hit:
+            raise SurgeryValueError(
+                "key %r selects only channel groups that cannot be pruned: %s."
+                % (key, '; '.join("'%s' %s" % (g.name, g.reason) for g in hit[:4])))
+        raise SurgeryValueError(
+            "key %r selects %s, which produce%s no channel group (a group is selected by "
+            "the weight of a Convolution or Dense layer producing it, e.g. '%s')."
+            % (key, ', '.join("'%s'" % n for n in list(chosen)[:3]),
+               's' if len(chosen) == 1 else '',
+               graph.prunable[0].name if graph.prunable else '.*conv.*weight'))
+    return groups
