@@ -7,7 +7,7 @@ undoing the change.
 from .errors import (ParamSurgeryError, SurgeryError, SelectionError, SurgeryValueError,
                      SurgeryTypeError, ParameterStateError, TrainerStateError,
                      SamplerValueError, SamplerTypeError, MissingDependencyError,
-                     StaleGradientError, DistributedWarning)
+                     StaleGradientError, DistributedWarning, ShrinkError)
 from .select import select
 from .access import replicas, data_on, check_params, Problem
 from .surgery import assign_params, set_params
@@ -22,6 +22,7 @@ from .masks import (apply_mask, get_mask, masked, remove_mask, save_masks, load_
                     load_exported)
 from .distributed import check_trainer, init_kvstore, broadcast_masks
 from .channels import trace_channels, ChannelGraph, ChannelGroup, count_ops, prune_channels
+from .shrink import shrink, ShrinkPlan, apply_plan
 
 __version__ = '0.1.0'
 
@@ -52,4 +53,5 @@ __all__ = [
     'check_trainer', 'init_kvstore', 'broadcast_masks',
     # channel pruning and structural shrink
     'trace_channels', 'ChannelGraph', 'ChannelGroup', 'count_ops', 'prune_channels',
+    'shrink', 'ShrinkPlan', 'apply_plan', 'ShrinkError',
 ]

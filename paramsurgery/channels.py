@@ -189,6 +189,33 @@ def _input_shapes(inputs, what='inputs') -> List[Tuple[int, ...]]:
     return shapes
 
 
+def _batches(inputs, shapes):
+    """NDArrays for the check: the given ones, or a fixed pseudo-random batch per shape."""
+    if isinstance(inputs, (mx.nd.NDArray, np.ndarray)) or (
+            isinstance(inputs, tuple) and inputs and all(isinstance(d, int) for d in inputs)):
+        inputs = [inputs]
+    rng = np.random.RandomState(0)
+    out = []
+    for one, shape in zip(inputs, shapes):
+        if isinstance(one, mx.nd.NDArray):
+            out.append(one)
+        elif isinstance(one, np.ndarray):
+            out.append(mx.nd.array(one))
+        else:
+            out.append(mx.nd.array(rng.uniform(-1, 1, size=shape)))
+    return out
+
+
+def _finish_deferred(net, inputs, shapes):
+    """Run one predict-mode forward when some parameter still waits for its shape."""
+    params = net.collect_params().values()
+    if any(_internals.is_deferred(p) for p in params):
+        ctx = next((_internals.context_list(p)[0] for p in params
+                    if _internals.context_list(p)), mx.current_context())
+        with autograd.predict_mode():
+            net(*[b.as_in_context(ctx) for b in _batches(inputs, shapes)])
+
+
 def _is_dim(d):
     return isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_))
 
@@ -591,6 +618,11 @@ def _groups(trace, spaces, layout):
         name = producers[0] if producers else spaces.name[r]
         groups.append(ChannelGroup(name, size, members, roles, not reasons,
                                    '; '.join(reasons), producers))
+    index = {r: i for i, r in enumerate(roots)}
+    tensors = {}
+    for key, segs in layout.items():
+        if segs and segs is not _UNKNOWN:
+            tensors[key] = [(index[spaces.find(sp)], off, st) for sp, off, st in segs]
     # Unique names: a second group named after the same node gets a suffix.
     counts = {}
     for g in groups:
@@ -599,7 +631,9 @@ def _groups(trace, spaces, layout):
             g.name = '%s#%d' % (g.name, counts[g.name])
         else:
             counts[g.name] = 0
-    return ChannelGraph(groups, trace.input_names, trace)
+    graph = ChannelGraph(groups, trace.input_names, trace)
+    graph._layout = tensors   # (node, output) -> [(group index, offset, stride)] on axis 1
+    return graph
 
 
 # --------------------------------------------------------------------------- public API
@@ -943,9 +977,7 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     ...     net.add(nn.Conv2D(8, 3, use_bias=False), nn.BatchNorm(), nn.Activation('relu'),
     ...             nn.GlobalAvgPool2D(), nn.Dense(2))
     >>> net.initialize(mx.init.Xavier())
-    >>> x = mx.nd.ones((1, 3, 8, 8))
-    >>> y = net(x)                      # finishes the deferred initialisation
-    >>> ps.prune_channels(net, 0.5, inputs=x)
+    >>> ps.prune_channels(net, 0.5, inputs=(1, 3, 8, 8))
     ['net_conv0_weight']
     >>> mask = ps.get_mask(net, 'net_conv0_weight')['net_conv0_weight']
     >>> (mask.asnumpy().sum(axis=(1, 2, 3)) > 0).sum()   # 4 of 8 filters kept
@@ -966,6 +998,7 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     graph = _build(net, shapes)
     _check_owners(net, graph)
     groups = _selected_groups(net, graph, key)
+    _finish_deferred(net, inputs, shapes)
     params = net.collect_params()
     names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.members))
     with autograd.pause():
