@@ -48,6 +48,8 @@ _PASSTHROUGH = {
     'sign', 'round', 'floor', 'ceil', 'log', 'log1p', 'expm1', 'cos', 'sin', 'cbrt',
     'rsqrt', 'gelu', 'selu', 'elu',
 }
+# Operators that may keep the batch and channel axes (checked on the inferred shapes).
+_RESHAPES = {'Reshape', 'reshape', 'expand_dims', 'squeeze'}
 # Elementwise operators of several tensors (broadcasting allowed): their inputs' channels are
 # the same channels.
 _ELEMENTWISE = {
@@ -260,10 +262,17 @@ class _Trace:
         self.graph = json.loads(out.tojson())
         self.nodes = self.graph['nodes']
         internals = out.get_internals()
+        self.all_params = net.collect_params()
+        # The parameters' real shapes (a cached symbol variable may still carry the
+        # partial shape it had before deferred initialisation).
+        known = dict(zip(self.input_names, shapes))
+        names = set(out.list_arguments()) | set(out.list_auxiliary_states())
+        for name, param in self.all_params.items():
+            if name in names and param.shape and all(d > 0 for d in param.shape):
+                known[name] = tuple(param.shape)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # MXNet prints the arguments
-                _, out_shapes, _ = internals.infer_shape(
-                    **dict(zip(self.input_names, shapes)))
+                _, out_shapes, _ = internals.infer_shape(**known)
         except mx.base.MXNetError as err:
             raise SurgeryValueError(
                 "The input shape%s %s do%s not run through %s '%s': %s. Pass the shape of "
@@ -277,7 +286,6 @@ class _Trace:
                 "shape of a whole batch." % (type(net).__name__, net.name, shapes))
         self.shapes = dict(zip(internals.list_outputs(), [tuple(s) for s in out_shapes]))
         self.params = unmasked_params(net)
-        self.all_params = net.collect_params()
 
     def shape(self, node_id, index=0):
         node = self.nodes[node_id]
@@ -420,6 +428,13 @@ def _build(net, shapes) -> ChannelGraph:
             out = in_segs[0]
         elif op == 'LeakyReLU' and len(data) == 1:
             out = _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src)
+        elif op in _RESHAPES and len(data) == 1 and len(inputs) == 1:
+            # (N, C, ...) -> (N, C, ...) with the same number of entries per channel: each
+            # channel keeps its block of entries (e.g. SE's (N, C) -> (N, C, 1, 1)).
+            a, b = trace.shape(*data[0]), trace.shape(nid)
+            if a and b and len(a) >= 2 and len(b) >= 2 and a[:2] == b[:2] and \
+                    all(st == 1 for _, _, st in in_segs[0]):
+                out = in_segs[0]
         elif op == 'Flatten' and len(data) == 1:
             shape = trace.shape(*data[0])
             mult = int(np.prod(shape[2:])) if shape and len(shape) > 2 else 1
