@@ -455,7 +455,9 @@ def _build(net, shapes) -> ChannelGraph:
         name = nodes[head[0]]['name']
         for sp, _, _ in layout.get((head[0], head[1])) or ():
             spaces.block(sp, "reaches the net output ('%s')" % name)
-    return _groups(trace, spaces, layout)
+    graph = _groups(trace, spaces, layout)
+    graph._param_nodes = set(param_src)   # nodes that compute parameters (weight * mask)
+    return graph
 
 
 def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):

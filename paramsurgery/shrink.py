@@ -368,7 +368,7 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
             try:
                 after = _forward(net, batches, ctx)
             except Exception as err:  # pylint: disable=broad-except
-                problem = _failure(net, err, ctx)
+                problem = _failure(net, err, ctx, shapes)
                 break
             bad = _differs(ref, after)
             if bad is not None:
@@ -400,9 +400,16 @@ def _structural(net):
     return out
 
 
-def _failure(net, err, ctx):
+def _failure(net, err, ctx, shapes):
     text = str(err)
     match = re.search(r'Error in operator ([^\s:]+)', text)
+    if not match:
+        # An imperative forward does not say which operator failed; shape inference on the
+        # traced graph (with the parameters' new shapes) does.
+        try:
+            _build(net, shapes)
+        except Exception as traced:  # pylint: disable=broad-except
+            match = re.search(r'Error in operator ([^\s:]+)', str(traced))
     where = _layer_of(net, match.group(1)) if match else 'the forward'
     first = next((l.strip() for l in text.splitlines() if 'Check failed' in l or
                   'Error in operator' in l), text.splitlines()[0] if text else '')
@@ -436,7 +443,7 @@ def _first_differing_node(net, graph, batches, saved_params, ctx, kept):
         return None
     groups = graph.groups
     for nid, node in enumerate(trace.nodes):
-        if node['op'] == 'null':
+        if node['op'] == 'null' or nid in graph._param_nodes:
             continue
         key = node['name'] + '_output'
         if key not in old_vals or key not in new_vals:
@@ -460,19 +467,35 @@ def _first_differing_node(net, graph, batches, saved_params, ctx, kept):
 
 
 def _internals_outputs(symbol, net, names, ctx, override):
-    internals = symbol.get_internals()
+    """Every internal output of ``symbol`` (predict mode) with the net's parameters, or the
+    arrays in ``override`` (name -> per-context list)."""
+    every = symbol.get_internals()
+    # operator outputs only: variables among the heads confuse the executor
+    internals = mx.sym.Group([every[i] for i, n in enumerate(every.list_outputs())
+                              if re.search(r'_output\d*$', n)])
     params = net.collect_params()
-    args, aux = {}, {}
-    for name in internals.list_arguments():
+
+    def value(name, copy=False):
         if name in names:
-            args[name] = names[name].as_in_context(ctx)
-        else:
-            arrays = override.get(name, _internals.raw_data(params[name]))
-            args[name] = arrays[_internals.context_index(params[name], ctx) or 0]
-    for name in internals.list_auxiliary_states():
+            return names[name].as_in_context(ctx)
         arrays = override.get(name, _internals.raw_data(params[name]))
-        aux[name] = arrays[_internals.context_index(params[name], ctx) or 0].copy()
-    executor = internals.bind(ctx, args=args, aux_states=aux, grad_req='null')
+        arr = arrays[_internals.context_index(params[name], ctx) or 0]
+        return arr.copy() if copy else arr
+
+    # lists, in the executor's order (a variable may be listed more than once)
+    args = [value(n) for n in internals.list_arguments()]
+    aux = [value(n, copy=True) for n in internals.list_auxiliary_states()]
+    # MKLDNN's subgraph fusion (convolution + BatchNorm) miscounts the arguments of a
+    # graph with several heads; it is switched off for this one diagnostic binding.
+    previous = os.environ.get('MXNET_SUBGRAPH_BACKEND')
+    os.environ['MXNET_SUBGRAPH_BACKEND'] = 'NONE'
+    try:
+        executor = internals.bind(ctx, args=args, aux_states=aux, grad_req='null')
+    finally:
+        if previous is None:
+            del os.environ['MXNET_SUBGRAPH_BACKEND']
+        else:
+            os.environ['MXNET_SUBGRAPH_BACKEND'] = previous
     outs = executor.forward(is_train=False)
     return {n: o.asnumpy() for n, o in zip(internals.list_outputs(), outs)}
 

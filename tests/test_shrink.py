@@ -1,0 +1,367 @@
+"""shrink, ShrinkPlan and apply_plan: the shrunk net computes what the masked net computed,
+on one and two contexts, hybridised or not, in train and predict mode; training goes on with
+the same Trainer; export, apply_plan and load_parameters round trips; bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+from mxnet.gluon.model_zoo import vision
+
+import paramsurgery as ps
+from paramsurgery import _internals
+from channel_nets import USER_NETS, HardCoded, build, batch
+from conftest import ONE, TWO, assert_same_bits, snapshot, split
+
+RTOL = 1e-4
+
+
+def outputs(net, x, ctxs, train=False):
+    """The net's output on every context (the same batch on each)."""
+    out = []
+    for ctx in ctxs:
+        if train:
+            with autograd.record():
+                y = net(x.as_in_context(ctx))
+        else:
+            with autograd.predict_mode():
+                y = net(x.as_in_context(ctx))
+        out.append(y.asnumpy())
+    return out
+
+
+def assert_close(ref, got):
+    for a, b in zip(ref, got):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= RTOL * np.abs(a).max(), np.abs(a - b).max()
+
+
+def warm_up(net, x, ctxs):
+    """One train-mode forward, so BatchNorm running statistics are not trivial."""
+    with autograd.record():
+        for part in split(x, ctxs):
+            net(part)
+
+
+def masked_vs_shrunk(net, x, ctxs, amount=0.5, **kwargs):
+    """Prune, record the masked outputs, shrink; return the plan and both sets of outputs."""
+    warm_up(net, x, ctxs)
+    ps.prune_channels(net, amount, inputs=x, **kwargs)
+    ref_train = outputs(net, x, ctxs, train=True)   # (updates the running statistics)
+    ref = outputs(net, x, ctxs)
+    plan = ps.shrink(net, inputs=x)
+    return plan, (ref, outputs(net, x, ctxs)), (ref_train, outputs(net, x, ctxs, train=True))
+
+
+# --------------------------------------------------------------------------- user blocks
+
+@pytest.mark.parametrize('kind', sorted(USER_NETS))
+def test_user_nets_shrunk_equals_masked(kind, ctxs, hybridize):
+    net = build(kind, ctxs)
+    if hybridize:
+        net.hybridize()
+    x = batch()
+    names = {n: p for n, p in net.collect_params().items()}
+    macs, params = ps.count_ops(net, x)
+    plan, (ref, got), (ref_train, got_train) = masked_vs_shrunk(net, x, ctxs)
+    assert_close(ref, got)
+    assert_close(ref_train, got_train)
+    # the same Parameter objects, smaller, healthy on every context; masks kept, sliced
+    assert all(net.collect_params()[n] is p for n, p in names.items())
+    assert ps.check_params(net) == []
+    assert ps.masked(net)
+    for name in ps.masked(net):
+        p = net.collect_params()[name]
+        assert net.collect_params()[name + '_mask'].shape == p.shape
+    new_macs, new_params = ps.count_ops(net, x)
+    assert new_macs < macs and new_params < params
+    assert all(len(v) < len(set(v)) + 1 for v in plan.kept.values())
+    for sname, shape in plan.shapes.items():
+        assert tuple(_internals.structural_names(net)[sname].shape) == shape
+
+
+def test_blocks_keep_their_classes_with_counts_updated():
+    net = build('depthwise', ONE)
+    x = batch()
+    ps.prune_channels(net, 3, inputs=x, key='depthwise_conv0_weight')
+    ps.prune_channels(net, 2, inputs=x, key='depthwise_conv2_weight')
+    plan = ps.shrink(net, inputs=x)
+    conv, bn = net.a[0], net.a[1]
+    assert type(conv) is nn.Conv2D and conv._channels == 5 and conv._kwargs['num_filter'] == 5
+    assert bn.in_channels == 5 and bn.running_mean.shape == (5,)
+    assert net.dw._kwargs['num_group'] == 5 and net.dw.weight.shape == (5, 1, 3, 3)
+    assert net.dw._in_channels == 5
+    assert net.pw[0]._in_channels == 5 and net.pw[0]._channels == 4
+    assert net.out._in_units == 4
+    assert 'groups=5' in repr(net.dw)     # (Gluon prints weight.shape[1] as the input)
+    assert plan.kept['depthwise_conv0_weight'] == sorted(plan.kept['depthwise_conv0_weight'])
+    assert len(plan.kept['depthwise_conv0_weight']) == 5
+
+
+def test_flatten_dense_columns_removed_per_channel():
+    net = build('flatten_dense', ONE)
+    x = batch()
+    ps.prune_channels(net, 2, inputs=x, key='flatten_dense_conv0_weight')
+    plan = ps.shrink(net, inputs=x)
+    assert net.fc1.weight.shape == (10, 4 * 16) and net.fc1._in_units == 64
+    assert net.conv._channels == 4
+
+
+def test_nothing_masked_changes_nothing():
+    net = build('chain', TWO)
+    before = snapshot(net)
+    plan = ps.shrink(net, inputs=batch())
+    assert_same_bits(before, snapshot(net))
+    assert plan.kept['chain_conv0_weight'] == list(range(8))
+
+
+def test_fully_masked_group_keeps_one_channel():
+    net = build('chain', ONE)
+    x = batch()
+    graph = ps.trace_channels(net, x)
+    masks = {}
+    for name, axis, off, st in graph['chain_conv1_weight'].maskable:
+        masks[name] = 0
+    ps.apply_mask(net, masks)
+    ref = outputs(net, x, ONE)
+    plan = ps.shrink(net, inputs=x)
+    assert net.body[1]._channels == 1
+    assert_close(ref, outputs(net, x, ONE))
+
+
+# --------------------------------------------------------------------------- trainer
+
+def step(net, trainer, x, ctxs):
+    with autograd.record():
+        losses = [(net(part) ** 2).mean() for part in split(x, ctxs)]
+    autograd.backward(losses)
+    trainer.step(x.shape[0])
+
+
+SETUPS = [
+    pytest.param(None, None, ONE, id='1ctx-nokv'),
+    pytest.param('device', True, TWO, id='2ctx-device-uok'),
+    pytest.param('device', False, TWO, id='2ctx-device-nouok'),
+]
+
+
+@pytest.mark.parametrize('optimizer, opt_args', [
+    ('sgd', {'learning_rate': 0.1, 'momentum': 0.9, 'wd': 0}),
+    ('adam', {'learning_rate': 0.01, 'wd': 0}),
+])
+@pytest.mark.parametrize('kvstore, update_on_kvstore, ctxs', SETUPS)
+def test_training_continues_step_for_step(optimizer, opt_args, kvstore, update_on_kvstore,
+                                          ctxs):
+    x = batch(n=4)
+    nets, trainers = [], []
+    for _ in range(2):
+        net = build('residual', ctxs, seed=5)
+        ps.prune_channels(net, 0.5, inputs=x)
+        kwargs = {} if kvstore is None else {'kvstore': kvstore,
+                                              'update_on_kvstore': update_on_kvstore}
+        trainer = gluon.Trainer(net.collect_params(), optimizer, dict(opt_args), **kwargs)
+        step(net, trainer, x, ctxs)
+        step(net, trainer, x, ctxs)
+        nets.append(net)
+        trainers.append(trainer)
+    masked, shrunk = nets
+    ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs))
+    for i in range(3):
+        step(masked, trainers[0], x + i, ctxs)
+        step(shrunk, trainers[1], x + i, ctxs)
+        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs))
+    assert ps.check_params(shrunk) == []
+
+
+def test_optimizer_states_and_fp32_master_copies_are_sliced():
+    from paramsurgery.shrink import _slice_state
+    weight = np.arange(24, dtype=np.float32).reshape(4, 6)
+    keeps = {0: np.array([True, False, True, True]), 1: np.array([True] * 5 + [False])}
+    state = (mx.nd.array(weight), mx.nd.array(weight, dtype='float32'), None,
+             mx.nd.ones((1,)))
+    out = _slice_state(state, (4, 6), keeps)
+    assert out[0].shape == (3, 5) and out[1].dtype == np.float32
+    assert out[1].asnumpy().tolist() == weight[[0, 2, 3]][:, :5].tolist()
+    assert out[2] is None and out[3] is state[3]
+
+
+# --------------------------------------------------------------------------- round trips
+
+def test_export_and_symbolblock_imports(tmp_path, ctxs):
+    net = build('se', ctxs)
+    net.hybridize()
+    x = batch()
+    masked_vs_shrunk(net, x, ctxs)
+    ref = outputs(net, x, ctxs)
+    prefix = str(tmp_path / 'se')
+    net.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params',
+                              ctx=ctxs)
+    assert_close(ref, outputs(loaded, x, ctxs))
+    assert ps.count_ops(loaded, x) == ps.count_ops(net, x)
+
+
+@pytest.mark.parametrize('initialise', [False, True], ids=['fresh', 'initialised'])
+def test_apply_plan_and_load_parameters(tmp_path, initialise):
+    x = batch()
+    net = build('concat', ONE)
+    masked_vs_shrunk(net, x, ONE)
+    ref = outputs(net, x, ONE)
+    plan_path = str(tmp_path / 'plan.json')
+    ps.shrink(net, inputs=x).save(plan_path)
+    ps.save_masks(net, str(tmp_path / 'masks.npz'))
+    ps.remove_mask(net, ps.masked(net), bake=False)
+    net.save_parameters(str(tmp_path / 'net.params'))
+    fresh = USER_NETS['concat'](prefix='other_')
+    if initialise:
+        fresh.initialize()
+        fresh(x)
+    changed = ps.apply_plan(fresh, plan_path)
+    assert 'a.0.weight' in changed
+    fresh.load_parameters(str(tmp_path / 'net.params'))
+    ps.load_masks(fresh, str(tmp_path / 'masks.npz'))
+    assert_close(ref, outputs(fresh, x, ONE))
+    fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE))
+
+
+def test_plan_file_is_json_written_atomically(tmp_path):
+    net = build('chain', ONE)
+    ps.prune_channels(net, 0.5, inputs=batch())
+    plan = ps.shrink(net, inputs=batch())
+    path = tmp_path / 'plan.json'
+    plan.save(str(path))
+    data = json.loads(path.read_text())
+    assert data['format'] == 'paramsurgery-shrink-plan' and data['shapes']['body.0.0.weight'] \
+        == [4, 3, 3, 3]
+    assert os.listdir(tmp_path) == ['plan.json']      # no temporary file left behind
+    assert ps.ShrinkPlan.load(str(path)) == plan
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_hard_coded_channel_count_raises_and_changes_nothing(ctxs, hybridize):
+    net = HardCoded(prefix='hardcoded_')
+    net.initialize(mx.init.Xavier(), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    x = batch()
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                         'momentum': 0.9})
+    step(net, trainer, x, ctxs)
+    ps.prune_channels(net, 0.5, inputs=x)
+    step(net, trainer, x, ctxs)
+    before = snapshot(net)
+    ref = outputs(net, x, ctxs)
+    kwargs = dict(net.bn._kwargs)
+    with pytest.raises(ps.ShrinkError, match=r"layer 'hardcoded' \(HardCoded, operator node "
+                                             r"'hardcoded_conv'\).*Nothing was changed"):
+        ps.shrink(net, inputs=x, trainer=trainer)
+    assert_same_bits(before, snapshot(net))
+    assert net.weight.shape == (8, 3, 3, 3) and net.bn.in_channels == 8
+    assert net.bn._kwargs == kwargs and net.out._in_units == 8
+    assert ps.check_params(net) == []
+    assert_close(ref, outputs(net, x, ctxs))
+    step(net, trainer, x, ctxs)             # the Trainer still works
+
+
+def test_output_that_differs_names_the_first_layer_and_restores(monkeypatch, ctxs):
+    import sys
+    shrink_module = sys.modules['paramsurgery.shrink']   # (ps.shrink is the function)
+    net = build('chain', ctxs)
+    x = batch()
+    ps.prune_channels(net, 0.5, inputs=x)
+    before = snapshot(net)
+    ref = outputs(net, x, ctxs)
+    take = shrink_module._take
+
+    def corrupt(arr, keeps):        # a wrong slice of the second convolution's weight
+        out = take(arr, keeps)
+        return out * 2 if arr.shape == (6, 8, 3, 3) else out
+
+    monkeypatch.setattr(shrink_module, '_take', corrupt)
+    with pytest.raises(ps.ShrinkError, match=r"computes something else .* the first layer "
+                                             r"that differs is layer 'chain_conv1'"):
+        ps.shrink(net, inputs=x)
+    assert_same_bits(before, snapshot(net))
+    assert net.body[1]._channels == 6
+    assert_close(ref, outputs(net, x, ctxs))
+
+
+def test_bad_arguments():
+    class Plain(gluon.Block):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ps.SurgeryTypeError, match='HybridBlock'):
+        ps.shrink(Plain(), inputs=(1, 3))
+    net = build('chain', ONE)
+    ps.prune_channels(net, 0.5, inputs=batch())
+    before = snapshot(net)
+    with pytest.raises(ps.SurgeryValueError, match='does not run'):
+        ps.shrink(net, inputs=(1, 4, 8, 8))
+    with pytest.raises(ps.SurgeryTypeError, match='Trainer'):
+        ps.shrink(net, inputs=batch(), trainer='sgd')
+    with pytest.raises(ps.SurgeryTypeError):
+        ps.shrink(net, inputs=None)
+    assert_same_bits(before, snapshot(net))
+
+
+def test_plan_for_another_architecture(tmp_path):
+    net = build('chain', ONE)
+    ps.prune_channels(net, 0.5, inputs=batch())
+    plan = ps.shrink(net, inputs=batch())
+    for other, text in [(build('residual', ONE), "parameter 'body.0.0.weight'"),
+                        (build('depthwise', ONE), "parameter 'body.0.0.weight'")]:
+        before = snapshot(other)
+        with pytest.raises(ps.ShrinkError, match=text + '.*another architecture'):
+            ps.apply_plan(other, plan)
+        assert_same_bits(before, snapshot(other))
+    # same names, a smaller layer than the plan asks for
+    small = USER_NETS['chain'](prefix='small_')
+    small.initialize()
+    small(batch())
+    bigger = ps.ShrinkPlan(plan.kept, dict(plan.shapes, **{'body.0.0.weight': (9, 3, 3, 3)}))
+    with pytest.raises(ps.ShrinkError, match=r"'body.0.0.weight' .* shape \(8, 3, 3, 3\)"):
+        ps.apply_plan(small, bigger)
+    with pytest.raises(ps.SurgeryValueError, match='not a shrink plan'):
+        (tmp_path / 'x.json').write_text('{}')
+        ps.apply_plan(small, str(tmp_path / 'x.json'))
+    with pytest.raises(ps.SurgeryTypeError):
+        ps.apply_plan(small, {'kept': {}})
+
+
+# --------------------------------------------------------------------------- model zoo
+
+ZOO = {'resnet18_v1': 64, 'resnet50_v1': 64, 'resnet18_v2': 64, 'mobilenet1.0': 64,
+       'mobilenetv2_1.0': 64, 'densenet121': 224, 'squeezenet1.1': 224, 'vgg11_bn': 32,
+       'alexnet': 224, 'inceptionv3': 299}
+TWO_CONTEXTS = ('resnet18_v1', 'mobilenetv2_1.0')
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize('model', sorted(ZOO))
+def test_model_zoo(model):
+    ctxs = TWO if model in TWO_CONTEXTS else ONE
+    net = vision.get_model(model, pretrained=False, classes=10)
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier(), ctx=ctxs)
+    net.hybridize()
+    size = ZOO[model]
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=(2, 3, size, size)))
+    before = ps.count_ops(net, x)
+    kwargs = {'scope': 'global', 'importance': 'bn_gamma'} if model == 'resnet50_v1' else {}
+    if model == 'resnet50_v1':
+        # network slimming ranks by gamma: make them differ
+        for name, p in net.collect_params('.*gamma').items():
+            p.set_data(mx.nd.random.uniform(0.1, 1, shape=p.shape))
+    plan, (ref, got), (ref_train, got_train) = masked_vs_shrunk(net, x, ctxs, **kwargs)
+    assert_close(ref, got)
+    assert_close(ref_train, got_train)
+    after = ps.count_ops(net, x)
+    assert after[0] < 0.5 * before[0] and after[1] < 0.6 * before[1]
+    assert ps.check_params(net) == []
