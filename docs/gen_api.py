@@ -11,6 +11,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, 'api')
+# Document the package of this checkout (not another one installed in the environment).
+sys.path.insert(0, os.path.dirname(HERE))
 
 # module -> one-line summary for the index
 MODULES = [
@@ -23,6 +25,8 @@ MODULES = [
     ('report', 'sparsity reports'),
     ('samplers', 'complementary samplers for DataLoader'),
     ('distributed', 'the parameter-server kvstore: check_trainer, init_kvstore'),
+    ('channels', 'channel groups, channel pruning and count_ops'),
+    ('shrink', 'structural shrink: shrink, ShrinkPlan, apply_plan'),
     ('errors', 'the exceptions and warnings'),
 ]
 

@@ -50,6 +50,8 @@ _PASSTHROUGH = {
 }
 # Operators that may keep the batch and channel axes (checked on the inferred shapes).
 _RESHAPES = {'Reshape', 'reshape', 'expand_dims', 'squeeze'}
+# Reductions: channels kept when only axes >= 2 are reduced.
+_REDUCTIONS = {'mean', 'sum', 'max', 'min', 'nansum', 'sum_axis', 'max_axis', 'min_axis'}
 # Elementwise operators of several tensors (broadcasting allowed): their inputs' channels are
 # the same channels.
 _ELEMENTWISE = {
@@ -435,6 +437,13 @@ def _build(net, shapes) -> ChannelGraph:
             if a and b and len(a) >= 2 and len(b) >= 2 and a[:2] == b[:2] and \
                     all(st == 1 for _, _, st in in_segs[0]):
                 out = in_segs[0]
+        elif op in _REDUCTIONS and len(data) == 1 and len(inputs) == 1:
+            # reducing spatial axes only keeps every channel where it was
+            shape = trace.shape(*data[0]) or ()
+            axes = _axes(attrs.get('axis'), len(shape))
+            if axes and min(axes) >= 2 and attrs.get('exclude', 'False') in ('False', '0') \
+                    and all(st == 1 for _, _, st in in_segs[0]):
+                out = in_segs[0]
         elif op == 'Flatten' and len(data) == 1:
             shape = trace.shape(*data[0])
             mult = int(np.prod(shape[2:])) if shape and len(shape) > 2 else 1
@@ -458,6 +467,18 @@ def _build(net, shapes) -> ChannelGraph:
     graph = _groups(trace, spaces, layout)
     graph._param_nodes = set(param_src)   # nodes that compute parameters (weight * mask)
     return graph
+
+
+def _axes(text, ndim):
+    """The axes of a reduction attribute such as '(2, 3)' or '-1', normalised; [] if none."""
+    if text in (None, 'None', '()', ''):
+        return []
+    try:
+        value = json.loads(text.replace('(', '[').replace(')', ']').replace(',]', ']'))
+    except ValueError:
+        return []
+    value = value if isinstance(value, list) else [value]
+    return [int(a) % ndim for a in value] if ndim else []
 
 
 def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
@@ -611,9 +632,15 @@ def _groups(trace, spaces, layout):
             if key in seen and spaces.find(seen[key]) != spaces.find(s):
                 spaces.union(seen[key], s)
             seen.setdefault(key, s)
+    # a parameter's variable node comes right before its first use: topological order
+    var_index = {}
+    for nid, node in enumerate(trace.nodes):
+        if node['op'] == 'null':
+            var_index.setdefault(node['name'], nid)
     groups = []
     roots = sorted({spaces.find(s) for s in range(len(spaces.parent))},
-                   key=lambda r: spaces.first[r])
+                   key=lambda r: min([var_index.get(n, spaces.first[r])
+                                      for n in spaces.producers[r]] or [spaces.first[r]]))
     for r in roots:
         members, roles, dedup = [], [], set()
         for param, axis, off, st, role in spaces.members[r]:
@@ -631,7 +658,8 @@ def _groups(trace, spaces, layout):
                                "the shape %s" % (param, axis, off, st, shape))
         if not members and not reasons:
             reasons.append('no parameter holds these channels')
-        producers = list(OrderedDict.fromkeys(spaces.producers[r]))
+        producers = sorted(OrderedDict.fromkeys(spaces.producers[r]),
+                           key=lambda n: var_index.get(n, len(trace.nodes)))
         name = producers[0] if producers else spaces.name[r]
         groups.append(ChannelGroup(name, size, members, roles, not reasons,
                                    '; '.join(reasons), producers))

@@ -353,6 +353,12 @@ def test_model_zoo(model):
     net.hybridize()
     size = ZOO[model]
     x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=(2, 3, size, size)))
+    net(x)
+    # Dropout draws its random mask over the tensor's shape, which shrink changes: in train
+    # mode the masked and the shrunk net cannot draw the same masks. Compare without it.
+    for blk in _internals.walk_blocks(net):
+        if isinstance(blk, nn.Dropout):
+            blk._rate = 0
     before = ps.count_ops(net, x)
     kwargs = {'scope': 'global', 'importance': 'bn_gamma'} if model == 'resnet50_v1' else {}
     if model == 'resnet50_v1':
