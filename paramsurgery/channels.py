@@ -220,6 +220,13 @@ def _finish_deferred(net, inputs, shapes):
             net(*[b.as_in_context(ctx) for b in _batches(inputs, shapes)])
 
 
+def _positional(inputs):
+    """``*inputs``, also accepting one list of inputs given positionally."""
+    if len(inputs) == 1 and isinstance(inputs[0], list):
+        return list(inputs[0])
+    return list(inputs)
+
+
 def _is_dim(d):
     return isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_))
 
@@ -738,7 +745,7 @@ def trace_channels(net, *inputs) -> ChannelGraph:
     4 groups, 2 prunable, 12 channels prunable
     """
     _require_hybrid(net, 'trace_channels')
-    shapes = _input_shapes(list(inputs), 'inputs')
+    shapes = _input_shapes(_positional(inputs), 'inputs')
     graph = _build(net, shapes)
     _check_owners(net, graph)
     return graph
@@ -792,7 +799,7 @@ def count_ops(net, *inputs) -> Tuple[int, int]:
     (75776, 20730)
     """
     _require_hybrid(net, 'count_ops')
-    shapes = _input_shapes(list(inputs), 'inputs')
+    shapes = _input_shapes(_positional(inputs), 'inputs')
     trace = _Trace(net, shapes)
     return _count(trace)
 

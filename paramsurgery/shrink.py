@@ -159,7 +159,7 @@ def _mask_of(params, name):
     return params[name + MASK_SUFFIX] if name + MASK_SUFFIX in params else None
 
 
-def _dead_channels(group, params):
+def _dead_channels(group, params, cache):
     """Channels of ``group`` whose maskable members are all masked to zero."""
     dead = np.ones(group.size, dtype=bool)
     any_mask = False
@@ -169,7 +169,9 @@ def _dead_channels(group, params):
             if mask is None:
                 return np.zeros(group.size, dtype=bool)
             any_mask = True
-            values = _internals.raw_data(mask)[0].asnumpy()
+            if member[0] not in cache:
+                cache[member[0]] = _internals.raw_data(mask)[0].asnumpy()
+            values = cache[member[0]]
             view = np.moveaxis(values, member[1], 0)[member[2]:member[2] + group.size * member[3]]
             dead &= ~np.any(view.reshape(group.size, -1) != 0, axis=1)
     return dead if any_mask else np.zeros(group.size, dtype=bool)
@@ -312,11 +314,11 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
             raise ParameterStateError("Parameter '%s' is not initialised; initialise the net "
                                       "and run one forward before shrink." % param.name)
     # Which indices each (parameter, axis) keeps.
-    keeps, kept = {}, OrderedDict()
+    keeps, kept, cache = {}, OrderedDict(), {}
     for group in graph.groups:
         if not group.prunable:
             continue
-        dead = _dead_channels(group, params)
+        dead = _dead_channels(group, params, cache)
         if dead.all():
             dead[0] = False   # a layer needs one channel; it stays masked
         kept[group.name] = np.flatnonzero(~dead).tolist()
@@ -379,9 +381,15 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
         raise
     if problem is not None:
         restore()
-        raise ShrinkError(problem + ' Nothing was changed. Make the layer take its channel '
-                          'counts from its attributes (channels, in_channels, units) instead '
-                          'of constants, or exclude its groups from pruning (key=).')
+        if problem.startswith('The shrunk net fails'):
+            fix = ('Make the layer take its channel counts from its attributes (channels, '
+                   'in_channels, units) or from its parameters instead of constants, or '
+                   'leave its channels unmasked (prune_channels with key=).')
+        else:
+            fix = ('The layer reads the removed channels in a way the tracer does not see; '
+                   'leave its channels unmasked (prune_channels with key=) and report the '
+                   'layer\'s code.')
+        raise ShrinkError(problem + ' Nothing was changed. ' + fix)
     # Committed: the Trainers follow.
     for t in trainers:
         _update_trainer(t, changes)
