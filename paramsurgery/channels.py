@@ -1058,30 +1058,15 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     have = set(masked(net))
     mine = [n for n in names if n in have]
     existing = {n: m.asnumpy() for n, m in get_mask(net, mine).items()} if mine else {}
-    states = [_GroupState(g, weights, existing) for g in groups]
-    scores = [_scores(s, importance, net) for s in states]
-    if importance == 'taylor' and all(not np.any(sc) for sc in scores):
-        raise SurgeryValueError(
-            "importance='taylor' needs the gradients of the last backward, but every "
-            "gradient of the selected groups is zero. Run a forward and backward (without "
-            "trainer.step, which keeps them, or before zero_grad) first.")
-    if scope == 'layer':
-        pruned = []
-        for s, sc in zip(states, scores):
-            alive = np.flatnonzero(s.alive)
-            count = prune_count(amount, len(alive), what='channels',
-                                where="channel group '%s'" % s.group.name)
-            kept = _kept_count(len(alive) - count, len(alive), round_to) if len(alive) else 0
-            pruned.append(_lowest(sc, alive, len(alive) - kept))
-    else:
-        pruned = _global(states, scores, amount, round_to)
+    pruned = choose_channels(net, groups, weights, existing, amount, importance, scope,
+                             round_to)
     plan = OrderedDict()
     touched = []
-    for s, chosen in zip(states, pruned):
+    for group, chosen in zip(groups, pruned):
         if not len(chosen):
             continue
-        touched.append(s.group.name)
-        for member in s.group.maskable:
+        touched.append(group.name)
+        for member in group.maskable:
             name = member[0]
             if name not in plan:
                 plan[name] = np.ones(weights[name].shape, dtype=np.dtype(params[name].dtype))
@@ -1089,6 +1074,28 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     if plan:
         apply_mask(net, plan, combine='multiply')
     return touched
+
+
+def choose_channels(net, groups, weights, existing, amount, importance, scope, round_to):
+    """The channels :func:`prune_channels` masks in each of ``groups``: a sorted index
+    array per group, from the members' arrays (``weights``, existing ``masks``; numpy)."""
+    states = [_GroupState(g, weights, existing) for g in groups]
+    scores = [_scores(s, importance, net) for s in states]
+    if importance == 'taylor' and all(not np.any(sc) for sc in scores):
+        raise SurgeryValueError(
+            "importance='taylor' needs the gradients of the last backward, but every "
+            "gradient of the selected groups is zero. Run a forward and backward (without "
+            "trainer.step, which keeps them, or before zero_grad) first.")
+    if scope == 'global':
+        return _global(states, scores, amount, round_to)
+    pruned = []
+    for s, sc in zip(states, scores):
+        alive = np.flatnonzero(s.alive)
+        count = prune_count(amount, len(alive), what='channels',
+                            where="channel group '%s'" % s.group.name)
+        kept = _kept_count(len(alive) - count, len(alive), round_to) if len(alive) else 0
+        pruned.append(_lowest(sc, alive, len(alive) - kept))
+    return pruned
 
 
 def _global(states, scores, amount, round_to):
