@@ -16,7 +16,7 @@ import json
 import math
 import numbers
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import mxnet as mx
@@ -24,7 +24,7 @@ from mxnet import autograd, gluon
 
 from . import _internals
 from .access import replicas
-from .errors import SelectionError, SurgeryTypeError, SurgeryValueError
+from .errors import SelectionError, SurgeryTypeError, SurgeryValueError, and_more
 from .masks import apply_mask, get_mask, mask_names, masked, unmasked_params
 from .pruning import prune_count
 from .select import select
@@ -1045,11 +1045,14 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
             "importance must be one of %s or a callable f(group) -> scores, got %r."
             % (', '.join(repr(i) for i in _IMPORTANCES), importance))
     round_to = _check_round_to(round_to)
-    prune_count(amount, 1 << 62, what='channels')   # type, NaN, sign, float > 1
+    for one in (amount.values() if isinstance(amount, Mapping) else [amount]):
+        prune_count(one, 1 << 62, what='channels')   # type, NaN, sign, float > 1
     shapes = _input_shapes(inputs)
     graph = _build(net, shapes)
     _check_owners(net, graph)
     groups = _selected_groups(net, graph, key)
+    if isinstance(amount, Mapping):
+        groups = _named_groups(graph, groups, amount, scope, key)
     _finish_deferred(net, inputs, shapes)
     params = net.collect_params()
     names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.members))
@@ -1091,7 +1094,8 @@ def choose_channels(net, groups, weights, existing, amount, importance, scope, r
     pruned = []
     for s, sc in zip(states, scores):
         alive = np.flatnonzero(s.alive)
-        count = prune_count(amount, len(alive), what='channels',
+        one = amount[s.group.name] if isinstance(amount, Mapping) else amount
+        count = prune_count(one, len(alive), what='channels',
                             where="channel group '%s'" % s.group.name)
         kept = _kept_count(len(alive) - count, len(alive), round_to) if len(alive) else 0
         pruned.append(_lowest(sc, alive, len(alive) - kept))
@@ -1131,6 +1135,28 @@ def _global(states, scores, amount, round_to):
         kept = _kept_count(len(alive) - len(c), len(alive), round_to)
         out.append(_lowest(sc, alive, len(alive) - kept))
     return out
+
+
+def _named_groups(graph, selected, amount, scope, key):
+    """The groups a dict amount names (group name -> amount), in graph order, checked."""
+    if scope != 'layer':
+        raise SurgeryValueError("a dict amount gives each channel group its own amount; it "
+                                "needs scope='layer', got scope=%r." % (scope,))
+    by_name = {g.name: g for g in graph.groups}
+    chosen = {id(g) for g in selected}
+    for name in amount:
+        group = by_name.get(name)
+        if group is None:
+            raise SurgeryValueError(
+                "amount names channel group %r, which this net does not have. Its prunable "
+                "groups are: %s." % (name, and_more([g.name for g in graph.prunable], 5)))
+        if not group.prunable:
+            raise SurgeryValueError("amount names channel group %r, which cannot be pruned: "
+                                    "%s." % (name, group.reason))
+        if id(group) not in chosen:
+            raise SurgeryValueError("amount names channel group %r, which key=%r does not "
+                                    "select." % (name, key))
+    return [g for g in selected if g.name in amount]
 
 
 def _selected_groups(net, graph, key):
