@@ -3,22 +3,37 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Every pip install below runs with -c $(CONSTRAINTS): MXNet 1.9.1 does not import with
+# numpy 1.24+, and an extra's dependency (matplotlib -> contourpy) would otherwise upgrade it.
+CONSTRAINTS := $(VENV)/constraints.txt
+PIP_INSTALL := $(BIN)/python -m pip install -q -c $(CONSTRAINTS)
+# The linter: unused imports and names, redefinitions, undefined names, import order.
+LINT := $(BIN)/python -m ruff check --no-cache --select F401,F811,F821,F841,I \
+	--line-length 100 --config "lint.isort.known-local-folder = ['helpers', 'dist_harness', 'channel_nets']" \
+	paramsurgery tests bench
 
-.PHONY: test demo bench clean
+.PHONY: test lint demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-test: $(BIN)/python setup.cfg setup.py
-	$(BIN)/python -m pip install -q -e '.[test]'
+$(CONSTRAINTS): Makefile | $(BIN)/python
+	printf '%s\n' 'numpy<1.24' > $@
+
+$(VENV)/.installed-test: $(BIN)/python $(CONSTRAINTS) setup.cfg setup.py
+	$(PIP_INSTALL) -e '.[test]'
 	touch $@
 
-$(VENV)/.installed-demo: $(BIN)/python setup.cfg setup.py
-	$(BIN)/python -m pip install -q -e '.[demo]'
+$(VENV)/.installed-demo: $(BIN)/python $(CONSTRAINTS) setup.cfg setup.py
+	$(PIP_INSTALL) -e '.[demo]'
 	touch $@
 
 test: $(VENV)/.installed-test
+	$(LINT)
 	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-test
+	$(LINT)
 
 demo: $(VENV)/.installed-demo
 	$(BIN)/python -m paramsurgery demo

@@ -15,8 +15,8 @@ import statistics
 import time
 from collections import OrderedDict
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet.gluon import nn
 from mxnet.gluon.model_zoo import vision
 

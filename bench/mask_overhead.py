@@ -13,7 +13,7 @@ time of each and the ratio masked/unmasked (target <= 1.05). Arms:
 - ``unmasked``: the plain network;
 - ``masked``: every Conv2D/Dense weight masked with ``ps.apply_mask``;
 - ``masked-blocked``: the same, but with ``apply_mask``'s return of MKLDNN-blocked weights
-  to the default layout switched off (``_internals.RESTORE_DEFAULT_LAYOUT = False``), to
+  to the default layout switched off (``_layout.RESTORE_DEFAULT_LAYOUT = False``), to
   show what that step buys. It only differs from ``masked`` when the predict-mode forward
   actually left weights blocked (the script prints how many were).
 
@@ -37,14 +37,14 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import paramsurgery as ps  # noqa: E402  (after the path fix, to bench this checkout)
-from paramsurgery import _internals  # noqa: E402
+from paramsurgery import _internals, _layout  # noqa: E402
 
 BATCH = 32
 ARMS = ('unmasked', 'masked', 'masked-blocked')
@@ -63,17 +63,17 @@ def build(arm, seed=0, static_alloc=False):
     net(x).wait_to_read()          # finishes deferred init, predict mode (as users do)
     weights = [b.weight for b in _internals.walk_blocks(net)
                if isinstance(b, (nn.Conv2D, nn.Dense))]
-    blocked = sum(_internals.is_blocked_layout(w.data(ctx)) for w in weights)
+    blocked = sum(_layout.is_blocked_layout(w.data(ctx)) for w in weights)
     if arm != 'unmasked':
         rng = np.random.RandomState(seed)
         masks = {w.name: (rng.rand(*w.shape) > 0.5).astype('float32') for w in weights}
-        previous = _internals.RESTORE_DEFAULT_LAYOUT
-        _internals.RESTORE_DEFAULT_LAYOUT = arm != 'masked-blocked'
+        previous = _layout.RESTORE_DEFAULT_LAYOUT
+        _layout.RESTORE_DEFAULT_LAYOUT = arm != 'masked-blocked'
         try:
             ps.apply_mask(net, masks)
         finally:
-            _internals.RESTORE_DEFAULT_LAYOUT = previous
-    still_blocked = sum(_internals.is_blocked_layout(w.data(ctx)) for w in weights)
+            _layout.RESTORE_DEFAULT_LAYOUT = previous
+    still_blocked = sum(_layout.is_blocked_layout(w.data(ctx)) for w in weights)
     trainer = gluon.Trainer(net.collect_params(), 'sgd',
                             {'learning_rate': 0.01, 'momentum': 0.9})
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()

@@ -3,55 +3,71 @@
 Assign, scale or mask parameters on every device copy, inside ``autograd.record()``, in
 custom training loops, without stale-gradient errors and without the Trainer silently
 undoing the change.
+
+Every public name is importable from here (``import paramsurgery as ps``). The modules are
+loaded on first use, so that the parts that need no MXNet (``paramsurgery.errors``,
+``paramsurgery.pruning_core``, ``paramsurgery.schedules``) import without it.
+
+The layers, each importing only from the ones above it::
+
+    errors, _checks                  exceptions, argument checks (no MXNet)
+    pruning_core, schedules          exact masks from numpy arrays, schedules (no MXNet)
+    select                           keys, and the mask-name rule
+    _internals                       every private MXNet attribute, and nothing else
+    access, distributed              context-safe access; Trainer and kvstore checks
+    _values -> surgery               the value plan; assign_params, set_params
+    _deconv, _layout, _masked_forward -> masks    masks in the forward graph
+    pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
+    channels -> shrinking, _exported channel groups, channel pruning; structural shrink
+    report, analysis                 sparsity reports; sensitivity analysis and budgets
+    cli, demo                        the command line and the demo
 """
-from .errors import (ParamSurgeryError, SurgeryError, SelectionError, SurgeryValueError,
-                     SurgeryTypeError, ParameterStateError, TrainerStateError,
-                     SamplerValueError, SamplerTypeError, MissingDependencyError,
-                     StaleGradientError, DistributedWarning, ShrinkError)
-from .select import select
-from .access import replicas, data_on, check_params, Problem
-from .surgery import assign_params, set_params
-from .samplers import SubsetRandomSampler, complementary_split, kfold
-from .pruning import (prune_magnitude, prune_random, prune_structured, prune_custom, Pruner,
-                      prune_count, magnitude_masks, random_masks, structured_masks,
-                      custom_masks, ConstantSparsity, PolynomialDecay)
-from .report import SparsityReport, sparsity_report, arrays_report
-from .stale import (find_stale, safe_step, track_usage, explain, StaleRecord, UsageTracker,
-                    STALE_REASONS)
-from .masks import (apply_mask, get_mask, masked, remove_mask, save_masks, load_masks,
-                    load_exported)
-from .distributed import check_trainer, init_kvstore, broadcast_masks
-from .channels import trace_channels, ChannelGraph, ChannelGroup, count_ops, prune_channels
-from .shrink import shrink, ShrinkPlan, apply_plan
+import importlib
+
+# Bound now: the submodule of the same name would otherwise shadow the function.
+from .select import select  # noqa: F401  (listed in __all__ below)
 
 __version__ = '0.1.0'
 
-__all__ = [
-    # errors and warnings
-    'ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
-    'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError', 'StaleGradientError',
-    'SamplerValueError', 'SamplerTypeError', 'MissingDependencyError', 'DistributedWarning',
-    # selection and access
-    'select', 'replicas', 'data_on', 'check_params', 'Problem',
-    # value surgery
-    'assign_params', 'set_params',
-    # masks in the graph
-    'apply_mask', 'get_mask', 'masked', 'remove_mask', 'save_masks', 'load_masks',
-    'load_exported',
-    # stale gradients
-    'find_stale', 'safe_step', 'track_usage', 'explain', 'StaleRecord', 'UsageTracker',
-    'STALE_REASONS',
-    # pruning: on a net, masks computed from arrays, and schedules
-    'prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner',
-    'prune_count', 'magnitude_masks', 'random_masks', 'structured_masks', 'custom_masks',
-    'ConstantSparsity', 'PolynomialDecay',
-    # reports
-    'SparsityReport', 'sparsity_report', 'arrays_report',
-    # samplers
-    'SubsetRandomSampler', 'complementary_split', 'kfold',
-    # distributed kvstore (dist_sync)
-    'check_trainer', 'init_kvstore', 'broadcast_masks',
-    # channel pruning and structural shrink
-    'trace_channels', 'ChannelGraph', 'ChannelGroup', 'count_ops', 'prune_channels',
-    'shrink', 'ShrinkPlan', 'apply_plan', 'ShrinkError',
-]
+_EXPORTS = {
+    'errors': ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
+               'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
+               'StaleGradientError', 'SamplerValueError', 'SamplerTypeError',
+               'MissingDependencyError', 'DistributedWarning', 'ShrinkError'],
+    'select': ['select'],
+    'access': ['replicas', 'data_on', 'check_params', 'Problem'],
+    'surgery': ['assign_params', 'set_params'],
+    'masks': ['apply_mask', 'get_mask', 'masked', 'remove_mask', 'save_masks', 'load_masks',
+              'load_exported', 'broadcast_masks'],
+    'stale': ['find_stale', 'safe_step', 'track_usage', 'explain', 'StaleRecord',
+              'UsageTracker', 'STALE_REASONS'],
+    'pruning': ['prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom',
+                'Pruner'],
+    'pruning_core': ['prune_count', 'magnitude_masks', 'random_masks', 'structured_masks',
+                     'custom_masks'],
+    'schedules': ['ConstantSparsity', 'PolynomialDecay'],
+    'report': ['SparsityReport', 'sparsity_report', 'arrays_report'],
+    'channels': ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'count_ops',
+                 'prune_channels'],
+    'shrinking': ['shrink', 'ShrinkPlan', 'apply_plan'],
+    'analysis': ['sensitivity', 'SensitivityReport'],
+    'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
+    'distributed': ['check_trainer', 'init_kvstore'],
+}
+
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [name for names in _EXPORTS.values() for name in names]
+
+
+def __getattr__(name):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError("module 'paramsurgery' has no attribute %r" % name)
+    value = getattr(importlib.import_module('.' + module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

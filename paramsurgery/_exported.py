@@ -17,8 +17,14 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from .channels import _build, _channel_rows, _input_names, _selected_groups, choose_channels
-from .channels import count_ops
+from .channels import (
+    _build,
+    _channel_rows,
+    _input_names,
+    _selected_groups,
+    choose_channels,
+    count_ops,
+)
 from .errors import ShrinkError
 
 __all__ = []
@@ -133,8 +139,6 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
             params[name].set_data(value)
     arrays = OrderedDict()
     new_shapes = {}
-    aux = set(block._cached_graph[1].list_auxiliary_states()) \
-        if getattr(block, '_cached_graph', None) else set()
     symbol = mx.sym.load(symbol_file)
     aux = set(symbol.list_auxiliary_states())
     for name, param in params.items():

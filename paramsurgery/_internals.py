@@ -1,24 +1,35 @@
-"""Every access to private MXNet 1.9.1 attributes lives in this module.
+"""Every access to private MXNet 1.9.1 attributes lives in this module, and nothing else.
 
-The rest of the package talks to Gluon through these few functions, so that a port to
+The rest of the package talks to Gluon through these small functions, so that a port to
 another MXNet version (2.0 renamed ``_ctx_list``/``_ctx_map`` to ``_device_list``/
-``_device_map``) changes this file only. What each attribute means is explained in
-``docs/internals.md``.
+``_device_map``) changes this file only. What the attributes mean is explained in
+``docs/internals.md``. The complete inventory of the private names used here:
 
-Parameter: ``_data`` (list of leaf NDArrays, one per context), ``_grad`` (the matching
-gradient buffers or None), ``_ctx_list``, ``_ctx_map``, ``_deferred_init``, ``_trainer``.
-NDArray: ``_fresh_grad`` (set by ``backward()``, read and cleared by ``Trainer.step``).
-Trainer: ``_kvstore``, ``_kv_initialized``, ``_update_on_kvstore``, ``_param2idx``,
-``_params``, ``_params_to_init``, ``_updaters``. KVStore: ``_updater``, ``_set_updater``.
+- Parameter: ``_data`` (list of leaf NDArrays, one per context), ``_grad`` (the matching
+  gradient buffers or None), ``_ctx_list``, ``_ctx_map``, ``_deferred_init``, ``_trainer``,
+  ``_grad_req`` (written without the property's re-allocation), ``_stype``, ``_grad_stype``.
+- ParameterDict: ``_params`` (the name -> Parameter dict behind it).
+- NDArray: ``_fresh_grad`` (set by ``backward()``, read and cleared by ``Trainer.step``).
+- Block: ``_children``, ``_reg_params`` (the Parameter attributes its ``hybrid_forward``
+  receives by name), ``_collect_params_with_prefix`` (structural names, as
+  ``save_parameters`` uses them); HybridBlock: ``_active``, ``_cached_op``,
+  ``_cached_op_args``, ``_clear_cached_op``; the convolution blocks: ``_op_name``,
+  ``_kwargs``.
+- Trainer: ``_kvstore``, ``_kvstore_params``, ``_kv_initialized``, ``_update_on_kvstore``,
+  ``_param2idx``, ``_params``, ``_params_to_init``, ``_updaters``, ``_optimizer``,
+  ``_contains_sparse_weight``, ``_contains_sparse_grad``, ``_init_kvstore``,
+  ``_init_params``.
+- KVStore: ``_updater``, ``_set_updater``.
+- Optimizer: ``_all_index_update_counts`` (and its alias ``_index_update_count``).
 """
 import contextlib
-import types
+import os
 
 import numpy as np
-import mxnet as mx
-from mxnet import autograd, ndarray as nd
+from mxnet import autograd
+from mxnet import ndarray as nd
 from mxnet import optimizer as mx_optimizer
-from mxnet.gluon.block import HybridBlock
+from mxnet.gluon.block import Block, HybridBlock
 from mxnet.gluon.parameter import Parameter
 
 __all__ = []
@@ -220,11 +231,6 @@ def excluded_from_step(params):
             param._grad_req = req
 
 
-def registered_params(block):
-    """The parameters a block's own forward reads (``_reg_params``: its Parameter attributes)."""
-    return list(block._reg_params.values())
-
-
 def is_hybridized(block):
     """True when ``block`` runs through a cached graph when called with NDArrays."""
     return isinstance(block, HybridBlock) and bool(block._active)
@@ -242,19 +248,7 @@ def cached_graph_params(block):
         return None
     return [param for is_data, param in args if not is_data and isinstance(param, Parameter)]
 
-# --------------------------------------------------------------------------- blocks and masks
-#
-# A mask is a grad_req 'null' Parameter registered on the block that owns the weight, under
-# the attribute name ``<attr>_mask``. The block's ``hybrid_forward`` is wrapped at the
-# instance level so that it receives ``weight * mask`` under the name ``weight``; Gluon's
-# ``HybridBlock.forward`` (and the symbolic pass that builds cached graphs) passes every entry
-# of ``_reg_params`` to ``hybrid_forward`` by attribute name, so the mask arrives as a keyword
-# argument that the wrapper consumes. The wrapper state lives in the block's ``__dict__``
-# under the names below, so ``copy.deepcopy`` and pickling carry it along.
-
-MASKS_ATTR = '_paramsurgery_masks'            # {weight attribute: mask attribute}
-_INNER_FORWARD = '_paramsurgery_inner_forward'  # an instance-level hybrid_forward we wrapped
-
+# --------------------------------------------------------------------------- blocks
 
 def block_children(block):
     """The direct child blocks of ``block``."""
@@ -264,6 +258,16 @@ def block_children(block):
 def block_params(block):
     """``{attribute name: Parameter}`` that ``block`` passes to its ``hybrid_forward``."""
     return dict(block._reg_params)
+
+
+def registered_params_live(block):
+    """The live ``{attribute: Parameter}`` dict behind :func:`block_params` (to edit)."""
+    return block._reg_params
+
+
+def set_registered_params(block, params):
+    """Replace the ``{attribute: Parameter}`` dict behind :func:`block_params`."""
+    block.__dict__['_reg_params'] = params
 
 
 def walk_blocks(block):
@@ -285,7 +289,6 @@ def clear_cached_graphs(block):
     The next forward rebuilds them from ``hybrid_forward`` (Gluon does the same in
     ``hybridize()`` and ``cast()``).
     """
-    from mxnet.gluon import HybridBlock
     for blk in walk_blocks(block):
         if isinstance(blk, HybridBlock):
             blk._clear_cached_op()
@@ -296,271 +299,54 @@ def structural_names(block):
     return block._collect_params_with_prefix()
 
 
+def own_structural_names(block, prefix=''):
+    """:func:`structural_names` as ``block``'s class computes them, ignoring any override
+    installed on the instance."""
+    return type(block)._collect_params_with_prefix(block, prefix)
+
+
+def class_overrides_structural_names(block):
+    """True when ``block``'s class has its own structural naming (the fused RNN layers)."""
+    return type(block)._collect_params_with_prefix is not Block._collect_params_with_prefix
+
+
+def set_structural_names(block, method):
+    """Install (``method`` a bound method) or remove (None) an instance-level override of
+    the structural naming."""
+    if method is None:
+        block.__dict__.pop('_collect_params_with_prefix', None)
+    else:
+        block.__dict__['_collect_params_with_prefix'] = method
+
+
+def param_dict_remove(param_dict, name):
+    """Remove ``name`` from a ``ParameterDict`` (which has no public way to do it)."""
+    param_dict._params.pop(name, None)
+
+
+def param_dict_get(param_dict, name):
+    """The Parameter called ``name`` in a ``ParameterDict``, or None (no creation)."""
+    return param_dict._params.get(name)
+
+
 def param_stypes(param):
     """``(storage type, gradient storage type)`` of a parameter, e.g. ``('default',
     'row_sparse')`` for an ``Embedding(sparse_grad=True)`` weight."""
     return param._stype, param._grad_stype
 
 
-def mask_registry(block):
-    """``{weight attribute: mask attribute}`` of the masks registered on ``block``."""
-    return dict(block.__dict__.get(MASKS_ATTR, {}))
+def conv_op_name(block):
+    """The operator a convolution block runs (``'Convolution'``, ``'Deconvolution'``), or
+    None for other blocks."""
+    return getattr(block, '_op_name', None)
 
 
-def _masked_hybrid_forward(self, F, *args, **kwargs):
-    """``hybrid_forward`` of a block with masks: the weights it receives are ``w * mask``."""
-    from mxnet.util import is_np_array
-    for attr, mask_attr in self.__dict__[MASKS_ATTR].items():
-        mask = kwargs.pop(mask_attr, None)
-        weight = kwargs[attr]
-        if mask is None:
-            # hybrid_forward called by hand with the block's own parameters only
-            param = self._reg_params[mask_attr]
-            mask = param.var() if isinstance(weight, mx.sym.Symbol) \
-                else param.data(weight.context)
-        kwargs[attr] = F.np.multiply(weight, mask) if is_np_array() \
-            else F.elemwise_mul(weight, mask)
-    if needs_deconv_workaround(self) and 'weight' in self.__dict__[MASKS_ATTR]:
-        F = _DeconvAsConv(F, tuple(self._reg_params['weight'].shape))
-    inner = self.__dict__.get(_INNER_FORWARD)
-    if inner is not None:
-        return inner(F, *args, **kwargs)
-    return type(self).hybrid_forward(self, F, *args, **kwargs)
+def conv_kwargs(block):
+    """The operator arguments a convolution block passes (kernel, stride, layout, ...)."""
+    return dict(block._kwargs)
 
-
-def _masked_collect_params_with_prefix(self, prefix=''):
-    """For blocks that override ``_collect_params_with_prefix`` (the fused RNN layers map
-    ``l0_i2h_weight`` to ``_unfused.0.i2h_weight`` with a regular expression that a mask
-    attribute would break): run the block's own naming without the masks, then name each
-    mask after its weight's structural name."""
-    masks = self.__dict__[MASKS_ATTR]
-    hidden = set(masks.values())
-    registered = self.__dict__['_reg_params']
-    self.__dict__['_reg_params'] = {k: v for k, v in registered.items() if k not in hidden}
-    try:
-        names = type(self)._collect_params_with_prefix(self, prefix)
-    finally:
-        self.__dict__['_reg_params'] = registered
-    by_param = {id(param): name for name, param in names.items()}
-    for attr, mask_attr in masks.items():
-        base = by_param.get(id(registered[attr]))
-        if base is not None:
-            names[base + '_mask'] = registered[mask_attr]
-    return names
-
-
-def register_mask(block, attr, mask_attr, mask):
-    """Register ``mask`` on ``block`` as attribute ``mask_attr`` (so it is part of
-    ``collect_params()`` and ``save_parameters``) and make ``hybrid_forward`` use
-    ``<attr> * <mask_attr>``. The caller clears cached graphs afterwards."""
-    from mxnet.gluon import Block
-    setattr(block, mask_attr, mask)            # Block.__setattr__ fills _reg_params
-    block.params.update({mask.name: mask})     # collect_params() reads the ParameterDict
-    registry = block.__dict__.get(MASKS_ATTR)
-    if registry is None:
-        registry = {}
-        inner = block.__dict__.get('hybrid_forward')
-        if inner is not None:
-            block.__dict__[_INNER_FORWARD] = inner
-        block.__dict__[MASKS_ATTR] = registry
-        block.__dict__['hybrid_forward'] = types.MethodType(_masked_hybrid_forward, block)
-        if type(block)._collect_params_with_prefix is not Block._collect_params_with_prefix:
-            block.__dict__['_collect_params_with_prefix'] = types.MethodType(
-                _masked_collect_params_with_prefix, block)
-    registry[attr] = mask_attr
-
-
-def unregister_mask(block, attr):
-    """Undo :func:`register_mask` for the weight attribute ``attr`` of ``block``."""
-    registry = block.__dict__[MASKS_ATTR]
-    mask_attr = registry.pop(attr)
-    mask = block._reg_params.pop(mask_attr)
-    block.__dict__.pop(mask_attr, None)
-    if block.params._params.get(mask.name) is mask:
-        del block.params._params[mask.name]
-    if not registry:
-        del block.__dict__[MASKS_ATTR]
-        del block.__dict__['hybrid_forward']
-        block.__dict__.pop('_collect_params_with_prefix', None)
-        inner = block.__dict__.pop(_INNER_FORWARD, None)
-        if inner is not None:
-            block.__dict__['hybrid_forward'] = inner
-
-
-def original_hybrid_forward(block):
-    """The ``hybrid_forward`` that ``block`` runs without paramsurgery's mask wrapper."""
-    inner = block.__dict__.get(_INNER_FORWARD)
-    if inner is not None:
-        return inner
-    own = block.__dict__.get('hybrid_forward')
-    if own is not None and MASKS_ATTR not in block.__dict__:
-        return own
-    return getattr(type(block), 'hybrid_forward')
-
-
-# --------------------------------------------------------------------------- MKLDNN layout
-
-#: Whether :func:`restore_default_layout` does anything (bench/mask_overhead.py switches it
-#: off to measure what the blocked layout costs).
-RESTORE_DEFAULT_LAYOUT = True
-
-
-def is_blocked_layout(arr):
-    """True when ``arr`` holds its values in an MKLDNN blocked layout.
-
-    A Convolution run in predict mode reorders its weight into such a layout in place.
-    There is no Python accessor for the layout; exporting a DLPack view is refused for
-    exactly these arrays ("We can't generate TBlob for MKLDNN data"), which tells them apart
-    without copying anything.
-    """
-    try:
-        nd.to_dlpack_for_read(arr)
-    except mx.base.MXNetError as err:
-        return 'MKLDNN' in str(err) or 'DNNL' in str(err)
-    return False
-
-
-def restore_default_layout(param):
-    """Put every replica of ``param`` that is in an MKLDNN blocked layout back into the
-    default layout, in place: same NDArray objects, same values (bit for bit), still leaves
-    bound to their gradient buffers, so Trainers and cached graphs keep working.
-
-    Filling with a scalar writes through the default-layout path and drops the blocked
-    layout; copying a default-layout copy back then restores the values. Returns the number
-    of replicas changed.
-    """
-    if not RESTORE_DEFAULT_LAYOUT:
-        return 0
-    changed = 0
-    with autograd.pause():
-        for arr in param._data:
-            if is_blocked_layout(arr):
-                copy = arr.copy()          # copies come out in the default layout
-                arr[:] = 0
-                copy.copyto(arr)
-                changed += 1
-    return changed
-
-
-# --------------------------------------------------------------------------- Deconvolution
-#
-# MXNet 1.9.1's MKLDNN Deconvolution backward fails ("could not execute a primitive",
-# reported asynchronously at the next read, sometimes a crash) whenever the gradient of its
-# weight input is not written straight into a leaf's gradient buffer: a computed weight
-# (``weight * mask``, ``weight.copy()``) or a weight used twice. 1D, 2D and 3D transposed
-# convolutions are all affected; a plain leaf weight works. A masked transposed convolution
-# is therefore computed as the equivalent Convolution (zeros inserted between input samples,
-# padded, kernel flipped and its in/out channels swapped), whose backward handles computed
-# weights. Same values and gradients; it costs about stride**ndim times the multiply-adds.
-
-_MKLDNN = None
-
-
-def mkldnn_enabled():
-    global _MKLDNN  # pylint: disable=global-statement
-    if _MKLDNN is None:
-        try:
-            features = mx.runtime.Features()
-            _MKLDNN = any(features.is_enabled(name) for name in ('MKLDNN', 'ONEDNN')
-                          if name in features)
-        except Exception:  # pylint: disable=broad-except
-            _MKLDNN = True  # unknown build: take the path that works everywhere
-    return _MKLDNN
-
-
-def is_transposed_conv(block):
-    """True for Gluon's Conv1D/2D/3DTranspose (``_Conv`` blocks running Deconvolution)."""
-    return getattr(block, '_op_name', None) in ('Deconvolution', 'deconvolution')
-
-
-def transposed_conv_layout(block):
-    """The layout string of a transposed-convolution block, e.g. ``'NCHW'``."""
-    return block._kwargs.get('layout') or 'NC' + 'DHW'[-len(block._kwargs['kernel']):]
-
-
-def needs_deconv_workaround(block):
-    return is_transposed_conv(block) and mkldnn_enabled()
-
-
-class _DeconvAsConv:
-    """Stands in for ``F`` (the ndarray or symbol module) in a transposed convolution's
-    ``hybrid_forward``: ``Deconvolution`` is computed with ``Convolution``, every other
-    operator is the module's own."""
-
-    def __init__(self, F, weight_shape):
-        self._F = F
-        self._weight_shape = weight_shape
-
-    def __getattr__(self, name):
-        return getattr(self._F, name)
-
-    def Deconvolution(self, data, weight, bias=None, **kwargs):  # pylint: disable=invalid-name
-        return deconvolution_as_convolution(self._F, data, weight, bias,
-                                            weight_shape=self._weight_shape, **kwargs)
-
-
-def _insert_zeros(F, x, axis, ndim, stride):
-    """Put ``stride - 1`` zeros between consecutive entries along ``axis``."""
-    if stride == 1:
-        return x
-    x = F.expand_dims(x, axis=axis + 1)
-    x = F.concat(x, *([F.zeros_like(x)] * (stride - 1)), dim=axis + 1)
-    x = F.reshape(x, shape=(0,) * axis + (-3,) + (0,) * (ndim - axis - 1))
-    return F.slice_axis(x, axis=axis, begin=0, end=-(stride - 1))
-
-
-def _pad_axis(F, x, axis, before, after):
-    """Zero-pad (positive) or crop (negative) ``x`` along ``axis``."""
-    if before < 0:
-        x = F.slice_axis(x, axis=axis, begin=-before, end=None)
-    if after < 0:
-        x = F.slice_axis(x, axis=axis, begin=0, end=after)
-    if before > 0 or after > 0:
-        zero = F.zeros_like(F.slice_axis(x, axis=axis, begin=0, end=1))
-        parts = [x]
-        if before > 0:
-            parts.insert(0, F.repeat(zero, repeats=before, axis=axis))
-        if after > 0:
-            parts.append(F.repeat(zero, repeats=after, axis=axis))
-        x = F.concat(*parts, dim=axis)
-    return x
-
-
-def deconvolution_as_convolution(F, data, weight, bias=None, *, weight_shape, kernel,
-                                 stride=(), dilate=(), pad=(), adj=(), num_filter,
-                                 num_group=1, no_bias=False, layout=None, name=None,
-                                 **ignored):  # pylint: disable=unused-argument
-    """``F.Deconvolution(data, weight, bias, ...)`` computed with ``F.Convolution``
-    (channel-first layouts). ``ignored`` takes the cuDNN/workspace hints."""
-    n = len(kernel)
-    stride = tuple(stride) or (1,) * n
-    dilate = tuple(dilate) or (1,) * n
-    pad = tuple(pad) or (0,) * n
-    adj = tuple(adj) or (0,) * n
-    ndim = n + 2
-    x, conv_pad = data, []
-    for i in range(n):
-        axis = 2 + i
-        x = _insert_zeros(F, x, axis, ndim, stride[i])
-        before = dilate[i] * (kernel[i] - 1) - pad[i]
-        after = before + adj[i]
-        both = max(0, min(before, after))   # symmetric part: the Convolution pads it
-        conv_pad.append(both)
-        x = _pad_axis(F, x, axis, before - both, after - both)
-    in_channels, out_per_group = weight_shape[0], weight_shape[1]
-    groups = num_group
-    w = F.reshape(weight, shape=(groups, in_channels // groups, out_per_group) + tuple(kernel))
-    w = F.swapaxes(w, 1, 2)
-    w = F.reshape(w, shape=(groups * out_per_group, in_channels // groups) + tuple(kernel))
-    w = F.reverse(w, axis=tuple(range(2, ndim)))
-    args = [x, w] if no_bias or bias is None else [x, w, bias]
-    return F.Convolution(*args, kernel=tuple(kernel), stride=(1,) * n, dilate=dilate,
-                         pad=tuple(conv_pad), num_filter=num_filter, num_group=groups,
-                         no_bias=no_bias or bias is None)
 
 # --------------------------------------------------------------------------- distributed kvstore
-# (imported here rather than at the top so that this section merges as a pure addition)
-import os  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 
 
 def kvstore_type(kvstore):
@@ -614,6 +400,44 @@ def init_trainer_kvstore(trainer):
         if not param._deferred_init and param._data is not None:
             for arr in param._data:
                 arr.wait_to_read()
+
+
+# --------------------------------------------------------------------------- optimizer state
+
+def trainer_updaters(trainer):
+    """Every Updater that holds optimizer state for ``trainer`` in this process: one per
+    context (``_updaters``), and a local/device kvstore's when it runs the optimizer."""
+    found = list(trainer._updaters)
+    if trainer._kv_initialized and trainer._kvstore is not None and trainer._update_on_kvstore:
+        kv_updater = getattr(trainer._kvstore, '_updater', None)
+        if kv_updater is not None:
+            found.append(kv_updater)
+    unique = {}
+    for updater in found:
+        unique.setdefault(id(updater), updater)
+    return list(unique.values())
+
+
+def optimizer_counters(optimizer):
+    """``(num_update, {device: {key: count}})``: the update counters an optimizer keeps
+    (they drive the learning-rate schedule and Adam's bias correction), copied."""
+    return optimizer.num_update, {dev: dict(counts) for dev, counts
+                                  in optimizer._all_index_update_counts.items()}
+
+
+def set_optimizer_counters(optimizer, counters):
+    """Put back what :func:`optimizer_counters` returned, keeping the dict objects (the
+    optimizer aliases the current device's dict as ``_index_update_count``)."""
+    num_update, saved = counters
+    optimizer.num_update = num_update
+    live = optimizer._all_index_update_counts
+    for dev in list(live):
+        if dev not in saved:
+            del live[dev]
+    for dev, counts in saved.items():
+        live.setdefault(dev, {}).clear()
+        live[dev].update(counts)
+
 
 # --------------------------------------------------------------------------- structural shrink
 #
@@ -718,14 +542,6 @@ def resize_block(block, depthwise):
 def kvstore_of(trainer):
     """``(kvstore or None, update_on_kvstore, initialized)``."""
     return trainer._kvstore, bool(trainer._update_on_kvstore), bool(trainer._kv_initialized)
-
-
-def trainer_updaters(trainer):
-    """The Updaters that hold ``trainer``'s optimizer states right now."""
-    kvstore, on_kv, initialized = kvstore_of(trainer)
-    if initialized and kvstore is not None and on_kv:
-        return [kvstore._updater]
-    return [u for u in trainer._updaters if u is not None]
 
 
 def reinit_trainer_kvstore(trainer):

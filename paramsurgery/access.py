@@ -1,13 +1,13 @@
 """Context-safe access to parameter replicas, and a health check of Gluon's internals."""
 from typing import List, NamedTuple, Optional, Tuple
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet.gluon.parameter import Parameter
 
 from . import _internals
 from .errors import ParameterStateError, SurgeryTypeError
-from .select import all_params, select
+from .select import all_params, mask_names, select
 
 __all__ = ['replicas', 'data_on', 'check_params', 'Problem', 'PROBLEM_CODES']
 
@@ -115,9 +115,9 @@ def _diverged(param: Parameter) -> List[Problem]:
     return problems
 
 
-def _compares_replicas(name, param, names):
+def _compares_replicas(name, param, masks):
     # BatchNorm running statistics and other grad_req 'null' state may differ per device.
-    return param.grad_req != 'null' or (name.endswith('_mask') and name[:-5] in names)
+    return param.grad_req != 'null' or name in masks
 
 
 def check_params(net, key=None) -> List[Problem]:
@@ -155,11 +155,13 @@ def check_params(net, key=None) -> List[Problem]:
     >>> [p.code for p in ps.check_params(net)]
     ['not-a-leaf', 'not-a-leaf']
     """
-    params = select(net, key) if key is not None else all_params(net)
+    everything = all_params(net)
+    params = select(everything, key) if key is not None else everything
+    masks = set(mask_names(everything))
     problems = []
     for name, param in params.items():
         found = _check_param(param)
-        if not found and _compares_replicas(name, param, params):
+        if not found and _compares_replicas(name, param, masks):
             found = _diverged(param)
         problems.extend(found)
     return problems
@@ -170,10 +172,7 @@ def ensure_usable(param: Parameter) -> None:
     problems = [p for p in _check_param(param) if p.code in _STRUCTURAL]
     if problems:
         raise ParameterStateError(
-            "Parameter '%s' cannot be used: %s" % (
-                param.name, ' '.join('[%s]%s %s' % (p.code, ' on %s' % p.context
-                                                     if p.context is not None else '',
-                                                     p.message) for p in problems)))
+            "Parameter '%s' cannot be used: %s" % (param.name, ' '.join(map(str, problems))))
 
 
 def replicas(param: Parameter) -> List[Tuple[mx.Context, mx.nd.NDArray, Optional[mx.nd.NDArray]]]:

@@ -16,18 +16,18 @@ import json
 import math
 import numbers
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Tuple, Union
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon
 
 from . import _internals
 from .access import replicas
 from .errors import SelectionError, SurgeryTypeError, SurgeryValueError, and_more
-from .masks import apply_mask, get_mask, mask_names, masked, unmasked_params
-from .pruning import prune_count
-from .select import select
+from .masks import apply_mask, get_mask, masked, unmasked_params
+from .pruning_core import prune_count
+from .select import mask_names, select
 
 __all__ = ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'prune_channels', 'count_ops']
 

@@ -14,10 +14,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from .errors import ParamSurgeryError
-from .pruning import magnitude_masks, random_masks, structured_masks
-from .masks import MASK_SUFFIX, mask_names
+from .errors import ParamSurgeryError, SelectionError
+from .pruning_core import magnitude_masks, random_masks, structured_masks
 from .report import arrays_report
+from .select import MASK_SUFFIX, match, unmasked
 
 __all__ = ['main']
 
@@ -47,23 +47,17 @@ def _load(path):
 
 
 def _keys(arrays, key, default):
-    hidden = set(mask_names(arrays))
-    names = [n for n in arrays if n not in hidden]
+    names = list(unmasked(arrays))
     if key is None:
         chosen = [n for n in names if default(n, arrays[n])]
-        what = 'no array of 2 or more dimensions whose name ends in "weight"'
-    else:
-        try:
-            pattern = re.compile(key)
-        except re.error as err:
-            raise UsageError('--key %r is not a valid regular expression (%s)' % (key, err)) \
-                from None
-        chosen = [n for n in names if pattern.match(n)]
-        what = '--key %r matches no array' % key
-    if not chosen:
-        close = ', '.join(names[:5])
-        raise UsageError('%s; the file has %d arrays, e.g. %s' % (what, len(names), close))
-    return chosen
+        if not chosen:
+            raise UsageError('no array of 2 or more dimensions whose name ends in "weight"; '
+                             'the file has %d arrays, e.g. %s' % (len(names), ', '.join(names[:5])))
+        return chosen
+    try:
+        return match(arrays, key, noun='array', where='the file')
+    except SelectionError as err:
+        raise UsageError('--key: %s' % err) from None
 
 
 def _is_prunable(name, arr):

@@ -12,16 +12,17 @@ import argparse
 import sys
 from typing import Optional
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from .errors import MissingDependencyError
+from .errors import MissingDependencyError, install_hint
 from .masks import remove_mask
-from .pruning import PolynomialDecay, Pruner
+from .pruning import Pruner
 from .report import sparsity_report
 from .samplers import complementary_split
+from .schedules import PolynomialDecay
 from .select import select
 from .stale import safe_step
 from .surgery import set_params
@@ -52,8 +53,8 @@ def _require_demo_extras():
         import tqdm  # noqa: F401
     except ImportError as err:
         raise MissingDependencyError(
-            "the demo needs scikit-learn and tqdm (%s): pip install 'paramsurgery[demo]' or "
-            "run `make demo`." % err) from None
+            "the demo needs scikit-learn and tqdm (%s): %s or "
+            "run `make demo`." % (err, install_hint('demo'))) from None
 
 
 def _data(seed):

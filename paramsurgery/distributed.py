@@ -17,13 +17,18 @@ by doing the broadcast before the first step and waiting for it.
 import warnings
 from typing import List
 
-import mxnet as mx
 from mxnet import gluon
 
 from . import _internals
-from .errors import DistributedWarning, ParameterStateError, SurgeryTypeError
+from .errors import (
+    DistributedWarning,
+    ParameterStateError,
+    SurgeryTypeError,
+    TrainerStateError,
+    and_more,
+)
 
-__all__ = ['check_trainer', 'init_kvstore', 'broadcast_masks']
+__all__ = ['check_trainer', 'init_kvstore']
 
 
 def _require_trainer(trainer, where):
@@ -42,15 +47,17 @@ def _exposed(trainer):
     return [p.name for p in _internals.params_to_broadcast(trainer)], kv_type
 
 
+def _deferred(trainer):
+    """Names of the parameters the next broadcast needs that still wait for a forward."""
+    return [p.name for p in _internals.params_to_broadcast(trainer) if _internals.is_deferred(p)]
+
+
 def _warn(trainer, stacklevel):
     names, kv_type = _exposed(trainer)
     if not names:
         return names
-    deferred = [p.name for p in _internals.params_to_broadcast(trainer)
-                if _internals.is_deferred(p)]
-    shown = ', '.join("'%s'" % n for n in names[:3])
-    if len(names) > 3:
-        shown += ' and %d more' % (len(names) - 3)
+    deferred = _deferred(trainer)
+    shown = and_more(names, shown=3)
     message = (
         "Trainer on kvstore '%s' with update_on_kvstore=False: with MXNet 1.9.1 its next "
         "step can start parameter(s) %s from the summed gradient instead of rank 0's "
@@ -60,11 +67,10 @@ def _warn(trainer, stacklevel):
         "ps.init_kvstore(trainer) on every worker before the first trainer.step(), or use "
         "update_on_kvstore=True." % (kv_type, shown))
     if deferred:
-        message += (" Parameter '%s'%s still waits for its first forward (deferred "
+        message += (" Parameter %s still waits for its first forward (deferred "
                     "initialisation): give the layers their input sizes (in_units, "
                     "in_channels) or run one forward outside autograd.record() first."
-                    % (deferred[0], ' (and %d more)' % (len(deferred) - 1)
-                       if len(deferred) > 1 else ''))
+                    % and_more(deferred))
     warnings.warn(message, DistributedWarning, stacklevel=stacklevel + 1)
     return names
 
@@ -182,99 +188,32 @@ def init_kvstore(trainer: gluon.Trainer) -> List[str]:
     names, _ = _exposed(trainer)
     if not names:
         return []
-    deferred = [p.name for p in _internals.params_to_broadcast(trainer)
-                if _internals.is_deferred(p)]
+    deferred = _deferred(trainer)
     if deferred:
         raise ParameterStateError(
-            "Parameter '%s'%s has not been initialised yet (its shape waits for the first "
+            "Parameter %s has not been initialised yet (its shape waits for the first "
             "forward), so init_kvstore cannot broadcast it. Nothing was done. Fix: give the "
             "layers their input sizes (in_units, in_channels), or run one forward outside "
             "autograd.record() on every worker, then call ps.init_kvstore(trainer)."
-            % (deferred[0], ' (and %d more)' % (len(deferred) - 1) if len(deferred) > 1 else ''))
+            % and_more(deferred))
     _internals.init_trainer_kvstore(trainer)
     return names
 
 
-# Trainer keys are parameter indices 0..n-1; mask broadcasts use keys from here on, a fresh
-# block per call (a dist kvstore key cannot be initialised twice, and pushing to a key would
-# run the servers' optimizer on it under update_on_kvstore=True).
-_MASK_KEY_BASE = 1 << 30
-_mask_key_calls = [0]
-
-
-def broadcast_masks(kvstore, net) -> List[str]:
-    """Make every worker's masks equal to rank 0's.
-
-    For masks computed from local randomness or local data (``prune_random`` without a
-    shared seed, importance scores from each worker's own batches): without this, each
-    worker would train a different sparse network against the same servers. Masks computed
-    from the weights (``prune_magnitude``, ``Pruner``) are already identical on every worker
-    when the weights are, and need no broadcast.
-
-    A collective call: every worker must call it at the same point, with nets that have the
-    same masks (names and shapes), and the same number of times. Each call initialises
-    fresh kvstore keys (from ``2**30`` on, far from the Trainer's keys ``0..n-1``) with rank
-    0's masks and pulls them into every context; the servers keep one copy of the masks per
-    call, so broadcast after the masks change, not at every step. Without a distributed
-    kvstore it makes every context's copy equal to the first context's.
-
-    Parameters
-    ----------
-    kvstore : KVStore or Trainer or None
-        The job's kvstore (``mx.kv.create('dist_sync')``), or a Trainer using it.
-    net : Block
-        The network whose masks to broadcast.
-
-    Returns
-    -------
-    list of str
-        The names of the masked parameters whose masks were broadcast.
-
-    Raises
-    ------
-    SurgeryTypeError
-        ``kvstore`` is neither a KVStore, a Trainer with a created kvstore, nor None.
-
-    Examples
-    --------
-    >>> import mxnet as mx, numpy as np, paramsurgery as ps
-    >>> from mxnet.gluon import nn
-    >>> net = nn.Dense(2, in_units=2, prefix='fc_')
-    >>> net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
-    >>> ps.apply_mask(net, 'fc_weight', np.array([[1, 0], [1, 1]], 'float32'))
-    ['fc_weight']
-    >>> ps.broadcast_masks(None, net)       # one process: the contexts are already equal
-    ['fc_weight']
-    """
-    from .masks import masked
-    from .select import all_params
-    if isinstance(kvstore, gluon.Trainer):
-        kv, _, initialized = _internals.trainer_kvstore(kvstore)
-        if not initialized and isinstance(kv, str):
-            raise SurgeryTypeError(
-                "broadcast_masks: the Trainer has not created its kvstore '%s' yet. Create it "
-                "yourself, kv = mx.kv.create('%s'), pass it to gluon.Trainer(..., kvstore=kv) "
-                "and to broadcast_masks." % (kv, kv))
-        kvstore = kv
-    if kvstore is not None and not isinstance(kvstore, mx.kv.KVStore):
-        raise SurgeryTypeError('broadcast_masks expects a KVStore, a Trainer or None, got %s.'
-                               % type(kvstore).__name__)
-    params = all_params(net)
-    names = masked(net)
-    masks = [params[name + '_mask'] for name in names]
-    if kvstore is not None and _internals.is_distributed(kvstore.type):
-        base = _MASK_KEY_BASE + _mask_key_calls[0] * max(1, len(masks))
-        _mask_key_calls[0] += 1
-        for i, mask in enumerate(masks):
-            replicas = mask.list_data()
-            kvstore.init(base + i, replicas[0])   # rank 0's value wins, after a barrier
-            kvstore.pull(base + i, out=replicas, priority=-i)
-        for mask in masks:
-            for arr in mask.list_data():
-                arr.wait_to_read()
-    else:
-        for mask in masks:
-            first, *others = mask.list_data()
-            for arr in others:
-                first.copyto(arr)
-    return names
+def refuse_server_updates(trainer, params):
+    """Raise ``TrainerStateError`` when ``trainer`` runs the optimizer on the parameter
+    servers (a dist kvstore with ``update_on_kvstore=True``, after its first step) for one
+    of ``params``: the servers' copy of the weights would silently undo any write."""
+    kvstore, update_on_kvstore, initialized = _internals.trainer_kvstore(trainer)
+    if not (initialized and update_on_kvstore and _internals.is_distributed(kvstore)):
+        return
+    mine = [p.name for p in params if _internals.trainer_index(trainer, p) is not None]
+    if mine:
+        raise TrainerStateError(
+            "Parameter %s: its Trainer runs the optimizer on the parameter servers of "
+            "kvstore '%s' (update_on_kvstore=True). The servers keep their own copy of the "
+            "weights, overwrite every worker's replicas at the next step, and MXNet cannot "
+            "reset a distributed kvstore, so a value written here would be silently undone. "
+            "Nothing was changed. Fix: do value surgery before the first trainer.step() (the "
+            "servers start from rank 0's values), or use ps.apply_mask, which changes the "
+            "forward graph instead of the stored weights." % (and_more(mine), kvstore.type))

@@ -6,11 +6,23 @@ exception a user would naturally catch (``KeyError`` for a key that selects noth
 parameter or trainer in a state that does not allow the operation), so existing
 ``except ValueError:`` code keeps working.
 """
+import os
 
 __all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
            'SurgeryTypeError', 'ParameterStateError', 'TrainerStateError',
            'SamplerValueError', 'SamplerTypeError', 'MissingDependencyError',
            'StaleGradientError', 'DistributedWarning', 'ShrinkError']
+
+
+def and_more(names, shown: int = 1) -> str:
+    """``'a'``, ``'a' (and 2 more)`` or ``'a', 'b', 'c' (and 4 more)``: the first ``shown``
+    names of a list, quoted, and how many were left out. Every message that names several
+    parameters uses it, so they all read the same."""
+    names = list(names)
+    text = ', '.join("'%s'" % name for name in names[:shown])
+    if len(names) > shown:
+        text += ' (and %d more)' % (len(names) - shown)
+    return text
 
 
 class ParamSurgeryError(Exception):
@@ -120,3 +132,22 @@ class ShrinkError(ParamSurgeryError, RuntimeError):
     :func:`paramsurgery.apply_plan` for a plan that does not fit the network (the message
     names the first parameter that does not fit).
     """
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs the optional dependencies of ``extra`` and keeps numpy in range.
+
+    ``pip install matplotlib`` alone can upgrade numpy to 2.x, with which MXNet 1.9.1 no
+    longer imports; installing the extra goes through paramsurgery's own requirement
+    ``numpy<1.24``. From a source checkout (a ``setup.py`` next to the package directory) the
+    command is the editable install, to run in the checkout; otherwise the released package.
+
+    Examples
+    --------
+    >>> install_hint('plot') in ("pip install -e '.[plot]'", "pip install 'paramsurgery[plot]'")
+    True
+    """
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(checkout, 'setup.py')):
+        return "pip install -e '.[%s]'" % extra
+    return "pip install 'paramsurgery[%s]'" % extra

@@ -13,24 +13,30 @@ import json
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import mxnet as mx
-from mxnet import autograd, gluon, ndarray as nd
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet import ndarray as nd
 from mxnet.gluon import HybridBlock, SymbolBlock
 from mxnet.gluon.parameter import Parameter
+from mxnet.util import is_np_array
 
-from . import _internals
+from . import _internals, _masked_forward
+from ._deconv import needs_deconv_workaround, transposed_conv_layout
+from ._layout import restore_default_layout
+from ._values import assign, multiply, plan
 from .access import ensure_usable
-from .errors import (ParameterStateError, SelectionError, SurgeryTypeError,
-                     SurgeryValueError)
-from .select import all_params, select
-from .surgery import _assign, _multiply, _plan, assign_params
+from .errors import (
+    SelectionError,
+    SurgeryTypeError,
+    SurgeryValueError,
+    and_more,
+)
+from .select import MASK_SUFFIX, all_params, mask_names, select, unmasked
+from .surgery import assign_params
 
 __all__ = ['apply_mask', 'get_mask', 'masked', 'remove_mask', 'save_masks', 'load_masks',
-           'load_exported', 'MASK_SUFFIX']
-
-#: Suffix of the name of a mask parameter: ``<weight name>_mask``.
-MASK_SUFFIX = '_mask'
+           'load_exported', 'broadcast_masks']
 
 _COMBINE = ('multiply', 'replace')
 _FILE_FORMAT = 'paramsurgery-masks'
@@ -42,25 +48,9 @@ _AUX_STATES = ('running_mean', 'running_var', 'moving_mean', 'moving_var')
 
 # --------------------------------------------------------------------------- helpers
 
-def mask_names(params) -> List[str]:
-    """Names of the masks among ``params`` (any mapping by name: parameters, or the arrays
-    of a saved file): ``X_mask`` where ``X`` exists too."""
-    return [name for name in params
-            if name.endswith(MASK_SUFFIX) and name[:-len(MASK_SUFFIX)] in params]
-
-
-def _unmasked_view(params):
-    masks = set(mask_names(params))
-    return OrderedDict((n, p) for n, p in params.items() if n not in masks)
-
-
 def unmasked_params(net) -> 'OrderedDict[str, Parameter]':
-    """Every parameter of ``net`` except the masks themselves, in ``collect_params()`` order.
-
-    A regular expression such as ``'.*weight'`` also matches ``x_weight_mask`` under Gluon's
-    ``re.match`` rule; selecting from this view never returns a mask.
-    """
-    return _unmasked_view(all_params(net))
+    """Every parameter of ``net`` except the masks themselves, in ``collect_params()`` order."""
+    return unmasked(all_params(net))
 
 
 def _require_block(net, what):
@@ -96,8 +86,17 @@ def _owners(net, param):
     return found
 
 
+def _mask_owners(net, param):
+    """``(owners, ours)``: every ``(block, attribute)`` that receives ``param``, and whether
+    paramsurgery registered its mask on every one of them (False when there is none)."""
+    owners = _owners(net, param)
+    ours = bool(owners) and all(attr in _masked_forward.mask_registry(blk)
+                                for blk, attr in owners)
+    return owners, ours
+
+
 def _receives_by_name(block, attr):
-    forward = _internals.original_hybrid_forward(block)
+    forward = _masked_forward.original_hybrid_forward(block)
     try:
         signature = inspect.signature(forward)
     except (TypeError, ValueError):
@@ -141,9 +140,8 @@ def _check_owner(name, param, block, attr):
             "Parameter '%s' has storage type '%s' and gradient storage type '%s'; masks "
             "support dense ('default') parameters only. For Embedding, build it with "
             "sparse_grad=False." % (name, stype, grad_stype))
-    if attr == 'weight' and _internals.needs_deconv_workaround(block):
-        from mxnet.util import is_np_array
-        layout = _internals.transposed_conv_layout(block)
+    if attr == 'weight' and needs_deconv_workaround(block):
+        layout = transposed_conv_layout(block)
         if is_np_array() or not layout.startswith('NC'):
             raise SurgeryTypeError(
                 "Parameter '%s' is the weight of a transposed convolution (%s, layout %s%s). "
@@ -153,7 +151,7 @@ def _check_owner(name, param, block, attr):
                 "outside numpy mode only. Use a channel-first layout."
                 % (name, kind, layout, ', numpy mode' if is_np_array() else ''))
     mask_attr = attr + MASK_SUFFIX
-    registry = _internals.mask_registry(block)
+    registry = _masked_forward.mask_registry(block)
     if attr in registry:
         return
     if mask_attr in _internals.block_params(block) or hasattr(block, mask_attr):
@@ -170,11 +168,10 @@ def _existing_mask(net, name, param, params):
     """
     mask_name = name + MASK_SUFFIX
     mask = params.get(mask_name)
-    owners = _owners(net, param)
-    ours = [blk for blk, attr in owners if attr in _internals.mask_registry(blk)]
+    owners, ours = _mask_owners(net, param)
     if mask is None:
         return None, owners
-    if not ours or len(ours) != len(owners):
+    if not ours:
         raise SurgeryValueError(
             "Parameter '%s': a parameter named '%s' already exists but is not a mask that "
             "paramsurgery registered on every block using '%s' (hand-written masks or an "
@@ -205,7 +202,7 @@ def _write_mask(arr, value):
         # large as the weights, and freed NDArrays stay in the process's heap).
         arr[:] = np.broadcast_to(value.array, arr.shape)
     else:
-        _assign(arr, value)
+        assign(arr, value)
 
 
 # --------------------------------------------------------------------------- public API
@@ -284,7 +281,7 @@ def apply_mask(net, key, mask: Any = None, *, combine: str = 'multiply') -> List
     _require_block(net, 'apply_mask')
     params = all_params(net)
     _refuse_masks_as_keys(key, params, 'apply_mask')
-    view = _unmasked_view(params)
+    view = unmasked(params)
     # Where each parameter lives decides whether it can be masked at all: check that before
     # looking at the mask values.
     found = OrderedDict()
@@ -293,7 +290,7 @@ def apply_mask(net, key, mask: Any = None, *, combine: str = 'multiply') -> List
             if name not in found:
                 found[name] = _owners_checked(net, name, param, params)
     steps = [(name, param, value) + found[name]
-             for name, param, value in _plan(view, key, mask, 'mask', allow_nonfinite=False)]
+             for name, param, value in plan(view, key, mask, 'mask', allow_nonfinite=False)]
     for _, param, value, _, _ in steps:
         value.prefetch(_internals.context_list(param))
     # Everything is validated: from here on nothing raises for the user's input.
@@ -311,14 +308,14 @@ def apply_mask(net, key, mask: Any = None, *, combine: str = 'multiply') -> List
                 existing.initialize(ctx=_internals.context_list(param))
             write = _write_mask
             for blk, attr in owners:
-                _internals.register_mask(blk, attr, attr + MASK_SUFFIX, existing)
+                _masked_forward.register_mask(blk, attr, attr + MASK_SUFFIX, existing)
             registered = True
         else:
-            write = _multiply if combine == 'multiply' else _write_mask
+            write = multiply if combine == 'multiply' else _write_mask
         _internals.write_replicas(existing, lambda arr, v=value, w=write: w(arr, v))
         # A conv weight left in MKLDNN's blocked layout by a predict-mode forward would stay
         # so (the conv now sees only weight * mask) and cost a reorder in every step.
-        _internals.restore_default_layout(param)
+        restore_default_layout(param)
     if registered:
         _internals.clear_cached_graphs(net)
     return names
@@ -355,14 +352,13 @@ def masked(net) -> List[str]:
 def _select_masked(net, key, what):
     params = all_params(net)
     _refuse_masks_as_keys(key, params, what)
-    chosen = select(_unmasked_view(params), key)
+    chosen = select(unmasked(params), key)
     missing = [name for name in chosen if name + MASK_SUFFIX not in params]
     if missing:
         raise SelectionError(
-            "Parameter '%s'%s has no mask (%s needs one). Masked parameters: %s. Select them "
+            "Parameter %s has no mask (%s needs one). Masked parameters: %s. Select them "
             "with ps.masked(net), or apply a mask first with ps.apply_mask."
-            % (missing[0], ' (and %d more)' % (len(missing) - 1) if len(missing) > 1 else '',
-               what, ', '.join("'%s'" % n for n in masked(params)[:5]) or 'none'))
+            % (and_more(missing), what, and_more(masked(params), shown=5) or 'none'))
     return params, chosen
 
 
@@ -461,15 +457,14 @@ def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -
     params, chosen = _select_masked(net, key, 'remove_mask')
     steps = []
     for name, param in chosen.items():
-        owners = _owners(net, param)
-        ours = [(blk, attr) for blk, attr in owners if attr in _internals.mask_registry(blk)]
-        if not ours or len(ours) != len(owners):
+        owners, ours = _mask_owners(net, param)
+        if not ours:
             raise SurgeryTypeError(
                 "Parameter '%s': its mask '%s' was not registered by ps.apply_mask (an "
                 "imported SymbolBlock or a hand-written mask), so it cannot be taken out of "
                 "the graph. Set it to ones instead: ps.set_params(net, '%s', 1)."
                 % (name, name + MASK_SUFFIX, name + MASK_SUFFIX))
-        steps.append((name, ours))
+        steps.append((name, owners))
     if bake:
         with autograd.pause():
             factors = {name: _internals.raw_data(params[name + MASK_SUFFIX])[0].copy()
@@ -478,7 +473,7 @@ def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -
         assign_params(net, factors, trainer=trainer)
     for name, owners in steps:
         for blk, attr in owners:
-            _internals.unregister_mask(blk, attr)
+            _masked_forward.unregister_mask(blk, attr)
     _internals.clear_cached_graphs(net)
     return [name for name, _ in steps]
 
@@ -727,3 +722,88 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
     for name in mask_names(params):
         params[name].grad_req = 'null'
     return block
+
+
+# --------------------------------------------------------------------------- distributed
+
+# Trainer keys are parameter indices 0..n-1; mask broadcasts use keys from here on, a fresh
+# block per call (a dist kvstore key cannot be initialised twice, and pushing to a key would
+# run the servers' optimizer on it under update_on_kvstore=True).
+_MASK_KEY_BASE = 1 << 30
+_next_mask_key = [_MASK_KEY_BASE]
+
+
+def broadcast_masks(kvstore, net) -> List[str]:
+    """Make every worker's masks equal to rank 0's.
+
+    For masks computed from local randomness or local data (``prune_random`` without a
+    shared seed, importance scores from each worker's own batches): without this, each
+    worker would train a different sparse network against the same servers. Masks computed
+    from the weights (``prune_magnitude``, ``Pruner``) are already identical on every worker
+    when the weights are, and need no broadcast.
+
+    A collective call: every worker must call it at the same point, with nets that have the
+    same masks (names and shapes), and the same number of times. Each call initialises
+    fresh kvstore keys (from ``2**30`` on, far from the Trainer's keys ``0..n-1``) with rank
+    0's masks and pulls them into every context; the servers keep one copy of the masks per
+    call, so broadcast after the masks change, not at every step. Without a distributed
+    kvstore it makes every context's copy equal to the first context's.
+
+    Parameters
+    ----------
+    kvstore : KVStore or Trainer or None
+        The job's kvstore (``mx.kv.create('dist_sync')``), or a Trainer using it.
+    net : Block
+        The network whose masks to broadcast.
+
+    Returns
+    -------
+    list of str
+        The names of the masked parameters whose masks were broadcast.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``kvstore`` is neither a KVStore, a Trainer with a created kvstore, nor None.
+
+    Examples
+    --------
+    >>> import mxnet as mx, numpy as np, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.Dense(2, in_units=2, prefix='fc_')
+    >>> net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+    >>> ps.apply_mask(net, 'fc_weight', np.array([[1, 0], [1, 1]], 'float32'))
+    ['fc_weight']
+    >>> ps.broadcast_masks(None, net)       # one process: the contexts are already equal
+    ['fc_weight']
+    """
+    if isinstance(kvstore, gluon.Trainer):
+        kv, _, initialized = _internals.trainer_kvstore(kvstore)
+        if not initialized and isinstance(kv, str):
+            raise SurgeryTypeError(
+                "broadcast_masks: the Trainer has not created its kvstore '%s' yet. Create it "
+                "yourself, kv = mx.kv.create('%s'), pass it to gluon.Trainer(..., kvstore=kv) "
+                "and to broadcast_masks." % (kv, kv))
+        kvstore = kv
+    if kvstore is not None and not isinstance(kvstore, mx.kv.KVStore):
+        raise SurgeryTypeError('broadcast_masks expects a KVStore, a Trainer or None, got %s.'
+                               % type(kvstore).__name__)
+    params = all_params(net)
+    names = masked(net)
+    masks = [params[name + MASK_SUFFIX] for name in names]
+    if kvstore is not None and _internals.is_distributed(kvstore.type):
+        base = _next_mask_key[0]
+        _next_mask_key[0] += len(masks)
+        for i, mask in enumerate(masks):
+            replicas = mask.list_data()
+            kvstore.init(base + i, replicas[0])   # rank 0's value wins, after a barrier
+            kvstore.pull(base + i, out=replicas, priority=-i)
+        for mask in masks:
+            for arr in mask.list_data():
+                arr.wait_to_read()
+    else:
+        for mask in masks:
+            first, *others = mask.list_data()
+            for arr in others:
+                first.copyto(arr)
+    return names

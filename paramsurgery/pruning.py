@@ -1,30 +1,7 @@
-"""Pruning: exact masks from magnitudes, scores, random draws or whole slices; schedules.
-
-The module has two layers, as ``torch.nn.utils.prune`` does:
-
-- a pure numpy core that computes new binary masks from ``{name: weight}`` and
-  ``{name: existing mask or None}`` (:func:`magnitude_masks`, :func:`random_masks`,
-  :func:`structured_masks`, :func:`custom_masks`, :func:`prune_count`), and the pruning
-  schedules (:class:`ConstantSparsity`, :class:`PolynomialDecay`), none of which needs MXNet;
-- thin net-level functions (``prune_magnitude`` ...) that read the weights, call the core and
-  hand the result to ``apply_mask(net, {name: mask}, combine='multiply')``.
-
-Rules shared by every core function:
-
-- Pruning acts on the *effective* weight ``weight * mask``. Entries whose existing mask is 0
-  are already pruned: they are never revived and are not candidates, so a float ``amount`` is
-  a fraction of the entries still unmasked.
-- The count is exact: ``floor(amount * n + 0.5)`` entries for a float ``amount`` (``n`` being
-  the candidates), ``amount`` entries for an int. Ties are broken by position, the lower flat
-  (C order) index being pruned first; with ``scope='global'`` positions run through the
-  weights in the order of the dict.
-- The returned masks are boolean arrays of each weight's shape, True where the entry is kept
-  after this pruning; entries that were already masked are False. Multiplying them into the
-  existing masks (``combine='multiply'``) gives the pruned net.
-- The inputs are never modified; invalid input raises before anything is computed.
+"""Pruning a net: read the selected weights, compute exact masks with the numpy core
+(:mod:`paramsurgery.pruning_core`), apply them with ``apply_mask(..., combine='multiply')``;
+and :class:`Pruner`, which does it on a schedule (:mod:`paramsurgery.schedules`).
 """
-import math
-import numbers
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -33,828 +10,21 @@ import numpy as np
 from .access import replicas
 from .errors import SurgeryTypeError, SurgeryValueError
 from .masks import apply_mask, get_mask, masked, unmasked_params
+from .pruning_core import (
+    check_scope,
+    count_to_reach,
+    custom_masks,
+    magnitude_masks,
+    random_masks,
+    random_state,
+    scope_groups,
+    structured_masks,
+)
+from .schedules import Schedule
 from .select import select
 
-__all__ = ['prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner',
-           'prune_count', 'magnitude_masks', 'random_masks', 'structured_masks',
-           'custom_masks', 'ConstantSparsity', 'PolynomialDecay']
+__all__ = ['prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner']
 
-# Elements per block when recomputing scores to build the masks: small enough for the block
-# to stay in cache, large enough that the Python loop costs nothing next to the arithmetic.
-_BLOCK = 1 << 16
-
-_SCOPES = ('layer', 'global')
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation of arguments
-# ---------------------------------------------------------------------------------------------
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def prune_count(amount: Union[int, float], n: int, *, what: str = 'entries',
-                where: str = '') -> int:
-    """How many of ``n`` candidates ``amount`` prunes, validated as every pruning call does.
-
-    Parameters
-    ----------
-    amount : int or float
-        A float in [0, 1] is the fraction of the ``n`` candidates (the entries not masked
-        yet) and gives ``floor(amount * n + 0.5)``; an int >= 0 is a count. ``1.0`` prunes
-        everything, ``1`` prunes one entry.
-    n : int
-        The number of candidates.
-    what : str, default 'entries'
-        What is counted, for error messages (e.g. ``'slices'``).
-    where : str, default ''
-        Where the candidates live, for error messages (e.g. ``"parameter 'fc_weight'"``).
-
-    Returns
-    -------
-    int
-        The number of candidates to prune, between 0 and ``n``.
-
-    Raises
-    ------
-    SurgeryTypeError
-        (a ``TypeError``) for a bool, a string or any other non-number.
-    SurgeryValueError
-        (a ``ValueError``) for NaN, infinity, a negative amount, a float above 1 or a count
-        above ``n``.
-
-    Examples
-    --------
-    >>> import paramsurgery as ps
-    >>> ps.prune_count(0.5, 7), ps.prune_count(0.25, 10), ps.prune_count(3, 10)
-    (4, 3, 3)
-    >>> ps.prune_count(1.0, 10), ps.prune_count(1, 10)
-    (10, 1)
-    >>> ps.prune_count(50.0, 10)
-    Traceback (most recent call last):
-    ...
-    paramsurgery.errors.SurgeryValueError: amount=50.0 is a float above 1; a float is a
-    fraction of the 10 entries still unmasked. Did you mean amount=0.5 (amount/100)? ...
-    """
-    at = ' in %s' % where if where else ''
-    if isinstance(amount, (bool, np.bool_)):
-        raise SurgeryTypeError(
-            'amount=%r is a bool; pass a float in [0, 1] (fraction of the %s still unmasked%s) '
-            'or an int >= 0 (a count).' % (amount, what, at))
-    if _is_int(amount):
-        count = int(amount)
-        if count < 0:
-            raise SurgeryValueError('amount=%d is negative; a count must be >= 0.' % count)
-        if count > n:
-            raise SurgeryValueError(
-                'amount=%d asks to prune %d %s but only %d %s %s still unmasked%s. Pass at '
-                'most %d, or a float in [0, 1] for a fraction.'
-                % (count, count, what, n, what, 'is' if n == 1 else 'are', at, n))
-        return count
-    if not _is_real(amount):
-        raise SurgeryTypeError(
-            'amount must be a float in [0, 1] (fraction of the %s still unmasked) or an '
-            'int >= 0 (a count), got %s %r.' % (what, type(amount).__name__, amount))
-    value = float(amount)
-    if math.isnan(value) or math.isinf(value):
-        raise SurgeryValueError('amount=%r is not finite; pass a float in [0, 1] or an int >= 0.'
-                                % (amount,))
-    if value < 0:
-        raise SurgeryValueError('amount=%r is negative; pass a float in [0, 1] or an int >= 0.'
-                                % (amount,))
-    if value > 1:
-        raise SurgeryValueError(
-            'amount=%r is a float above 1; a float is a fraction of the %d %s still unmasked%s. '
-            'Did you mean amount=%r (amount/100)? For a count pass an int.'
-            % (amount, n, what, at, value / 100))
-    return int(math.floor(value * n + 0.5))
-
-
-def _check_scope(scope):
-    if scope not in _SCOPES:
-        raise SurgeryValueError("scope must be 'layer' or 'global', got %r." % (scope,))
-
-
-def _check_norm(norm):
-    if not _is_real(norm) or not (float(norm) > 0):
-        raise SurgeryValueError(
-            'norm must be a number > 0 or numpy.inf (the p of the Lp norm), got %r.' % (norm,))
-    return float(norm)
-
-
-def _as_numeric(name, what, value, shape=None):
-    """``value`` as a numeric numpy array (no copy when it already is one)."""
-    if isinstance(value, (numbers.Number, np.generic)):
-        value = np.asarray(value)
-    if not isinstance(value, np.ndarray):
-        raise SurgeryTypeError(
-            "'%s': the %s must be a numpy array, got %s. Convert it first (np.asarray(x) or "
-            "x.asnumpy() for an NDArray)." % (name, what, type(value).__name__))
-    if value.dtype.kind not in 'biuf':
-        raise SurgeryTypeError(
-            "'%s': the %s has dtype %s; it must be numeric (bool, integer or float)."
-            % (name, what, value.dtype.name))
-    if shape is not None and value.shape != shape:
-        try:
-            ok = np.broadcast_shapes(value.shape, shape) == shape
-        except ValueError:
-            ok = False
-        if not ok:
-            raise SurgeryValueError(
-                "'%s': the %s has shape %s, which does not broadcast to the weight's shape %s."
-                % (name, what, value.shape, shape))
-    return value
-
-
-def _check_weights(weights) -> 'OrderedDict[str, np.ndarray]':
-    if not isinstance(weights, Mapping):
-        raise SurgeryTypeError('weights must be a dict of name -> numpy array, got %s.'
-                               % type(weights).__name__)
-    if not weights:
-        raise SurgeryValueError('weights is empty: there is nothing to prune.')
-    return OrderedDict((name, _as_numeric(name, 'weight', w)) for name, w in weights.items())
-
-
-def _check_per_name(weights, values, what, *, required=False):
-    """``values`` (a dict name -> array or None) checked against the weights' names and
-    shapes; returns name -> array or None for every weight."""
-    if values is None:
-        values = {}
-    if not isinstance(values, Mapping):
-        raise SurgeryTypeError('%s must be a dict of name -> numpy array%s, got %s.'
-                               % (what, '' if required else ' or None', type(values).__name__))
-    unknown = [name for name in values if name not in weights]
-    if unknown:
-        raise SurgeryValueError(
-            '%s has names that are not among the weights: %s. The weights are: %s.'
-            % (what, ', '.join(repr(n) for n in unknown[:5]),
-               ', '.join(repr(n) for n in list(weights)[:5])
-               + (', ...' if len(weights) > 5 else '')))
-    if required:
-        missing = [name for name in weights if values.get(name) is None]
-        if missing:
-            raise SurgeryValueError(
-                '%s is missing for %s; give one for every weight.'
-                % (what, ', '.join(repr(n) for n in missing[:5])))
-    out = OrderedDict()
-    for name, w in weights.items():
-        value = values.get(name)
-        out[name] = None if value is None else _as_numeric(name, what, value, w.shape)
-    return out
-
-
-def _check_masks(weights, masks):
-    masks = _check_per_name(weights, masks, 'masks')
-    for name, mask in masks.items():
-        if mask is not None and mask.dtype.kind == 'f' and np.isnan(mask).any():
-            raise SurgeryValueError(
-                "'%s': the existing mask has NaN entries; whether they are masked is "
-                "undefined. Fix the mask first." % name)
-    return masks
-
-
-def _unmasked(mask, shape) -> Optional[np.ndarray]:
-    """Boolean array of ``shape`` (True = still a candidate), or None when nothing is masked."""
-    if mask is None:
-        return None
-    return np.broadcast_to(mask, shape) != 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact selection of the k lowest scores over one group of arrays
-# ---------------------------------------------------------------------------------------------
-
-class _Source:
-    """One weight as the selection sees it: its scores, computed block by block."""
-
-    def __init__(self, name, weight, unmasked, scores, mask):
-        self.name = name
-        self.shape = weight.shape
-        self.size = weight.size
-        # Flat views (copies only when the input was not contiguous).
-        self.weight = weight.reshape(-1)
-        self.scores = None if scores is None else np.broadcast_to(scores, weight.shape) \
-            .reshape(-1)
-        self.mask = None if mask is None else np.broadcast_to(mask, weight.shape).reshape(-1)
-        self.unmasked = None if unmasked is None else unmasked.reshape(-1)
-        self.candidates = self.size if unmasked is None else int(np.count_nonzero(unmasked))
-
-    def score(self, lo, hi, out):
-        """|score| of flat entries [lo, hi) written into ``out`` (the ranking dtype)."""
-        # dtype= makes the ranking dtype the loop's dtype, so integers cannot overflow in abs.
-        if self.scores is not None:
-            np.abs(self.scores[lo:hi], out=out, dtype=out.dtype)
-        elif self.mask is not None:
-            # The effective weight, rounded as the forward computes it, then its magnitude.
-            np.abs(self.weight[lo:hi] * self.mask[lo:hi], out=out, dtype=out.dtype)
-        else:
-            np.abs(self.weight[lo:hi], out=out, dtype=out.dtype)
-        return out
-
-    def nan_message(self, dtype):
-        """Describe the NaN candidates, or return None when there are none."""
-        nan = np.isnan(self.score(0, self.size, np.empty(self.size, dtype)))
-        if self.unmasked is not None:
-            nan &= self.unmasked
-        bad = int(np.count_nonzero(nan))
-        if not bad:
-            return None
-        what = 'importance scores' if self.scores is not None else 'weights'
-        return "'%s': the %s have %d NaN entr%s among the unmasked ones" % (
-            self.name, what, bad, 'y' if bad == 1 else 'ies')
-
-
-def _ranking_dtype(sources):
-    kinds = []
-    for src in sources:
-        arr = src.scores if src.scores is not None else src.weight
-        dtype = arr.dtype
-        if src.scores is None and src.mask is not None:
-            dtype = np.result_type(dtype, src.mask.dtype)
-        # Integers and bools are ranked as float64, which holds every int32 exactly.
-        kinds.append(dtype if dtype.kind == 'f' else np.dtype(np.float64))
-    return np.result_type(*kinds)
-
-
-def _keep_lowest_pruned(sources, k) -> List[np.ndarray]:
-    """Flat boolean keep-arrays for ``sources`` pruning exactly the ``k`` candidates with the
-    smallest scores over the whole group, ties pruned lowest position first.
-
-    One selection pass: the candidates' scores are gathered into one buffer and
-    ``ndarray.partition`` finds the k-th smallest score ``t`` in place (no sort). Every entry
-    scoring above ``t`` is kept; of the entries equal to ``t``, the ones not needed to reach
-    ``k`` are kept too, taken from the highest positions, so that exactly ``k`` are pruned.
-    """
-    dtype = _ranking_dtype(sources)
-    total = sum(src.candidates for src in sources)
-    buf = np.empty(total, dtype=dtype)
-    offset = 0
-    for src in sources:
-        part = buf[offset:offset + src.candidates]
-        if src.unmasked is None:
-            src.score(0, src.size, part)
-        else:
-            part[...] = src.score(0, src.size, np.empty(src.size, dtype))[src.unmasked]
-        offset += src.candidates
-
-    if k > 0:
-        buf.partition(k - 1)
-        threshold = buf[k - 1]
-        # NaN ranks above every number in numpy's partition, so any NaN sits at or after k-1.
-        tail = buf[k - 1:]
-    else:
-        threshold = None
-        tail = buf
-    if dtype.kind == 'f' and np.isnan(tail).any():
-        problems = [msg for msg in (src.nan_message(dtype) for src in sources) if msg]
-        raise SurgeryValueError(
-            '%s; the magnitude ranking is undefined. Replace the NaNs first (e.g. with '
-            'ps.set_params), or choose the entries yourself with a custom mask.'
-            % '; '.join(problems))
-    del buf, tail
-
-    keeps = []
-    if threshold is None:
-        for src in sources:
-            keeps.append(np.ones(src.size, bool) if src.unmasked is None
-                         else src.unmasked.copy())
-        return keeps
-
-    threshold = np.asarray(threshold, dtype=dtype)
-    block = np.empty(min(_BLOCK, max(src.size for src in sources)), dtype)
-    kept = 0
-    for src in sources:
-        keep = np.empty(src.size, bool)
-        for lo in range(0, src.size, _BLOCK):
-            hi = min(lo + _BLOCK, src.size)
-            np.greater(src.score(lo, hi, block[:hi - lo]), threshold, out=keep[lo:hi])
-        if src.unmasked is not None:
-            keep &= src.unmasked
-        kept += int(np.count_nonzero(keep))
-        keeps.append(keep)
-
-    # At least k candidates score <= t; the surplus are ties at t that stay, the last ones.
-    surplus = total - kept - k
-    for src, keep in zip(reversed(sources), reversed(keeps)):
-        if surplus == 0:
-            break
-        tied = src.score(0, src.size, np.empty(src.size, dtype)) == threshold
-        if src.unmasked is not None:
-            tied &= src.unmasked
-        positions = np.flatnonzero(tied)
-        take = min(surplus, positions.size)
-        if take:
-            keep[positions[positions.size - take:]] = True
-            surplus -= take
-    return keeps
-
-
-def _groups(names, scope):
-    return [list(names)] if scope == 'global' else [[name] for name in names]
-
-
-def _where(group):
-    if len(group) == 1:
-        return "parameter '%s'" % group[0]
-    return 'the %d selected parameters together' % len(group)
-
-
-# ---------------------------------------------------------------------------------------------
-# The core: new masks from arrays
-# ---------------------------------------------------------------------------------------------
-
-def magnitude_masks(weights: Mapping[str, np.ndarray], amount: Union[int, float], *,
-                    masks: Optional[Mapping[str, Optional[np.ndarray]]] = None,
-                    scope: str = 'layer', norm: float = 1,
-                    importance: Optional[Mapping[str, np.ndarray]] = None
-                    ) -> Dict[str, np.ndarray]:
-    """Masks pruning the entries of smallest magnitude (L1-unstructured pruning).
-
-    Parameters
-    ----------
-    weights : dict of str -> numpy.ndarray
-        The stored weights.
-    amount : int or float
-        A float in [0, 1] is the fraction of the still-unmasked entries to prune (of each
-        weight with ``scope='layer'``, of all of them together with ``scope='global'``);
-        an int >= 0 is a count. See :func:`prune_count`.
-    masks : dict of str -> numpy.ndarray or None, default None
-        Existing masks (missing names or None: no mask). Entries where the mask is 0 are
-        already pruned: they stay pruned and are not candidates; the others are ranked by
-        the magnitude of the effective weight ``weight * mask``.
-    scope : {'layer', 'global'}, default 'layer'
-        'layer' prunes ``amount`` of each weight separately; 'global' ranks all the weights
-        together and prunes exactly ``amount`` of their union.
-    norm : float, default 1
-        The p of the Lp norm. The norm of a single entry is ``|w|`` for every p, so it does
-        not change the ranking; it is validated (> 0 or ``numpy.inf``) and kept for symmetry
-        with :func:`structured_masks`.
-    importance : dict of str -> numpy.ndarray, default None
-        Scores to rank by instead of the weights (one per weight, broadcastable to its
-        shape): the entries of smallest ``|score|`` are pruned. Masked entries are still
-        never candidates.
-
-    Returns
-    -------
-    dict of str -> numpy.ndarray of bool
-        For each weight, in the order of ``weights``: True where the entry is kept.
-
-    Raises
-    ------
-    SurgeryTypeError, SurgeryValueError
-        For a bad ``amount`` (see :func:`prune_count`), ``scope`` or ``norm``, arrays that
-        are not numeric or do not match the weights' shapes, names that are not among the
-        weights, and NaN among the candidates' scores.
-
-    Examples
-    --------
-    >>> import numpy as np, paramsurgery as ps
-    >>> w = {'a': np.array([0.5, -0.1, 0.3, 0.2]), 'b': np.array([[0.05, -0.9], [0.4, 0.01]])}
-    >>> ps.magnitude_masks(w, 0.5)['a']
-    array([ True, False,  True, False])
-    >>> m = ps.magnitude_masks(w, 3, scope='global')
-    >>> m['a'], m['b']
-    (array([ True, False,  True,  True]), array([[False,  True],
-           [ True, False]]))
-
-    Ties are pruned lowest index first, and masked entries are not candidates:
-
-    >>> ps.magnitude_masks({'c': np.ones(4)}, 0.5, masks={'c': np.array([0, 1, 1, 1])})['c']
-    array([False, False, False,  True])
-    """
-    weights = _check_weights(weights)
-    _check_scope(scope)
-    _check_norm(norm)
-    masks = _check_masks(weights, masks)
-    scores = _check_per_name(weights, importance, 'importance', required=importance is not None)
-    sources = OrderedDict(
-        (name, _Source(name, w, _unmasked(masks[name], w.shape), scores[name], masks[name]))
-        for name, w in weights.items())
-    plan = []
-    for group in _groups(weights, scope):
-        n = sum(sources[name].candidates for name in group)
-        plan.append((group, prune_count(amount, n, where=_where(group))))
-    result = OrderedDict()
-    for group, k in plan:
-        keeps = _keep_lowest_pruned([sources[name] for name in group], k)
-        for name, keep in zip(group, keeps):
-            result[name] = keep.reshape(weights[name].shape)
-    return result
-
-
-def _rng(seed):
-    if seed is None or isinstance(seed, (np.random.RandomState, np.random.Generator)):
-        return seed if seed is not None else np.random.RandomState()
-    if not _is_int(seed):
-        raise SurgeryTypeError('seed must be None, an int or a numpy RandomState/Generator, '
-                               'got %s %r.' % (type(seed).__name__, seed))
-    if not 0 <= seed < 2 ** 32:
-        raise SurgeryValueError('seed=%d is out of range; use 0 <= seed < 2**32.' % seed)
-    return np.random.RandomState(int(seed))
-
-
-def random_masks(weights: Mapping[str, np.ndarray], amount: Union[int, float], *,
-                 masks: Optional[Mapping[str, Optional[np.ndarray]]] = None,
-                 scope: str = 'layer', seed: Any = None) -> Dict[str, np.ndarray]:
-    """Masks pruning entries drawn uniformly at random among the still-unmasked ones.
-
-    Parameters
-    ----------
-    weights : dict of str -> numpy.ndarray
-        The weights (only their shapes matter).
-    amount : int or float
-        As in :func:`magnitude_masks`.
-    masks : dict of str -> numpy.ndarray or None, default None
-        Existing masks; entries where they are 0 are never drawn.
-    scope : {'layer', 'global'}, default 'layer'
-        'layer' draws ``amount`` of each weight; 'global' draws exactly ``amount`` of the
-        union (so each weight loses a random share).
-    seed : int or numpy.random.RandomState or numpy.random.Generator, default None
-        The same int gives the same masks; None draws fresh entropy. The global numpy random
-        state is neither used nor changed.
-
-    Returns
-    -------
-    dict of str -> numpy.ndarray of bool
-        True where the entry is kept.
-
-    Examples
-    --------
-    >>> import numpy as np, paramsurgery as ps
-    >>> w = {'a': np.zeros((4, 5))}
-    >>> m = ps.random_masks(w, 0.25, seed=0)['a']
-    >>> int((~m).sum()), bool((m == ps.random_masks(w, 0.25, seed=0)['a']).all())
-    (5, True)
-    """
-    weights = _check_weights(weights)
-    _check_scope(scope)
-    masks = _check_masks(weights, masks)
-    rng = _rng(seed)
-    unmasked = OrderedDict((name, _unmasked(masks[name], w.shape)) for name, w in weights.items())
-    plan = []
-    for group in _groups(weights, scope):
-        sizes = [weights[name].size if unmasked[name] is None
-                 else int(np.count_nonzero(unmasked[name])) for name in group]
-        plan.append((group, sizes, prune_count(amount, sum(sizes), where=_where(group))))
-    result = OrderedDict()
-    for group, sizes, k in plan:
-        drawn = np.sort(rng.choice(sum(sizes), size=k, replace=False)) if k else \
-            np.empty(0, np.int64)
-        bounds = np.cumsum([0] + sizes)
-        for i, name in enumerate(group):
-            shape = weights[name].shape
-            keep = np.ones(shape, bool) if unmasked[name] is None else unmasked[name].copy()
-            mine = drawn[np.searchsorted(drawn, bounds[i]):np.searchsorted(drawn, bounds[i + 1])]
-            mine = mine - bounds[i]
-            if unmasked[name] is not None:
-                mine = np.flatnonzero(unmasked[name])[mine]
-            keep.reshape(-1)[mine] = False
-            result[name] = keep
-    return result
-
-
-def structured_masks(weights: Mapping[str, np.ndarray], amount: Union[int, float], *,
-                     masks: Optional[Mapping[str, Optional[np.ndarray]]] = None,
-                     axis: int = 0, norm: float = 2) -> Dict[str, np.ndarray]:
-    """Masks pruning whole slices along ``axis`` (e.g. output filters), smallest norm first.
-
-    Parameters
-    ----------
-    weights : dict of str -> numpy.ndarray
-        The weights; each needs at least one dimension.
-    amount : int or float
-        Counts slices: a float in [0, 1] is the fraction of the slices that still have an
-        unmasked entry, an int >= 0 a number of slices (per weight).
-    masks : dict of str -> numpy.ndarray or None, default None
-        Existing masks. A slice whose entries are all masked is already pruned and not a
-        candidate; the others are ranked by the norm of their effective weight
-        ``weight * mask``.
-    axis : int, default 0
-        The axis the slices are taken along: 0 prunes output channels of a Conv/Dense
-        weight (its rows), 1 prunes input channels. Negative values count from the end.
-    norm : float, default 2
-        The p of the Lp norm of a slice (> 0, or ``numpy.inf`` for the largest magnitude).
-        Ties are pruned lowest slice index first.
-
-    Returns
-    -------
-    dict of str -> numpy.ndarray of bool
-        True where the entry is kept; a pruned slice is False throughout.
-
-    Examples
-    --------
-    >>> import numpy as np, paramsurgery as ps
-    >>> w = {'fc': np.array([[3., 4.], [1., 1.], [0., 2.]])}
-    >>> ps.structured_masks(w, 1)['fc']
-    array([[ True,  True],
-           [False, False],
-           [ True,  True]])
-    >>> ps.structured_masks(w, 0.5, axis=1, norm=1)['fc']
-    array([[False,  True],
-           [False,  True],
-           [False,  True]])
-    """
-    weights = _check_weights(weights)
-    p = _check_norm(norm)
-    if not _is_int(axis):
-        raise SurgeryTypeError('axis must be an int, got %s %r.' % (type(axis).__name__, axis))
-    masks = _check_masks(weights, masks)
-    plan = []
-    for name, w in weights.items():
-        if w.ndim == 0 or not -w.ndim <= axis < w.ndim:
-            raise SurgeryValueError(
-                "'%s' has shape %s: axis=%d is out of range (slices need an axis between %d "
-                "and %d)." % (name, w.shape, axis, -w.ndim, w.ndim - 1))
-        ax = axis % w.ndim
-        unmasked = _unmasked(masks[name], w.shape)
-        effective = w if masks[name] is None else w * masks[name]
-        if effective.dtype.itemsize < 4 or effective.dtype.kind != 'f':
-            effective = effective.astype(np.float64)
-        rows = np.moveaxis(effective, ax, 0).reshape(w.shape[ax], -1)
-        if unmasked is None:
-            alive = np.full(w.shape[ax], rows.shape[1] > 0)
-        else:
-            alive = np.moveaxis(unmasked, ax, 0).reshape(w.shape[ax], -1).any(axis=1)
-        norms = np.linalg.norm(rows, ord=p, axis=1) if rows.size else np.zeros(len(rows))
-        candidates = np.flatnonzero(alive)
-        if np.isnan(norms[candidates]).any():
-            raise SurgeryValueError(
-                "'%s': %d slice(s) along axis %d have a NaN norm (NaN weights); the ranking "
-                "is undefined. Replace the NaNs first." % (name, int(np.isnan(
-                    norms[candidates]).sum()), ax))
-        k = prune_count(amount, candidates.size, what='slices',
-                        where="parameter '%s' along axis %d" % (name, ax))
-        plan.append((name, ax, unmasked, norms, candidates, k))
-    result = OrderedDict()
-    for name, ax, unmasked, norms, candidates, k in plan:
-        # A stable sort keeps equal norms in index order: ties go lowest slice first.
-        pruned = candidates[np.argsort(norms[candidates], kind='stable')[:k]]
-        shape = weights[name].shape
-        keep = np.ones(shape, bool) if unmasked is None else unmasked.copy()
-        np.moveaxis(keep, ax, 0)[pruned] = False
-        result[name] = keep
-    return result
-
-
-def custom_masks(weights: Mapping[str, np.ndarray], new_masks: Mapping[str, Any], *,
-                 masks: Optional[Mapping[str, Optional[np.ndarray]]] = None
-                 ) -> Dict[str, np.ndarray]:
-    """Validate user-chosen binary masks and combine them with the existing ones.
-
-    Parameters
-    ----------
-    weights : dict of str -> numpy.ndarray
-        The weights (only their shapes matter).
-    new_masks : dict of str -> numpy.ndarray or number
-        One binary mask (0 = prune, 1 = keep; bool, int or float) per weight,
-        broadcastable to its shape (e.g. ``(out, 1, 1, 1)`` for whole filters).
-    masks : dict of str -> numpy.ndarray or None, default None
-        Existing masks; entries already masked stay masked.
-
-    Returns
-    -------
-    dict of str -> numpy.ndarray of bool
-        True where the entry is kept (unmasked before and 1 in the new mask).
-
-    Raises
-    ------
-    SurgeryValueError
-        When a new mask is missing, has values other than 0 and 1 (scale with
-        ``ps.apply_mask`` instead) or does not broadcast to its weight's shape.
-
-    Examples
-    --------
-    >>> import numpy as np, paramsurgery as ps
-    >>> w = {'fc': np.ones((2, 3))}
-    >>> ps.custom_masks(w, {'fc': np.array([[1], [0]])})['fc']
-    array([[ True,  True,  True],
-           [False, False, False]])
-    """
-    weights = _check_weights(weights)
-    if not isinstance(new_masks, Mapping):
-        raise SurgeryTypeError('new_masks must be a dict of name -> mask, got %s.'
-                               % type(new_masks).__name__)
-    given = _check_per_name(weights, new_masks, 'new_masks', required=True)
-    masks = _check_masks(weights, masks)
-    for name, mask in given.items():
-        if mask.dtype.kind != 'b':
-            bad = ~((mask == 0) | (mask == 1))
-            if bad.any():
-                raise SurgeryValueError(
-                    "'%s': a pruning mask must be binary (0 = prune, 1 = keep) but %d entr%s "
-                    "other values, e.g. %r. To scale a weight use ps.apply_mask instead."
-                    % (name, int(bad.sum()), 'y has' if bad.sum() == 1 else 'ies have',
-                       mask[bad].flat[0].item()))
-    result = OrderedDict()
-    for name, w in weights.items():
-        keep = np.broadcast_to(given[name] != 0, w.shape).copy()
-        if masks[name] is not None:
-            keep &= _unmasked(masks[name], w.shape)
-        result[name] = keep
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Schedules
-# ---------------------------------------------------------------------------------------------
-
-def _check_step(value, what, *, allow_end=False):
-    if not _is_int(value):
-        raise SurgeryTypeError('%s must be an int, got %s %r.' % (what, type(value).__name__,
-                                                                   value))
-    value = int(value)
-    if value < 0 and not (allow_end and value == -1):
-        raise SurgeryValueError('%s=%d must be >= 0%s.' % (what, value,
-                                                          ' (or -1: no end)' if allow_end
-                                                          else ''))
-    return value
-
-
-def _check_sparsity(value, what):
-    if not _is_real(value):
-        raise SurgeryTypeError('%s must be a float in [0, 1), got %s %r.'
-                               % (what, type(value).__name__, value))
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        hint = ' Did you mean %s=%r?' % (what, value / 100) if 1 <= value < 100 else ''
-        raise SurgeryValueError('%s=%r must be in [0, 1) (1 would prune everything).%s'
-                                % (what, value, hint))
-    return value
-
-
-class _Schedule:
-    """Base of the pruning schedules: a pure callable ``schedule(step) -> (prune_now,
-    sparsity)`` with value equality and a readable repr."""
-
-    _fields = ()
-
-    def _in_range(self, step):
-        return step >= self.begin and (self.end == -1 or step <= self.end)
-
-    def __call__(self, step: int) -> Tuple[bool, float]:
-        if not _is_int(step):
-            raise SurgeryTypeError('step must be an int, got %s %r.' % (type(step).__name__,
-                                                                        step))
-        return self._at(int(step))
-
-    def _at(self, step):
-        raise NotImplementedError
-
-    def get_config(self) -> Dict[str, Any]:
-        """The constructor's arguments: ``type(s)(**s.get_config()) == s``."""
-        return OrderedDict((field, getattr(self, field)) for field in self._fields)
-
-    def __repr__(self):
-        return '%s(%s)' % (type(self).__name__, ', '.join(
-            '%s=%r' % item for item in self.get_config().items()))
-
-    def __eq__(self, other):
-        if type(other) is not type(self):
-            return NotImplemented
-        return self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__,) + tuple(self.get_config().values()))
-
-
-class ConstantSparsity(_Schedule):
-    """Prune to a constant sparsity every ``frequency`` steps in [``begin``, ``end``].
-
-    Same semantics as ``tfmot.sparsity.keras.ConstantSparsity``.
-
-    Parameters
-    ----------
-    target : float
-        The sparsity in [0, 1) to bring the weights to.
-    begin : int, default 0
-        The first step that prunes (>= 0).
-    end : int, default -1
-        The last step that may prune (>= begin), or -1 for no end.
-    frequency : int, default 100
-        Prune at ``begin``, ``begin + frequency``, ... (> 0).
-
-    Outputs:
-        - **prune_now**: True when ``begin <= step`` (and ``step <= end`` unless end is -1)
-          and ``(step - begin) % frequency == 0``.
-        - **sparsity**: ``target`` at every step.
-
-    Examples
-    --------
-    >>> import paramsurgery as ps
-    >>> s = ps.ConstantSparsity(0.8, begin=100, end=400, frequency=100)
-    >>> s(0), s(100), s(150), s(400), s(500)
-    ((False, 0.8), (True, 0.8), (False, 0.8), (True, 0.8), (False, 0.8))
-    >>> s
-    ConstantSparsity(target=0.8, begin=100, end=400, frequency=100)
-    """
-
-    _fields = ('target', 'begin', 'end', 'frequency')
-
-    def __init__(self, target: float, begin: int = 0, end: int = -1, frequency: int = 100):
-        self.target = _check_sparsity(target, 'target')
-        self.begin = _check_step(begin, 'begin')
-        self.end = _check_step(end, 'end', allow_end=True)
-        if self.end != -1 and self.end < self.begin:
-            raise SurgeryValueError('end=%d is before begin=%d; pass end >= begin, or -1 for '
-                                    'no end.' % (self.end, self.begin))
-        self.frequency = _check_step(frequency, 'frequency')
-        if self.frequency == 0:
-            raise SurgeryValueError('frequency must be > 0 (prune every `frequency` steps).')
-
-    def _at(self, step):
-        prune = self._in_range(step) and (step - self.begin) % self.frequency == 0
-        return bool(prune), self.target
-
-
-class PolynomialDecay(_Schedule):
-    """Gradual pruning from ``initial`` to ``final`` sparsity (Zhu & Gupta, 2017).
-
-    Same semantics as ``tfmot.sparsity.keras.PolynomialDecay``, except that the step ``end``
-    always prunes (so the final sparsity is reached even when ``end - begin`` is not a
-    multiple of ``frequency``).
-
-    Parameters
-    ----------
-    initial : float
-        The sparsity at ``begin``, in [0, 1).
-    final : float
-        The sparsity from ``end`` on, in [``initial``, 1): pruned entries are never revived,
-        so the sparsity cannot decrease.
-    begin : int
-        The first step that prunes (>= 0).
-    end : int
-        The last step that prunes (>= begin).
-    power : float, default 3
-        The exponent (> 0); 3 as in the paper: fast pruning first, slow near the end.
-    frequency : int, default 100
-        Prune at ``begin``, ``begin + frequency``, ... and at ``end`` (> 0).
-
-    Outputs:
-        - **prune_now**: True when ``begin <= step <= end`` and either
-          ``(step - begin) % frequency == 0`` or ``step == end``.
-        - **sparsity**: ``final + (initial - final) * (1 - p) ** power`` with
-          ``p = (step - begin) / (end - begin)`` clipped to [0, 1] (``initial`` before
-          ``begin``, ``final`` from ``end`` on).
-
-    Examples
-    --------
-    >>> import paramsurgery as ps
-    >>> s = ps.PolynomialDecay(0.0, 0.8, begin=0, end=1000, frequency=250)
-    >>> [(step, prune, round(sparsity, 4)) for step in (0, 250, 500, 600, 1000, 1250)
-    ...  for prune, sparsity in [s(step)]]
-    [(0, True, 0.0), (250, True, 0.4625), (500, True, 0.7), (600, False, 0.7488),
-     (1000, True, 0.8), (1250, False, 0.8)]
-    """
-
-    _fields = ('initial', 'final', 'begin', 'end', 'power', 'frequency')
-
-    def __init__(self, initial: float, final: float, begin: int, end: int, power: float = 3,
-                 frequency: int = 100):
-        self.initial = _check_sparsity(initial, 'initial')
-        self.final = _check_sparsity(final, 'final')
-        if self.final < self.initial:
-            raise SurgeryValueError(
-                'final=%r is below initial=%r: pruned entries are never revived, so the '
-                'sparsity cannot decrease. Swap them or use ConstantSparsity.'
-                % (self.final, self.initial))
-        self.begin = _check_step(begin, 'begin')
-        self.end = _check_step(end, 'end')
-        if self.end < self.begin:
-            raise SurgeryValueError('end=%d is before begin=%d; pass end >= begin (PolynomialDecay'
-                                    ' needs an end step).' % (self.end, self.begin))
-        if not _is_real(power):
-            raise SurgeryTypeError('power must be a number, got %s %r.'
-                                   % (type(power).__name__, power))
-        if not (math.isfinite(power) and power > 0):
-            raise SurgeryValueError('power=%r must be a finite number > 0 (3 in Zhu & Gupta).'
-                                    % (power,))
-        self.power = power
-        self.frequency = _check_step(frequency, 'frequency')
-        if self.frequency == 0:
-            raise SurgeryValueError('frequency must be > 0 (prune every `frequency` steps).')
-
-    def _at(self, step):
-        prune = self._in_range(step) and ((step - self.begin) % self.frequency == 0
-                                          or step == self.end)
-        if step <= self.begin and step < self.end:
-            sparsity = self.initial
-        elif step >= self.end:
-            sparsity = self.final
-        else:
-            done = (step - self.begin) / (self.end - self.begin)
-            sparsity = self.final + (self.initial - self.final) * (1.0 - done) ** self.power
-            sparsity = min(max(sparsity, self.initial), self.final)
-        return bool(prune), float(sparsity)
-
-
-# ---------------------------------------------------------------------------------------------
-# Net-level functions: read the weights, call the core, apply through apply_mask.
-# ---------------------------------------------------------------------------------------------
 
 def _read(net, key):
     """Selected parameters (masks themselves never selected), their first-context weights and
@@ -875,8 +45,68 @@ def _apply(net, params, keeps):
 def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer',
                     norm: float = 1, importance: Optional[Mapping[str, Any]] = None
                     ) -> List[str]:
-    """Mask the entries of smallest magnitude of the selected parameters (see
-    :func:`magnitude_masks`); returns the names masked. Nothing changes on error."""
+    """Mask the entries of smallest magnitude of the selected parameters.
+
+    The effective weights ``weight * mask`` are read from the first context, the masks
+    computed exactly by :func:`magnitude_masks` and multiplied into the existing masks with
+    :func:`apply_mask` (``combine='multiply'``: a pruned entry is never revived), on every
+    context. Entries already masked are not candidates, so a float ``amount`` is a fraction
+    of what is still unmasked.
+
+    Parameters
+    ----------
+    net : Block
+        The network.
+    key : str or Parameter or list or callable
+        Which parameters (see :func:`select`; masks are never selected).
+    amount : int or float or dict of str -> (int or float)
+        A float in [0, 1]: the fraction of the still-unmasked entries to prune,
+        ``floor(amount * n + 0.5)`` of them; an int >= 0: a count. A dict gives each
+        selected parameter its own amount (``scope='layer'``; parameters left out are not
+        pruned), such as a :meth:`SensitivityReport.plan`.
+    scope : {'layer', 'global'}, default 'layer'
+        ``'layer'`` prunes ``amount`` of each parameter; ``'global'`` ranks all selected
+        parameters together and prunes exactly ``amount`` of their union.
+    norm : float, default 1
+        The p of the Lp norm (> 0 or ``numpy.inf``); for single entries every p ranks alike.
+    importance : dict of str -> numpy.ndarray or NDArray, default None
+        Scores to rank by instead of the weights (one per selected parameter, broadcastable
+        to its shape): the entries of smallest ``|score|`` are pruned.
+
+    Returns
+    -------
+    list of str
+        The names of the parameters masked.
+
+    Raises
+    ------
+    SelectionError
+        ``key`` selects nothing.
+    SurgeryTypeError, SurgeryValueError
+        A bad ``amount`` (section 7 of the API: ``bool``, NaN, negative, a float above 1, a
+        count above the entries left), bad options, or a parameter that cannot take a mask
+        (see :func:`apply_mask`).
+    ParameterStateError
+        A selected parameter is not initialised yet (run one forward first).
+
+    On any error nothing has changed.
+
+    Examples
+    --------
+    >>> import mxnet as mx, numpy as np, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.Dense(2, in_units=4, use_bias=False, prefix='fc_')
+    >>> net.initialize()
+    >>> net.weight.set_data(mx.nd.array([[0.1, -0.5, 0.2, 0.9], [0.3, 0.05, -0.7, 0.4]]))
+    >>> ps.prune_magnitude(net, '.*weight', 0.5)
+    ['fc_weight']
+    >>> ps.get_mask(net, 'fc_weight')['fc_weight'].asnumpy().tolist()
+    [[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0]]
+    >>> ps.prune_magnitude(net, '.*weight', 1.5)
+    Traceback (most recent call last):
+    ...
+    paramsurgery.errors.SurgeryValueError: amount=1.5 is a float above 1; ...
+    """
     params, weights, existing = _read(net, key)
     if isinstance(importance, Mapping):
         importance = {name: s.asnumpy() if hasattr(s, 'asnumpy') else s
@@ -887,24 +117,164 @@ def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer'
 
 
 def prune_random(net, key, amount: Union[int, float], *, seed: Any = None) -> List[str]:
-    """Mask entries drawn at random among the still-unmasked ones of each selected
-    parameter (see :func:`random_masks`); returns the names masked."""
+    """Mask entries drawn at random among the still-unmasked ones of each selected parameter.
+
+    Exactly ``floor(amount * n + 0.5)`` of the ``n`` unmasked entries of each parameter (or
+    ``amount`` of them for an int) are masked, drawn by :func:`random_masks` and applied
+    with :func:`apply_mask` (``combine='multiply'``) on every context.
+
+    Parameters
+    ----------
+    net : Block
+        The network.
+    key : str or Parameter or list or callable
+        Which parameters (see :func:`select`; masks are never selected).
+    amount : int or float
+        A float in [0, 1]: the fraction of the still-unmasked entries; an int >= 0: a count.
+    seed : int or numpy.random.RandomState or numpy.random.Generator, default None
+        The draw: an int in ``[0, 2**32)`` gives the same masks every time; a random state
+        is used (and advanced) as it is; None draws from fresh entropy. With several
+        workers (``dist_sync``), pass the same int on every worker, or broadcast the masks
+        afterwards with :func:`broadcast_masks`.
+
+    Returns
+    -------
+    list of str
+        The names of the parameters masked.
+
+    Raises
+    ------
+    SelectionError
+        ``key`` selects nothing.
+    SurgeryTypeError, SurgeryValueError
+        A bad ``amount`` (section 7 of the API: ``bool``, NaN, negative, a float above 1, a
+        count above the entries left), bad options, or a parameter that cannot take a mask
+        (see :func:`apply_mask`).
+    ParameterStateError
+        A selected parameter is not initialised yet (run one forward first).
+
+    On any error nothing has changed.
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.Dense(4, in_units=5, prefix='fc_')
+    >>> net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+    >>> ps.prune_random(net, 'fc_weight', 0.25, seed=7)
+    ['fc_weight']
+    >>> [int(m.sum().asscalar()) for m in net.collect_params()['fc_weight_mask'].list_data()]
+    [15, 15]
+    """
     params, weights, existing = _read(net, key)
     return _apply(net, params, random_masks(weights, amount, masks=existing, seed=seed))
 
 
 def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm: float = 2
                      ) -> List[str]:
-    """Mask whole slices along ``axis`` of the selected parameters, smallest Ln norm first
-    (see :func:`structured_masks`); returns the names masked."""
+    """Mask whole slices along ``axis`` of the selected parameters, smallest Lp norm first.
+
+    For ``axis=0`` the slices are the output filters (rows) of a Conv or Dense weight. The
+    norms are those of the effective weight; slices already fully masked are not
+    candidates, so a float ``amount`` is a fraction of the slices still alive. Masks come
+    from :func:`structured_masks` and are applied with :func:`apply_mask`
+    (``combine='multiply'``) on every context. The shapes do not change.
+
+    Parameters
+    ----------
+    net : Block
+        The network.
+    key : str or Parameter or list or callable
+        Which parameters (see :func:`select`; masks are never selected).
+    amount : int or float
+        A float in [0, 1]: the fraction of the live slices of each parameter; an int >= 0:
+        a count of slices.
+    axis : int, default 0
+        The axis the slices are taken along (negative values count from the end).
+    norm : float, default 2
+        The p of the Lp norm of each slice (> 0 or ``numpy.inf``).
+
+    Returns
+    -------
+    list of str
+        The names of the parameters masked.
+
+    Raises
+    ------
+    SelectionError
+        ``key`` selects nothing.
+    SurgeryTypeError, SurgeryValueError
+        A bad ``amount`` (section 7 of the API: ``bool``, NaN, negative, a float above 1, a
+        count above the entries left), bad options, or a parameter that cannot take a mask
+        (see :func:`apply_mask`).
+    ParameterStateError
+        A selected parameter is not initialised yet (run one forward first).
+
+    On any error nothing has changed.
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.Dense(3, in_units=2, use_bias=False, prefix='fc_')
+    >>> net.initialize()
+    >>> net.weight.set_data(mx.nd.array([[1, 1], [0.1, 0.2], [3, 0]]))
+    >>> ps.prune_structured(net, 'fc_weight', 1)
+    ['fc_weight']
+    >>> ps.get_mask(net, 'fc_weight')['fc_weight'].asnumpy().tolist()
+    [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+    """
     params, weights, existing = _read(net, key)
     return _apply(net, params, structured_masks(weights, amount, masks=existing, axis=axis,
                                                 norm=norm))
 
 
 def prune_custom(net, key, mask: Any) -> List[str]:
-    """Mask the selected parameters with a given binary mask: one array for every selected
-    parameter, or a dict name -> mask (see :func:`custom_masks`); returns the names masked."""
+    """Mask the selected parameters with binary masks you computed.
+
+    Each mask (True/1 keeps an entry, False/0 prunes it) is checked by :func:`custom_masks`
+    and multiplied into the existing mask with :func:`apply_mask` (``combine='multiply'``),
+    so an entry pruned before stays pruned.
+
+    Parameters
+    ----------
+    net : Block
+        The network.
+    key : str or Parameter or list or callable
+        Which parameters (see :func:`select`; masks are never selected).
+    mask : numpy.ndarray or NDArray or dict of str -> array
+        One array (broadcast to every selected parameter's shape) or a dict from parameter
+        name to array, with an entry for every selected parameter; values must be 0 or 1.
+
+    Returns
+    -------
+    list of str
+        The names of the parameters masked.
+
+    Raises
+    ------
+    SelectionError
+        ``key`` selects nothing.
+    SurgeryTypeError, SurgeryValueError
+        A bad ``amount`` (section 7 of the API: ``bool``, NaN, negative, a float above 1, a
+        count above the entries left), bad options, or a parameter that cannot take a mask
+        (see :func:`apply_mask`).
+    ParameterStateError
+        A selected parameter is not initialised yet (run one forward first).
+
+    On any error nothing has changed.
+
+    Examples
+    --------
+    >>> import numpy as np, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.Dense(2, in_units=3, prefix='fc_')
+    >>> net.initialize()
+    >>> ps.prune_custom(net, 'fc_weight', np.array([1, 0, 1]))
+    ['fc_weight']
+    >>> ps.get_mask(net, 'fc_weight')['fc_weight'].asnumpy().tolist()
+    [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
+    """
     params, weights, existing = _read(net, key)
     if isinstance(mask, Mapping):
         given = dict(mask)
@@ -922,9 +292,55 @@ class Pruner:
 
     ``step(step)`` asks ``schedule(step)``; when it says to prune, the selected effective
     weights are brought to exactly the scheduled sparsity (per parameter with
-    ``scope='layer'``, over their union with ``scope='global'``). With ``method='random'``
-    the sparsity counts masked entries, with ``method='structured'`` masked slices along
-    axis 0.
+    ``scope='layer'``, over their union with ``scope='global'``), through the pruning
+    functions of this module, so masks only ever tighten. With ``method='random'`` the
+    sparsity counts masked entries, with ``method='structured'`` masked slices along axis 0.
+
+    Parameters
+    ----------
+    net : Block
+        The network.
+    key : str or Parameter or list or callable
+        Which parameters (see :func:`select`); checked now.
+    schedule : callable
+        ``schedule(step) -> (prune_now, sparsity)``, e.g. :class:`PolynomialDecay` or
+        :class:`ConstantSparsity`.
+    method : {'magnitude', 'random', 'structured'}, default 'magnitude'
+        How entries are chosen (see :func:`prune_magnitude`, :func:`prune_random`,
+        :func:`prune_structured`).
+    scope : {'layer', 'global'}, default 'layer'
+        Rank each parameter alone, or all of them together (not with ``'structured'``).
+    seed : int or numpy.random.RandomState or numpy.random.Generator, default None
+        For ``method='random'``: the random state of every draw this Pruner makes (an int
+        makes the whole run reproducible); ignored by the other methods.
+
+    Attributes
+    ----------
+    last_step : int or None
+        The last step passed to :meth:`step`.
+    pruned_steps : list of int
+        The steps at which it pruned.
+
+    Raises
+    ------
+    SurgeryTypeError, SurgeryValueError, SelectionError
+        For a schedule that is not callable, an unknown method or scope, or a key that
+        selects nothing.
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.Dense(10, in_units=10, prefix='fc_')
+    >>> net.initialize()
+    >>> pruner = ps.Pruner(net, 'fc_weight', ps.PolynomialDecay(0.0, 0.8, begin=0, end=4,
+    ...                                                         frequency=2))
+    >>> [pruner.step(step) for step in range(5)]
+    [True, False, True, False, True]
+    >>> ps.sparsity_report(net, 'fc_weight').rows[0]['sparsity']
+    0.8
+    >>> pruner.state_dict()['pruned_steps']
+    [0, 2, 4]
     """
 
     def __init__(self, net, key, schedule: Callable[[int], Tuple[bool, float]], *,
@@ -935,7 +351,7 @@ class Pruner:
                                    % type(schedule).__name__)
         if method not in _METHODS:
             raise SurgeryValueError('method must be one of %s, got %r.' % (_METHODS, method))
-        _check_scope(scope)
+        check_scope(scope)
         if method == 'structured' and scope == 'global':
             raise SurgeryValueError("method='structured' prunes slices per parameter; use "
                                     "scope='layer'.")
@@ -944,7 +360,7 @@ class Pruner:
         self.schedule = schedule
         self.method = method
         self.scope = scope
-        self._rng = _rng(seed)
+        self._rng = random_state(seed)
         self.last_step = None
         self.pruned_steps = []
         _read(net, key)  # fail now on a key that selects nothing
@@ -952,7 +368,7 @@ class Pruner:
     def _targets(self, weights, existing, sparsity):
         """Amounts (counts) that bring each group to ``sparsity``."""
         amounts = {}
-        for group in _groups(weights, self.scope):
+        for group in scope_groups(weights, self.scope):
             total = sum(weights[name].size for name in group)
             masked = sum(0 if existing.get(name) is None else
                          int(np.count_nonzero(np.broadcast_to(existing[name],
@@ -963,10 +379,7 @@ class Pruner:
                 zeros = sum(int(np.count_nonzero(
                     weights[name] * (1 if existing.get(name) is None else existing[name]) == 0))
                     for name in group)
-            target = int(math.floor(sparsity * total + 0.5))
-            # Magnitude prunes zero weights first, so pruning target - masked entries gives
-            # exactly target effective zeros whenever target >= the zeros already there.
-            amounts[tuple(group)] = max(0, target - masked) if target > zeros else 0
+            amounts[tuple(group)] = count_to_reach(sparsity, total, masked, zeros)
         return amounts
 
     def step(self, step: int) -> bool:
@@ -983,8 +396,7 @@ class Pruner:
                 rows = w.shape[0] if w.ndim else 0
                 dead = 0 if old is None else rows - int(np.count_nonzero(
                     (np.broadcast_to(old, w.shape) != 0).reshape(rows, -1).any(axis=1)))
-                target = int(math.floor(sparsity * rows + 0.5))
-                keeps.update(structured_masks({name: w}, max(0, target - dead),
+                keeps.update(structured_masks({name: w}, count_to_reach(sparsity, rows, dead),
                                               masks={name: old}))
         else:
             for group, count in self._targets(weights, existing, sparsity).items():
@@ -999,17 +411,28 @@ class Pruner:
         self.pruned_steps.append(step)
         return True
 
+    def _schedule_id(self):
+        # A paramsurgery schedule has a repr that names it by value; any other callable's
+        # repr holds a memory address, which would never match across processes.
+        return repr(self.schedule) if isinstance(self.schedule, Schedule) else None
+
     def state_dict(self) -> Dict[str, Any]:
         """The Pruner's progress: ``{'last_step', 'pruned_steps', 'method', 'scope',
-        'schedule'}`` (the schedule's repr, for checking)."""
+        'schedule'}``; ``'schedule'`` is the repr of a paramsurgery schedule (checked by
+        :meth:`load_state_dict`), None for another callable."""
         return {'last_step': self.last_step, 'pruned_steps': list(self.pruned_steps),
-                'method': self.method, 'scope': self.scope, 'schedule': repr(self.schedule)}
+                'method': self.method, 'scope': self.scope, 'schedule': self._schedule_id()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the progress saved by :meth:`state_dict` (method and scope must match)."""
+        """Restore the progress saved by :meth:`state_dict`: method, scope and (for a
+        paramsurgery schedule) the schedule must match this Pruner's."""
         if not isinstance(state, Mapping):
             raise SurgeryTypeError('state must be a dict from Pruner.state_dict(), got %s.'
                                    % type(state).__name__)
+        saved, mine = state.get('schedule'), self._schedule_id()
+        if saved is not None and mine is not None and saved != mine:
+            raise SurgeryValueError('state was saved with schedule %s but this Pruner has %s. '
+                                    'Build the Pruner with the same schedule.' % (saved, mine))
         for field in ('method', 'scope'):
             if state.get(field) != getattr(self, field):
                 raise SurgeryValueError('state has %s=%r but this Pruner has %s=%r.'

@@ -3,10 +3,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import MissingDependencyError
 from .access import replicas
-from .masks import MASK_SUFFIX, mask_names, unmasked_params
-from .select import all_params, select
+from .errors import MissingDependencyError, install_hint
+from .masks import unmasked_params
+from .select import MASK_SUFFIX, all_params, mask_names, select
 
 __all__ = ['SparsityReport', 'sparsity_report', 'arrays_report']
 
@@ -76,7 +76,7 @@ class SparsityReport:
             import matplotlib.pyplot as plt
         except ImportError:
             raise MissingDependencyError(
-                "SparsityReport.plot needs matplotlib: pip install 'paramsurgery[plot]'.") \
+                "SparsityReport.plot needs matplotlib: %s." % install_hint('plot')) \
                 from None
         fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(self.rows)), 4.5))
         ax.bar(range(len(self.rows)), [100 * r['sparsity'] for r in self.rows])

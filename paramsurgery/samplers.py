@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from mxnet import gluon
 
+from ._checks import check_flag
 from .errors import SamplerTypeError, SamplerValueError
 
 __all__ = ['SubsetRandomSampler', 'complementary_split', 'kfold']
@@ -84,13 +85,6 @@ def _entropy(seed) -> int:
     if seed is None:
         return secrets.randbits(64)
     return _check_int('seed', seed, hint=' Pass an int >= 0 or None.')
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise SamplerTypeError('%s must be True or False, got %s %r.'
-                               % (name, type(value).__name__, value))
-    return bool(value)
 
 
 class _Partition:
@@ -377,7 +371,7 @@ def complementary_split(length: int, train_size: int, *, seed: Optional[int] = N
     train_size = _check_int(
         'train_size', train_size, high=length, high_what='length (%d)' % length,
         hint=' For a fraction f of the data, pass int(round(f * length)).')
-    reshuffle = _check_bool('reshuffle', reshuffle)
+    reshuffle = check_flag('reshuffle', reshuffle, SamplerTypeError)
     partition = _Partition(length, _entropy(seed), reshuffle)
     return (SubsetRandomSampler._side_of(partition, train_size, length, _TRAIN, 0),
             SubsetRandomSampler._side_of(partition, train_size, length, _VALID, 0))

@@ -1,17 +1,49 @@
-"""Selecting parameters: the ``net`` and ``key`` arguments every paramsurgery call takes."""
+"""Selecting parameters: the ``net`` and ``key`` arguments every paramsurgery call takes.
+
+It also owns the mask-name rule: a mask that paramsurgery registers for parameter ``X`` is
+the parameter ``X_mask``. A regular expression or a callable never selects a mask (under
+Gluon's ``re.match`` rule ``'.*weight'`` would also match ``fc_weight_mask``, and scaling or
+setting a mask along with its weight silently changes what was pruned); a mask is reached by
+its exact name or its Parameter object only.
+
+MXNet is imported on first use only: the mask-name rule and :func:`match` also serve the
+command line on plain arrays.
+"""
 import difflib
 import re
+import sys
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Union
-
-from mxnet import gluon
-from mxnet.gluon.parameter import Parameter
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Union
 
 from .errors import SelectionError, SurgeryTypeError
 
-__all__ = ['select', 'all_params']
+if TYPE_CHECKING:
+    from mxnet.gluon import Parameter
+
+__all__ = ['select', 'all_params', 'MASK_SUFFIX', 'mask_names']
 
 MAX_SUGGESTIONS = 5
+
+#: Suffix of the name of a mask parameter: ``<weight name>_mask``.
+MASK_SUFFIX = '_mask'
+
+
+def mask_names(params) -> List[str]:
+    """Names of the masks among ``params`` (any mapping by name: parameters, or the arrays
+    of a saved file): ``X_mask`` where ``X`` exists too."""
+    return [name for name in params
+            if name.endswith(MASK_SUFFIX) and name[:-len(MASK_SUFFIX)] in params]
+
+
+def unmasked(params) -> 'OrderedDict[str, Any]':
+    """``params`` (a mapping by name) without the masks, in the same order."""
+    masks = set(mask_names(params))
+    return OrderedDict((n, p) for n, p in params.items() if n not in masks)
+
+
+def _is_parameter(value) -> bool:
+    mxnet = sys.modules.get('mxnet')
+    return mxnet is not None and isinstance(value, mxnet.gluon.Parameter)
 
 
 def all_params(net) -> 'OrderedDict[str, Parameter]':
@@ -20,6 +52,7 @@ def all_params(net) -> 'OrderedDict[str, Parameter]':
     ``net`` is a ``gluon.Block`` (its ``collect_params()``), a ``gluon.ParameterDict``
     or a ``dict`` of name -> ``Parameter``.
     """
+    from mxnet import gluon
     if isinstance(net, gluon.Block):
         items = net.collect_params().items()
     elif isinstance(net, gluon.ParameterDict):
@@ -27,7 +60,7 @@ def all_params(net) -> 'OrderedDict[str, Parameter]':
     elif isinstance(net, dict):
         items = net.items()
         for name, param in items:
-            if not isinstance(param, Parameter):
+            if not _is_parameter(param):
                 raise SurgeryTypeError(
                     "net['%s'] is a %s, not a gluon Parameter. Pass a Block, a ParameterDict "
                     "or a dict of name -> Parameter." % (name, type(param).__name__))
@@ -39,14 +72,14 @@ def all_params(net) -> 'OrderedDict[str, Parameter]':
 
 
 def _describe(key):
-    if isinstance(key, Parameter):
+    if _is_parameter(key):
         return "Parameter '%s'" % key.name
     if callable(key) and not isinstance(key, str):
         return 'callable %s' % getattr(key, '__name__', repr(key))
     return repr(key)
 
 
-def _miss(key, params, why='matches no parameter'):
+def _miss(key, params, why=None, noun='parameter', where='the net'):
     probe = key if isinstance(key, str) else getattr(key, 'name', '')
     close = difflib.get_close_matches(probe, list(params), n=MAX_SUGGESTIONS, cutoff=0.4) \
         if probe else []
@@ -56,16 +89,18 @@ def _miss(key, params, why='matches no parameter'):
     else:
         hint = 'closest names'
     listed = ', '.join("'%s'" % n for n in close) or '(none)'
-    return SelectionError(
-        "Key %s %s among the %d parameters of the net; %s: %s. Use a full parameter name, a "
-        "regular expression matched from the start of the name (e.g. '.*weight'), a Parameter, "
-        "a list of these, or a callable f(name, param) -> bool."
-        % (_describe(key), why, len(params), hint, listed))
+    fix = ("Use a full parameter name, a regular expression matched from the start of the "
+           "name (e.g. '.*weight'), a Parameter, a list of these, or a callable "
+           "f(name, param) -> bool." if noun == 'parameter' else
+           "Use a full name or a regular expression matched from the start of the name.")
+    return SelectionError("Key %s %s among the %d %ss of %s; %s: %s. %s"
+                          % (_describe(key), why or 'matches no ' + noun, len(params), noun,
+                             where, hint, listed, fix))
 
 
-def _match_one(key, params):
+def _match_one(key, params, noun, where):
     """Names selected by one non-list key, in ``params`` order."""
-    if isinstance(key, Parameter):
+    if _is_parameter(key):
         for name, param in params.items():
             if param is key:
                 return [name]
@@ -77,24 +112,39 @@ def _match_one(key, params):
             pattern = re.compile(key)
         except re.error as err:
             raise SelectionError(
-                "Key %r is neither a parameter name nor a valid regular expression (%s). "
+                "Key %r names no %s and is not a valid regular expression (%s). "
                 "Escape special characters with re.escape() to select a name literally."
-                % (key, err)) from None
-        names = [name for name in params if pattern.match(name)]
+                % (key, noun, err)) from None
+        names = [name for name in unmasked(params) if pattern.match(name)]
     elif callable(key):
-        names = [name for name, param in params.items() if key(name, param)]
+        names = [name for name, param in unmasked(params).items() if key(name, param)]
     else:
         raise SurgeryTypeError(
             "key must be a parameter name or regular expression (str), a Parameter, a "
             "list/tuple of these, or a callable f(name, param) -> bool; got %s."
             % type(key).__name__)
     if not names:
-        raise _miss(key, params)
+        raise _miss(key, params, noun=noun, where=where)
     return names
 
 
-def select(net, key: Union[str, Parameter, list, tuple, Callable[[str, Any], bool]]
-           ) -> Dict[str, Parameter]:
+def match(items, key, *, noun: str = 'parameter', where: str = 'the net') -> List[str]:
+    """The names of ``items`` (any mapping by name, e.g. the arrays of a saved file) that
+    ``key`` selects, in ``items`` order, by the rules of :func:`select`; ``noun`` and
+    ``where`` word the error message."""
+    keys = list(key) if isinstance(key, (list, tuple)) else [key]
+    if not keys:
+        raise SelectionError('Key %r is an empty list: it selects no %s.' % (key, noun))
+    chosen = set()
+    for one in keys:
+        if isinstance(one, (list, tuple)):
+            raise SurgeryTypeError('key lists cannot be nested: flatten %r.' % (key,))
+        chosen.update(_match_one(one, items, noun, where))
+    return [name for name in items if name in chosen]
+
+
+def select(net, key: Union[str, 'Parameter', list, tuple, Callable[[str, Any], bool]]
+           ) -> Dict[str, 'Parameter']:
     """Select parameters of ``net`` by ``key``.
 
     Parameters
@@ -106,7 +156,9 @@ def select(net, key: Union[str, Parameter, list, tuple, Callable[[str, Any], boo
         regular expression matched from the start of each full name, as Gluon's
         ``collect_params(select)`` does; a ``Parameter`` selects itself; a list or tuple
         selects the union of its entries (each of which must select something); a
-        callable ``f(name, param) -> bool`` selects where it returns True.
+        callable ``f(name, param) -> bool`` selects where it returns True. Regular
+        expressions and callables never select the masks paramsurgery registers
+        (``<name>_mask``): a mask is selected by its exact name or Parameter only.
 
     Returns
     -------
@@ -139,12 +191,4 @@ def select(net, key: Union[str, Parameter, list, tuple, Callable[[str, Any], boo
     paramsurgery.errors.SelectionError: Key 'net_dense0_wieght' matches no parameter ...
     """
     params = all_params(net)
-    keys = list(key) if isinstance(key, (list, tuple)) else [key]
-    if not keys:
-        raise SelectionError('Key %r is an empty list: it selects no parameter.' % (key,))
-    chosen = set()
-    for one in keys:
-        if isinstance(one, (list, tuple)):
-            raise SurgeryTypeError('key lists cannot be nested: flatten %r.' % (key,))
-        chosen.update(_match_one(one, params))
-    return OrderedDict((name, param) for name, param in params.items() if name in chosen)
+    return OrderedDict((name, params[name]) for name in match(params, key))

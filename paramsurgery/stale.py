@@ -17,7 +17,8 @@ from collections import OrderedDict
 from typing import Any, List, NamedTuple, Optional
 
 import mxnet as mx
-from mxnet import autograd, gluon, ndarray as nd
+from mxnet import autograd, gluon
+from mxnet import ndarray as nd
 from mxnet.gluon.parameter import Parameter
 
 from . import _internals
@@ -118,7 +119,7 @@ class UsageTracker:
         self._direct = {}
         self._owners = {}
         for block in self._blocks:
-            own = list(_internals.registered_params(block))
+            own = list(_internals.block_params(block).values())
             if not isinstance(block, gluon.HybridBlock):
                 # A plain Block may read any parameter of its own ParameterDict by name.
                 own += [p for p in block.params.values() if all(p is not q for q in own)]

@@ -1,11 +1,11 @@
 """replicas, data_on and check_params: context rules and every problem code."""
 import mxnet as mx
-import numpy as np
 import pytest
 from mxnet import autograd, gluon
 
 import paramsurgery as ps
-from conftest import ONE, TWO, batch, forward_backward, make_mlp
+
+from helpers import ONE, TWO, batch, forward_backward, make_mlp
 
 
 def test_replicas_in_context_order(ctxs):

@@ -1,15 +1,16 @@
 """trace_channels, count_ops and prune_channels on small user HybridBlocks."""
 import math
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 import paramsurgery as ps
-from channel_nets import USER_NETS, build, batch
-from conftest import ONE, TWO, assert_same_bits, snapshot
+
+from channel_nets import batch, build
+from helpers import ONE, TWO, assert_same_bits, snapshot
 
 
 def members(graph, name):

@@ -172,8 +172,9 @@ def test_console_entry_point_and_usage_errors(saved, tmp_path):
 
 
 def test_exported_file_with_prefixed_names_and_masks(tmp_path, capsys):
-    import paramsurgery as ps
     from mxnet.gluon import nn
+
+    import paramsurgery as ps
     net = nn.HybridSequential(prefix='x_')
     with net.name_scope():
         net.add(nn.Conv2D(4, 3, in_channels=1), nn.BatchNorm(in_channels=4))

@@ -4,12 +4,12 @@ import re
 import subprocess
 import sys
 
-import mxnet as mx
-import numpy as np
+import pytest
 
 import paramsurgery as ps
 from paramsurgery import demo
 from paramsurgery.cli import main
+from paramsurgery.errors import install_hint
 
 RESULT = re.compile(r'^RESULT dense_acc=(\d\.\d{4}) pruned_acc=(\d\.\d{4}) sparsity=(\d\.\d{4})$')
 
@@ -43,3 +43,11 @@ def test_demo_from_the_console_entry_point():
     assert done.returncode == 0, done.stderr
     assert RESULT.match(done.stdout.strip().splitlines()[-1])
     assert 'contexts [cpu(0), cpu(1)]' in done.stdout
+
+
+def test_missing_extras_name_an_install_that_keeps_numpy(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'tqdm', None)   # import tqdm -> ImportError
+    with pytest.raises(ps.MissingDependencyError, match=re.escape(install_hint('demo'))):
+        demo.run()
+    assert main(['demo', '--epochs', '1', '--quiet']) == 2
+    assert install_hint('demo') in capsys.readouterr().err

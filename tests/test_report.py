@@ -1,4 +1,5 @@
 """sparsity_report and arrays_report: the numbers, the table, the plot."""
+import re
 import sys
 
 import mxnet as mx
@@ -8,6 +9,7 @@ from mxnet import autograd
 from mxnet.gluon import nn
 
 import paramsurgery as ps
+from paramsurgery.errors import install_hint
 
 
 def masked_net(ctxs, hybridize):
@@ -64,7 +66,7 @@ def test_plot_writes_a_png(tmp_path):
 
 def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib -> ImportError
-    with pytest.raises(ps.MissingDependencyError, match=r"paramsurgery\[plot\]"):
+    with pytest.raises(ps.MissingDependencyError, match=re.escape(install_hint('plot'))):
         ps.sparsity_report(masked_net([mx.cpu(0)], False)).plot(str(tmp_path / 'x.png'))
     assert isinstance(ps.MissingDependencyError('x'), ImportError)
 

@@ -2,10 +2,10 @@
 import pickle
 import random
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 import pytest
-from mxnet import gluon, nd
+from mxnet import gluon
 
 import paramsurgery as ps
 

@@ -1,10 +1,12 @@
 """select(net, key): every key form of API.md section 1, ordering, and misses."""
 import mxnet as mx
+import numpy as np
 import pytest
 from mxnet import gluon
 
 import paramsurgery as ps
-from conftest import make_mlp
+
+from helpers import make_mlp
 
 NAMES = ['mlp_dense0_weight', 'mlp_dense0_bias', 'mlp_dense1_weight', 'mlp_dense1_bias']
 
@@ -90,3 +92,29 @@ def test_foreign_parameter(net):
 def test_type_errors(net, net_arg, key, match):
     with pytest.raises(ps.SurgeryTypeError, match=match):
         ps.select(net if net_arg == 'net' else net_arg, key)
+
+
+def test_masks_are_selected_by_exact_name_only(ctxs):
+    # One rule for every function: regular expressions and callables never select a mask.
+    net = make_mlp(ctxs)
+    ps.apply_mask(net, 'mlp_dense0_weight', 0.5)
+    assert list(ps.select(net, '.*weight')) == ['mlp_dense0_weight', 'mlp_dense1_weight']
+    assert list(ps.select(net, lambda name, p: True)) == [
+        'mlp_dense0_weight', 'mlp_dense0_bias', 'mlp_dense1_weight', 'mlp_dense1_bias']
+    assert list(ps.select(net, 'mlp_dense0_weight_mask')) == ['mlp_dense0_weight_mask']
+    mask = net.collect_params()['mlp_dense0_weight_mask']
+    assert list(ps.select(net, mask)) == ['mlp_dense0_weight_mask']
+    with pytest.raises(ps.SelectionError, match='matches no parameter'):
+        ps.select(net, '.*_mask')
+
+
+def test_value_surgery_by_regex_leaves_masks_alone(ctxs):
+    net = make_mlp(ctxs)
+    ps.apply_mask(net, 'mlp_dense0_weight', np.array([[1, 0, 1, 0]] * 5, 'float32'))
+    before = net[0].weight.data().asnumpy()
+    assert ps.assign_params(net, '.*weight', 0.5) == ['mlp_dense0_weight', 'mlp_dense1_weight']
+    ps.set_params(net, '.*bias', 1.0)
+    for mask in net.collect_params()['mlp_dense0_weight_mask'].list_data():
+        assert mask.asnumpy().tolist() == [[1, 0, 1, 0]] * 5   # neither scaled nor revived
+    for w in net[0].weight.list_data():
+        assert np.array_equal(w.asnumpy(), before * np.float32(0.5))

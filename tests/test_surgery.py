@@ -5,8 +5,19 @@ import pytest
 from mxnet import autograd, gluon
 
 import paramsurgery as ps
-from conftest import (ONE, TWO, TRAINER_SETUPS, Scale, assert_same_bits, batch, forward_backward,
-                      make_mlp, snapshot, split)
+
+from helpers import (
+    ONE,
+    TRAINER_SETUPS,
+    TWO,
+    Scale,
+    assert_same_bits,
+    batch,
+    forward_backward,
+    make_mlp,
+    snapshot,
+    split,
+)
 
 
 def all_replicas(param):

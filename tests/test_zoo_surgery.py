@@ -1,4 +1,5 @@
-"""End to end: value surgery on a real model_zoo network trained on two contexts."""
+"""End to end (not named after a module): value surgery on a real model_zoo network
+trained on two contexts. Every test here is marked ``zoo``."""
 import mxnet as mx
 import numpy as np
 import pytest
@@ -6,7 +7,10 @@ from mxnet import autograd, gluon
 from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
-from conftest import TWO, split
+
+from helpers import TWO, split
+
+pytestmark = pytest.mark.zoo
 
 
 def build(path, hybridize):

@@ -4,17 +4,18 @@ the same Trainer; export, apply_plan and load_parameters round trips; bad input.
 import json
 import os
 
+import mxnet as mx
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
 from paramsurgery import _internals
-from channel_nets import USER_NETS, HardCoded, build, batch
-from conftest import ONE, TWO, assert_same_bits, snapshot, split
+
+from channel_nets import USER_NETS, HardCoded, batch, build
+from helpers import ONE, TWO, assert_same_bits, snapshot, split
 
 RTOL = 1e-4
 
@@ -178,7 +179,7 @@ def test_training_continues_step_for_step(optimizer, opt_args, kvstore, update_o
 
 
 def test_optimizer_states_and_fp32_master_copies_are_sliced():
-    from paramsurgery.shrink import _slice_state
+    from paramsurgery.shrinking import _slice_state
     weight = np.arange(24, dtype=np.float32).reshape(4, 6)
     keeps = {0: np.array([True, False, True, True]), 1: np.array([True] * 5 + [False])}
     state = (mx.nd.array(weight), mx.nd.array(weight, dtype='float32'), None,
@@ -271,7 +272,7 @@ def test_hard_coded_channel_count_raises_and_changes_nothing(ctxs, hybridize):
 
 def test_output_that_differs_names_the_first_layer_and_restores(monkeypatch, ctxs):
     import sys
-    shrink_module = sys.modules['paramsurgery.shrink']   # (ps.shrink is the function)
+    shrink_module = sys.modules['paramsurgery.shrinking']   # (ps.shrink is the function)
     net = build('chain', ctxs)
     x = batch()
     ps.prune_channels(net, 0.5, inputs=x)

@@ -1,14 +1,19 @@
-"""Value surgery against MXNet's real parameter-server kvstore (dist_sync, 2 workers)."""
+"""Value surgery against MXNet's real parameter-server kvstore (dist_sync, 2 workers).
+
+The tests marked ``cluster`` start a loopback scheduler, servers and workers
+(dist_harness.py); ``-m "not cluster"`` leaves them out. The others check the
+``distributed`` module (check_trainer, init_kvstore) in this process."""
 import json
 import warnings
 
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, gluon
+from mxnet import gluon
 
 import paramsurgery as ps
 from paramsurgery import _internals
+
 from dist_harness import run_cluster
 
 REFUSAL = r'''
@@ -44,6 +49,7 @@ print('RESULT ' + json.dumps({'rank': kv.rank, 'error': error, 'unchanged': unch
 '''
 
 
+@pytest.mark.cluster
 def test_value_surgery_refused_on_dist_update_on_kvstore():
     results = run_cluster(REFUSAL, workers=2)
     assert sorted(r['rank'] for r in results) == [0, 1]
@@ -139,6 +145,7 @@ def _reference(workers=2):
 NAMES = ['mlp_dense0_bias', 'mlp_dense0_weight', 'mlp_dense1_bias', 'mlp_dense1_weight']
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize('update_on_kvstore', [True, False], ids=['uok-true', 'uok-false'])
 @pytest.mark.parametrize('nctx,hybridize,servers,bound', [
     (1, False, 1, None),
@@ -192,6 +199,7 @@ print('RESULT ' + json.dumps({'rank': kv.rank, 'first': pulled_first.asnumpy().t
 '''
 
 
+@pytest.mark.cluster
 def test_dist_servers_keep_the_gradient_sum_without_an_optimizer():
     """The root of the race, made deterministic: once every worker has pushed a gradient
     for a key, the servers' value of that key is the gradient sum, not the weight. The
@@ -383,6 +391,7 @@ def _masked_reference(rank0_masks):
             {n: m.asnumpy() for n, m in ps.get_mask(net, r'.*weight$').items()})
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize('update_on_kvstore', [True, False], ids=['uok-true', 'uok-false'])
 def test_masks_pruner_and_stale_on_dist_sync(update_on_kvstore):
     results = run_cluster(MASKS, workers=2, timeout=90, extra_env={

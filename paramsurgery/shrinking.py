@@ -14,19 +14,23 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Union
 
-import numpy as np
 import mxnet as mx
-from mxnet import autograd, gluon, ndarray as nd
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet import ndarray as nd
 
 from . import _internals
-from .channels import (_batches, _build, _check_owners, _input_shapes, _require_hybrid,
-                       _channel_rows)
-from .errors import (ParameterStateError, ShrinkError, SurgeryTypeError, SurgeryValueError,
-                     TrainerStateError)
-from .masks import MASK_SUFFIX, mask_names
-from .select import all_params
+from .channels import _batches, _build, _channel_rows, _check_owners, _input_shapes, _require_hybrid
+from .errors import (
+    ParameterStateError,
+    ShrinkError,
+    SurgeryTypeError,
+    SurgeryValueError,
+    TrainerStateError,
+)
+from .select import MASK_SUFFIX, all_params, mask_names
 
 __all__ = ['shrink', 'ShrinkPlan', 'apply_plan']
 

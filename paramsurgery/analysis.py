@@ -1,0 +1,573 @@
+"""Which layers to prune, and how much: sensitivity analysis and budget plans.
+
+:func:`sensitivity` prunes one channel group (or one weight) at a time, at each amount, on
+the untouched net, and measures ``evaluate(net)``; everything is put back bit for bit after
+every trial. :meth:`SensitivityReport.plan` then picks per-group amounts that reach a
+budget (a MACs or parameter ratio, or a largest acceptable drop) while losing the least by
+the measurements. The pruning functions take the plan as their ``amount``.
+
+A trial does not rebuild the net or copy all weights: the pruned entries are zeroed in the
+stored weights of the group's members (the forward graph is not touched, so a hybridised
+net keeps its cached graph), and afterwards just those members and the small non-trainable
+state (BatchNorm's running statistics) are written back from a snapshot taken once. Only a
+trial whose ``evaluate`` stepped a Trainer pays for restoring everything (weights, optimizer
+states, update counters, kvstore copies).
+"""
+import json
+import math
+import os
+import tempfile
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+from mxnet import autograd
+from mxnet import ndarray as nd
+
+from . import _internals
+from ._checks import is_real
+from ._snapshot import Snapshot
+from .errors import MissingDependencyError, SurgeryTypeError, SurgeryValueError, install_hint
+from .masks import get_mask, masked, unmasked_params
+from .pruning_core import magnitude_masks, prune_count
+from .select import select
+
+__all__ = ['sensitivity', 'SensitivityReport']
+
+#: The amounts tried by default.
+DEFAULT_AMOUNTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+_KINDS = ('channels', 'weights')
+_FILE_FORMAT = 'paramsurgery-sensitivity'
+_FILE_VERSION = 1
+# Buckets of the budget in the plan's dynamic programme: the removal each choice is credited
+# with is rounded down to a bucket, so a plan it returns always reaches the budget.
+_BUCKETS = 2000
+
+
+# --------------------------------------------------------------------------- the report
+
+class SensitivityReport:
+    """The measurements of :func:`sensitivity`.
+
+    Attributes
+    ----------
+    kind : {'channels', 'weights'}
+    baseline : float
+        ``evaluate(net)`` on the untouched net.
+    amounts : tuple of float
+        The amounts tried.
+    table : list of dict
+        One row per trial: ``name``, ``amount``, ``metric``, ``drop`` (``baseline -
+        metric``), ``macs_removed``, ``params_removed`` (in :func:`count_ops` units; for
+        ``kind='weights'``, ``params_removed`` is the number of entries pruned and
+        ``macs_removed`` is 0), and ``removed`` (channels or entries).
+    dense_macs, dense_params : int
+        :func:`count_ops` of the untouched net (parameters: every trainable entry for
+        ``kind='weights'`` without ``inputs``; MACs then 0).
+    """
+
+    def __init__(self, kind, baseline, amounts, table, dense_macs, dense_params, units):
+        self.kind = kind
+        self.baseline = float(baseline)
+        self.amounts = tuple(float(a) for a in amounts)
+        self.table = [dict(row) for row in table]
+        self.dense_macs = int(dense_macs)
+        self.dense_params = int(dense_params)
+        # How removals combine: per parameter, its shape, MACs per entry, whether it counts
+        # as a parameter, and which unit (group or weight) covers which rows of which axis.
+        self._units = units
+
+    @property
+    def names(self) -> List[str]:
+        """The groups (or weights) analysed, in order."""
+        return list(OrderedDict.fromkeys(row['name'] for row in self.table))
+
+    def _rows(self, name):
+        return [row for row in self.table if row['name'] == name]
+
+    def __str__(self):
+        names = self.names
+        head = ['%s \\ amount' % ('group' if self.kind == 'channels' else 'weight')]
+        head += ['%g' % a for a in self.amounts]
+        lines = [head]
+        for name in names:
+            by_amount = {row['amount']: row for row in self._rows(name)}
+            lines.append([name] + ['%+.4f' % by_amount[a]['drop'] if a in by_amount else ''
+                                   for a in self.amounts])
+        widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+        text = ['  '.join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                          for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
+                for line in lines]
+        rule = '-' * len(text[0])
+        return '\n'.join(['drop in the metric (baseline %.4f) when one %s is pruned alone'
+                          % (self.baseline, 'group' if self.kind == 'channels' else 'weight'),
+                          text[0], rule] + text[1:])
+
+    def __repr__(self):
+        return 'SensitivityReport(kind=%r, baseline=%.4f, %d %s x %d amounts)' % (
+            self.kind, self.baseline, len(self.names),
+            'groups' if self.kind == 'channels' else 'weights', len(self.amounts))
+
+    # ----------------------------------------------------------------------- files
+
+    def save(self, path) -> None:
+        """Write the report to ``path`` as JSON (atomically: a temporary file in the same
+        folder, then renamed)."""
+        data = {'format': _FILE_FORMAT, 'version': _FILE_VERSION, 'kind': self.kind,
+                'baseline': self.baseline, 'amounts': list(self.amounts),
+                'table': self.table, 'dense_macs': self.dense_macs,
+                'dense_params': self.dense_params, 'units': self._units}
+        _write_atomic(path, json.dumps(data, indent=1).encode('utf-8'))
+
+    @classmethod
+    def load(cls, path) -> 'SensitivityReport':
+        """Read a report written by :meth:`save`."""
+        try:
+            with open(path, 'rb') as f:
+                data = json.loads(f.read().decode('utf-8'))
+            if data.get('format') != _FILE_FORMAT or data.get('version') != _FILE_VERSION:
+                raise ValueError('format %r version %r' % (data.get('format'),
+                                                           data.get('version')))
+            return cls(data['kind'], data['baseline'], data['amounts'], data['table'],
+                       data['dense_macs'], data['dense_params'], data['units'])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise SurgeryValueError(
+                "Cannot read a sensitivity report from '%s' (%s: %s). Write it with "
+                "SensitivityReport.save." % (path, type(err).__name__, err)) from None
+
+    def plot(self, path) -> None:
+        """A PNG with one curve per group (or weight): the drop against the amount.
+
+        With many curves the legend goes beside the axes in columns, and colours and line
+        styles both vary, so 20 or more groups stay readable. Needs matplotlib.
+        """
+        try:
+            import matplotlib
+            matplotlib.use('Agg')
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise MissingDependencyError(
+                'SensitivityReport.plot needs matplotlib: %s' % install_hint('plot')) from None
+        names = self.names
+        columns = 1 if len(names) <= 16 else 2 if len(names) <= 40 else 3
+        fig, ax = plt.subplots(figsize=(7 + 3 * columns, max(4.5, 0.22 * len(names) / columns
+                                                             + 2)))
+        cmap = plt.get_cmap('tab10')
+        styles = ['-', '--', ':', '-.']
+        for i, name in enumerate(names):
+            rows = sorted(self._rows(name), key=lambda r: r['amount'])
+            ax.plot([0.0] + [r['amount'] for r in rows], [0.0] + [r['drop'] for r in rows],
+                    color=cmap(i % 10), linestyle=styles[(i // 10) % len(styles)],
+                    marker='o', markersize=3, linewidth=1.2, label=name)
+        ax.axhline(0.0, color='0.6', linewidth=0.8)
+        ax.set_xlabel('amount pruned (fraction of the %s)'
+                      % ('channels of the group' if self.kind == 'channels'
+                         else 'entries of the weight'))
+        ax.set_ylabel('drop in the metric (baseline %.4g)' % self.baseline)
+        ax.set_title('Sensitivity: each %s pruned alone' %
+                     ('channel group' if self.kind == 'channels' else 'weight'))
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=columns,
+                  frameon=False)
+        fig.tight_layout()
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.png',
+                                   dir=folder)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format='png', dpi=110)
+            os.replace(tmp, path)
+        finally:
+            plt.close(fig)
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    # ----------------------------------------------------------------------- budgets
+
+    def _combined(self, choice):
+        """``(macs_removed, params_removed)`` of pruning every unit by its chosen amount
+        together, from the shapes (removals of different groups overlap where one layer's
+        input and output channels are both pruned)."""
+        removed = {name: 0 for name in self.names}
+        for name, amount in choice.items():
+            for row in self._rows(name):
+                if row['amount'] == amount:
+                    removed[name] = row['removed']
+        if self.kind == 'weights':
+            return 0, sum(removed.values())
+        macs = params = 0.0
+        for entry in self._units:
+            size = float(np.prod(entry['shape']))
+            kept = 1.0
+            for axis, covers in entry['axes'].items():
+                rows = entry['shape'][int(axis)]
+                gone = sum(removed.get(group, 0) * stride for group, stride in covers)
+                kept *= max(0.0, (rows - gone) / rows)
+            macs += entry['macs_per_entry'] * size * (1.0 - kept)
+            params += (size * (1.0 - kept)) if entry['learnable'] else 0.0
+        return int(round(macs)), int(round(params))
+
+    def plan(self, *, macs_ratio: Optional[float] = None, params_ratio: Optional[float] = None,
+             max_drop: Optional[float] = None) -> Dict[str, float]:
+        """Per-group (or per-weight) amounts that meet one budget, losing the least.
+
+        Parameters
+        ----------
+        macs_ratio : float, default None
+            Reach dense MACs / pruned MACs >= ``macs_ratio`` (> 1).
+        params_ratio : float, default None
+            Reach dense parameters / pruned parameters >= ``params_ratio`` (> 1).
+        max_drop : float, default None
+            For each name, the largest measured amount whose drop is <= ``max_drop``.
+
+        Exactly one budget must be given. For a ratio the amounts are chosen among the
+        measured ones so that the combined removal (computed from the shapes, overlaps
+        included) reaches the ratio while the sum of the measured drops is smallest.
+
+        Returns
+        -------
+        dict of str -> float
+            Name -> amount, for the names to prune (unpruned names are left out); pass it
+            as ``amount`` to :func:`prune_channels` (``kind='channels'``) or
+            :func:`prune_magnitude` (``kind='weights'``).
+
+        Raises
+        ------
+        SurgeryValueError
+            Not exactly one budget, a bad number, or a budget no combination of the
+            measured amounts reaches.
+        """
+        given = [(n, v) for n, v in (('macs_ratio', macs_ratio), ('params_ratio', params_ratio),
+                                    ('max_drop', max_drop)) if v is not None]
+        if len(given) != 1:
+            raise SurgeryValueError(
+                'plan takes exactly one budget (macs_ratio=, params_ratio= or max_drop=), '
+                'got %s.' % (', '.join(n for n, _ in given) or 'none'))
+        what, value = given[0]
+        if not is_real(value) or not math.isfinite(value):
+            raise SurgeryValueError('%s must be a finite number, got %r.' % (what, value))
+        if what == 'max_drop':
+            out = OrderedDict()
+            for name in self.names:
+                fine = [r['amount'] for r in self._rows(name) if r['drop'] <= value]
+                if fine:
+                    out[name] = max(fine)
+            return out
+        if value <= 1:
+            raise SurgeryValueError('%s=%r: a ratio dense/pruned must be > 1.' % (what, value))
+        index = 0 if what == 'macs_ratio' else 1
+        dense = self.dense_macs if index == 0 else self.dense_params
+        if dense <= 0:
+            raise SurgeryValueError('%s=%r cannot be reached: the report has no %s (%s).'
+                                    % (what, value, 'MACs' if index == 0 else 'parameters',
+                                       'kind=%r counts no MACs' % self.kind if index == 0
+                                       else 'no parameters counted'))
+        need = dense - dense / value
+        choice = _solve(self, need, index)
+        if choice is None:
+            best = self._combined({n: max(r['amount'] for r in self._rows(n))
+                                   for n in self.names})[index]
+            raise SurgeryValueError(
+                '%s=%r cannot be reached with the measured amounts: pruning every %s by '
+                'the largest amount measured removes %d of %d %s (ratio %.3g). Measure '
+                'larger amounts, or ask for less.'
+                % (what, value, 'group' if self.kind == 'channels' else 'weight', best,
+                   dense, 'MACs' if index == 0 else 'parameters',
+                   dense / max(1, dense - best)))
+        return choice
+
+
+def _solve(report, need, index):
+    """The choice of one amount (or none) per name whose combined removal is >= ``need``
+    with the smallest sum of drops: a multiple-choice knapsack solved exactly on removals
+    rounded down to ``_BUCKETS`` buckets, then checked (and, where pruning two groups
+    removes less than the sum of both alone, repaired) against the combined removal."""
+    names = report.names
+    options = []
+    for name in names:
+        opts = [(None, 0.0, 0)]
+        for row in report._rows(name):
+            gain = row['macs_removed'] if index == 0 else row['params_removed']
+            opts.append((row['amount'], float(row['drop']), int(gain)))
+        options.append(opts)
+    target = need
+    for _ in range(6):
+        choice = _knapsack(options, target)
+        if choice is None:
+            return None
+        plan = OrderedDict((n, a) for n, a in zip(names, choice) if a is not None)
+        got = report._combined(plan)[index]
+        if got >= need:
+            return plan
+        target *= need / max(got, 1.0) * 1.001   # overlaps: ask the knapsack for more
+    return None
+
+
+def _knapsack(options, target):
+    bucket = target / _BUCKETS
+    inf = float('inf')
+    best = np.full(_BUCKETS + 1, inf)
+    best[0] = 0.0
+    picks = []
+    for opts in options:
+        new = np.full(_BUCKETS + 1, inf)
+        arg = np.zeros(_BUCKETS + 1, dtype=np.int64)
+        for k, (_, drop, gain) in enumerate(opts):
+            w = min(_BUCKETS, int(math.floor(gain / bucket))) if bucket > 0 else _BUCKETS
+            shifted = np.concatenate([np.full(min(w, _BUCKETS + 1), best[0]),
+                                      best[:_BUCKETS + 1 - w]]) if w else best
+            # best[b] = least drop with removal >= b buckets; with w from this choice, any
+            # b <= w is met by the others removing >= 0 (best[0]).
+            shifted = np.minimum.accumulate(shifted[::-1])[::-1] if w else shifted
+            cand = shifted + drop
+            better = cand < new
+            new[better] = cand[better]
+            arg[better] = k
+        picks.append(arg)
+        best = new
+    if not np.isfinite(best[_BUCKETS]):
+        return None
+    chosen, b = [], _BUCKETS
+    for opts, arg in zip(reversed(options), reversed(picks)):
+        k = int(arg[b])
+        chosen.append(opts[k][0])
+        w = min(_BUCKETS, int(math.floor(opts[k][2] / (target / _BUCKETS))))
+        b = max(0, b - w)
+    return list(reversed(chosen))
+
+
+# --------------------------------------------------------------------------- trials
+
+def _write_atomic(path, payload):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
+                               dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _metric(value):
+    if isinstance(value, nd.NDArray) and value.size == 1:
+        value = value.asscalar()
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if not is_real(value):
+        raise SurgeryTypeError('evaluate(net) must return a number (higher is better), got %s '
+                               '%r.' % (type(value).__name__, value))
+    if not math.isfinite(float(value)):
+        raise SurgeryValueError('evaluate(net) returned %r; it must return a finite number '
+                                '(higher is better).' % (value,))
+    return float(value)
+
+
+def _amounts(amounts):
+    if isinstance(amounts, (str, bytes)) or not isinstance(amounts, Sequence) or not amounts:
+        raise SurgeryTypeError('amounts must be a non-empty list of amounts (section 7: '
+                               'floats in [0, 1] or counts), got %r.' % (amounts,))
+    for amount in amounts:
+        prune_count(amount, 1 << 62)     # type, bool, NaN, sign, a float above 1
+    if len(set(amounts)) != len(amounts):
+        raise SurgeryValueError('amounts has repeated values: %r.' % (list(amounts),))
+    return tuple(amounts)
+
+
+def _progress(total):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc='sensitivity', unit='trial', leave=False)
+
+
+def _zero(param, keep):
+    """Multiply every replica of ``param`` by the 0/1 array ``keep`` (numpy), in place."""
+    with autograd.pause():
+        for arr in _internals.raw_data(param):
+            # an NDArray operation: a conv weight may be in MKLDNN's blocked layout, which
+            # numpy assignment cannot write
+            nd.elemwise_mul(arr, nd.array(keep, ctx=arr.context, dtype=arr.dtype), out=arr)
+
+
+class _WeightUnits:
+    """kind='weights': one unit per selected weight, pruned by magnitude."""
+
+    def __init__(self, net, key, importance):
+        if importance not in ('l1', 'l2') and not callable(importance):
+            raise SurgeryValueError("importance for kind='weights' must be 'l1', 'l2' (both "
+                                    "rank by magnitude) or a callable f(name, weight) -> "
+                                    "scores, got %r." % (importance,))
+        view = unmasked_params(net)
+        if key is None:
+            chosen = OrderedDict((n, p) for n, p in view.items()
+                                 if p.grad_req != 'null' and p.shape is not None
+                                 and len(p.shape) >= 2)
+            if not chosen:
+                raise SurgeryValueError('the net has no trainable weight of 2 or more '
+                                        'dimensions; select parameters with key=.')
+        else:
+            chosen = select(view, key)
+        self.params = chosen
+        have = set(masked(net))
+        self.net = net
+        self.importance = importance
+        self.masks = {n: m.asnumpy() for n, m in get_mask(net, [n for n in chosen
+                                                                 if n in have]).items()} \
+            if any(n in have for n in chosen) else {}
+        self.names = list(chosen)
+
+    def members(self, name):
+        return [name]
+
+    def prune(self, name, amount):
+        param = self.params[name]
+        weight = _internals.raw_data(param)[0].asnumpy()
+        scores = None
+        if callable(self.importance):
+            scores = {name: np.asarray(self.importance(name, weight), dtype=np.float64)}
+        keep = magnitude_masks({name: weight}, amount, masks={name: self.masks.get(name)},
+                               importance=scores)[name]
+        # keep is False where this trial prunes and where a mask already prunes: zeroing the
+        # stored weight there gives the effective weight the pruning functions would give
+        _zero(param, keep.astype(weight.dtype))
+        old = self.masks.get(name)
+        before = 0 if old is None else int(np.count_nonzero(np.broadcast_to(old, keep.shape)
+                                                            == 0))
+        removed = int(keep.size - np.count_nonzero(keep)) - before
+        return removed, 0, removed
+
+    def structure(self):
+        return []
+
+
+def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
+                amounts: Sequence[float] = DEFAULT_AMOUNTS, key=None, kind: str = 'channels',
+                importance: Any = 'l2', progress: bool = True) -> SensitivityReport:
+    """Measure how much ``evaluate(net)`` drops when each group (or weight) alone is pruned.
+
+    For every selected prunable channel group (``kind='channels'``; see
+    :func:`trace_channels`, ``key`` as in :func:`prune_channels`) or every selected weight
+    (``kind='weights'``; ``key=None`` selects every trainable weight of 2 or more
+    dimensions), and for each amount, the group alone is pruned on the untouched net
+    exactly as :func:`prune_channels` (or :func:`prune_magnitude`) would choose, then
+    ``evaluate(net)`` is called, then everything is put back bit for bit: weights, masks,
+    BatchNorm statistics and, if ``evaluate`` stepped a Trainer, every optimizer state,
+    update counter and kvstore copy. The same holds when ``evaluate`` raises (the
+    exception then reaches the caller).
+
+    Parameters
+    ----------
+    net : HybridBlock
+        The network (initialised; hybridised or not, on any contexts).
+    evaluate : callable
+        ``evaluate(net) -> float``, higher is better (e.g. validation accuracy). It may do
+        anything (train a step, update BatchNorm statistics): it is undone.
+    inputs : NDArray or tuple of int or list of them, default None
+        A batch (or its shape) per data input: needed for ``kind='channels'`` (to trace the
+        net and count MACs), optional for ``kind='weights'``.
+    amounts : list of float or int, default (0.1, 0.2, ..., 0.9)
+        Section 7's rules, each a fraction of what is still unmasked (or a count).
+    key : str or Parameter or list or callable, default None
+        Which groups (by their producing weights) or weights to analyse.
+    kind : {'channels', 'weights'}, default 'channels'
+    importance : str or callable, default 'l2'
+        As in :func:`prune_channels` (``kind='channels'``); for ``kind='weights'``,
+        ``'l1'``/``'l2'`` (magnitude) or ``f(name, weight) -> scores``.
+    progress : bool, default True
+        Show a progress bar (tqdm, when installed).
+
+    Returns
+    -------
+    SensitivityReport
+
+    Raises
+    ------
+    SurgeryTypeError, SurgeryValueError
+        Bad arguments (checked before the first trial), or ``evaluate`` returned a
+        non-number or NaN (after everything was put back).
+
+    Examples
+    --------
+    >>> import mxnet as mx, numpy as np, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='net_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Dense(8, in_units=4, activation='relu'), nn.Dense(2, in_units=8))
+    >>> net.initialize(mx.init.Xavier())
+    >>> x = mx.nd.array(np.random.RandomState(0).randn(32, 4))
+    >>> target = net(x).argmax(axis=1)
+    >>> def accuracy(net):
+    ...     return float((net(x).argmax(axis=1) == target).mean().asscalar())
+    >>> report = ps.sensitivity(net, accuracy, kind='weights', amounts=[0.5, 0.9],
+    ...                         progress=False)
+    >>> report.baseline, report.names
+    (1.0, ['net_dense0_weight', 'net_dense1_weight'])
+    >>> [row['params_removed'] for row in report.table]
+    [16, 29, 8, 14]
+    >>> report.plan(max_drop=0.1)              # the largest amount losing at most 0.1
+    OrderedDict([('net_dense0_weight', 0.5)])
+    """
+    if kind not in _KINDS:
+        raise SurgeryValueError("kind must be 'channels' or 'weights', got %r." % (kind,))
+    if not callable(evaluate):
+        raise SurgeryTypeError('evaluate must be a callable evaluate(net) -> float, got %s.'
+                               % type(evaluate).__name__)
+    if not isinstance(progress, (bool, np.bool_)):
+        raise SurgeryTypeError('progress must be True or False, got %r.' % (progress,))
+    amounts = _amounts(amounts)
+    if kind == 'channels':
+        if inputs is None:
+            raise SurgeryValueError("kind='channels' needs inputs= (a batch or its shape) to "
+                                    "trace the net's channel groups.")
+        from .channels import _ChannelUnits
+        units = _ChannelUnits(net, inputs, key, importance)
+    else:
+        units = _WeightUnits(net, key, importance)
+    if inputs is not None:
+        from .channels import count_ops
+        inputs_list = list(inputs) if isinstance(inputs, list) else [inputs]
+        dense_macs, dense_params = count_ops(net, *inputs_list)
+    else:
+        dense_macs = 0
+        dense_params = sum(int(np.prod(p.shape)) for p in unmasked_params(net).values()
+                           if p.grad_req != 'null')
+    params = list(unmasked_params(net).values())
+    trainers = {}
+    for param in params:
+        trainer = _internals.last_trainer(param)
+        if trainer is not None:
+            trainers.setdefault(id(trainer), trainer)
+    snapshot = Snapshot(net, trainers.values())
+    bar = _progress(1 + len(units.names) * len(amounts)) if progress else None
+    try:
+        try:
+            baseline = _metric(evaluate(net))
+        finally:
+            snapshot.restore()
+        if bar is not None:
+            bar.update(1)
+        table = []
+        for name in units.names:
+            for amount in amounts:
+                try:
+                    removed, macs, count = units.prune(name, amount)
+                    metric = _metric(evaluate(net))
+                finally:
+                    snapshot.restore(units.members(name))
+                table.append({'name': name, 'amount': amount, 'metric': metric,
+                              'drop': baseline - metric, 'macs_removed': int(macs),
+                              'params_removed': int(count), 'removed': int(removed)})
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return SensitivityReport(kind, baseline, amounts, table, dense_macs, dense_params,
+                             units.structure())

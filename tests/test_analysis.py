@@ -1,0 +1,264 @@
+"""Tests of sensitivity analysis and budget plans (``paramsurgery.analysis``)."""
+import itertools
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+import paramsurgery as ps
+from paramsurgery.analysis import SensitivityReport, sensitivity
+
+from helpers import split
+
+
+def small_cnn(ctxs, hybridize, seed=0):
+    net = nn.HybridSequential(prefix='cnn_')
+    with net.name_scope():
+        net.add(nn.Conv2D(6, 3, padding=1, in_channels=2), nn.BatchNorm(in_channels=6),
+                nn.Activation('relu'), nn.Conv2D(8, 3, padding=1, in_channels=6),
+                nn.BatchNorm(in_channels=8), nn.Activation('relu'), nn.GlobalAvgPool2D(),
+                nn.Dense(3, in_units=8))
+    mx.random.seed(seed)
+    net.initialize(mx.init.Xavier(), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    return net
+
+
+def data(n=16, seed=3):
+    rng = np.random.RandomState(seed)
+    return mx.nd.array(rng.randn(n, 2, 6, 6)), mx.nd.array(rng.randint(0, 3, n))
+
+
+def state_of(net, trainer=None):
+    """Every replica of every parameter, and the trainer's optimizer states, as bytes."""
+    out = {}
+    for name, param in net.collect_params().items():
+        out[name] = [a.asnumpy().tobytes() for a in param.list_data()]
+    if trainer is not None:
+        for i, updater in enumerate(ps._internals.trainer_updaters(trainer)):
+            for key, st in sorted(updater.states.items()):
+                arrays = st if isinstance(st, (tuple, list)) else [st]
+                out['state%d/%d' % (i, key)] = [a.asnumpy().tobytes() for a in arrays
+                                               if a is not None]
+        out['counters'] = repr(ps._internals.optimizer_counters(trainer.optimizer))
+    return out
+
+
+def accuracy_of(x, y):
+    def evaluate(net):
+        ctx = net.collect_params().values().__iter__().__next__().list_ctx()[0]
+        return float((net(x.as_in_context(ctx)).argmax(axis=1) == y.as_in_context(ctx))
+                     .mean().asscalar())
+    return evaluate
+
+
+def test_weights_trials_match_prune_magnitude_and_restore_everything(ctxs, hybridize):
+    net = small_cnn(ctxs, hybridize)
+    x, y = data()
+    evaluate = accuracy_of(x, y)
+    before = state_of(net)
+    report = sensitivity(net, evaluate, kind='weights', amounts=[0.3, 0.8], progress=False)
+    assert state_of(net) == before
+    assert report.names == ['cnn_conv0_weight', 'cnn_conv1_weight', 'cnn_dense0_weight']
+    assert report.baseline == evaluate(net)
+    for row in report.table:
+        fresh = small_cnn(ctxs, hybridize)
+        ps.prune_magnitude(fresh, row['name'], row['amount'])
+        assert row['metric'] == evaluate(fresh)
+        assert row['drop'] == report.baseline - row['metric']
+        size = fresh.collect_params()[row['name']].data().size
+        assert row['params_removed'] == row['removed'] == int(np.floor(row['amount'] * size
+                                                                        + 0.5))
+        assert row['macs_removed'] == 0
+
+
+def test_trials_keep_existing_masks_and_count_what_is_still_unmasked(ctxs):
+    net = small_cnn(ctxs, False)
+    ps.prune_magnitude(net, 'cnn_conv1_weight', 0.5)
+    before = state_of(net)
+    report = sensitivity(net, accuracy_of(*data()), kind='weights', key='cnn_conv1_weight',
+                         amounts=[0.5], progress=False)
+    assert state_of(net) == before
+    assert report.table[0]['removed'] == int(np.floor(0.5 * 216 + 0.5))   # of the 216 left
+
+
+@pytest.mark.parametrize('update_on_kvstore', [None, False])
+def test_evaluate_that_trains_and_moves_batchnorm_is_undone(ctxs, hybridize, update_on_kvstore):
+    # A twin net trained the same way without the analysis must match bit for bit after one
+    # more step: weights, momentum, counters and (with update_on_kvstore) the kvstore copy.
+    x, y = data()
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    nets, trainers = [], []
+    for _ in range(2):
+        net = small_cnn(ctxs, hybridize)
+        nets.append(net)
+        trainers.append(gluon.Trainer(net.collect_params(), 'sgd',
+                                      {'learning_rate': 0.1, 'momentum': 0.9},
+                                      update_on_kvstore=update_on_kvstore))
+
+    def train_step(net, trainer):
+        with autograd.record():
+            losses = [loss_fn(net(xs), ys) for xs, ys in zip(split(x, ctxs), split(y, ctxs))]
+        autograd.backward(losses)
+        trainer.step(len(x))
+
+    for net, trainer in zip(nets, trainers):
+        train_step(net, trainer)      # momentum, counters and kvstore copies exist
+    net, trainer = nets[0], trainers[0]
+    before = state_of(net, trainer)
+    calls = []
+
+    def evaluate(net):
+        train_step(net, trainer)      # moves weights, momentum, BN statistics, counters
+        calls.append(1)
+        return accuracy_of(x, y)(net)
+
+    sensitivity(net, evaluate, kind='weights', amounts=[0.5], progress=False)
+    assert len(calls) == 1 + 3
+    assert state_of(net, trainer) == before
+    for net, trainer in zip(nets, trainers):
+        train_step(net, trainer)
+    assert state_of(nets[0], trainers[0]) == state_of(nets[1], trainers[1])
+
+
+def test_no_graph_rebuild_per_trial():
+    net = small_cnn([mx.cpu(0)], True)
+    x, y = data()
+    net(x)
+    cached = net._cached_op
+    sensitivity(net, accuracy_of(x, y), kind='weights', amounts=[0.5], progress=False)
+    assert net._cached_op is cached
+
+
+@pytest.mark.parametrize('bad, error', [
+    (lambda net: 'high', ps.SurgeryTypeError),
+    (lambda net: float('nan'), ps.SurgeryValueError),
+    (lambda net: None, ps.SurgeryTypeError),
+    (lambda net: True, ps.SurgeryTypeError),
+])
+def test_evaluate_returning_a_non_number_raises_after_restoring(ctxs, bad, error):
+    net = small_cnn(ctxs, False)
+    before = state_of(net)
+    with pytest.raises(error, match='evaluate'):
+        sensitivity(net, bad, kind='weights', progress=False)
+    assert state_of(net) == before
+
+
+def test_evaluate_raising_is_passed_on_after_restoring(ctxs):
+    net = small_cnn(ctxs, False)
+    before = state_of(net)
+    calls = []
+
+    def evaluate(net):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError('boom')
+        return 1.0
+
+    with pytest.raises(RuntimeError, match='boom'):
+        sensitivity(net, evaluate, kind='weights', progress=False)
+    assert state_of(net) == before
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    ({'kind': 'filters'}, ps.SurgeryValueError, 'kind'),
+    ({'amounts': []}, ps.SurgeryTypeError, 'amounts'),
+    ({'amounts': 0.5}, ps.SurgeryTypeError, 'amounts'),
+    ({'amounts': [1.5]}, ps.SurgeryValueError, 'amount/100'),
+    ({'amounts': [float('nan')]}, ps.SurgeryValueError, 'not finite'),
+    ({'amounts': [0.5, 0.5]}, ps.SurgeryValueError, 'repeated'),
+    ({'importance': 'taylor', 'kind': 'weights'}, ps.SurgeryValueError, 'importance'),
+    ({'progress': 'no'}, ps.SurgeryTypeError, 'progress'),
+    ({'kind': 'channels'}, ps.SurgeryValueError, 'inputs'),
+    ({'key': 'nothing.*', 'kind': 'weights'}, ps.SelectionError, 'nothing'),
+])
+def test_bad_arguments_raise_before_any_trial(kwargs, error, match):
+    net = small_cnn([mx.cpu(0)], False)
+    before = state_of(net)
+    calls = []
+    with pytest.raises(error, match=match):
+        sensitivity(net, lambda n: calls.append(1) or 1.0, **kwargs)
+    assert calls == [] and state_of(net) == before
+
+
+def synthetic(rows, dense=100):
+    table = [{'name': n, 'amount': a, 'metric': 1 - d, 'drop': d, 'macs_removed': 0,
+              'params_removed': r, 'removed': r} for n, a, d, r in rows]
+    return SensitivityReport('weights', 1.0, sorted({a for _, a, _, _ in rows}), table, 0,
+                             dense, [])
+
+
+def test_plan_is_the_cheapest_combination_that_reaches_the_budget():
+    rng = np.random.RandomState(0)
+    names, amounts = ['a', 'b', 'c', 'd'], [0.25, 0.5, 0.75]
+    rows = [(n, a, float(rng.rand() * a), int(a * 25 * (i + 1)))
+            for i, n in enumerate(names) for a in amounts]
+    report = synthetic(rows, dense=250)
+    for ratio in (1.1, 1.5, 2.0, 3.0):
+        need = 250 - 250 / ratio
+        best = None
+        for choice in itertools.product([None] + amounts, repeat=len(names)):
+            got = sum(r for n, a, d, r in rows if dict(zip(names, choice))[n] == a)
+            cost = sum(d for n, a, d, r in rows if dict(zip(names, choice))[n] == a)
+            if got >= need and (best is None or cost < best - 1e-12):
+                best = cost
+        plan = report.plan(params_ratio=ratio)
+        assert report._combined(plan)[1] >= need
+        assert sum(d for n, a, d, r in rows if plan.get(n) == a) == pytest.approx(best)
+
+
+def test_plan_budgets_and_errors():
+    report = synthetic([('a', 0.5, 0.01, 10), ('a', 0.9, 0.2, 18),
+                        ('b', 0.5, 0.3, 30), ('b', 0.9, 0.5, 54)])
+    assert report.plan(max_drop=0.1) == {'a': 0.5}
+    assert report.plan(max_drop=0.3) == {'a': 0.9, 'b': 0.5}
+    with pytest.raises(ps.SurgeryValueError, match='exactly one budget'):
+        report.plan(params_ratio=2, max_drop=0.1)
+    with pytest.raises(ps.SurgeryValueError, match='exactly one budget'):
+        report.plan()
+    with pytest.raises(ps.SurgeryValueError, match='cannot be reached'):
+        report.plan(params_ratio=10)
+    with pytest.raises(ps.SurgeryValueError, match='no MACs'):
+        report.plan(macs_ratio=2)
+    with pytest.raises(ps.SurgeryValueError, match='> 1'):
+        report.plan(params_ratio=0.5)
+    with pytest.raises(ps.SurgeryValueError, match='finite'):
+        report.plan(max_drop=float('nan'))
+
+
+def test_save_load_str_and_plot(tmp_path):
+    net = small_cnn([mx.cpu(0)], False)
+    report = sensitivity(net, accuracy_of(*data()), kind='weights', amounts=[0.2, 0.6],
+                         progress=False)
+    path = str(tmp_path / 'report.json')
+    report.save(path)
+    again = SensitivityReport.load(path)
+    assert again.table == report.table and again.baseline == report.baseline
+    assert again.plan(max_drop=0.5) == report.plan(max_drop=0.5)
+    assert os.listdir(tmp_path) == ['report.json']
+    lines = str(report).splitlines()
+    assert lines[1].split() == ['weight', '\\', 'amount', '0.2', '0.6']
+    assert [l.split()[0] for l in lines[3:]] == report.names
+    png = str(tmp_path / 'curves.png')
+    report.plot(png)
+    assert open(png, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    with open(path, 'w') as f:
+        json.dump({'format': 'other'}, f)
+    with pytest.raises(ps.SurgeryValueError, match='Cannot read'):
+        SensitivityReport.load(path)
+
+
+def test_a_plan_is_an_amount_for_prune_magnitude(ctxs):
+    net = small_cnn(ctxs, False)
+    report = sensitivity(net, accuracy_of(*data()), kind='weights', amounts=[0.25, 0.5, 0.9],
+                         progress=False)
+    plan = report.plan(params_ratio=1.5)
+    assert ps.prune_magnitude(net, '.*weight', plan) == list(plan)
+    zeros = {name: int(ps.sparsity_report(net, name).rows[0]['zeros']) for name in plan}
+    assert sum(zeros.values()) == report._combined(plan)[1]
+    assert ps.masked(net) == list(plan)
