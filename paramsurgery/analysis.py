@@ -447,6 +447,73 @@ class _WeightUnits:
         return []
 
 
+class _ChannelUnits:
+    """kind='channels': one unit per selected prunable channel group, its channels chosen
+    exactly as :func:`prune_channels` chooses them."""
+
+    def __init__(self, net, inputs, key, importance):
+        from .channels import (_IMPORTANCES, _build, _check_owners, _finish_deferred,
+                               _input_shapes, _op_counts, _require_hybrid, _selected_groups)
+        _require_hybrid(net, 'sensitivity')
+        if not callable(importance) and importance not in _IMPORTANCES:
+            raise SurgeryValueError(
+                "importance must be one of %s or a callable f(group) -> scores, got %r."
+                % (', '.join(repr(i) for i in _IMPORTANCES), importance))
+        shapes = _input_shapes(inputs)
+        graph = _build(net, shapes)
+        _check_owners(net, graph)
+        groups = _selected_groups(net, graph, key)
+        _finish_deferred(net, inputs, shapes)
+        self.net = net
+        self.importance = importance
+        self.groups = OrderedDict((g.name, g) for g in groups)
+        self.names = list(self.groups)
+        self.params = net.collect_params()
+        names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.maskable))
+        have = set(masked(net))
+        with autograd.pause():
+            self.weights = {n: _internals.raw_data(self.params[n])[0].asnumpy() for n in names}
+        mine = [n for n in names if n in have]
+        self.masks = {n: m.asnumpy() for n, m in get_mask(net, mine).items()} if mine else {}
+        macs, learnable = _op_counts(graph._trace)
+        covers = OrderedDict()
+        for group in groups:
+            for member in group.members:
+                name, axis, _, stride = member
+                covers.setdefault(name, {}).setdefault(str(axis), []).append(
+                    [group.name, int(stride)])
+        self.entries = []
+        for name, axes in covers.items():
+            shape = [int(d) for d in self.params[name].shape]
+            size = float(np.prod(shape))
+            self.entries.append({'param': name, 'shape': shape, 'axes': axes,
+                                 'macs_per_entry': macs.get(name, 0) / size if size else 0.0,
+                                 'learnable': name in learnable})
+
+    def members(self, name):
+        return [m[0] for m in self.groups[name].maskable]
+
+    def prune(self, name, amount):
+        from .channels import _channel_rows, choose_channels
+        group = self.groups[name]
+        chosen = choose_channels(self.net, [group], self.weights, self.masks, amount,
+                                 self.importance, 'layer', 1)[0]
+        for member in group.maskable:
+            param = self.params[member[0]]
+            keep = np.ones(param.shape, dtype=np.dtype(param.dtype))
+            np.moveaxis(keep, member[1], 0)[_channel_rows(member, chosen)] = 0
+            _zero(param, keep)
+        removed = len(chosen)
+        report = SensitivityReport('channels', 0.0, [], [{'name': name, 'amount': amount,
+                                                          'removed': removed}], 0, 0,
+                                   self.entries)
+        macs, params = report._combined({name: amount})
+        return removed, macs, params
+
+    def structure(self):
+        return self.entries
+
+
 def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
                 amounts: Sequence[float] = DEFAULT_AMOUNTS, key=None, kind: str = 'channels',
                 importance: Any = 'l2', progress: bool = True) -> SensitivityReport:
@@ -526,7 +593,6 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
         if inputs is None:
             raise SurgeryValueError("kind='channels' needs inputs= (a batch or its shape) to "
                                     "trace the net's channel groups.")
-        from .channels import _ChannelUnits
         units = _ChannelUnits(net, inputs, key, importance)
     else:
         units = _WeightUnits(net, key, importance)

@@ -804,9 +804,11 @@ def count_ops(net, *inputs) -> Tuple[int, int]:
     return _count(trace)
 
 
-def _count(trace):
+def _op_counts(trace):
+    """``({weight: MACs of the layers using it}, {learnable parameter: size})`` for one
+    sample, in :func:`count_ops` units."""
     nodes = trace.nodes
-    macs, counted = 0, {}
+    macs, counted = {}, {}
 
     def src(entry):
         node = nodes[entry[0]]
@@ -827,20 +829,21 @@ def _count(trace):
             if wshape is None or out is None:
                 continue
             if op == 'Convolution':
-                macs += int(np.prod(out[1:], dtype=np.int64)) * int(np.prod(wshape[1:]))
+                layer = int(np.prod(out[1:], dtype=np.int64)) * int(np.prod(wshape[1:]))
             else:
                 rows = int(np.prod(out[1:-1], dtype=np.int64)) if len(out) > 2 else 1
-                macs += rows * int(np.prod(wshape))
-            for entry in inputs[1:3]:
-                name = src(entry)
-                if name in trace.all_params:
-                    counted[name] = int(np.prod(trace.shapes.get(name, (0,))))
-        else:
-            for entry in inputs[1:3]:
-                name = src(entry)
-                if name in trace.all_params:
-                    counted[name] = int(np.prod(trace.shapes.get(name, (0,))))
-    return int(macs), int(sum(counted.values()))
+                layer = rows * int(np.prod(wshape))
+            macs[wname] = macs.get(wname, 0) + layer
+        for entry in inputs[1:3]:
+            name = src(entry)
+            if name in trace.all_params:
+                counted[name] = int(np.prod(trace.shapes.get(name, (0,))))
+    return macs, counted
+
+
+def _count(trace):
+    macs, counted = _op_counts(trace)
+    return int(sum(macs.values())), int(sum(counted.values()))
 
 
 # --------------------------------------------------------------------------- pruning
