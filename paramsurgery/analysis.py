@@ -13,6 +13,7 @@ state (BatchNorm's running statistics) are written back from a snapshot taken on
 trial whose ``evaluate`` stepped a Trainer pays for restoring everything (weights, optimizer
 states, update counters, kvstore copies).
 """
+import itertools
 import json
 import math
 import os
@@ -43,6 +44,8 @@ _FILE_VERSION = 1
 # Buckets of the budget in the plan's dynamic programme: the removal each choice is credited
 # with is rounded down to a bucket, so a plan it returns always reaches the budget.
 _BUCKETS = 2000
+# Weight of "remove no more than needed" against the drops in the plan's objective.
+_TIE = 1e-9
 
 
 # --------------------------------------------------------------------------- the report
@@ -223,7 +226,10 @@ class SensitivityReport:
 
         Exactly one budget must be given. For a ratio the amounts are chosen among the
         measured ones so that the combined removal (computed from the shapes, overlaps
-        included) reaches the ratio while the sum of the measured drops is smallest.
+        included) reaches the ratio while the sum of the measured drops is smallest. A
+        negative drop (the metric improved) counts as 0, since it is measurement noise and
+        would otherwise buy pruning beyond the budget; among plans of equal drop, the one
+        removing the least is returned.
 
         Returns
         -------
@@ -278,30 +284,132 @@ class SensitivityReport:
         return choice
 
 
+class _Combined:
+    """The combined removal (MACs or parameters) of pruning several units at once, as a
+    function of how many channels (entries) each unit removes: fast to call many times."""
+
+    def __init__(self, report, index):
+        names = report.names
+        self.additive = report.kind == 'weights'
+        pos = {name: i for i, name in enumerate(names)}
+        self.entries = []
+        for entry in report._units:
+            size = float(np.prod(entry['shape']))
+            weight = entry['macs_per_entry'] * size if index == 0 else \
+                (size if entry['learnable'] else 0.0)
+            if weight <= 0:
+                continue
+            axes = [(entry['shape'][int(axis)], [(pos[g], st) for g, st in covers if g in pos])
+                    for axis, covers in entry['axes'].items()]
+            self.entries.append((weight, [a for a in axes if a[1]]))
+
+    def __call__(self, removed):
+        if self.additive:
+            return float(sum(removed))
+        total = 0.0
+        for weight, axes in self.entries:
+            kept = 1.0
+            for rows, covers in axes:
+                kept *= max(0.0, rows - sum(removed[u] * st for u, st in covers)) / rows
+            total += weight * (1.0 - kept)
+        return total
+
+
+# Plans are searched exhaustively up to this many combinations of measured amounts.
+_EXHAUSTIVE = 60000
+
+
 def _solve(report, need, index):
-    """The choice of one amount (or none) per name whose combined removal is >= ``need``
-    with the smallest sum of drops: a multiple-choice knapsack solved exactly on removals
-    rounded down to ``_BUCKETS`` buckets, then checked (and, where pruning two groups
-    removes less than the sum of both alone, repaired) against the combined removal."""
+    """The choice of one measured amount (or none) per name whose combined removal is
+    >= ``need`` with the smallest sum of drops.
+
+    The combined removal is computed from the shapes: where two groups meet in one layer
+    (its input and its output channels), pruning both removes less than the sum of each
+    alone. Up to ``_EXHAUSTIVE`` combinations are all tried; beyond that, a multiple-choice
+    knapsack on the removals measured one at a time (exact for ``kind='weights'``, where
+    removals add up) gives a start, which is completed greedily where the overlaps leave it
+    short and then improved by moving one or two names at a time while the budget holds.
+    """
     names = report.names
     options = []
     for name in names:
-        opts = [(None, 0.0, 0)]
-        for row in report._rows(name):
+        opts = [(None, 0.0, 0, 0)]
+        for row in sorted(report._rows(name), key=lambda r: r['amount']):
             gain = row['macs_removed'] if index == 0 else row['params_removed']
-            opts.append((row['amount'], float(row['drop']), int(gain)))
+            # A metric that improves when a group is pruned is measurement noise, not a
+            # reason to prune more than the budget needs: it counts as no drop, and among
+            # choices of equal drop the one removing least wins (the tiny second term).
+            drop = max(0.0, float(row['drop'])) + _TIE * gain / max(1.0, need)
+            opts.append((row['amount'], drop, int(gain), int(row['removed'])))
         options.append(opts)
-    target = need
-    for _ in range(6):
-        choice = _knapsack(options, target)
-        if choice is None:
+    combined = _Combined(report, index)
+
+    def removal(ks):
+        return combined([options[i][k][3] for i, k in enumerate(ks)])
+
+    def cost(ks):
+        return sum(options[i][k][1] for i, k in enumerate(ks))
+
+    sizes = [len(opts) for opts in options]
+    if float(np.prod(sizes, dtype=np.float64)) <= _EXHAUSTIVE:
+        best = None
+        for ks in itertools.product(*[range(n) for n in sizes]):
+            c = cost(ks)
+            if (best is None or c < best[0]) and removal(ks) >= need:
+                best = (c, ks)
+        ks = None if best is None else best[1]
+    else:
+        ks = _knapsack([[(o[0], o[1], o[2]) for o in opts] for opts in options], need)
+        if ks is not None:
+            ks = [[o[0] for o in opts].index(a) for opts, a in zip(options, ks)]
+            ks = _repair(ks, sizes, removal, cost, need)
+        if ks is not None:
+            ks = _improve(ks, sizes, removal, cost, need)
+    if ks is None:
+        return None
+    return OrderedDict((n, options[i][k][0]) for i, (n, k) in enumerate(zip(names, ks))
+                       if options[i][k][0] is not None)
+
+
+def _repair(ks, sizes, removal, cost, need):
+    """Upgrade greedily, least extra drop per extra removal first, until ``need`` is met."""
+    ks = list(ks)
+    while removal(ks) < need:
+        base, here, best = removal(ks), cost(ks), None
+        for i in range(len(ks)):
+            for k in range(ks[i] + 1, sizes[i]):
+                trial = ks[:i] + [k] + ks[i + 1:]
+                gain = removal(trial) - base
+                if gain > 0:
+                    rate = (cost(trial) - here) / gain
+                    if best is None or rate < best[0]:
+                        best = (rate, trial)
+        if best is None:
             return None
-        plan = OrderedDict((n, a) for n, a in zip(names, choice) if a is not None)
-        got = report._combined(plan)[index]
-        if got >= need:
-            return plan
-        target *= need / max(got, 1.0) * 1.001   # overlaps: ask the knapsack for more
-    return None
+        ks = best[1]
+    return ks
+
+
+def _improve(ks, sizes, removal, cost, need, rounds=20):
+    """Local search: the best move of one name to any amount, or of one name down a step
+    and another to any amount, that keeps the budget and lowers the drop; until none."""
+    ks = list(ks)
+    for _ in range(rounds):
+        here, best = cost(ks), None
+        moves = [[(i, k)] for i in range(len(ks)) for k in range(sizes[i]) if k != ks[i]]
+        moves += [[(i, ks[i] - 1), (j, k)] for i in range(len(ks)) if ks[i] > 0
+                  for j in range(len(ks)) if j != i for k in range(sizes[j]) if k != ks[j]]
+        for move in moves:
+            trial = list(ks)
+            for i, k in move:
+                trial[i] = k
+            c = cost(trial)
+            if c < here - 1e-15 and (best is None or c < best[0]) and removal(trial) >= need:
+                best = (c, trial)
+        if best is None:
+            break
+        ks = best[1]
+    return ks
 
 
 def _knapsack(options, target):

@@ -297,3 +297,26 @@ def test_channel_trials_match_prune_channels_and_shrink(ctxs, hybridize):
     macs, params = ps.count_ops(fresh, shape)
     assert report._combined(plan) == (dense_macs - macs, dense_params - params)
     assert dense_macs / macs >= 1.8
+
+
+def test_the_large_net_search_finds_the_knapsack_optimum(monkeypatch):
+    # beyond _EXHAUSTIVE combinations: knapsack, repair, local search (exact for weights)
+    import paramsurgery.analysis as analysis
+    rng = np.random.RandomState(1)
+    names, amounts = ['a', 'b', 'c', 'd'], [0.25, 0.5, 0.75]
+    rows = [(n, a, float(rng.rand() * a), int(a * 25 * (i + 1)))
+            for i, n in enumerate(names) for a in amounts]
+    report = synthetic(rows, dense=250)
+    exhaustive = [report.plan(params_ratio=r) for r in (1.2, 1.6, 2.4)]
+    monkeypatch.setattr(analysis, '_EXHAUSTIVE', 0)
+    assert [report.plan(params_ratio=r) for r in (1.2, 1.6, 2.4)] == exhaustive
+
+
+def test_the_large_net_search_meets_overlapping_budgets(monkeypatch):
+    import paramsurgery.analysis as analysis
+    net = small_cnn([mx.cpu(0)], True)
+    report = sensitivity(net, accuracy_of(*data()), inputs=(1, 2, 6, 6), progress=False)
+    monkeypatch.setattr(analysis, '_EXHAUSTIVE', 0)
+    for ratio in (1.5, 2.5, 4.0):
+        plan = report.plan(macs_ratio=ratio)
+        assert report.dense_macs / (report.dense_macs - report._combined(plan)[0]) >= ratio
