@@ -560,8 +560,16 @@ class _ChannelUnits:
     exactly as :func:`prune_channels` chooses them."""
 
     def __init__(self, net, inputs, key, importance):
-        from .channels import (_IMPORTANCES, _build, _check_owners, _finish_deferred,
-                               _input_shapes, _op_counts, _require_hybrid, _selected_groups)
+        from .channels import (
+            _IMPORTANCES,
+            _build,
+            _check_owners,
+            _finish_deferred,
+            _input_shapes,
+            _op_counts,
+            _require_hybrid,
+            _selected_groups,
+        )
         _require_hybrid(net, 'sensitivity')
         if not callable(importance) and importance not in _IMPORTANCES:
             raise SurgeryValueError(

@@ -1,15 +1,28 @@
-"""The demo behind ``make demo`` / ``paramsurgery demo``: prune a CNN to 90% sparsity.
+"""The demo behind ``make demo`` / ``paramsurgery demo``: prune a CNN, then shrink one.
 
 Offline, on scikit-learn's bundled handwritten digits (8x8 images, shipped inside the
 package): a held-out test split, a complementary train/validation split from
 :func:`paramsurgery.complementary_split`, a small CNN trained in a custom
-``autograd.record()`` loop on two contexts, then pruned gradually with
-:class:`paramsurgery.Pruner` and :class:`paramsurgery.PolynomialDecay` while fine-tuning,
-stepping with :func:`paramsurgery.safe_step`. The last line printed is
-``RESULT dense_acc=<float> pruned_acc=<float> sparsity=<float>``.
+``autograd.record()`` loop on two contexts.
+
+Act 1, unstructured: the CNN pruned gradually to 90% sparsity with :class:`Pruner` and
+:class:`PolynomialDecay` while fine-tuning, stepping with :func:`safe_step`.
+
+Act 2, channels: from the same dense weights, :func:`sensitivity` measures each channel
+group pruned alone on the validation split, :meth:`SensitivityReport.plan` picks per-group
+amounts for a MACs budget, :func:`prune_channels` masks them, the net is fine-tuned and
+:func:`shrink` removes the channels for real; a table compares MACs, parameters, file size,
+measured inference time and test accuracy, dense and shrunk.
+
+The last line printed is ``RESULT dense_acc=<float> pruned_acc=<float> sparsity=<float>
+shrunk_acc=<float> macs_ratio=<float> speedup=<float>``.
 """
 import argparse
+import os
+import shutil
 import sys
+import tempfile
+import time
 from typing import Optional
 
 import mxnet as mx
@@ -17,13 +30,16 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
+from .analysis import sensitivity
+from .channels import count_ops, prune_channels
 from .errors import MissingDependencyError, install_hint
-from .masks import remove_mask
+from .masks import masked, remove_mask
 from .pruning import Pruner
 from .report import sparsity_report
 from .samplers import complementary_split
 from .schedules import PolynomialDecay
 from .select import select
+from .shrinking import shrink
 from .stale import safe_step
 from .surgery import set_params
 
@@ -40,8 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='epochs of gradual pruning and fine-tuning (default 40)')
     parser.add_argument('--sparsity', type=float, default=0.9,
                         help='final sparsity of the conv/dense weights (default 0.9)')
+    parser.add_argument('--channel-epochs', type=int, default=15,
+                        help='epochs of fine-tuning after channel pruning (default 15)')
+    parser.add_argument('--macs-ratio', type=float, default=2.5,
+                        help='channel pruning budget: dense MACs / shrunk MACs (default 2.5)')
     parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    parser.add_argument('--plot', metavar='FILE.png', help='bar chart of sparsity per layer')
+    parser.add_argument('--plot', metavar='FILE.png',
+                        help='bar chart of sparsity per layer; the sensitivity curves go to '
+                             'FILE-sensitivity.png beside it')
     parser.add_argument('--out', metavar='FILE.params',
                         help='save the pruned net with the masks baked into the weights')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -110,6 +132,85 @@ def _epoch(net, trainer, loader, loss_fn, bar, pruner=None, step=0):
     return step
 
 
+INPUT = (1, 1, 8, 8)
+
+
+def _latency(net, x, repeat=15):
+    """Median seconds of one predict-mode forward of ``x`` on the first context."""
+    x = mx.nd.array(x, ctx=CTXS[0])
+    net.hybridize(static_alloc=True, static_shape=True)
+    times = []
+    for i in range(repeat + 3):
+        start = time.perf_counter()
+        net(x).wait_to_read()
+        if i >= 3:                                   # the first calls build the graph
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _file_size(net):
+    folder = tempfile.mkdtemp()
+    try:
+        path = os.path.join(folder, 'net.params')
+        net.save_parameters(path)
+        return os.path.getsize(path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _load_dense(seed, dense_params):
+    net = build_net(seed)
+    for name, param in net.collect_params().items():
+        param.set_data(dense_params[name])
+    return net
+
+
+def channel_act(args, dense_params, train, valid, test, tqdm, sensitivity_plot=None):
+    """Act 2: sensitivity, plan, channel pruning, fine-tuning, shrink; returns the figures."""
+    (x_valid, y_valid), (x_test, y_test) = valid, test
+    net = _load_dense(args.seed, dense_params)
+    dense = _load_dense(args.seed, dense_params)
+    report = sensitivity(net, lambda n: accuracy(n, x_valid, y_valid), inputs=INPUT,
+                         progress=not args.quiet)
+    print(report)
+    if sensitivity_plot:
+        report.plot(sensitivity_plot)
+        print('wrote %s' % sensitivity_plot)
+    plan = report.plan(macs_ratio=args.macs_ratio)
+    print('plan for MACs ratio >= %g: %s' % (args.macs_ratio, ', '.join(
+        '%s %g' % (name, amount) for name, amount in plan.items())))
+    prune_channels(net, plan, inputs=INPUT)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 1e-3})
+    bar = tqdm(total=args.channel_epochs * len(train), desc='channels: fine-tuning',
+               disable=args.quiet, file=sys.stdout, leave=False)
+    for _ in range(args.channel_epochs):
+        _epoch(net, trainer, train, loss_fn, bar)
+        bar.set_postfix(valid_acc='%.3f' % accuracy(net, x_valid, y_valid))
+    bar.close()
+    masked_acc = accuracy(net, x_test, y_test)
+    shrink(net, inputs=INPUT, trainer=trainer)
+    remove_mask(net, masked(net), bake=True)     # what a deployment keeps
+    shrunk_acc = accuracy(net, x_test, y_test)
+    (dense_macs, dense_count), (macs, count) = count_ops(dense, INPUT), count_ops(net, INPUT)
+    dense_time, shrunk_time = _latency(dense, x_test), _latency(net, x_test)
+    dense_acc = accuracy(dense, x_test, y_test)
+    rows = [('MACs per image', '%d' % dense_macs, '%d' % macs, dense_macs / macs),
+            ('parameters', '%d' % dense_count, '%d' % count, dense_count / count),
+            ('file size (bytes)', '%d' % _file_size(dense), '%d' % _file_size(net),
+             _file_size(dense) / _file_size(net)),
+            ('inference, %d images (ms)' % len(y_test), '%.2f' % (1e3 * dense_time),
+             '%.2f' % (1e3 * shrunk_time), dense_time / shrunk_time),
+            ('test accuracy', '%.4f' % dense_acc, '%.4f' % shrunk_acc, None)]
+    print('channels: test accuracy %.4f masked, %.4f shrunk (the same function)'
+          % (masked_acc, shrunk_acc))
+    print('%-26s %12s %12s %8s' % ('', 'dense', 'shrunk', 'ratio'))
+    for name, a, b, ratio in rows:
+        print('%-26s %12s %12s %8s' % (name, a, b, '' if ratio is None else '%.2fx' % ratio))
+    return {'shrunk_acc': shrunk_acc, 'macs_ratio': dense_macs / macs,
+            'speedup': dense_time / shrunk_time, 'plan': plan, 'report': report}
+
+
 def run(args: Optional[argparse.Namespace] = None) -> dict:
     """Run the demo; prints the reports and the RESULT line, returns the figures."""
     if args is None:
@@ -173,6 +274,16 @@ def run(args: Optional[argparse.Namespace] = None) -> dict:
         remove_mask(net, list(select(net, PRUNED)), bake=True)
         net.save_parameters(args.out)
         print('wrote %s (masks baked into the weights)' % args.out)
-    print('RESULT dense_acc=%.4f pruned_acc=%.4f sparsity=%.4f' % (dense_acc, pruned_acc,
-                                                                  sparsity))
-    return {'dense_acc': dense_acc, 'pruned_acc': pruned_acc, 'sparsity': sparsity}
+    plot = None
+    if args.plot:
+        stem, ext = os.path.splitext(args.plot)
+        plot = stem + '-sensitivity' + (ext or '.png')
+    act = channel_act(args, best_params, train, (x_valid, y_valid), (x_test, y_test), tqdm,
+                      sensitivity_plot=plot)
+    print('RESULT dense_acc=%.4f pruned_acc=%.4f sparsity=%.4f shrunk_acc=%.4f '
+          'macs_ratio=%.4f speedup=%.4f' % (dense_acc, pruned_acc, sparsity,
+                                            act['shrunk_acc'], act['macs_ratio'],
+                                            act['speedup']))
+    return {'dense_acc': dense_acc, 'pruned_acc': pruned_acc, 'sparsity': sparsity,
+            'shrunk_acc': act['shrunk_acc'], 'macs_ratio': act['macs_ratio'],
+            'speedup': act['speedup']}
