@@ -397,3 +397,49 @@ def test_twice_and_with_a_trainer_that_has_not_stepped(tmp_path):
     net.export(prefix)
     loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
     assert_close(outputs(net, x, ONE), outputs(loaded, x, ONE))
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize('model', ['resnet18_v1', 'mobilenetv2_1.0'])
+def test_model_zoo_round_trips_and_training(model, tmp_path):
+    """The shrunk zoo net trains on with the same Trainer like the masked one, exports, and
+    is rebuilt from its class with apply_plan + load_parameters."""
+    # 64x64 and 4 samples per context: at 32x32 with 2 per context the last BatchNorms
+    # normalise over 2 values, which turns float rounding (the shrunk convolutions sum fewer
+    # terms) into 1e-3 differences after a step, in the masked net as much as in the shrunk
+    x = mx.nd.array(np.random.RandomState(1).uniform(-1, 1, size=(8, 3, 64, 64)))
+    nets, trainers = [], []
+    for _ in range(2):
+        mx.random.seed(7)
+        net = vision.get_model(model, pretrained=False, classes=10)
+        net.initialize(mx.init.Xavier(), ctx=TWO)
+        net.hybridize()
+        net(x.as_in_context(mx.cpu(0)))
+        ps.prune_channels(net, 0.5, inputs=x, scope='global')
+        trainer = gluon.Trainer(net.collect_params(), 'sgd',
+                                {'learning_rate': 1e-3, 'momentum': 0.9, 'wd': 0},
+                                kvstore='device')
+        step(net, trainer, x, TWO)
+        nets.append(net)
+        trainers.append(trainer)
+    masked, shrunk = nets
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    for i in range(2):
+        step(masked, trainers[0], x + 0.1 * i, TWO)
+        step(shrunk, trainers[1], x + 0.1 * i, TWO)
+        assert_close(outputs(masked, x, TWO), outputs(shrunk, x, TWO))
+    for name, p in shrunk.collect_params('.*running.*').items():
+        ps.set_params(shrunk, name, p.data(mx.cpu(0)))
+    ref = outputs(shrunk, x, ONE)
+    prefix = str(tmp_path / 'zoo')
+    shrunk.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    assert_close(ref, outputs(loaded, x, ONE))
+    plan.save(str(tmp_path / 'plan.json'))
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'zoo.params'))
+    fresh = vision.get_model(model, pretrained=False, classes=10)
+    ps.apply_plan(fresh, str(tmp_path / 'plan.json'))
+    fresh.load_parameters(str(tmp_path / 'zoo.params'))
+    assert_close(ref, outputs(fresh, x, ONE))
+    assert ps.count_ops(fresh, x) == ps.count_ops(shrunk, x)
