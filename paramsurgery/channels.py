@@ -91,6 +91,21 @@ class ChannelGroup:
         The role of each member: ``'weight'`` (a producer's output axis), ``'bias'``,
         ``'bn_gamma'``, ``'bn_beta'``, ``'bn_mean'``, ``'bn_var'``, ``'input'`` (a
         consumer's input slice), ``'depthwise'``, ``'scale'`` (a per-channel parameter).
+
+    Examples
+    --------
+    >>> import paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='n_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Conv2D(4, 3), nn.BatchNorm(), nn.Conv2D(2, 1))
+    >>> group = ps.trace_channels(net, (1, 3, 8, 8))['n_conv0_weight']
+    >>> group.size, group.prunable, group.producers
+    (4, True, ['n_conv0_weight'])
+    >>> list(zip(group.members, group.roles))[-2:]
+    [(('n_batchnorm0_running_var', 0, 0, 1), 'bn_var'), (('n_conv1_weight', 1, 0, 1), 'input')]
+    >>> len(group.members), len(group.maskable)    # running statistics carry no mask
+    (7, 5)
     """
 
     def __init__(self, name, size, members, roles, prunable, reason, producers):
@@ -121,6 +136,19 @@ class ChannelGraph:
         In topological order of their first producer.
     inputs : list of str
         The names of the data inputs the net was traced with.
+
+    Examples
+    --------
+    >>> import paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='n_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Conv2D(4, 3), nn.Activation('relu'), nn.Dense(2))
+    >>> graph = ps.trace_channels(net, (1, 3, 8, 8))
+    >>> graph.inputs, len(graph), [g.name for g in graph.prunable]
+    (['data'], 3, ['n_conv0_weight'])
+    >>> graph['n_dense0_weight'].reason
+    "reaches the net output ('n_dense0_fwd')"
     """
 
     def __init__(self, groups, inputs, trace):
