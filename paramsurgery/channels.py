@@ -16,7 +16,7 @@ import json
 import math
 import numbers
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Tuple, Union
 
 import numpy as np
 import mxnet as mx
@@ -48,6 +48,8 @@ _PASSTHROUGH = {
     'sign', 'round', 'floor', 'ceil', 'log', 'log1p', 'expm1', 'cos', 'sin', 'cbrt',
     'rsqrt', 'gelu', 'selu', 'elu',
 }
+# What an operator handler returns when it cannot follow the channels.
+_UNKNOWN = ('unknown',)
 # Operators that may keep the batch and channel axes (checked on the inferred shapes).
 _RESHAPES = {'Reshape', 'reshape', 'expand_dims', 'squeeze'}
 # Reductions: channels kept when only axes >= 2 are reduced.
@@ -490,8 +492,9 @@ def _build(net, shapes) -> ChannelGraph:
                                     param_src, why)
         if out is unknown:
             block_all(data, why)
-            n_out = 1
-            for k in range(n_out):
+            outputs = sum(1 for k in range(64)
+                          if '%s_output%d' % (name, k) in trace.shapes) or 1
+            for k in range(outputs):
                 layout[(nid, k)] = fresh(nid, why, k)
         else:
             layout[(nid, 0)] = out
@@ -524,7 +527,7 @@ def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     bias = param_of(inputs[2]) if not no_bias and len(inputs) > 2 else None
     if len(data) != 1 or weight is None or (not no_bias and bias is None) or \
             layout not in ('None', 'NCW', 'NCHW', 'NCDHW'):
-        return _unknown_marker()
+        return _UNKNOWN
     groups = int(attrs.get('num_group', 1))
     filters = int(attrs['num_filter'])
     in_shape = trace.shape(*data[0])
@@ -558,13 +561,6 @@ def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     return [(out, 0, 1)]
 
 
-_UNKNOWN = ('unknown',)
-
-
-def _unknown_marker():
-    return _UNKNOWN
-
-
 def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     inputs = node['inputs']
     weight = param_of(inputs[1]) if len(inputs) > 1 else None
@@ -574,7 +570,7 @@ def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     shape = trace.shape(*data[0])
     if len(data) != 1 or weight is None or (not no_bias and bias is None) or shape is None \
             or (len(shape) > 2 and not flatten):
-        return _unknown_marker()
+        return _UNKNOWN
     mult = int(np.prod(shape[2:])) if len(shape) > 2 else 1
     for sp, off, st in in_segs[0]:
         spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
@@ -589,9 +585,9 @@ def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
 def _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src):
     act = attrs.get('act_type', 'leaky')
     if act != 'prelu':
-        return in_segs[0] if len(inputs) == 1 else _unknown_marker()
+        return in_segs[0] if len(inputs) == 1 else _UNKNOWN
     if len(inputs) != 2 or inputs[1][0] not in param_src:
-        return _unknown_marker()
+        return _UNKNOWN
     gamma = param_src[inputs[1][0]]
     gshape = trace.all_params[gamma].shape
     if gshape and int(np.prod(gshape)) > 1:
@@ -604,7 +600,7 @@ def _concat(trace, attrs, data, in_segs):
     dim = int(attrs.get('dim', 1))
     shape0 = trace.shape(*data[0])
     if shape0 is None or dim not in (1, 1 - len(shape0)):
-        return _unknown_marker()
+        return _UNKNOWN
     out, base = [], 0
     for entry, segs in zip(data, in_segs):
         out.extend((sp, base + off, st) for sp, off, st in segs)

@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Union
 
 import numpy as np
 import mxnet as mx

@@ -8,7 +8,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 import paramsurgery as ps
-from channel_nets import USER_NETS, build, batch
+from channel_nets import build, batch
 from conftest import ONE, TWO, assert_same_bits, snapshot
 
 
