@@ -457,7 +457,8 @@ def _build(net, shapes) -> ChannelGraph:
                 and len(data) == 1:
             axis = int(attrs.get('axis', 1))
             ndim = len(trace.shape(data[0][0], data[0][1]) or ())
-            if axis in (1, 1 - ndim) and len(inputs) == 5:
+            if axis in (1, 1 - ndim) and len(inputs) == 5 and \
+                    all(pid in param_src for pid, _, _ in inputs[1:]):
                 roles = ('bn_gamma', 'bn_beta', 'bn_mean', 'bn_var')
                 for (pid, _, _), role in zip(inputs[1:], roles):
                     for sp, off, st in in_segs[0]:
