@@ -215,9 +215,7 @@ def _trainers(net, trainer, touched):
         if last is not None and all(last is not t for t in found):
             found.append(last)
     for t in found:
-        kvstore, _, initialized = _internals.kvstore_of(t)
-        kv_type = _internals.kvstore_type(kvstore if initialized else
-                                          t._kvstore_params['kvstore'])
+        kv_type = _internals.kvstore_type(_internals.trainer_kvstore(t)[0])
         if 'dist' in kv_type:
             raise TrainerStateError(
                 "shrink cannot change the shapes of parameters held by a distributed kvstore "
