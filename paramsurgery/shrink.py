@@ -398,7 +398,8 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
 def _structural(net):
     """``{id(param): structural name}`` for every parameter but masks."""
     names = _internals.structural_names(net)
-    masks = set(id(p) for n, p in all_params(net).items() if n in set(mask_names(all_params(net))))
+    params = all_params(net)
+    masks = set(id(params[n]) for n in mask_names(params))
     out = {}
     for sname, param in names.items():
         if id(param) not in masks:
