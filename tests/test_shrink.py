@@ -308,7 +308,13 @@ def test_bad_arguments():
         ps.shrink(net, inputs=batch(), trainer='sgd')
     with pytest.raises(ps.SurgeryTypeError):
         ps.shrink(net, inputs=None)
+    with pytest.raises(ps.SurgeryValueError, match='NaN'):
+        ps.shrink(net, inputs=batch() * float('nan'))
     assert_same_bits(before, snapshot(net))
+    with pytest.raises(ps.SurgeryTypeError, match='list of ints'):
+        ps.ShrinkPlan({'g': [0, 'x']}, {})
+    with pytest.raises(ps.SurgeryValueError, match='below 1'):
+        ps.ShrinkPlan({}, {'0.weight': (0, 3)})
 
 
 def test_plan_for_another_architecture(tmp_path):
