@@ -314,3 +314,19 @@ def test_masks_on_two_contexts_agree():
         mask = net.collect_params()[name + '_mask']
         a, b = [d.asnumpy() for d in mask.list_data()]
         assert (a == b).all()
+
+
+def test_symbolblock_groups_are_not_prunable(tmp_path):
+    net = build('chain', ONE)
+    net.hybridize()
+    net(batch())
+    prefix = str(tmp_path / 'chain')
+    net.export(prefix)
+    loaded = gluon.SymbolBlock.imports(prefix + '-symbol.json', ['data'],
+                                       prefix + '-0000.params')
+    graph = ps.trace_channels(loaded, (1, 3, 8, 8))
+    group = graph['chain_conv0_weight']
+    assert not group.prunable and 'SymbolBlock' in group.reason
+    assert ps.count_ops(loaded, (1, 3, 8, 8)) == ps.count_ops(net, (1, 3, 8, 8))
+    with pytest.raises(ps.SurgeryValueError, match='no prunable channel group'):
+        ps.prune_channels(loaded, 0.5, inputs=(1, 3, 8, 8))
