@@ -185,7 +185,7 @@ class ChannelGraph:
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = ['%-*s  %*s  %*s  %s' % (widths[0], r[0], widths[1], r[1], widths[2], r[2], r[3])
                  for r in rows]
-        lines.insert(1, '-' * max(len(l) for l in lines))
+        lines.insert(1, '-' * len(lines[0]))
         lines.append('%d groups, %d prunable, %d channels prunable' % (
             len(self.groups), len(self.prunable), sum(g.size for g in self.prunable)))
         return '\n'.join(lines)
@@ -762,7 +762,7 @@ def trace_channels(net, *inputs) -> ChannelGraph:
     "reaches the net output ('net_dense0_fwd')"
     >>> print(graph)   # doctest: +NORMALIZE_WHITESPACE
     group             channels  members  prunable
-    ----------------------------------------------...
+    ----------------------------------------------
     data                     3        1  no: data input
     net_conv0_weight         8        6  yes
     net_conv1_weight         4        3  yes

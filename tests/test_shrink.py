@@ -345,7 +345,7 @@ def test_plan_for_another_architecture(tmp_path):
 
 ZOO = {'resnet18_v1': 64, 'resnet50_v1': 64, 'resnet18_v2': 64, 'mobilenet1.0': 64,
        'mobilenetv2_1.0': 64, 'densenet121': 224, 'squeezenet1.1': 224, 'vgg11_bn': 32,
-       'alexnet': 224, 'inceptionv3': 299}
+       'alexnet': 64, 'inceptionv3': 299}
 TWO_CONTEXTS = ('resnet18_v1', 'mobilenetv2_1.0')
 
 
