@@ -619,7 +619,7 @@ def _elementwise(trace, spaces, nid, node, data, in_segs, inputs, param_src, why
     for pid, _, _ in inputs:
         if pid not in param_src:
             continue
-        pshape = trace.shapes.get(trace.nodes[pid]['name'])
+        pshape = trace.shape(pid)     # a variable, or weight * mask
         if pshape is None or len(pshape) != len(out_shape):
             return _UNKNOWN, why
         if pshape[1] == channels and channels > 1:

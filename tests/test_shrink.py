@@ -449,3 +449,46 @@ def test_model_zoo_round_trips_and_training(model, tmp_path):
     fresh.load_parameters(str(tmp_path / 'zoo.params'))
     assert_close(ref, outputs(fresh, x, ONE))
     assert ps.count_ops(fresh, x) == ps.count_ops(shrunk, x)
+
+
+class Mixed(gluon.HybridBlock):
+    """PReLU with per-channel slopes, a per-channel scale parameter, flattened features of
+    two branches concatenated into one dense layer, a reduction over the spatial axes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = nn.Conv2D(6, 3, padding=1, in_channels=3)
+            self.act = nn.PReLU(alpha_initializer=mx.init.Uniform(0.5), in_channels=6)
+            self.scale = self.params.get('scale', shape=(1, 6, 1, 1),
+                                         init=mx.init.Uniform(1))
+            self.b = nn.Conv2D(4, 3, strides=2, padding=1, in_channels=6)
+            self.fc = nn.Dense(5, in_units=6 * 16 + 4)
+            self.out = nn.Dense(2, in_units=5)
+
+    def hybrid_forward(self, F, x, scale):
+        y = F.broadcast_mul(self.act(self.a(x)), scale)           # (N, 6, 8, 8)
+        z = F.mean(self.b(y), axis=(2, 3))                         # (N, 4)
+        flat = F.concat(F.flatten(F.Pooling(y, kernel=(2, 2), stride=(2, 2),
+                                            pool_type='max')), z, dim=1)
+        return self.out(F.relu(self.fc(flat)))
+
+
+def test_prelu_scale_flattened_concat(ctxs, hybridize):
+    net = Mixed(prefix='mixed_')
+    mx.random.seed(2)
+    net.initialize(mx.init.Xavier(), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    x = batch()
+    graph = ps.trace_channels(net, x)
+    a = dict((m[0], m[1:]) for m in graph['mixed_conv0_weight'].members)
+    assert a['mixed_prelu0_alpha'] == (0, 0, 1) and a['mixed_scale'] == (1, 0, 1)
+    assert a['mixed_dense0_weight'] == (1, 0, 16)
+    assert dict((m[0], m[1:]) for m in graph['mixed_conv1_weight'].members)[
+        'mixed_dense0_weight'] == (1, 96, 1)
+    plan, (ref, got), (ref_train, got_train) = masked_vs_shrunk(net, x, ctxs)
+    assert_close(ref, got)
+    assert_close(ref_train, got_train)
+    assert net.scale.shape == (1, 3, 1, 1) and net.act.alpha.shape == (3,)
+    assert net.fc.weight.shape == (2, 3 * 16 + 2)      # 5 units: floor(2.5 + 0.5) pruned
