@@ -330,3 +330,14 @@ def test_symbolblock_groups_are_not_prunable(tmp_path):
     assert ps.count_ops(loaded, (1, 3, 8, 8)) == ps.count_ops(net, (1, 3, 8, 8))
     with pytest.raises(ps.SurgeryValueError, match='no prunable channel group'):
         ps.prune_channels(loaded, 0.5, inputs=(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize('kind', sorted(['chain', 'residual', 'concat', 'depthwise',
+                                         'flatten_dense', 'se']))
+def test_masks_do_not_change_the_groups(kind):
+    """The tracer sees through ``weight * mask``: the same groups before and after."""
+    net = build(kind, ONE)
+    before = [(g.name, g.size, g.members, g.prunable) for g in ps.trace_channels(net, batch())]
+    ps.prune_channels(net, 0.25, inputs=batch())
+    after = [(g.name, g.size, g.members, g.prunable) for g in ps.trace_channels(net, batch())]
+    assert before == after
