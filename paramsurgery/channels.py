@@ -48,6 +48,8 @@ _PASSTHROUGH = {
     'sign', 'round', 'floor', 'ceil', 'log', 'log1p', 'expm1', 'cos', 'sin', 'cbrt',
     'rsqrt', 'gelu', 'selu', 'elu',
 }
+# What an operator handler returns when it cannot follow the channels.
+_UNKNOWN = ('unknown',)
 # Operators that may keep the batch and channel axes (checked on the inferred shapes).
 _RESHAPES = {'Reshape', 'reshape', 'expand_dims', 'squeeze'}
 # Reductions: channels kept when only axes >= 2 are reduced.
@@ -91,6 +93,21 @@ class ChannelGroup:
         The role of each member: ``'weight'`` (a producer's output axis), ``'bias'``,
         ``'bn_gamma'``, ``'bn_beta'``, ``'bn_mean'``, ``'bn_var'``, ``'input'`` (a
         consumer's input slice), ``'depthwise'``, ``'scale'`` (a per-channel parameter).
+
+    Examples
+    --------
+    >>> import paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='n_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Conv2D(4, 3), nn.BatchNorm(), nn.Conv2D(2, 1))
+    >>> group = ps.trace_channels(net, (1, 3, 8, 8))['n_conv0_weight']
+    >>> group.size, group.prunable, group.producers
+    (4, True, ['n_conv0_weight'])
+    >>> list(zip(group.members, group.roles))[-2:]
+    [(('n_batchnorm0_running_var', 0, 0, 1), 'bn_var'), (('n_conv1_weight', 1, 0, 1), 'input')]
+    >>> len(group.members), len(group.maskable)    # running statistics carry no mask
+    (7, 5)
     """
 
     def __init__(self, name, size, members, roles, prunable, reason, producers):
@@ -121,6 +138,19 @@ class ChannelGraph:
         In topological order of their first producer.
     inputs : list of str
         The names of the data inputs the net was traced with.
+
+    Examples
+    --------
+    >>> import paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.HybridSequential(prefix='n_')
+    >>> with net.name_scope():
+    ...     net.add(nn.Conv2D(4, 3), nn.Activation('relu'), nn.Dense(2))
+    >>> graph = ps.trace_channels(net, (1, 3, 8, 8))
+    >>> graph.inputs, len(graph), [g.name for g in graph.prunable]
+    (['data'], 3, ['n_conv0_weight'])
+    >>> graph['n_dense0_weight'].reason
+    "reaches the net output ('n_dense0_fwd')"
     """
 
     def __init__(self, groups, inputs, trace):
@@ -155,7 +185,7 @@ class ChannelGraph:
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = ['%-*s  %*s  %*s  %s' % (widths[0], r[0], widths[1], r[1], widths[2], r[2], r[3])
                  for r in rows]
-        lines.insert(1, '-' * max(len(l) for l in lines))
+        lines.insert(1, '-' * len(lines[0]))
         lines.append('%d groups, %d prunable, %d channels prunable' % (
             len(self.groups), len(self.prunable), sum(g.size for g in self.prunable)))
         return '\n'.join(lines)
@@ -427,7 +457,8 @@ def _build(net, shapes) -> ChannelGraph:
                 and len(data) == 1:
             axis = int(attrs.get('axis', 1))
             ndim = len(trace.shape(data[0][0], data[0][1]) or ())
-            if axis in (1, 1 - ndim) and len(inputs) == 5:
+            if axis in (1, 1 - ndim) and len(inputs) == 5 and \
+                    all(pid in param_src for pid, _, _ in inputs[1:]):
                 roles = ('bn_gamma', 'bn_beta', 'bn_mean', 'bn_var')
                 for (pid, _, _), role in zip(inputs[1:], roles):
                     for sp, off, st in in_segs[0]:
@@ -462,8 +493,9 @@ def _build(net, shapes) -> ChannelGraph:
                                     param_src, why)
         if out is unknown:
             block_all(data, why)
-            n_out = 1
-            for k in range(n_out):
+            outputs = sum(1 for k in range(64)
+                          if '%s_output%d' % (name, k) in trace.shapes) or 1
+            for k in range(outputs):
                 layout[(nid, k)] = fresh(nid, why, k)
         else:
             layout[(nid, 0)] = out
@@ -496,7 +528,7 @@ def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     bias = param_of(inputs[2]) if not no_bias and len(inputs) > 2 else None
     if len(data) != 1 or weight is None or (not no_bias and bias is None) or \
             layout not in ('None', 'NCW', 'NCHW', 'NCDHW'):
-        return _unknown_marker()
+        return _UNKNOWN
     groups = int(attrs.get('num_group', 1))
     filters = int(attrs['num_filter'])
     in_shape = trace.shape(*data[0])
@@ -530,13 +562,6 @@ def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     return [(out, 0, 1)]
 
 
-_UNKNOWN = ('unknown',)
-
-
-def _unknown_marker():
-    return _UNKNOWN
-
-
 def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     inputs = node['inputs']
     weight = param_of(inputs[1]) if len(inputs) > 1 else None
@@ -546,7 +571,7 @@ def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     shape = trace.shape(*data[0])
     if len(data) != 1 or weight is None or (not no_bias and bias is None) or shape is None \
             or (len(shape) > 2 and not flatten):
-        return _unknown_marker()
+        return _UNKNOWN
     mult = int(np.prod(shape[2:])) if len(shape) > 2 else 1
     for sp, off, st in in_segs[0]:
         spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
@@ -561,9 +586,9 @@ def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
 def _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src):
     act = attrs.get('act_type', 'leaky')
     if act != 'prelu':
-        return in_segs[0] if len(inputs) == 1 else _unknown_marker()
+        return in_segs[0] if len(inputs) == 1 else _UNKNOWN
     if len(inputs) != 2 or inputs[1][0] not in param_src:
-        return _unknown_marker()
+        return _UNKNOWN
     gamma = param_src[inputs[1][0]]
     gshape = trace.all_params[gamma].shape
     if gshape and int(np.prod(gshape)) > 1:
@@ -576,7 +601,7 @@ def _concat(trace, attrs, data, in_segs):
     dim = int(attrs.get('dim', 1))
     shape0 = trace.shape(*data[0])
     if shape0 is None or dim not in (1, 1 - len(shape0)):
-        return _unknown_marker()
+        return _UNKNOWN
     out, base = [], 0
     for entry, segs in zip(data, in_segs):
         out.extend((sp, base + off, st) for sp, off, st in segs)
@@ -594,7 +619,7 @@ def _elementwise(trace, spaces, nid, node, data, in_segs, inputs, param_src, why
     for pid, _, _ in inputs:
         if pid not in param_src:
             continue
-        pshape = trace.shapes.get(trace.nodes[pid]['name'])
+        pshape = trace.shape(pid)     # a variable, or weight * mask
         if pshape is None or len(pshape) != len(out_shape):
             return _UNKNOWN, why
         if pshape[1] == channels and channels > 1:
@@ -737,7 +762,7 @@ def trace_channels(net, *inputs) -> ChannelGraph:
     "reaches the net output ('net_dense0_fwd')"
     >>> print(graph)   # doctest: +NORMALIZE_WHITESPACE
     group             channels  members  prunable
-    ----------------------------------------------...
+    ----------------------------------------------
     data                     3        1  no: data input
     net_conv0_weight         8        6  yes
     net_conv1_weight         4        3  yes

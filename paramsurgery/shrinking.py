@@ -42,6 +42,17 @@ RTOL = 1e-4
 
 # --------------------------------------------------------------------------- the plan
 
+def _ints(values, what, low):
+    """``values`` as a list of ints >= ``low``, or a typed error naming ``what``."""
+    if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+            for v in values):
+        raise SurgeryTypeError('%s must be a list of ints, got %r.' % (what, values))
+    if any(v < low for v in values):
+        raise SurgeryValueError('%s has a value below %d: %r.' % (what, low, values))
+    return [int(v) for v in values]
+
+
 class ShrinkPlan:
     """What :func:`shrink` did, enough to rebuild the shrunk network from its class.
 
@@ -65,8 +76,12 @@ class ShrinkPlan:
     """
 
     def __init__(self, kept: Dict[str, List[int]], shapes: Dict[str, tuple]):
-        self.kept = OrderedDict((str(k), [int(i) for i in v]) for k, v in kept.items())
-        self.shapes = {str(k): tuple(int(d) for d in v) for k, v in shapes.items()}
+        if not isinstance(kept, dict) or not isinstance(shapes, dict):
+            raise SurgeryTypeError('ShrinkPlan(kept, shapes) takes two dicts (group name -> '
+                                   'kept indices, structural name -> shape), got %s and %s.'
+                                   % (type(kept).__name__, type(shapes).__name__))
+        self.kept = {str(k): _ints(v, 'kept[%r]' % k, 0) for k, v in kept.items()}
+        self.shapes = {str(k): tuple(_ints(v, 'shapes[%r]' % k, 1)) for k, v in shapes.items()}
 
     def to_dict(self) -> Dict[str, Any]:
         """The plan as plain JSON-able data."""
@@ -106,7 +121,10 @@ class ShrinkPlan:
                 data.get('version') != _VERSION:
             raise SurgeryValueError("'%s' is not a shrink plan written by ShrinkPlan.save "
                                     "(format %r version %d expected)." % (path, _FORMAT, _VERSION))
-        return cls(data['kept'], data['shapes'])
+        try:
+            return cls(data['kept'], data['shapes'])
+        except (KeyError, SurgeryTypeError, SurgeryValueError) as err:
+            raise SurgeryValueError("'%s' is not a valid shrink plan: %s" % (path, err)) from None
 
     def __eq__(self, other):
         return isinstance(other, ShrinkPlan) and self.kept == other.kept and \
@@ -219,9 +237,7 @@ def _trainers(net, trainer, touched):
         if last is not None and all(last is not t for t in found):
             found.append(last)
     for t in found:
-        kvstore, _, initialized = _internals.kvstore_of(t)
-        kv_type = _internals.kvstore_type(kvstore if initialized else
-                                          t._kvstore_params['kvstore'])
+        kv_type = _internals.kvstore_type(_internals.trainer_kvstore(t)[0])
         if 'dist' in kv_type:
             raise TrainerStateError(
                 "shrink cannot change the shapes of parameters held by a distributed kvstore "
@@ -300,6 +316,10 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
     _require_hybrid(net, 'shrink')
     shapes = _input_shapes(inputs)
     batches = _batches(inputs, shapes)
+    for i, b in enumerate(batches):
+        if not np.all(np.isfinite(b.asnumpy())):
+            raise SurgeryValueError('inputs[%d] has NaN or infinite values; the check compares '
+                                    'outputs, so pass a finite batch.' % i)
     ctxs = _contexts(net)
     if trainer is not None and not isinstance(trainer, gluon.Trainer):
         raise SurgeryTypeError('trainer must be a gluon.Trainer or None, got %s.'
@@ -404,7 +424,8 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
 def _structural(net):
     """``{id(param): structural name}`` for every parameter but masks."""
     names = _internals.structural_names(net)
-    masks = set(id(p) for n, p in all_params(net).items() if n in set(mask_names(all_params(net))))
+    params = all_params(net)
+    masks = set(id(params[n]) for n in mask_names(params))
     out = {}
     for sname, param in names.items():
         if id(param) not in masks:

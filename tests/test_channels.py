@@ -160,7 +160,6 @@ def test_count_ops_by_hand():
 # --------------------------------------------------------------------------- prune_channels
 
 def channel_alive(net, group):
-    params = net.collect_params()
     masks = {n: ps.get_mask(net, n)[n].asnumpy() for n in ps.masked(net)}
     alive = np.zeros(group.size, dtype=bool)
     for name, axis, off, st in group.maskable:
@@ -315,3 +314,30 @@ def test_masks_on_two_contexts_agree():
         mask = net.collect_params()[name + '_mask']
         a, b = [d.asnumpy() for d in mask.list_data()]
         assert (a == b).all()
+
+
+def test_symbolblock_groups_are_not_prunable(tmp_path):
+    net = build('chain', ONE)
+    net.hybridize()
+    net(batch())
+    prefix = str(tmp_path / 'chain')
+    net.export(prefix)
+    loaded = gluon.SymbolBlock.imports(prefix + '-symbol.json', ['data'],
+                                       prefix + '-0000.params')
+    graph = ps.trace_channels(loaded, (1, 3, 8, 8))
+    group = graph['chain_conv0_weight']
+    assert not group.prunable and 'SymbolBlock' in group.reason
+    assert ps.count_ops(loaded, (1, 3, 8, 8)) == ps.count_ops(net, (1, 3, 8, 8))
+    with pytest.raises(ps.SurgeryValueError, match='no prunable channel group'):
+        ps.prune_channels(loaded, 0.5, inputs=(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize('kind', sorted(['chain', 'residual', 'concat', 'depthwise',
+                                         'flatten_dense', 'se']))
+def test_masks_do_not_change_the_groups(kind):
+    """The tracer sees through ``weight * mask``: the same groups before and after."""
+    net = build(kind, ONE)
+    before = [(g.name, g.size, g.members, g.prunable) for g in ps.trace_channels(net, batch())]
+    ps.prune_channels(net, 0.25, inputs=batch())
+    after = [(g.name, g.size, g.members, g.prunable) for g in ps.trace_channels(net, batch())]
+    assert before == after
