@@ -9,7 +9,7 @@ CONSTRAINTS := $(VENV)/constraints.txt
 PIP_INSTALL := $(BIN)/python -m pip install -q -c $(CONSTRAINTS)
 # The linter: unused imports and names, redefinitions, undefined names, import order.
 LINT := $(BIN)/python -m ruff check --no-cache --select F401,F811,F821,F841,I \
-	--line-length 100 --config "lint.isort.known-local-folder = ['helpers', 'dist_harness']" \
+	--line-length 100 --config "lint.isort.known-local-folder = ['helpers', 'dist_harness', 'channel_nets']" \
 	paramsurgery tests bench
 
 .PHONY: test lint demo bench clean

@@ -29,6 +29,8 @@ MODULES = [
     ('analysis', 'sensitivity analysis and budget plans: which layers to prune, and how much'),
     ('samplers', 'complementary samplers for DataLoader'),
     ('distributed', 'the parameter-server kvstore: check_trainer, init_kvstore'),
+    ('channels', 'channel groups, channel pruning and count_ops'),
+    ('shrinking', 'structural shrink: shrink, ShrinkPlan, apply_plan'),
     ('errors', 'the exceptions and warnings'),
 ]
 

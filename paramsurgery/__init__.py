@@ -18,6 +18,7 @@ The layers, each importing only from the ones above it::
     _values -> surgery               the value plan; assign_params, set_params
     _deconv, _layout, _masked_forward -> masks    masks in the forward graph
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
+    channels -> shrinking, _exported channel groups, channel pruning; structural shrink
     report, analysis                 sparsity reports; sensitivity analysis and budgets
     cli, demo                        the command line and the demo
 """
@@ -32,7 +33,7 @@ _EXPORTS = {
     'errors': ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
                'SurgeryTypeError', 'FileFormatError', 'ParameterStateError',
                'TrainerStateError', 'StaleGradientError', 'SamplerValueError', 'SamplerTypeError',
-               'MissingDependencyError', 'DistributedWarning'],
+               'MissingDependencyError', 'DistributedWarning', 'ShrinkError'],
     'select': ['select'],
     'access': ['replicas', 'data_on', 'check_params', 'Problem'],
     'surgery': ['assign_params', 'set_params'],
@@ -46,6 +47,9 @@ _EXPORTS = {
                      'custom_masks'],
     'schedules': ['ConstantSparsity', 'PolynomialDecay'],
     'report': ['SparsityReport', 'sparsity_report', 'arrays_report'],
+    'channels': ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'count_ops',
+                 'prune_channels'],
+    'shrinking': ['shrink', 'ShrinkPlan', 'apply_plan'],
     'analysis': ['sensitivity', 'SensitivityReport'],
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
     'distributed': ['check_trainer', 'init_kvstore'],

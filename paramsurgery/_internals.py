@@ -437,3 +437,132 @@ def set_optimizer_counters(optimizer, counters):
     for dev, counts in saved.items():
         live.setdefault(dev, {}).clear()
         live[dev].update(counts)
+
+
+# --------------------------------------------------------------------------- structural shrink
+#
+# Changing a parameter's shape in place: ``_shape`` (the ``shape`` setter only fills unknown
+# dimensions), ``_data`` and ``_grad`` (new arrays, marked as autograd variables by
+# ``_init_grad``), ``_var`` (the cached symbol variable carries the old ``__shape__``: tracing,
+# ``infer_shape`` and ``export`` fail until it is dropped). Blocks keep their channel counts
+# in private attributes that their ``hybrid_forward`` passes to the operators. A Trainer's
+# optimizer states live in its Updaters (one per context) or, with ``update_on_kvstore``, in
+# the kvstore's Updater; the kvstore itself holds buffers of the old shapes.
+
+_BLOCK_ATTRS = ('_channels', '_in_channels', '_units', '_in_units', 'in_channels')
+
+
+def param_arrays_state(param):
+    """Everything :func:`set_param_arrays` changes, to put back with :func:`restore_param_arrays`."""
+    return (param._shape, param._data, param._grad, param._var)
+
+
+def restore_param_arrays(param, state):
+    """Put back the very objects saved by :func:`param_arrays_state` (bit for bit: the old
+    arrays are still the marked variables bound to their old gradient buffers)."""
+    param._shape, param._data, param._grad, param._var = state
+
+
+def set_param_arrays(param, shape, arrays=None):
+    """Give ``param`` a new shape and, when initialised, new per-context arrays (with fresh
+    gradient buffers marked as autograd variables)."""
+    param._shape = tuple(shape)
+    param._var = None
+    if arrays is not None:
+        with autograd.pause():
+            param._data = list(arrays)
+            param._init_grad()
+
+
+def reset_var(param):
+    param._var = None
+
+
+def is_conv(block):
+    from mxnet.gluon.nn.conv_layers import _Conv
+    return isinstance(block, _Conv) and block._op_name == 'Convolution'
+
+
+def is_dense(block):
+    from mxnet.gluon.nn import Dense
+    return isinstance(block, Dense)
+
+
+def is_batchnorm(block):
+    from mxnet.gluon.nn.basic_layers import _BatchNorm
+    return isinstance(block, _BatchNorm)
+
+
+def block_attrs_state(block):
+    """The channel-count attributes of ``block`` (to restore with :func:`restore_block_attrs`)."""
+    saved = {k: block.__dict__[k] for k in _BLOCK_ATTRS if k in block.__dict__}
+    kwargs = block.__dict__.get('_kwargs')
+    return saved, (dict(kwargs) if isinstance(kwargs, dict) else None)
+
+
+def restore_block_attrs(block, state):
+    saved, kwargs = state
+    for k in _BLOCK_ATTRS:
+        if k in saved:
+            block.__dict__[k] = saved[k]
+        else:
+            block.__dict__.pop(k, None)
+    if kwargs is not None:
+        block.__dict__['_kwargs'].clear()
+        block.__dict__['_kwargs'].update(kwargs)
+
+
+def is_depthwise(block):
+    """A Convolution block whose every group is one input and one output channel."""
+    groups = block._kwargs.get('num_group', 1)
+    return groups > 1 and groups == block._channels
+
+
+def resize_block(block, depthwise):
+    """Make a Gluon layer's channel counts agree with its (already resized) parameters."""
+    if is_conv(block):
+        shape = block._reg_params['weight'].shape
+        block._channels = shape[0]
+        block._kwargs['num_filter'] = shape[0]
+        if depthwise:
+            block._kwargs['num_group'] = shape[0]
+            if block._in_channels:
+                block._in_channels = shape[0]
+        elif shape[1]:
+            block._in_channels = shape[1] * block._kwargs.get('num_group', 1)
+    elif is_dense(block):
+        shape = block._reg_params['weight'].shape
+        block._units = shape[0]
+        if shape[1]:
+            block._in_units = shape[1]
+    elif is_batchnorm(block):
+        block.in_channels = block._reg_params['gamma'].shape[0]
+
+
+def kvstore_of(trainer):
+    """``(kvstore or None, update_on_kvstore, initialized)``."""
+    return trainer._kvstore, bool(trainer._update_on_kvstore), bool(trainer._kv_initialized)
+
+
+def reinit_trainer_kvstore(trainer):
+    """Throw the kvstore away and create it again with the parameters' current shapes,
+    keeping the optimizer states (moved to the new kvstore's Updater) and the values of
+    every replica (the re-initialisation broadcasts replica 0, which would overwrite
+    per-context state such as BatchNorm running statistics)."""
+    kvstore, on_kv, initialized = kvstore_of(trainer)
+    if not initialized or kvstore is None:
+        return
+    old = kvstore._updater if on_kv else None
+    with autograd.pause():
+        saved = [(param, [a.copy() for a in param._data]) for param in trainer._params
+                 if not param._deferred_init and param._data is not None]
+    trainer._reset_kvstore()
+    init_trainer_kvstore(trainer)
+    with autograd.pause():
+        for param, copies in saved:
+            for arr, copy in zip(param._data, copies):
+                copy.copyto(arr)
+    if old is not None:
+        new = trainer._kvstore._updater
+        new.states = old.states
+        new.states_synced = {k: False for k in old.states}

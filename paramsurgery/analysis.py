@@ -13,6 +13,7 @@ state (BatchNorm's running statistics) are written back from a snapshot taken on
 trial whose ``evaluate`` stepped a Trainer pays for restoring everything (weights, optimizer
 states, update counters, kvstore copies).
 """
+import itertools
 import json
 import math
 from collections import OrderedDict
@@ -43,6 +44,8 @@ _FILE_VERSION = 1
 # Buckets of the budget in the plan's dynamic programme: the removal each choice is credited
 # with is rounded down to a bucket, so a plan it returns always reaches the budget.
 _BUCKETS = 2000
+# Weight of "remove no more than needed" against the drops in the plan's objective.
+_TIE = 1e-9
 
 
 # --------------------------------------------------------------------------- the report
@@ -211,7 +214,10 @@ class SensitivityReport:
 
         Exactly one budget must be given. For a ratio the amounts are chosen among the
         measured ones so that the combined removal (computed from the shapes, overlaps
-        included) reaches the ratio while the sum of the measured drops is smallest.
+        included) reaches the ratio while the sum of the measured drops is smallest. A
+        negative drop (the metric improved) counts as 0, since it is measurement noise and
+        would otherwise buy pruning beyond the budget; among plans of equal drop, the one
+        removing the least is returned.
 
         Returns
         -------
@@ -266,30 +272,132 @@ class SensitivityReport:
         return choice
 
 
+class _Combined:
+    """The combined removal (MACs or parameters) of pruning several units at once, as a
+    function of how many channels (entries) each unit removes: fast to call many times."""
+
+    def __init__(self, report, index):
+        names = report.names
+        self.additive = report.kind == 'weights'
+        pos = {name: i for i, name in enumerate(names)}
+        self.entries = []
+        for entry in report._units:
+            size = float(np.prod(entry['shape']))
+            weight = entry['macs_per_entry'] * size if index == 0 else \
+                (size if entry['learnable'] else 0.0)
+            if weight <= 0:
+                continue
+            axes = [(entry['shape'][int(axis)], [(pos[g], st) for g, st in covers if g in pos])
+                    for axis, covers in entry['axes'].items()]
+            self.entries.append((weight, [a for a in axes if a[1]]))
+
+    def __call__(self, removed):
+        if self.additive:
+            return float(sum(removed))
+        total = 0.0
+        for weight, axes in self.entries:
+            kept = 1.0
+            for rows, covers in axes:
+                kept *= max(0.0, rows - sum(removed[u] * st for u, st in covers)) / rows
+            total += weight * (1.0 - kept)
+        return total
+
+
+# Plans are searched exhaustively up to this many combinations of measured amounts.
+_EXHAUSTIVE = 60000
+
+
 def _solve(report, need, index):
-    """The choice of one amount (or none) per name whose combined removal is >= ``need``
-    with the smallest sum of drops: a multiple-choice knapsack solved exactly on removals
-    rounded down to ``_BUCKETS`` buckets, then checked (and, where pruning two groups
-    removes less than the sum of both alone, repaired) against the combined removal."""
+    """The choice of one measured amount (or none) per name whose combined removal is
+    >= ``need`` with the smallest sum of drops.
+
+    The combined removal is computed from the shapes: where two groups meet in one layer
+    (its input and its output channels), pruning both removes less than the sum of each
+    alone. Up to ``_EXHAUSTIVE`` combinations are all tried; beyond that, a multiple-choice
+    knapsack on the removals measured one at a time (exact for ``kind='weights'``, where
+    removals add up) gives a start, which is completed greedily where the overlaps leave it
+    short and then improved by moving one or two names at a time while the budget holds.
+    """
     names = report.names
     options = []
     for name in names:
-        opts = [(None, 0.0, 0)]
-        for row in report._rows(name):
+        opts = [(None, 0.0, 0, 0)]
+        for row in sorted(report._rows(name), key=lambda r: r['amount']):
             gain = row['macs_removed'] if index == 0 else row['params_removed']
-            opts.append((row['amount'], float(row['drop']), int(gain)))
+            # A metric that improves when a group is pruned is measurement noise, not a
+            # reason to prune more than the budget needs: it counts as no drop, and among
+            # choices of equal drop the one removing least wins (the tiny second term).
+            drop = max(0.0, float(row['drop'])) + _TIE * gain / max(1.0, need)
+            opts.append((row['amount'], drop, int(gain), int(row['removed'])))
         options.append(opts)
-    target = need
-    for _ in range(6):
-        choice = _knapsack(options, target)
-        if choice is None:
+    combined = _Combined(report, index)
+
+    def removal(ks):
+        return combined([options[i][k][3] for i, k in enumerate(ks)])
+
+    def cost(ks):
+        return sum(options[i][k][1] for i, k in enumerate(ks))
+
+    sizes = [len(opts) for opts in options]
+    if float(np.prod(sizes, dtype=np.float64)) <= _EXHAUSTIVE:
+        best = None
+        for ks in itertools.product(*[range(n) for n in sizes]):
+            c = cost(ks)
+            if (best is None or c < best[0]) and removal(ks) >= need:
+                best = (c, ks)
+        ks = None if best is None else best[1]
+    else:
+        ks = _knapsack([[(o[0], o[1], o[2]) for o in opts] for opts in options], need)
+        if ks is not None:
+            ks = [[o[0] for o in opts].index(a) for opts, a in zip(options, ks)]
+            ks = _repair(ks, sizes, removal, cost, need)
+        if ks is not None:
+            ks = _improve(ks, sizes, removal, cost, need)
+    if ks is None:
+        return None
+    return OrderedDict((n, options[i][k][0]) for i, (n, k) in enumerate(zip(names, ks))
+                       if options[i][k][0] is not None)
+
+
+def _repair(ks, sizes, removal, cost, need):
+    """Upgrade greedily, least extra drop per extra removal first, until ``need`` is met."""
+    ks = list(ks)
+    while removal(ks) < need:
+        base, here, best = removal(ks), cost(ks), None
+        for i in range(len(ks)):
+            for k in range(ks[i] + 1, sizes[i]):
+                trial = ks[:i] + [k] + ks[i + 1:]
+                gain = removal(trial) - base
+                if gain > 0:
+                    rate = (cost(trial) - here) / gain
+                    if best is None or rate < best[0]:
+                        best = (rate, trial)
+        if best is None:
             return None
-        plan = OrderedDict((n, a) for n, a in zip(names, choice) if a is not None)
-        got = report._combined(plan)[index]
-        if got >= need:
-            return plan
-        target *= need / max(got, 1.0) * 1.001   # overlaps: ask the knapsack for more
-    return None
+        ks = best[1]
+    return ks
+
+
+def _improve(ks, sizes, removal, cost, need, rounds=20):
+    """Local search: the best move of one name to any amount, or of one name down a step
+    and another to any amount, that keeps the budget and lowers the drop; until none."""
+    ks = list(ks)
+    for _ in range(rounds):
+        here, best = cost(ks), None
+        moves = [[(i, k)] for i in range(len(ks)) for k in range(sizes[i]) if k != ks[i]]
+        moves += [[(i, ks[i] - 1), (j, k)] for i in range(len(ks)) if ks[i] > 0
+                  for j in range(len(ks)) if j != i for k in range(sizes[j]) if k != ks[j]]
+        for move in moves:
+            trial = list(ks)
+            for i, k in move:
+                trial[i] = k
+            c = cost(trial)
+            if c < here - 1e-15 and (best is None or c < best[0]) and removal(trial) >= need:
+                best = (c, trial)
+        if best is None:
+            break
+        ks = best[1]
+    return ks
 
 
 def _knapsack(options, target):
@@ -420,6 +528,81 @@ class _WeightUnits:
         return []
 
 
+class _ChannelUnits:
+    """kind='channels': one unit per selected prunable channel group, its channels chosen
+    exactly as :func:`prune_channels` chooses them."""
+
+    def __init__(self, net, inputs, key, importance):
+        from .channels import (
+            _IMPORTANCES,
+            _build,
+            _check_owners,
+            _finish_deferred,
+            _input_shapes,
+            _op_counts,
+            _require_hybrid,
+            _selected_groups,
+        )
+        _require_hybrid(net, 'sensitivity')
+        if not callable(importance) and importance not in _IMPORTANCES:
+            raise SurgeryValueError(
+                "importance must be one of %s or a callable f(group) -> scores, got %r."
+                % (', '.join(repr(i) for i in _IMPORTANCES), importance))
+        shapes = _input_shapes(inputs)
+        graph = _build(net, shapes)
+        _check_owners(net, graph)
+        groups = _selected_groups(net, graph, key)
+        _finish_deferred(net, inputs, shapes)
+        self.net = net
+        self.importance = importance
+        self.groups = OrderedDict((g.name, g) for g in groups)
+        self.names = list(self.groups)
+        self.params = net.collect_params()
+        names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.maskable))
+        have = set(masked(net))
+        with autograd.pause():
+            self.weights = {n: _internals.raw_data(self.params[n])[0].asnumpy() for n in names}
+        mine = [n for n in names if n in have]
+        self.masks = {n: m.asnumpy() for n, m in get_mask(net, mine).items()} if mine else {}
+        macs, learnable = _op_counts(graph._trace)
+        covers = OrderedDict()
+        for group in groups:
+            for member in group.members:
+                name, axis, _, stride = member
+                covers.setdefault(name, {}).setdefault(str(axis), []).append(
+                    [group.name, int(stride)])
+        self.entries = []
+        for name, axes in covers.items():
+            shape = [int(d) for d in self.params[name].shape]
+            size = float(np.prod(shape))
+            self.entries.append({'param': name, 'shape': shape, 'axes': axes,
+                                 'macs_per_entry': macs.get(name, 0) / size if size else 0.0,
+                                 'learnable': name in learnable})
+
+    def members(self, name):
+        return [m[0] for m in self.groups[name].maskable]
+
+    def prune(self, name, amount):
+        from .channels import _channel_rows, choose_channels
+        group = self.groups[name]
+        chosen = choose_channels(self.net, [group], self.weights, self.masks, amount,
+                                 self.importance, 'layer', 1)[0]
+        for member in group.maskable:
+            param = self.params[member[0]]
+            keep = np.ones(param.shape, dtype=np.dtype(param.dtype))
+            np.moveaxis(keep, member[1], 0)[_channel_rows(member, chosen)] = 0
+            _zero(param, keep)
+        removed = len(chosen)
+        report = SensitivityReport('channels', 0.0, [], [{'name': name, 'amount': amount,
+                                                          'removed': removed}], 0, 0,
+                                   self.entries)
+        macs, params = report._combined({name: amount})
+        return removed, macs, params
+
+    def structure(self):
+        return self.entries
+
+
 def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
                 amounts: Sequence[float] = DEFAULT_AMOUNTS, key=None, kind: str = 'channels',
                 importance: Any = 'l2', progress: bool = True) -> SensitivityReport:
@@ -473,6 +656,7 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
     >>> net = nn.HybridSequential(prefix='net_')
     >>> with net.name_scope():
     ...     net.add(nn.Dense(8, in_units=4, activation='relu'), nn.Dense(2, in_units=8))
+    >>> mx.random.seed(0)
     >>> net.initialize(mx.init.Xavier())
     >>> x = mx.nd.array(np.random.RandomState(0).randn(32, 4))
     >>> target = net(x).argmax(axis=1)
@@ -484,8 +668,9 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
     (1.0, ['net_dense0_weight', 'net_dense1_weight'])
     >>> [row['params_removed'] for row in report.table]
     [16, 29, 8, 14]
-    >>> report.plan(max_drop=0.1)              # the largest amount losing at most 0.1
-    OrderedDict([('net_dense0_weight', 0.5)])
+    >>> plan = report.plan(max_drop=1.0)       # per weight, the largest amount losing <= 1
+    >>> plan
+    OrderedDict([('net_dense0_weight', 0.9), ('net_dense1_weight', 0.9)])
     """
     if kind not in _KINDS:
         raise SurgeryValueError("kind must be 'channels' or 'weights', got %r." % (kind,))
@@ -498,7 +683,6 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
         if inputs is None:
             raise SurgeryValueError("kind='channels' needs inputs= (a batch or its shape) to "
                                     "trace the net's channel groups.")
-        from .channels import _ChannelUnits
         units = _ChannelUnits(net, inputs, key, importance)
     else:
         units = _WeightUnits(net, key, importance)

@@ -1,15 +1,28 @@
-"""The demo behind ``make demo`` / ``paramsurgery demo``: prune a CNN to 90% sparsity.
+"""The demo behind ``make demo`` / ``paramsurgery demo``: prune a CNN, then shrink one.
 
 Offline, on scikit-learn's bundled handwritten digits (8x8 images, shipped inside the
 package): a held-out test split, a complementary train/validation split from
 :func:`paramsurgery.complementary_split`, a small CNN trained in a custom
-``autograd.record()`` loop on two contexts, then pruned gradually with
-:class:`paramsurgery.Pruner` and :class:`paramsurgery.PolynomialDecay` while fine-tuning,
-stepping with :func:`paramsurgery.safe_step`. The last line printed is
-``RESULT dense_acc=<float> pruned_acc=<float> sparsity=<float>``.
+``autograd.record()`` loop on two contexts.
+
+Act 1, unstructured: the CNN pruned gradually to 90% sparsity with :class:`Pruner` and
+:class:`PolynomialDecay` while fine-tuning, stepping with :func:`safe_step`.
+
+Act 2, channels: from the same dense weights, :func:`sensitivity` measures each channel
+group pruned alone on the validation split, :meth:`SensitivityReport.plan` picks per-group
+amounts for a MACs budget, :func:`prune_channels` masks them, the net is fine-tuned and
+:func:`shrink` removes the channels for real; a table compares MACs, parameters, file size,
+measured inference time and test accuracy, dense and shrunk.
+
+The last line printed is ``RESULT dense_acc=<float> pruned_acc=<float> sparsity=<float>
+shrunk_acc=<float> macs_ratio=<float> speedup=<float>``.
 """
 import argparse
+import os
+import shutil
 import sys
+import tempfile
+import time
 from typing import Optional
 
 import mxnet as mx
@@ -19,13 +32,16 @@ from mxnet.gluon import nn
 
 from ._checks import check_flag, is_int, is_real
 from ._files import atomic_write, check_path
+from .analysis import sensitivity
+from .channels import count_ops, prune_channels
 from .errors import MissingDependencyError, SurgeryTypeError, SurgeryValueError, install_hint
-from .masks import remove_mask
+from .masks import masked, remove_mask
 from .pruning import Pruner
 from .report import pyplot, sparsity_report
 from .samplers import complementary_split
 from .schedules import PolynomialDecay
 from .select import select
+from .shrinking import shrink
 from .stale import safe_step
 from .surgery import set_params
 
@@ -42,8 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='epochs of gradual pruning and fine-tuning (default 40)')
     parser.add_argument('--sparsity', type=float, default=0.9,
                         help='final sparsity of the conv/dense weights (default 0.9)')
+    parser.add_argument('--channel-epochs', type=int, default=15,
+                        help='epochs of fine-tuning after channel pruning (default 15)')
+    parser.add_argument('--macs-ratio', type=float, default=2.5,
+                        help='channel pruning budget: dense MACs / shrunk MACs (default 2.5)')
     parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    parser.add_argument('--plot', metavar='FILE.png', help='bar chart of sparsity per layer')
+    parser.add_argument('--plot', metavar='FILE.png',
+                        help='bar chart of sparsity per layer; the sensitivity curves go to '
+                             'FILE-sensitivity.png beside it')
     parser.add_argument('--out', metavar='FILE.params',
                         help='save the pruned net with the masks baked into the weights')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -53,7 +75,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Every option checked before the data is loaded or anything trains: a bad value, a
     plot without matplotlib or an output path that cannot be written fails now, not after
     the whole run."""
-    for name, low in (('epochs', 1), ('prune_epochs', 1), ('seed', 0)):
+    for name, low in (('epochs', 1), ('prune_epochs', 1), ('channel_epochs', 1), ('seed', 0)):
         value = getattr(args, name)
         option = '--' + name.replace('_', '-')
         if not is_int(value):
@@ -65,6 +87,9 @@ def check_args(args: argparse.Namespace) -> None:
                                 % (args.sparsity, ' Did you mean %r?' % (args.sparsity / 100)
                                    if is_real(args.sparsity) and 1 <= args.sparsity < 100
                                    else ''))
+    if not is_real(args.macs_ratio) or not 1 < args.macs_ratio < float('inf'):
+        raise SurgeryValueError('--macs-ratio must be a number > 1 (dense MACs / shrunk MACs), '
+                                'got %r.' % (args.macs_ratio,))
     check_flag('--quiet', args.quiet)
     if args.plot is not None:
         check_path('--plot', args.plot, write=True)
@@ -136,6 +161,144 @@ def _epoch(net, trainer, loader, loss_fn, bar, pruner=None, step=0):
     return step
 
 
+INPUT = (1, 1, 8, 8)
+
+
+def _latency(net, x, repeat=15):
+    """Median seconds of one predict-mode forward of ``x`` on the first context."""
+    x = mx.nd.array(x, ctx=CTXS[0])
+    net.hybridize(static_alloc=True, static_shape=True)
+    times = []
+    for i in range(repeat + 3):
+        start = time.perf_counter()
+        net(x).wait_to_read()
+        if i >= 3:                                   # the first calls build the graph
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _file_size(net):
+    folder = tempfile.mkdtemp()
+    try:
+        path = os.path.join(folder, 'net.params')
+        net.save_parameters(path)
+        return os.path.getsize(path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _load_dense(seed, dense_params):
+    net = build_net(seed)
+    for name, param in net.collect_params().items():
+        param.set_data(dense_params[name])
+    return net
+
+
+def channel_act(args, dense_params, train, valid, test, tqdm, sensitivity_plot=None):
+    """Act 2: sensitivity, plan, channel pruning, fine-tuning, shrink; returns the figures."""
+    (x_valid, y_valid), (x_test, y_test) = valid, test
+    net = _load_dense(args.seed, dense_params)
+    dense = _load_dense(args.seed, dense_params)
+    report = sensitivity(net, lambda n: accuracy(n, x_valid, y_valid), inputs=INPUT,
+                         progress=not args.quiet)
+    print(report)
+    if sensitivity_plot:
+        report.plot(sensitivity_plot)
+        print('wrote %s' % sensitivity_plot)
+    plan = report.plan(macs_ratio=args.macs_ratio)
+    print('plan for MACs ratio >= %g: %s' % (args.macs_ratio, ', '.join(
+        '%s %g' % (name, amount) for name, amount in plan.items())))
+    prune_channels(net, plan, inputs=INPUT)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 1e-3})
+    bar = tqdm(total=args.channel_epochs * len(train), desc='channels: fine-tuning',
+               disable=args.quiet, file=sys.stdout, leave=False)
+    for _ in range(args.channel_epochs):
+        _epoch(net, trainer, train, loss_fn, bar)
+        bar.set_postfix(valid_acc='%.3f' % accuracy(net, x_valid, y_valid))
+    bar.close()
+    masked_acc = accuracy(net, x_test, y_test)
+    shrink(net, inputs=INPUT, trainer=trainer)
+    remove_mask(net, masked(net), bake=True)     # what a deployment keeps
+    shrunk_acc = accuracy(net, x_test, y_test)
+    (dense_macs, dense_count), (macs, count) = count_ops(dense, INPUT), count_ops(net, INPUT)
+    dense_time, shrunk_time = _latency(dense, x_test), _latency(net, x_test)
+    dense_acc = accuracy(dense, x_test, y_test)
+    rows = [('MACs per image', '%d' % dense_macs, '%d' % macs, dense_macs / macs),
+            ('parameters', '%d' % dense_count, '%d' % count, dense_count / count),
+            ('file size (bytes)', '%d' % _file_size(dense), '%d' % _file_size(net),
+             _file_size(dense) / _file_size(net)),
+            ('inference, %d images (ms)' % len(y_test), '%.2f' % (1e3 * dense_time),
+             '%.2f' % (1e3 * shrunk_time), dense_time / shrunk_time),
+            ('test accuracy', '%.4f' % dense_acc, '%.4f' % shrunk_acc, None)]
+    print('channels: test accuracy %.4f masked, %.4f shrunk (the same function)'
+          % (masked_acc, shrunk_acc))
+    print('%-26s %12s %12s %8s' % ('', 'dense', 'shrunk', 'ratio'))
+    for name, a, b, ratio in rows:
+        print('%-26s %12s %12s %8s' % (name, a, b, '' if ratio is None else '%.2fx' % ratio))
+    return {'shrunk_acc': shrunk_acc, 'macs_ratio': dense_macs / macs,
+            'speedup': dense_time / shrunk_time, 'plan': plan, 'report': report}
+
+
+class _Silent:
+    """A stand-in for a tqdm bar."""
+
+    def update(self, n=1):
+        pass
+
+
+def _splits(seed):
+    """The digits: a train loader (complementary_split), validation and test arrays, and the
+    number of training samples."""
+    fit, test = _data(seed)
+    train_sampler, valid_sampler = complementary_split(len(fit), int(0.8 * len(fit)),
+                                                       seed=seed)
+    train = gluon.data.DataLoader(fit, batch_size=64, sampler=train_sampler, last_batch='keep')
+    valid_idx = np.array(list(valid_sampler))
+    return train, (fit[:][0][valid_idx], fit[:][1][valid_idx]), test, len(train_sampler)
+
+
+def plan_vs_uniform(seed: int, uniform: float = 0.5, epochs: int = 20, fine_tune: int = 10
+                    ) -> dict:
+    """Channel pruning by a sensitivity plan against uniform amounts, at the same MACs ratio.
+
+    The demo's CNN is trained on the digits (``epochs``, seed ``seed``); ``uniform`` of the
+    channels of every prunable group gives a MACs ratio ``r``; :func:`sensitivity` on the
+    validation split and ``plan(macs_ratio=r)`` give per-group amounts removing at least as
+    much. Both arms start from the same dense weights, are fine-tuned the same way
+    (``fine_tune`` epochs, same batches) and shrunk. Returns the test accuracies and the
+    MACs ratios of both arms, and the plan.
+    """
+    _require_demo_extras()
+    train, (x_valid, y_valid), (x_test, y_test), _ = _splits(seed)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    net = build_net(seed)
+    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 2e-3})
+    for _ in range(epochs):
+        _epoch(net, trainer, train, loss_fn, _Silent())
+    dense_params = {n: p.data(CTXS[0]).copy() for n, p in net.collect_params().items()}
+    dense_macs = count_ops(net, INPUT)[0]
+    report = sensitivity(net, lambda n: accuracy(n, x_valid, y_valid), inputs=INPUT,
+                         progress=False)
+
+    def arm(amount):
+        pruned = _load_dense(seed, dense_params)
+        prune_channels(pruned, amount, inputs=INPUT)
+        mx.random.seed(seed + 1)
+        tuner = gluon.Trainer(pruned.collect_params(), 'adam', {'learning_rate': 1e-3})
+        for _ in range(fine_tune):
+            _epoch(pruned, tuner, train, loss_fn, _Silent())
+        shrink(pruned, inputs=INPUT)
+        return accuracy(pruned, x_test, y_test), dense_macs / count_ops(pruned, INPUT)[0]
+
+    uniform_acc, uniform_ratio = arm(uniform)
+    plan = report.plan(macs_ratio=uniform_ratio)
+    plan_acc, plan_ratio = arm(plan)
+    return {'dense_acc': accuracy(_load_dense(seed, dense_params), x_test, y_test),
+            'plan_acc': plan_acc, 'plan_ratio': plan_ratio, 'uniform_acc': uniform_acc,
+            'uniform_ratio': uniform_ratio, 'plan': plan}
+
+
 def run(args: Optional[argparse.Namespace] = None) -> dict:
     """Run the demo; prints the reports and the RESULT line, returns the figures."""
     if args is None:
@@ -146,14 +309,9 @@ def run(args: Optional[argparse.Namespace] = None) -> dict:
     _require_demo_extras()
     from tqdm import tqdm
 
-    fit, (x_test, y_test) = _data(args.seed)
-    train_sampler, valid_sampler = complementary_split(len(fit), int(0.8 * len(fit)),
-                                                       seed=args.seed)
-    train = gluon.data.DataLoader(fit, batch_size=64, sampler=train_sampler, last_batch='keep')
-    valid_idx = np.array(list(valid_sampler))
-    x_valid, y_valid = fit[:][0][valid_idx], fit[:][1][valid_idx]
+    train, (x_valid, y_valid), (x_test, y_test), n_train = _splits(args.seed)
     print('digits: %d train, %d validation (complementary_split), %d test; contexts %s'
-          % (len(train_sampler), len(valid_sampler), len(y_test), CTXS))
+          % (n_train, len(y_valid), len(y_test), CTXS))
 
     net = build_net(args.seed)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -201,6 +359,16 @@ def run(args: Optional[argparse.Namespace] = None) -> dict:
         with atomic_write(args.out) as tmp:  # a kill leaves the old file, never half of one
             net.save_parameters(tmp)
         print('wrote %s (masks baked into the weights)' % args.out)
-    print('RESULT dense_acc=%.4f pruned_acc=%.4f sparsity=%.4f' % (dense_acc, pruned_acc,
-                                                                  sparsity))
-    return {'dense_acc': dense_acc, 'pruned_acc': pruned_acc, 'sparsity': sparsity}
+    plot = None
+    if args.plot:
+        stem, ext = os.path.splitext(args.plot)
+        plot = stem + '-sensitivity' + (ext or '.png')
+    act = channel_act(args, best_params, train, (x_valid, y_valid), (x_test, y_test), tqdm,
+                      sensitivity_plot=plot)
+    print('RESULT dense_acc=%.4f pruned_acc=%.4f sparsity=%.4f shrunk_acc=%.4f '
+          'macs_ratio=%.4f speedup=%.4f' % (dense_acc, pruned_acc, sparsity,
+                                            act['shrunk_acc'], act['macs_ratio'],
+                                            act['speedup']))
+    return {'dense_acc': dense_acc, 'pruned_acc': pruned_acc, 'sparsity': sparsity,
+            'shrunk_acc': act['shrunk_acc'], 'macs_ratio': act['macs_ratio'],
+            'speedup': act['speedup']}

@@ -262,3 +262,61 @@ def test_a_plan_is_an_amount_for_prune_magnitude(ctxs):
     zeros = {name: int(ps.sparsity_report(net, name).rows[0]['zeros']) for name in plan}
     assert sum(zeros.values()) == report._combined(plan)[1]
     assert ps.masked(net) == list(plan)
+
+
+def test_channel_trials_match_prune_channels_and_shrink(ctxs, hybridize):
+    # every trial: the metric of prune_channels({group: amount}); MACs and parameters
+    # removed as count_ops of the shrunk net; and a plan's combined removal is exact
+    def build():
+        net = small_cnn(ctxs, hybridize)
+        net.collect_params().setattr('grad_req', 'write')
+        return net
+
+    x, y = data()
+    evaluate = accuracy_of(x, y)
+    shape = (1, 2, 6, 6)
+    net = build()
+    before = state_of(net)
+    report = sensitivity(net, evaluate, inputs=shape, amounts=[0.25, 0.5, 3], progress=False)
+    assert state_of(net) == before
+    assert report.names == ['cnn_conv0_weight', 'cnn_conv1_weight']
+    dense_macs, dense_params = ps.count_ops(net, shape)
+    assert (report.dense_macs, report.dense_params) == (dense_macs, dense_params)
+    for row in report.table:
+        fresh = build()
+        ps.prune_channels(fresh, {row['name']: row['amount']}, inputs=shape)
+        assert row['metric'] == evaluate(fresh)
+        ps.shrink(fresh, inputs=shape)
+        macs, params = ps.count_ops(fresh, shape)
+        assert (row['macs_removed'], row['params_removed']) == (dense_macs - macs,
+                                                                dense_params - params)
+    plan = report.plan(macs_ratio=1.8)
+    fresh = build()
+    ps.prune_channels(fresh, plan, inputs=shape)
+    ps.shrink(fresh, inputs=shape)
+    macs, params = ps.count_ops(fresh, shape)
+    assert report._combined(plan) == (dense_macs - macs, dense_params - params)
+    assert dense_macs / macs >= 1.8
+
+
+def test_the_large_net_search_finds_the_knapsack_optimum(monkeypatch):
+    # beyond _EXHAUSTIVE combinations: knapsack, repair, local search (exact for weights)
+    import paramsurgery.analysis as analysis
+    rng = np.random.RandomState(1)
+    names, amounts = ['a', 'b', 'c', 'd'], [0.25, 0.5, 0.75]
+    rows = [(n, a, float(rng.rand() * a), int(a * 25 * (i + 1)))
+            for i, n in enumerate(names) for a in amounts]
+    report = synthetic(rows, dense=250)
+    exhaustive = [report.plan(params_ratio=r) for r in (1.2, 1.6, 2.4)]
+    monkeypatch.setattr(analysis, '_EXHAUSTIVE', 0)
+    assert [report.plan(params_ratio=r) for r in (1.2, 1.6, 2.4)] == exhaustive
+
+
+def test_the_large_net_search_meets_overlapping_budgets(monkeypatch):
+    import paramsurgery.analysis as analysis
+    net = small_cnn([mx.cpu(0)], True)
+    report = sensitivity(net, accuracy_of(*data()), inputs=(1, 2, 6, 6), progress=False)
+    monkeypatch.setattr(analysis, '_EXHAUSTIVE', 0)
+    for ratio in (1.5, 2.5, 4.0):
+        plan = report.plan(macs_ratio=ratio)
+        assert report.dense_macs / (report.dense_macs - report._combined(plan)[0]) >= ratio

@@ -574,6 +574,52 @@ BAD = {
         ('load an int path', lambda e: ps.SensitivityReport.load(e.fd), TE),
         ('plot to a missing folder', lambda e: _report().plot(e.missing_dir), VE),
     ],
+    'trace_channels': [
+        ('a plain Block', lambda e: ps.trace_channels(nn.Block(), (1, 3)), TE),
+        ('shape of a str', lambda e: ps.trace_channels(e.net, 'x'), TE),
+        ('zero dimension', lambda e: ps.trace_channels(e.net, (0, 3)), VE),
+        ('shape does not run', lambda e: ps.trace_channels(e.net, (1, 5)), VE),
+        ('no input', lambda e: ps.trace_channels(e.net), TE),
+    ],
+    'count_ops': [
+        ('a plain Block', lambda e: ps.count_ops(nn.Block(), (1, 3)), TE),
+        ('negative dimension', lambda e: ps.count_ops(e.net, (1, -3)), VE),
+        ('bool dimension', lambda e: ps.count_ops(e.net, (True, 3)), TE),
+    ],
+    'prune_channels': [
+        ('NaN', lambda e: ps.prune_channels(e.net, NAN, inputs=(1, 3)), VE),
+        ('1.5', lambda e: ps.prune_channels(e.net, 1.5, inputs=(1, 3)), VE),
+        ('True', lambda e: ps.prune_channels(e.net, True, inputs=(1, 3)), TE),
+        ("scope='x'", lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3), scope='x'), VE),
+        ('round_to 0', lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3), round_to=0), VE),
+        ("importance='x'", lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3),
+                                                        importance='x'), VE),
+        ('unknown group', lambda e: ps.prune_channels(e.net, {'nothing': 0.5},
+                                                      inputs=(1, 3)), VE),
+        ('dict with global scope', lambda e: ps.prune_channels(
+            e.net, {'net_dense0_weight': 0.5}, inputs=(1, 3), scope='global'), VE),
+        ('bn_gamma without BatchNorm', lambda e: ps.prune_channels(
+            e.net, 0.5, inputs=(1, 3), importance='bn_gamma'), VE),
+        ('no input', lambda e: ps.prune_channels(e.net, 0.5, inputs=None), TE),
+    ],
+    'shrink': [
+        ('a plain Block', lambda e: ps.shrink(nn.Block(), inputs=(1, 3)), TE),
+        ('trainer a str', lambda e: ps.shrink(e.net, inputs=(1, 3), trainer='sgd'), TE),
+        ('shape does not run', lambda e: ps.shrink(e.net, inputs=(1, 5)), VE),
+    ],
+    'ShrinkPlan': [
+        ('save to an int path', lambda e: ps.ShrinkPlan({}, {}).save(e.fd), TE),
+        ('save to a missing folder', lambda e: ps.ShrinkPlan({}, {}).save(e.missing_dir), VE),
+        ('load an empty file', lambda e: ps.ShrinkPlan.load(e.f('empty.json')), FE),
+        ('load a damaged file', lambda e: ps.ShrinkPlan.load(e.f('bad.json')), FE),
+    ],
+    'apply_plan': [
+        ('plan an int', lambda e: ps.apply_plan(e.net, 3), TE),
+        ('net a dict', lambda e: ps.apply_plan({}, ps.ShrinkPlan({}, {})), TE),
+        ('another architecture', lambda e: ps.apply_plan(
+            e.net, ps.ShrinkPlan({}, {'0.weight': (9, 9)})), ps.ShrinkError),
+        ('a missing file', lambda e: ps.apply_plan(e.net, e.f('none.json')), VE),
+    ],
     'check_trainer': [
         ('a str', lambda e: ps.check_trainer('sgd'), TE),
         ('a net', lambda e: ps.check_trainer(e.net), TE),
@@ -589,6 +635,8 @@ NOT_CALLABLE = dict(
         ('STALE_REASONS', 'a tuple of reason codes'),
         ('StaleRecord', 'a NamedTuple of find_stale results, built by paramsurgery'),
         ('Problem', 'a NamedTuple of check_params results, built by paramsurgery'),
+        ('ChannelGraph', 'the result of trace_channels, built by paramsurgery'),
+        ('ChannelGroup', 'a member of ChannelGraph.groups, built by paramsurgery'),
     ])
 
 CASES = [pytest.param(name, label, call, error, id='%s-%s' % (name, label))

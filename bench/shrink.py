@@ -1,0 +1,173 @@
+"""Structural shrink: how much smaller and faster a channel-pruned network really gets.
+
+For resnet50_v1 and mobilenetv2_1.0 (``pretrained=False``, Xavier weights), 50% of the
+channels of every prunable group are masked with ``ps.prune_channels`` (L2), removed with
+``ps.shrink``, and the remaining masks baked into the weights (``ps.remove_mask``). Printed, each as dense / shrunk measured in this run:
+
+- the MACs ratio and the parameter ratio (``ps.count_ops``), and the parameter-file size
+  ratio (``save_parameters``);
+- the CPU inference latency ratio: hybridised with ``static_alloc=True``, predict mode,
+  batch 8 at 224x224, dense and shrunk calls interleaved, medians; the same with MXNet's
+  MKLDNN operator fusion (``optimize_for(x, backend='MKLDNN')``); and the efficiency
+  (latency speed-up / MACs ratio; the target for resnet50_v1 is >= 0.75);
+- the training-step speed-up (forward, backward and an SGD step, batch 8 at 224x224);
+- the time of ``ps.shrink`` itself against one ``save_parameters`` + ``load_parameters``
+  round trip of the same dense net (target <= 3x).
+
+Run: ``PYTHONPATH=. python bench/shrink.py [--repeat 7] [--nets resnet50_v1,mobilenetv2_1.0]``
+"""
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import warnings
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet.gluon.model_zoo import vision
+
+import paramsurgery as ps
+
+SHAPE = (8, 3, 224, 224)
+TARGET_EFFICIENCY = 0.75
+TARGET_SHRINK = 3.0
+
+
+def build(name, seed=0):
+    mx.random.seed(seed)
+    net = vision.get_model(name, pretrained=False)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1,) + SHAPE[1:]))
+    return net
+
+
+def clone(name, net):
+    other = build(name)
+    folder = tempfile.mkdtemp()
+    path = os.path.join(folder, 'w.params')
+    net.save_parameters(path)
+    other.load_parameters(path)
+    return other
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns, repeat):
+    """Median seconds of each callable, the calls interleaved (a, b, a, b, ...)."""
+    for fn in fns:
+        fn()   # warm-up: graphs built, memory pools filled
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            times[i].append(timed(fn))
+    return [statistics.median(t) for t in times]
+
+
+def file_size(net):
+    folder = tempfile.mkdtemp()
+    path = os.path.join(folder, 'w.params')
+    net.save_parameters(path)
+    return os.path.getsize(path)
+
+
+def infer(net, x):
+    def run():
+        with autograd.predict_mode():
+            net(x).wait_to_read()
+    return run
+
+
+def train_step(net, x, y):
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 1e-3,
+                                                          'momentum': 0.9})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def run():
+        with autograd.record():
+            loss = loss_fn(net(x), y)
+        loss.backward()
+        trainer.step(x.shape[0])
+        mx.nd.waitall()
+    return run
+
+
+def bench(name, repeat):
+    dense = build(name)
+    shrunk = clone(name, dense)
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=SHAPE).astype('float32'))
+    y = mx.nd.array(np.random.RandomState(1).randint(0, 1000, size=SHAPE[0]))
+    sample = (1,) + SHAPE[1:]
+    ps.prune_channels(shrunk, 0.5, inputs=sample, importance='l2')
+    shrink_time = timed(lambda: ps.shrink(shrunk, inputs=sample))
+    # what a deployment does next: bake the (sliced) masks into the weights, so that the
+    # graph has no multiply left and the file no mask arrays
+    ps.remove_mask(shrunk, ps.masked(shrunk), bake=True)
+    macs_d, params_d = ps.count_ops(dense, sample)
+    macs_s, params_s = ps.count_ops(shrunk, sample)
+    macs_ratio = macs_d / macs_s
+    print('%s: MACs %.3fG -> %.3fG (ratio %.2f), parameters %.2fM -> %.2fM (ratio %.2f), '
+          'file %.1f MB -> %.1f MB (ratio %.2f)'
+          % (name, macs_d / 1e9, macs_s / 1e9, macs_ratio, params_d / 1e6, params_s / 1e6,
+             params_d / params_s, file_size(dense) / 1e6, file_size(shrunk) / 1e6,
+             file_size(dense) / file_size(shrunk)))
+
+    # the time of shrink itself vs one save_parameters + load_parameters round trip
+    folder = tempfile.mkdtemp()
+    path = os.path.join(folder, 'dense.params')
+
+    def round_trip():
+        dense.save_parameters(path)
+        dense.load_parameters(path)
+    trip = statistics.median(timed(round_trip) for _ in range(3))
+    print('%s: shrink %.0f ms, save+load round trip %.0f ms: ratio %.2f (target <= %.1f)'
+          % (name, 1e3 * shrink_time, 1e3 * trip, shrink_time / trip, TARGET_SHRINK))
+
+    for net in (dense, shrunk):
+        net.hybridize(static_alloc=True, static_shape=True)
+    t_dense, t_shrunk = interleaved([infer(dense, x), infer(shrunk, x)], repeat)
+    speedup = t_dense / t_shrunk
+    print('%s: inference batch 8, static_alloc: %.0f ms -> %.0f ms, speed-up %.2f, '
+          'efficiency %.2f (speed-up / MACs ratio)%s'
+          % (name, 1e3 * t_dense, 1e3 * t_shrunk, speedup, speedup / macs_ratio,
+             '; target >= %.2f' % TARGET_EFFICIENCY if name == 'resnet50_v1' else ''))
+
+    fused = []
+    for net in (dense, shrunk):
+        net = clone(name, net) if net is dense else net
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            net.optimize_for(x, backend='MKLDNN', static_alloc=True, static_shape=True)
+        fused.append(net)
+    f_dense, f_shrunk = interleaved([infer(fused[0], x), infer(fused[1], x)], repeat)
+    print('%s: inference with MKLDNN fusion (optimize_for): %.0f ms -> %.0f ms, speed-up '
+          '%.2f, efficiency %.2f; fusion alone speeds dense up %.2fx'
+          % (name, 1e3 * f_dense, 1e3 * f_shrunk, f_dense / f_shrunk,
+             f_dense / f_shrunk / macs_ratio, t_dense / f_dense))
+
+    train_d, train_s = build(name), shrunk
+    train_d.load_parameters(path)
+    for net in (train_d, train_s):
+        net.hybridize(static_alloc=True, static_shape=True)
+    s_dense, s_shrunk = interleaved([train_step(train_d, x, y), train_step(train_s, x, y)],
+                                    max(3, repeat // 2))
+    print('%s: training step batch 8: %.0f ms -> %.0f ms, speed-up %.2f'
+          % (name, 1e3 * s_dense, 1e3 * s_shrunk, s_dense / s_shrunk))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--repeat', type=int, default=7)
+    parser.add_argument('--nets', default='resnet50_v1,mobilenetv2_1.0')
+    args = parser.parse_args()
+    for name in args.nets.split(','):
+        bench(name, args.repeat)
+
+
+if __name__ == '__main__':
+    main()

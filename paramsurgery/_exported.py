@@ -1,0 +1,172 @@
+"""Channel pruning of an exported model (symbol JSON + parameter file), with no model code.
+
+The command line's ``paramsurgery shrink``: the model is loaded as a ``SymbolBlock``, its
+channel groups traced exactly as :func:`trace_channels` traces a Gluon net, the channels to
+remove chosen exactly as :func:`prune_channels` chooses them, and a new model written whose
+operators have fewer channels. A ``SymbolBlock``'s parameters cannot be reshaped, so the
+shrink happens on the files: every member's arrays are sliced, and each Convolution's
+``num_filter`` (and a depthwise one's ``num_group``), each FullyConnected's ``num_hidden``,
+and every variable's ``__shape__`` are rewritten in the symbol JSON. Before anything is
+written the new model's output is checked against the original with the removed channels
+zeroed (the masked equivalent), as :func:`shrink` checks.
+"""
+import json
+from collections import OrderedDict
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from .channels import (
+    _build,
+    _channel_rows,
+    _input_names,
+    _selected_groups,
+    choose_channels,
+    count_ops,
+)
+from .errors import ShrinkError
+
+__all__ = []
+
+_TOLERANCE = 1e-4
+
+
+class ExportedShrink:
+    """The result of :func:`shrink_exported`: the new symbol JSON text and arrays (in
+    ``nd.save`` naming: ``arg:``/``aux:`` prefixes), and the counts before and after."""
+
+    def __init__(self, symbol_json, arrays, before, after, removed):
+        self.symbol_json = symbol_json
+        self.arrays = arrays
+        self.before = before
+        self.after = after
+        self.removed = removed
+
+
+def _load(symbol_file, param_file, n_inputs):
+    block = gluon.SymbolBlock.imports(symbol_file, _input_names(n_inputs), param_file)
+    return block
+
+
+def _deletions(groups, pruned, shapes):
+    """``{param: {axis: sorted rows to delete}}`` for the chosen channels of every group."""
+    out = {}
+    for group, chosen in zip(groups, pruned):
+        if not len(chosen):
+            continue
+        for member in group.members:
+            name, axis = member[0], member[1]
+            rows = _channel_rows(member, chosen)
+            out.setdefault(name, {}).setdefault(axis, set()).update(int(r) for r in rows)
+    return {name: {axis: np.array(sorted(rows), dtype=np.int64) for axis, rows in axes.items()}
+            for name, axes in out.items()}
+
+
+def _rewrite(graph_json, new_shapes):
+    """The symbol JSON with every operator's channel counts and every variable's shape set
+    from the new parameter shapes."""
+    graph = json.loads(graph_json)
+    nodes = graph['nodes']
+
+    def source(entry):
+        node = nodes[entry[0]]
+        while node['op'] != 'null' and node['inputs']:
+            node = nodes[node['inputs'][0][0]]
+        return node['name']
+
+    for node in nodes:
+        attrs = node.get('attrs', {})
+        if node['op'] == 'null':
+            if node['name'] in new_shapes and '__shape__' in attrs:
+                attrs['__shape__'] = str(tuple(new_shapes[node['name']]))
+            continue
+        if node['op'] not in ('Convolution', 'FullyConnected') or len(node['inputs']) < 2:
+            continue
+        weight = source(node['inputs'][1])
+        if weight not in new_shapes:
+            continue
+        shape = new_shapes[weight]
+        if node['op'] == 'FullyConnected':
+            attrs['num_hidden'] = str(shape[0])
+            continue
+        old_filters = int(attrs['num_filter'])
+        groups = int(attrs.get('num_group', '1'))
+        attrs['num_filter'] = str(shape[0])
+        if groups > 1 and groups == old_filters:          # depthwise: one group a channel
+            attrs['num_group'] = str(shape[0])
+    return json.dumps(graph)
+
+
+def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
+                    scope='layer', round_to=1):
+    """Prune channels of an exported model and return the shrunk model (nothing written).
+
+    ``shapes`` is a list of input shapes (one per data input). Raises ``ShrinkError`` when
+    the shrunk model does not compute what the masked original computes.
+    """
+    block = _load(symbol_file, param_file, len(shapes))
+    graph = _build(block, shapes)
+    groups = _selected_groups(block, graph, None)
+    params = block.collect_params()
+    names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.members))
+    with autograd.pause():
+        weights = {n: params[n].data().asnumpy() for n in names}
+    pruned = choose_channels(block, groups, weights, {}, amount, importance, scope, round_to)
+    before = count_ops(block, *shapes)
+    deletions = _deletions(groups, pruned, weights)
+    # the masked equivalent: the original model with every removed channel zeroed
+    originals = {name: params[name].data().copy() for name in deletions}
+    batches = [mx.nd.array(np.random.RandomState(i).uniform(-1, 1, size=s))
+               for i, s in enumerate(shapes)]
+    try:
+        for group, chosen in zip(groups, pruned):
+            if not len(chosen):
+                continue
+            for member, role in zip(group.members, group.roles):
+                if role in ('bn_mean', 'bn_var'):
+                    continue
+                arr = np.moveaxis(params[member[0]].data().asnumpy(), member[1], 0)
+                arr[_channel_rows(member, chosen)] = 0
+                params[member[0]].set_data(mx.nd.array(np.moveaxis(arr, 0, member[1]),
+                                                       dtype=arr.dtype))
+        with autograd.predict_mode():
+            masked = block(*batches)
+        masked = [m.asnumpy() for m in (masked if isinstance(masked, (list, tuple))
+                                        else [masked])]
+    finally:
+        for name, value in originals.items():
+            params[name].set_data(value)
+    arrays = OrderedDict()
+    new_shapes = {}
+    symbol = mx.sym.load(symbol_file)
+    aux = set(symbol.list_auxiliary_states())
+    for name, param in params.items():
+        value = param.data().asnumpy()
+        for axis, rows in deletions.get(name, {}).items():
+            value = np.delete(value, rows, axis=axis)
+        if name in deletions:
+            new_shapes[name] = value.shape
+        arrays[('aux:' if name in aux else 'arg:') + name] = mx.nd.array(value, dtype=value.dtype)
+    symbol_json = _rewrite(symbol.tojson(), new_shapes)
+    shrunk = gluon.SymbolBlock(mx.sym.load_json(symbol_json),
+                               [mx.sym.var(n) for n in _input_names(len(shapes))])
+    shrunk_params = shrunk.collect_params()
+    for key, value in arrays.items():
+        shrunk_params[key.split(':', 1)[1]]._load_init(value, mx.cpu())
+    with autograd.predict_mode():
+        out = shrunk(*batches)
+    out = [o.asnumpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+    for i, (a, b) in enumerate(zip(masked, out)):
+        scale = max(float(np.abs(a).max()), 1e-12)
+        if a.shape != b.shape or float(np.abs(a - b).max()) > _TOLERANCE * scale:
+            raise ShrinkError(
+                "The shrunk model's output %d differs from the original's with the removed "
+                "channels zeroed (max |difference| %s, tolerance %.0e of %.4g). Nothing was "
+                "written. Report the model's operators: one of them uses a channel count the "
+                "tracer does not know." % (i, float(np.abs(a - b).max()) if a.shape == b.shape
+                                            else 'shape %s vs %s' % (a.shape, b.shape),
+                                            _TOLERANCE, scale))
+    after = count_ops(shrunk, *shapes)
+    removed = {g.name: len(c) for g, c in zip(groups, pruned) if len(c)}
+    return ExportedShrink(symbol_json, arrays, before, after, removed)

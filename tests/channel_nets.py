@@ -1,0 +1,157 @@
+"""Small user HybridBlocks built from the operators the channel tracer knows, for
+tests/test_channels.py and tests/test_shrink.py."""
+import mxnet as mx
+from mxnet import gluon
+from mxnet.gluon import nn
+
+
+def conv_bn(channels, kernel=3, **kwargs):
+    out = nn.HybridSequential()
+    out.add(nn.Conv2D(channels, kernel, padding=kernel // 2, use_bias=False, **kwargs),
+            nn.BatchNorm(), nn.Activation('relu'))
+    return out
+
+
+class Chain(gluon.HybridBlock):
+    """conv-bn-relu, conv(bias)-relu, global pool, dense."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.body = nn.HybridSequential()
+            self.body.add(conv_bn(8), nn.Conv2D(6, 3, padding=1), nn.Activation('sigmoid'),
+                          nn.MaxPool2D(2), conv_bn(10))
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(3)
+
+    def hybrid_forward(self, F, x):
+        return self.out(self.pool(self.body(x)))
+
+
+class Residual(gluon.HybridBlock):
+    """A residual stream: stem, two blocks adding into it, a projection shortcut."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.stem = conv_bn(8)
+            self.a1, self.a2 = conv_bn(6), nn.Conv2D(8, 3, padding=1, use_bias=False)
+            self.a_bn = nn.BatchNorm()
+            self.b1, self.b2 = conv_bn(5), nn.Conv2D(8, 3, padding=1)
+            self.proj = nn.Conv2D(12, 1, use_bias=False)
+            self.c = nn.Conv2D(12, 3, padding=1)
+            self.pool = nn.GlobalMaxPool2D()
+            self.out = nn.Dense(4)
+
+    def hybrid_forward(self, F, x):
+        x = self.stem(x)
+        x = F.relu(x + self.a_bn(self.a2(self.a1(x))))
+        x = F.relu(F.elemwise_add(x, self.b2(self.b1(x))))
+        x = F.broadcast_add(self.proj(x), self.c(x))
+        return self.out(self.pool(x))
+
+
+class Concat(gluon.HybridBlock):
+    """Two branches concatenated, read by a convolution and a second concatenation."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a, self.b = conv_bn(6), conv_bn(4, kernel=1)
+            self.c = conv_bn(5)
+            self.d = nn.Conv2D(7, 1)
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(2)
+
+    def hybrid_forward(self, F, x):
+        y = F.concat(self.a(x), self.b(x), dim=1)
+        z = F.concat(y, self.c(y), dim=1)
+        return self.out(self.pool(self.d(z)))
+
+
+class Depthwise(gluon.HybridBlock):
+    """conv, depthwise conv (bias), pointwise conv: mobilenet's pattern."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = conv_bn(8)
+            self.dw = nn.Conv2D(8, 3, padding=1, groups=8, in_channels=8)
+            self.dw_bn = nn.BatchNorm()
+            self.pw = conv_bn(6, kernel=1)
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(3)
+
+    def hybrid_forward(self, F, x):
+        x = F.clip(self.dw_bn(self.dw(self.a(x))), 0, 6)
+        return self.out(self.pool(self.pw(x)))
+
+
+class FlattenDense(gluon.HybridBlock):
+    """conv, flatten, dense, dense: a channel is H*W columns of the first dense."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv = nn.Conv2D(6, 3, strides=2, padding=1)
+            self.flat = nn.Flatten()
+            self.fc1 = nn.Dense(10, activation='tanh')
+            self.drop = nn.Dropout(0.0)
+            self.fc2 = nn.Dense(3)
+
+    def hybrid_forward(self, F, x):
+        return self.fc2(self.drop(self.fc1(self.flat(F.relu(self.conv(x))))))
+
+
+class SqueezeExcite(gluon.HybridBlock):
+    """conv-bn-relu, squeeze-and-excitation (dense layers, reshape, broadcast_mul)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = conv_bn(8)
+            self.pool = nn.GlobalAvgPool2D()
+            self.se1 = nn.Dense(4, activation='relu')
+            self.se2 = nn.Dense(8)
+            self.b = conv_bn(6)
+            self.out = nn.Dense(2)
+
+    def hybrid_forward(self, F, x):
+        x = self.a(x)
+        w = F.sigmoid(self.se2(self.se1(self.pool(x))))
+        x = F.broadcast_mul(x, F.reshape(w, shape=(0, 0, 1, 1)))
+        return self.out(F.flatten(self.pool(self.b(x))))
+
+
+class HardCoded(gluon.HybridBlock):
+    """A convolution whose hybrid_forward hard-codes its channel count (num_filter=8)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.weight = self.params.get('weight', shape=(8, 3, 3, 3))
+            self.bn = nn.BatchNorm(in_channels=8)
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(2, in_units=8)
+
+    def hybrid_forward(self, F, x, weight):
+        x = F.Convolution(x, weight, kernel=(3, 3), num_filter=8, no_bias=True, name='conv')
+        return self.out(self.pool(F.relu(self.bn(x))))
+
+
+USER_NETS = {'chain': Chain, 'residual': Residual, 'concat': Concat, 'depthwise': Depthwise,
+             'flatten_dense': FlattenDense, 'se': SqueezeExcite}
+
+
+def build(kind, ctxs, seed=0, init=None):
+    """A user net of ``kind``, initialised deterministically on ``ctxs``, shapes known."""
+    net = USER_NETS[kind](prefix=kind + '_')
+    mx.random.seed(seed)
+    net.initialize(init or mx.init.Xavier(magnitude=2.5), ctx=ctxs)
+    net(mx.nd.zeros((1, 3, 8, 8), ctx=ctxs[0]))
+    return net
+
+
+def batch(n=4, seed=3, size=8):
+    import numpy as np
+    return mx.nd.array(np.random.RandomState(seed).uniform(-1, 1, size=(n, 3, size, size)))

@@ -1,0 +1,343 @@
+"""trace_channels, count_ops and prune_channels on small user HybridBlocks."""
+import math
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+import paramsurgery as ps
+
+from channel_nets import batch, build
+from helpers import ONE, TWO, assert_same_bits, snapshot
+
+
+def members(graph, name):
+    return dict((m[0], m[1:]) for m in graph[name].members)
+
+
+# --------------------------------------------------------------------------- tracing
+
+def test_chain_groups_and_members():
+    net = build('chain', ONE)
+    graph = ps.trace_channels(net, (1, 3, 8, 8))
+    assert [(g.name, g.size, g.prunable) for g in graph.groups] == [
+        ('data', 3, False), ('chain_conv0_weight', 8, True), ('chain_conv1_weight', 6, True),
+        ('chain_conv2_weight', 10, True), ('chain_dense0_weight', 3, False)]
+    g = graph['chain_conv0_weight']
+    assert g.members == [
+        ('chain_conv0_weight', 0, 0, 1), ('chain_batchnorm0_gamma', 0, 0, 1),
+        ('chain_batchnorm0_beta', 0, 0, 1), ('chain_batchnorm0_running_mean', 0, 0, 1),
+        ('chain_batchnorm0_running_var', 0, 0, 1), ('chain_conv1_weight', 1, 0, 1)]
+    assert g.roles == ['weight', 'bn_gamma', 'bn_beta', 'bn_mean', 'bn_var', 'input']
+    assert ('chain_batchnorm0_running_mean', 0, 0, 1) not in g.maskable
+    assert graph['data'].reason == 'data input'
+    assert graph['chain_dense0_weight'].reason == "reaches the net output ('chain_dense0_fwd')"
+    table = str(graph)
+    assert 'chain_conv1_weight' in table and '3 prunable' in table
+
+
+def test_residual_stream_is_one_group():
+    graph = ps.trace_channels(build('residual', ONE), (1, 3, 8, 8))
+    stream = members(graph, 'residual_conv0_weight')
+    # the stem, both blocks' last convolutions and every reader of the stream
+    for name in ('residual_conv0_weight', 'residual_conv2_weight', 'residual_conv4_weight',
+                 'residual_conv4_bias', 'residual_batchnorm2_gamma'):
+        assert stream[name][0] == 0, name
+    for name in ('residual_conv1_weight', 'residual_conv3_weight', 'residual_conv5_weight',
+                 'residual_conv6_weight'):
+        assert stream[name] == (1, 0, 1), name
+    # broadcast_add joins the projection and the other branch
+    assert {'residual_conv5_weight', 'residual_conv6_weight', 'residual_conv6_bias',
+            'residual_dense0_weight'} <= set(members(graph, 'residual_conv5_weight'))
+    assert len(graph.prunable) == 4
+
+
+def test_concat_offsets():
+    graph = ps.trace_channels(build('concat', ONE), (1, 3, 8, 8))
+    a = members(graph, 'concat_conv0_weight')
+    b = members(graph, 'concat_conv1_weight')
+    c = members(graph, 'concat_conv2_weight')
+    # y = [a(6), b(4)] read by conv2; z = [y, c(5)] read by conv3
+    assert a['concat_conv2_weight'] == (1, 0, 1) and b['concat_conv2_weight'] == (1, 6, 1)
+    assert a['concat_conv3_weight'] == (1, 0, 1) and b['concat_conv3_weight'] == (1, 6, 1)
+    assert c['concat_conv3_weight'] == (1, 10, 1)
+    assert graph['data'].members == [('concat_conv0_weight', 1, 0, 1),
+                                      ('concat_conv1_weight', 1, 0, 1)]
+
+
+def test_depthwise_couples_input_and_output():
+    graph = ps.trace_channels(build('depthwise', ONE), (1, 3, 8, 8))
+    g = members(graph, 'depthwise_conv0_weight')
+    assert g['depthwise_conv1_weight'] == (0, 0, 1)     # depthwise weight, output axis
+    assert g['depthwise_conv1_bias'] == (0, 0, 1)
+    assert g['depthwise_batchnorm1_gamma'] == (0, 0, 1)
+    assert g['depthwise_conv2_weight'] == (1, 0, 1)
+    assert [x.name for x in graph.prunable] == ['depthwise_conv0_weight',
+                                                'depthwise_conv2_weight']
+
+
+def test_dense_after_flatten_has_stride_h_times_w():
+    graph = ps.trace_channels(build('flatten_dense', ONE), (2, 3, 8, 8))
+    g = members(graph, 'flatten_dense_conv0_weight')
+    assert g['flatten_dense_dense0_weight'] == (1, 0, 16)    # 4x4 output map
+    assert graph['flatten_dense_dense0_weight'].prunable
+    assert members(graph, 'flatten_dense_dense0_weight')['flatten_dense_dense1_weight'] == \
+        (1, 0, 1)
+
+
+def test_squeeze_excitation_multiplication_joins_the_groups():
+    graph = ps.trace_channels(build('se', ONE), (1, 3, 8, 8))
+    g = members(graph, 'se_conv0_weight')
+    assert g['se_dense0_weight'] == (1, 0, 1)     # squeeze reads the channels
+    assert g['se_dense1_weight'] == (0, 0, 1)     # excitation produces a scale per channel
+    assert g['se_dense1_bias'] == (0, 0, 1)
+    assert g['se_conv1_weight'] == (1, 0, 1)
+    assert graph['se_dense0_weight'].prunable
+
+
+def test_unknown_operator_is_not_prunable_and_named():
+    class Odd(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.a = nn.Conv2D(4, 3)
+                self.b = nn.Conv2D(4, 3)
+                self.out = nn.Dense(2)
+
+        def hybrid_forward(self, F, x):
+            x = F.softmax(self.a(x), axis=1)
+            return self.out(self.b(x))
+
+    graph = ps.trace_channels(Odd(prefix='odd_'), (1, 3, 8, 8))
+    g = graph['odd_conv0_weight']
+    assert not g.prunable
+    assert 'softmax' in g.reason and "the tracer does not know" in g.reason
+    assert graph['odd_conv1_weight'].prunable
+
+
+def test_grouped_convolution_is_not_prunable():
+    net = nn.HybridSequential(prefix='g_')
+    with net.name_scope():
+        net.add(nn.Conv2D(8, 3), nn.Conv2D(4, 3, groups=2), nn.Dense(2))
+    graph = ps.trace_channels(net, (1, 3, 8, 8))
+    assert not graph['g_conv0_weight'].prunable
+    assert 'num_group=2' in graph['g_conv0_weight'].reason
+
+
+def test_plain_block_and_bad_shapes():
+    class Plain(gluon.Block):
+        def forward(self, x):
+            return x
+
+    for fn in (lambda n: ps.trace_channels(n, (1, 3)), lambda n: ps.count_ops(n, (1, 3)),
+               lambda n: ps.prune_channels(n, 0.5, inputs=(1, 3))):
+        with pytest.raises(ps.SurgeryTypeError, match='HybridBlock'):
+            fn(Plain())
+    net = build('chain', ONE)
+    with pytest.raises(ps.SurgeryValueError, match=r'\(1, 5, 8, 8\) does not run'):
+        ps.trace_channels(net, (1, 5, 8, 8))
+    with pytest.raises(ps.SurgeryValueError, match='>= 1'):
+        ps.trace_channels(net, (0, 3, 8, 8))
+    with pytest.raises(ps.SurgeryTypeError):
+        ps.trace_channels(net, 'data')
+
+
+def test_count_ops_by_hand():
+    net = build('flatten_dense', ONE)
+    macs, params = ps.count_ops(net, (5, 3, 8, 8))
+    # conv 6x3x3x3 on a 4x4 output map; dense 96 -> 10; dense 10 -> 3
+    assert macs == 6 * 16 * 27 + 96 * 10 + 10 * 3
+    assert params == (6 * 27 + 6) + (96 * 10 + 10) + (10 * 3 + 3)
+    # masks are not counted, running statistics are not counted
+    chain = build('chain', ONE)
+    before = ps.count_ops(chain, (1, 3, 8, 8))
+    ps.prune_channels(chain, 0.5, inputs=(1, 3, 8, 8))
+    assert ps.count_ops(chain, (1, 3, 8, 8)) == before
+
+
+# --------------------------------------------------------------------------- prune_channels
+
+def channel_alive(net, group):
+    masks = {n: ps.get_mask(net, n)[n].asnumpy() for n in ps.masked(net)}
+    alive = np.zeros(group.size, dtype=bool)
+    for name, axis, off, st in group.maskable:
+        m = masks.get(name)
+        if m is None:
+            return np.ones(group.size, dtype=bool)
+        view = np.moveaxis(m, axis, 0)[off:off + group.size * st].reshape(group.size, -1)
+        alive |= (view != 0).any(axis=1)
+    return alive
+
+
+def test_layer_scope_masks_every_member_consistently():
+    net = build('residual', ONE)
+    x = batch()
+    touched = ps.prune_channels(net, 0.5, inputs=x)
+    assert touched == ['residual_conv0_weight', 'residual_conv1_weight',
+                       'residual_conv3_weight', 'residual_conv5_weight']
+    graph = ps.trace_channels(net, x)
+    for group in graph.prunable:
+        dead = np.flatnonzero(~channel_alive(net, group))
+        assert len(dead) == math.floor(0.5 * group.size + 0.5)
+        for name, axis, off, st in group.maskable:
+            m = np.moveaxis(ps.get_mask(net, name)[name].asnumpy(), axis, 0)
+            for i in range(group.size):
+                part = m[off + i * st:off + (i + 1) * st]
+                assert (part == 0).all() if i in dead else (part != 0).any(), (name, i)
+    # running statistics never get a mask
+    assert not [n for n in ps.masked(net) if 'running' in n]
+
+
+def test_amounts_follow_section_7_and_are_fractions_of_what_is_left():
+    net = build('chain', ONE)
+    g = lambda: ps.trace_channels(net, (1, 3, 8, 8))['chain_conv2_weight']   # 10 channels
+    ps.prune_channels(net, 0.3, inputs=(1, 3, 8, 8), key='chain_conv2_weight')
+    assert (~channel_alive(net, g())).sum() == 3
+    ps.prune_channels(net, 0.5, inputs=(1, 3, 8, 8), key='chain_conv2_weight')
+    assert (~channel_alive(net, g())).sum() == 3 + 4        # floor(0.5 * 7 + 0.5)
+    ps.prune_channels(net, 2, inputs=(1, 3, 8, 8), key='chain_conv2_weight')
+    assert (~channel_alive(net, g())).sum() == 9
+    ps.prune_channels(net, 1.0, inputs=(1, 3, 8, 8), key='chain_conv2_weight')
+    assert (~channel_alive(net, g())).sum() == 9            # at least one channel kept
+
+
+def test_lowest_l1_and_l2_channels_go_first_ties_by_index():
+    net = build('chain', ONE)
+    w = net.body[4][0].weight
+    values = np.ones(w.shape, dtype=np.float32)
+    values[[7, 2, 5]] = 0.1
+    values[3] = 0.1         # the same l1 norm as 7, 2, 5: lower index first
+    w.set_data(mx.nd.array(values))
+    for member in ('chain_batchnorm1_gamma', 'chain_batchnorm1_beta', 'chain_dense0_weight'):
+        ps.set_params(net, member, 1)
+    ps.prune_channels(net, 3, inputs=(1, 3, 8, 8), key=w.name, importance='l1')
+    g = ps.trace_channels(net, (1, 3, 8, 8))[w.name]
+    assert np.flatnonzero(~channel_alive(net, g)).tolist() == [2, 3, 5]
+
+
+def test_bn_gamma_taylor_and_callable_importance():
+    net = build('chain', ONE)
+    gamma = net.body[0][1].gamma
+    gamma.set_data(mx.nd.array([5, 4, 0.1, 3, 0.2, 2, 1, 6]))
+    ps.prune_channels(net, 2, inputs=(1, 3, 8, 8), key='chain_conv0_weight',
+                      importance='bn_gamma')
+    g = ps.trace_channels(net, (1, 3, 8, 8))['chain_conv0_weight']
+    assert np.flatnonzero(~channel_alive(net, g)).tolist() == [2, 4]
+    ps.prune_channels(net, 1, inputs=(1, 3, 8, 8), key='chain_conv0_weight',
+                      importance=lambda group: np.arange(group.size)[::-1])
+    assert np.flatnonzero(~channel_alive(net, g)).tolist() == [2, 4, 7]
+    with pytest.raises(ps.SurgeryValueError, match="'chain_conv1_weight' has no BatchNorm"):
+        ps.prune_channels(net, 1, inputs=(1, 3, 8, 8), importance='bn_gamma')
+    with pytest.raises(ps.SurgeryValueError, match='gradient'):
+        ps.prune_channels(net, 1, inputs=(1, 3, 8, 8), importance='taylor')
+    x = batch()
+    with autograd.record():
+        loss = net(x).sum()
+    loss.backward()
+    assert ps.prune_channels(net, 1, inputs=x, importance='taylor')
+    with pytest.raises(ps.SurgeryValueError, match=r'shape \(2,\); expected \(8,\)'):
+        ps.prune_channels(net, 1, inputs=x, key='chain_conv0_weight',
+                          importance=lambda group: [1, 2])
+
+
+def test_global_scope_exact_count_normalised_and_one_kept():
+    net = build('chain', ONE)
+    x = (1, 3, 8, 8)
+    graph = ps.trace_channels(net, x)
+    scale = {'chain_conv0_weight': 1000.0, 'chain_conv1_weight': 1.0,
+             'chain_conv2_weight': 0.001}
+
+    def importance(group):      # 1..n times a very different scale per group
+        return (np.arange(group.size) + 1.0) * scale[group.name]
+
+    ps.prune_channels(net, 0.5, inputs=x, scope='global', importance=importance)
+    dead = {g.name: np.flatnonzero(~channel_alive(net, g)).tolist() for g in graph.prunable}
+    # each group's scores divided by its maximum: (i + 1) / n, ranked together
+    ranked = sorted(((i + 1) / g.size, k, i) for k, g in enumerate(graph.prunable)
+                    for i in range(g.size))[:12]
+    expected = {g.name: sorted(i for _, k, i in ranked if k == j)
+                for j, g in enumerate(graph.prunable)}
+    assert dead == expected
+    assert sum(len(v) for v in dead.values()) == 12 == math.floor(0.5 * 24 + 0.5)
+    ps.prune_channels(net, 1.0, inputs=x, scope='global')
+    assert all(channel_alive(net, g).sum() == 1 for g in graph.prunable)
+
+
+def test_round_to():
+    net = build('chain', ONE)
+    x = (1, 3, 8, 8)
+    # 10 channels, prune 3: keep 7 -> nearest multiple of 4 is 8
+    ps.prune_channels(net, 3, inputs=x, key='chain_conv2_weight', round_to=4)
+    g = ps.trace_channels(net, x)['chain_conv2_weight']
+    assert channel_alive(net, g).sum() == 8
+    # keep 8 - 2 = 6: a tie between 4 and 8 goes up, at most what is unmasked (8)
+    ps.prune_channels(net, 2, inputs=x, key='chain_conv2_weight', round_to=4)
+    assert channel_alive(net, g).sum() == 8
+    # 6 channels, prune all: at least round_to kept
+    ps.prune_channels(net, 1.0, inputs=x, key='chain_conv1_weight', round_to=4)
+    assert channel_alive(net, ps.trace_channels(net, x)['chain_conv1_weight']).sum() == 4
+
+
+@pytest.mark.parametrize('kwargs, error, text', [
+    (dict(amount=1.5), ps.SurgeryValueError, 'amount/100'),
+    (dict(amount=True), ps.SurgeryTypeError, 'bool'),
+    (dict(amount=float('nan')), ps.SurgeryValueError, 'not finite'),
+    (dict(amount=-0.1), ps.SurgeryValueError, 'negative'),
+    (dict(amount=11), ps.SurgeryValueError, 'only 10 channels'),
+    (dict(amount='half'), ps.SurgeryTypeError, 'amount'),
+    (dict(scope='net'), ps.SurgeryValueError, 'scope'),
+    (dict(importance='l3'), ps.SurgeryValueError, 'importance'),
+    (dict(round_to=0), ps.SurgeryValueError, 'round_to'),
+    (dict(round_to=2.0), ps.SurgeryTypeError, 'round_to'),
+    (dict(key='nothing.*'), ps.SelectionError, 'nothing'),
+    (dict(key='chain_dense0_weight'), ps.SurgeryValueError, 'reaches the net output'),
+    (dict(key='chain_batchnorm0_gamma'), ps.SurgeryValueError, 'produce'),
+])
+def test_bad_arguments_change_nothing(kwargs, error, text):
+    net = build('chain', TWO)
+    before = snapshot(net)
+    args = dict(amount=0.5, inputs=(1, 3, 8, 8), key='chain_conv2_weight')
+    args.update(kwargs)
+    amount = args.pop('amount')
+    with pytest.raises(error, match=text):
+        ps.prune_channels(net, amount, **args)
+    assert ps.masked(net) == []
+    assert_same_bits(before, snapshot(net))
+
+
+def test_masks_on_two_contexts_agree():
+    net = build('depthwise', TWO)
+    ps.prune_channels(net, 0.5, inputs=batch())
+    for name in ps.masked(net):
+        mask = net.collect_params()[name + '_mask']
+        a, b = [d.asnumpy() for d in mask.list_data()]
+        assert (a == b).all()
+
+
+def test_symbolblock_groups_are_not_prunable(tmp_path):
+    net = build('chain', ONE)
+    net.hybridize()
+    net(batch())
+    prefix = str(tmp_path / 'chain')
+    net.export(prefix)
+    loaded = gluon.SymbolBlock.imports(prefix + '-symbol.json', ['data'],
+                                       prefix + '-0000.params')
+    graph = ps.trace_channels(loaded, (1, 3, 8, 8))
+    group = graph['chain_conv0_weight']
+    assert not group.prunable and 'SymbolBlock' in group.reason
+    assert ps.count_ops(loaded, (1, 3, 8, 8)) == ps.count_ops(net, (1, 3, 8, 8))
+    with pytest.raises(ps.SurgeryValueError, match='no prunable channel group'):
+        ps.prune_channels(loaded, 0.5, inputs=(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize('kind', sorted(['chain', 'residual', 'concat', 'depthwise',
+                                         'flatten_dense', 'se']))
+def test_masks_do_not_change_the_groups(kind):
+    """The tracer sees through ``weight * mask``: the same groups before and after."""
+    net = build(kind, ONE)
+    before = [(g.name, g.size, g.members, g.prunable) for g in ps.trace_channels(net, batch())]
+    ps.prune_channels(net, 0.25, inputs=batch())
+    after = [(g.name, g.size, g.members, g.prunable) for g in ps.trace_channels(net, batch())]
+    assert before == after

@@ -1,0 +1,495 @@
+"""shrink, ShrinkPlan and apply_plan: the shrunk net computes what the masked net computed,
+on one and two contexts, hybridised or not, in train and predict mode; training goes on with
+the same Trainer; export, apply_plan and load_parameters round trips; bad input."""
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+from mxnet.gluon.model_zoo import vision
+
+import paramsurgery as ps
+from paramsurgery import _internals
+
+from channel_nets import USER_NETS, HardCoded, batch, build
+from helpers import ONE, TWO, assert_same_bits, snapshot, split
+
+RTOL = 1e-4
+
+
+def outputs(net, x, ctxs, train=False):
+    """The net's output on every context (the same batch on each)."""
+    out = []
+    for ctx in ctxs:
+        if train:
+            with autograd.record():
+                y = net(x.as_in_context(ctx))
+        else:
+            with autograd.predict_mode():
+                y = net(x.as_in_context(ctx))
+        out.append(y.asnumpy())
+    return out
+
+
+def assert_close(ref, got):
+    for a, b in zip(ref, got):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= RTOL * np.abs(a).max(), np.abs(a - b).max()
+
+
+def warm_up(net, x, ctxs):
+    """One train-mode forward, so BatchNorm running statistics are not trivial."""
+    with autograd.record():
+        for part in split(x, ctxs):
+            net(part)
+
+
+def masked_vs_shrunk(net, x, ctxs, amount=0.5, **kwargs):
+    """Prune, record the masked outputs, shrink; return the plan and both sets of outputs."""
+    warm_up(net, x, ctxs)
+    ps.prune_channels(net, amount, inputs=x, **kwargs)
+    ref_train = outputs(net, x, ctxs, train=True)   # (updates the running statistics)
+    ref = outputs(net, x, ctxs)
+    plan = ps.shrink(net, inputs=x)
+    return plan, (ref, outputs(net, x, ctxs)), (ref_train, outputs(net, x, ctxs, train=True))
+
+
+# --------------------------------------------------------------------------- user blocks
+
+@pytest.mark.parametrize('kind', sorted(USER_NETS))
+def test_user_nets_shrunk_equals_masked(kind, ctxs, hybridize):
+    net = build(kind, ctxs)
+    if hybridize:
+        net.hybridize()
+    x = batch()
+    names = {n: p for n, p in net.collect_params().items()}
+    macs, params = ps.count_ops(net, x)
+    plan, (ref, got), (ref_train, got_train) = masked_vs_shrunk(net, x, ctxs)
+    assert_close(ref, got)
+    assert_close(ref_train, got_train)
+    # the same Parameter objects, smaller, healthy on every context; masks kept, sliced
+    assert all(net.collect_params()[n] is p for n, p in names.items())
+    assert ps.check_params(net) == []
+    assert ps.masked(net)
+    for name in ps.masked(net):
+        p = net.collect_params()[name]
+        assert net.collect_params()[name + '_mask'].shape == p.shape
+    new_macs, new_params = ps.count_ops(net, x)
+    assert new_macs < macs and new_params < params
+    assert all(len(v) < len(set(v)) + 1 for v in plan.kept.values())
+    for sname, shape in plan.shapes.items():
+        assert tuple(_internals.structural_names(net)[sname].shape) == shape
+
+
+def test_blocks_keep_their_classes_with_counts_updated():
+    net = build('depthwise', ONE)
+    x = batch()
+    ps.prune_channels(net, 3, inputs=x, key='depthwise_conv0_weight')
+    ps.prune_channels(net, 2, inputs=x, key='depthwise_conv2_weight')
+    plan = ps.shrink(net, inputs=x)
+    conv, bn = net.a[0], net.a[1]
+    assert type(conv) is nn.Conv2D and conv._channels == 5 and conv._kwargs['num_filter'] == 5
+    assert bn.in_channels == 5 and bn.running_mean.shape == (5,)
+    assert net.dw._kwargs['num_group'] == 5 and net.dw.weight.shape == (5, 1, 3, 3)
+    assert net.dw._in_channels == 5
+    assert net.pw[0]._in_channels == 5 and net.pw[0]._channels == 4
+    assert net.out._in_units == 4
+    assert 'groups=5' in repr(net.dw)     # (Gluon prints weight.shape[1] as the input)
+    assert plan.kept['depthwise_conv0_weight'] == sorted(plan.kept['depthwise_conv0_weight'])
+    assert len(plan.kept['depthwise_conv0_weight']) == 5
+
+
+def test_flatten_dense_columns_removed_per_channel():
+    net = build('flatten_dense', ONE)
+    x = batch()
+    ps.prune_channels(net, 2, inputs=x, key='flatten_dense_conv0_weight')
+    ps.shrink(net, inputs=x)
+    assert net.fc1.weight.shape == (10, 4 * 16) and net.fc1._in_units == 64
+    assert net.conv._channels == 4
+
+
+def test_nothing_masked_changes_nothing():
+    net = build('chain', TWO)
+    before = snapshot(net)
+    plan = ps.shrink(net, inputs=batch())
+    assert_same_bits(before, snapshot(net))
+    assert plan.kept['chain_conv0_weight'] == list(range(8))
+
+
+def test_fully_masked_group_keeps_one_channel():
+    net = build('chain', ONE)
+    x = batch()
+    graph = ps.trace_channels(net, x)
+    masks = {}
+    for name, axis, off, st in graph['chain_conv1_weight'].maskable:
+        masks[name] = 0
+    ps.apply_mask(net, masks)
+    ref = outputs(net, x, ONE)
+    ps.shrink(net, inputs=x)
+    assert net.body[1]._channels == 1
+    assert_close(ref, outputs(net, x, ONE))
+
+
+# --------------------------------------------------------------------------- trainer
+
+def step(net, trainer, x, ctxs):
+    with autograd.record():
+        losses = [(net(part) ** 2).mean() for part in split(x, ctxs)]
+    autograd.backward(losses)
+    trainer.step(x.shape[0])
+
+
+SETUPS = [
+    pytest.param(None, None, ONE, id='1ctx-nokv'),
+    pytest.param('device', True, TWO, id='2ctx-device-uok'),
+    pytest.param('device', False, TWO, id='2ctx-device-nouok'),
+]
+
+
+@pytest.mark.parametrize('optimizer, opt_args', [
+    ('sgd', {'learning_rate': 0.1, 'momentum': 0.9, 'wd': 0}),
+    ('adam', {'learning_rate': 0.01, 'wd': 0}),
+])
+@pytest.mark.parametrize('kvstore, update_on_kvstore, ctxs', SETUPS)
+def test_training_continues_step_for_step(optimizer, opt_args, kvstore, update_on_kvstore,
+                                          ctxs):
+    x = batch(n=4)
+    nets, trainers = [], []
+    for _ in range(2):
+        net = build('residual', ctxs, seed=5)
+        ps.prune_channels(net, 0.5, inputs=x)
+        kwargs = {} if kvstore is None else {'kvstore': kvstore,
+                                              'update_on_kvstore': update_on_kvstore}
+        trainer = gluon.Trainer(net.collect_params(), optimizer, dict(opt_args), **kwargs)
+        step(net, trainer, x, ctxs)
+        step(net, trainer, x, ctxs)
+        nets.append(net)
+        trainers.append(trainer)
+    masked, shrunk = nets
+    ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs))
+    for i in range(3):
+        step(masked, trainers[0], x + i, ctxs)
+        step(shrunk, trainers[1], x + i, ctxs)
+        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs))
+    assert ps.check_params(shrunk) == []
+
+
+def test_optimizer_states_and_fp32_master_copies_are_sliced():
+    from paramsurgery.shrinking import _slice_state
+    weight = np.arange(24, dtype=np.float32).reshape(4, 6)
+    keeps = {0: np.array([True, False, True, True]), 1: np.array([True] * 5 + [False])}
+    state = (mx.nd.array(weight), mx.nd.array(weight, dtype='float32'), None,
+             mx.nd.ones((1,)))
+    out = _slice_state(state, (4, 6), keeps)
+    assert out[0].shape == (3, 5) and out[1].dtype == np.float32
+    assert out[1].asnumpy().tolist() == weight[[0, 2, 3]][:, :5].tolist()
+    assert out[2] is None and out[3] is state[3]
+
+
+# --------------------------------------------------------------------------- round trips
+
+def test_export_and_symbolblock_imports(tmp_path, ctxs):
+    net = build('se', ctxs)
+    net.hybridize()
+    x = batch()
+    masked_vs_shrunk(net, x, ctxs)
+    ref = outputs(net, x, ctxs)
+    prefix = str(tmp_path / 'se')
+    net.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params',
+                              ctx=ctxs)
+    assert_close(ref, outputs(loaded, x, ctxs))
+    assert ps.count_ops(loaded, x) == ps.count_ops(net, x)
+
+
+@pytest.mark.parametrize('initialise', [False, True], ids=['fresh', 'initialised'])
+def test_apply_plan_and_load_parameters(tmp_path, initialise):
+    x = batch()
+    net = build('concat', ONE)
+    masked_vs_shrunk(net, x, ONE)
+    ref = outputs(net, x, ONE)
+    plan_path = str(tmp_path / 'plan.json')
+    ps.shrink(net, inputs=x).save(plan_path)
+    ps.save_masks(net, str(tmp_path / 'masks.npz'))
+    ps.remove_mask(net, ps.masked(net), bake=False)
+    net.save_parameters(str(tmp_path / 'net.params'))
+    fresh = USER_NETS['concat'](prefix='other_')
+    if initialise:
+        fresh.initialize()
+        fresh(x)
+    changed = ps.apply_plan(fresh, plan_path)
+    assert 'a.0.weight' in changed
+    fresh.load_parameters(str(tmp_path / 'net.params'))
+    ps.load_masks(fresh, str(tmp_path / 'masks.npz'))
+    assert_close(ref, outputs(fresh, x, ONE))
+    fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE))
+
+
+def test_plan_file_is_json_written_atomically(tmp_path):
+    net = build('chain', ONE)
+    ps.prune_channels(net, 0.5, inputs=batch())
+    plan = ps.shrink(net, inputs=batch())
+    path = tmp_path / 'plan.json'
+    plan.save(str(path))
+    data = json.loads(path.read_text())
+    assert data['format'] == 'paramsurgery-shrink-plan' and data['shapes']['body.0.0.weight'] \
+        == [4, 3, 3, 3]
+    assert os.listdir(tmp_path) == ['plan.json']      # no temporary file left behind
+    assert ps.ShrinkPlan.load(str(path)) == plan
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_hard_coded_channel_count_raises_and_changes_nothing(ctxs, hybridize):
+    net = HardCoded(prefix='hardcoded_')
+    net.initialize(mx.init.Xavier(), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    x = batch()
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                         'momentum': 0.9})
+    step(net, trainer, x, ctxs)
+    ps.prune_channels(net, 0.5, inputs=x)
+    step(net, trainer, x, ctxs)
+    before = snapshot(net)
+    ref = outputs(net, x, ctxs)
+    kwargs = dict(net.bn._kwargs)
+    with pytest.raises(ps.ShrinkError, match=r"layer 'hardcoded' \(HardCoded, operator node "
+                                             r"'hardcoded_conv'\).*Nothing was changed"):
+        ps.shrink(net, inputs=x, trainer=trainer)
+    assert_same_bits(before, snapshot(net))
+    assert net.weight.shape == (8, 3, 3, 3) and net.bn.in_channels == 8
+    assert net.bn._kwargs == kwargs and net.out._in_units == 8
+    assert ps.check_params(net) == []
+    assert_close(ref, outputs(net, x, ctxs))
+    step(net, trainer, x, ctxs)             # the Trainer still works
+
+
+def test_output_that_differs_names_the_first_layer_and_restores(monkeypatch, ctxs):
+    import sys
+    shrink_module = sys.modules['paramsurgery.shrinking']   # (ps.shrink is the function)
+    net = build('chain', ctxs)
+    x = batch()
+    ps.prune_channels(net, 0.5, inputs=x)
+    before = snapshot(net)
+    ref = outputs(net, x, ctxs)
+    take = shrink_module._take
+
+    def corrupt(arr, keeps):        # a wrong slice of the second convolution's weight
+        out = take(arr, keeps)
+        return out * 2 if arr.shape == (6, 8, 3, 3) else out
+
+    monkeypatch.setattr(shrink_module, '_take', corrupt)
+    with pytest.raises(ps.ShrinkError, match=r"computes something else .* the first layer "
+                                             r"that differs is layer 'chain_conv1'"):
+        ps.shrink(net, inputs=x)
+    assert_same_bits(before, snapshot(net))
+    assert net.body[1]._channels == 6
+    assert_close(ref, outputs(net, x, ctxs))
+
+
+def test_bad_arguments():
+    class Plain(gluon.Block):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ps.SurgeryTypeError, match='HybridBlock'):
+        ps.shrink(Plain(), inputs=(1, 3))
+    net = build('chain', ONE)
+    ps.prune_channels(net, 0.5, inputs=batch())
+    before = snapshot(net)
+    with pytest.raises(ps.SurgeryValueError, match='does not run'):
+        ps.shrink(net, inputs=(1, 4, 8, 8))
+    with pytest.raises(ps.SurgeryTypeError, match='Trainer'):
+        ps.shrink(net, inputs=batch(), trainer='sgd')
+    with pytest.raises(ps.SurgeryTypeError):
+        ps.shrink(net, inputs=None)
+    with pytest.raises(ps.SurgeryValueError, match='NaN'):
+        ps.shrink(net, inputs=batch() * float('nan'))
+    assert_same_bits(before, snapshot(net))
+    with pytest.raises(ps.SurgeryTypeError, match='list of ints'):
+        ps.ShrinkPlan({'g': [0, 'x']}, {})
+    with pytest.raises(ps.SurgeryValueError, match='below 1'):
+        ps.ShrinkPlan({}, {'0.weight': (0, 3)})
+
+
+def test_plan_for_another_architecture(tmp_path):
+    net = build('chain', ONE)
+    ps.prune_channels(net, 0.5, inputs=batch())
+    plan = ps.shrink(net, inputs=batch())
+    for other, text in [(build('residual', ONE), "parameter 'body.0.0.weight'"),
+                        (build('depthwise', ONE), "parameter 'body.0.0.weight'")]:
+        before = snapshot(other)
+        with pytest.raises(ps.ShrinkError, match=text + '.*another architecture'):
+            ps.apply_plan(other, plan)
+        assert_same_bits(before, snapshot(other))
+    # same names, a smaller layer than the plan asks for
+    small = USER_NETS['chain'](prefix='small_')
+    small.initialize()
+    small(batch())
+    bigger = ps.ShrinkPlan(plan.kept, dict(plan.shapes, **{'body.0.0.weight': (9, 3, 3, 3)}))
+    with pytest.raises(ps.ShrinkError, match=r"'body.0.0.weight' .* shape \(8, 3, 3, 3\)"):
+        ps.apply_plan(small, bigger)
+    with pytest.raises(ps.FileFormatError, match='not a readable shrink plan'):
+        (tmp_path / 'x.json').write_text('{}')
+        ps.apply_plan(small, str(tmp_path / 'x.json'))
+    with pytest.raises(ps.SurgeryTypeError):
+        ps.apply_plan(small, {'kept': {}})
+
+
+# --------------------------------------------------------------------------- model zoo
+
+ZOO = {'resnet18_v1': 64, 'resnet50_v1': 64, 'resnet18_v2': 64, 'mobilenet1.0': 64,
+       'mobilenetv2_1.0': 64, 'densenet121': 224, 'squeezenet1.1': 224, 'vgg11_bn': 32,
+       'alexnet': 64, 'inceptionv3': 299}
+TWO_CONTEXTS = ('resnet18_v1', 'mobilenetv2_1.0')
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize('model', sorted(ZOO))
+def test_model_zoo(model):
+    ctxs = TWO if model in TWO_CONTEXTS else ONE
+    net = vision.get_model(model, pretrained=False, classes=10)
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier(), ctx=ctxs)
+    net.hybridize()
+    size = ZOO[model]
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=(2, 3, size, size)))
+    net(x)
+    # Dropout draws its random mask over the tensor's shape, which shrink changes: in train
+    # mode the masked and the shrunk net cannot draw the same masks. Compare without it.
+    for blk in _internals.walk_blocks(net):
+        if isinstance(blk, nn.Dropout):
+            blk._rate = 0
+    before = ps.count_ops(net, x)
+    kwargs = {'scope': 'global', 'importance': 'bn_gamma'} if model == 'resnet50_v1' else {}
+    if model == 'resnet50_v1':
+        # network slimming ranks by gamma: make them differ
+        for name, p in net.collect_params('.*gamma').items():
+            p.set_data(mx.nd.random.uniform(0.1, 1, shape=p.shape))
+    plan, (ref, got), (ref_train, got_train) = masked_vs_shrunk(net, x, ctxs, **kwargs)
+    assert_close(ref, got)
+    assert_close(ref_train, got_train)
+    after = ps.count_ops(net, x)
+    assert after[0] < 0.5 * before[0] and after[1] < 0.6 * before[1]
+    assert ps.check_params(net) == []
+
+
+def test_twice_and_with_a_trainer_that_has_not_stepped(tmp_path):
+    net = build('residual', TWO)
+    net.hybridize()
+    x = batch()
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                         'momentum': 0.9},
+                            kvstore='device')
+    for amount in (0.25, 0.5):
+        ps.prune_channels(net, amount, inputs=x, importance='l1')
+        ref = outputs(net, x, TWO)
+        ps.shrink(net, inputs=x, trainer=trainer)
+        assert_close(ref, outputs(net, x, TWO))
+    assert net.stem[0]._channels == 3          # 8 -> 6 -> 3
+    step(net, trainer, x, TWO)
+    step(net, trainer, x, TWO)
+    assert ps.check_params(net) == []
+    # export() saves the mean over contexts; running statistics differ per context (each
+    # saw half the batch): make them equal first
+    for name, p in net.collect_params('.*running.*').items():
+        ps.set_params(net, name, p.data(mx.cpu(0)))
+    prefix = str(tmp_path / 'twice')
+    net.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    assert_close(outputs(net, x, ONE), outputs(loaded, x, ONE))
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize('model', ['resnet18_v1', 'mobilenetv2_1.0'])
+def test_model_zoo_round_trips_and_training(model, tmp_path):
+    """The shrunk zoo net trains on with the same Trainer like the masked one, exports, and
+    is rebuilt from its class with apply_plan + load_parameters."""
+    # 64x64 and 4 samples per context: at 32x32 with 2 per context the last BatchNorms
+    # normalise over 2 values, which turns float rounding (the shrunk convolutions sum fewer
+    # terms) into 1e-3 differences after a step, in the masked net as much as in the shrunk
+    x = mx.nd.array(np.random.RandomState(1).uniform(-1, 1, size=(8, 3, 64, 64)))
+    nets, trainers = [], []
+    for _ in range(2):
+        mx.random.seed(7)
+        net = vision.get_model(model, pretrained=False, classes=10)
+        net.initialize(mx.init.Xavier(), ctx=TWO)
+        net.hybridize()
+        net(x.as_in_context(mx.cpu(0)))
+        ps.prune_channels(net, 0.5, inputs=x, scope='global')
+        trainer = gluon.Trainer(net.collect_params(), 'sgd',
+                                {'learning_rate': 1e-3, 'momentum': 0.9, 'wd': 0},
+                                kvstore='device')
+        step(net, trainer, x, TWO)
+        nets.append(net)
+        trainers.append(trainer)
+    masked, shrunk = nets
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    for i in range(2):
+        step(masked, trainers[0], x + 0.1 * i, TWO)
+        step(shrunk, trainers[1], x + 0.1 * i, TWO)
+        assert_close(outputs(masked, x, TWO), outputs(shrunk, x, TWO))
+    for name, p in shrunk.collect_params('.*running.*').items():
+        ps.set_params(shrunk, name, p.data(mx.cpu(0)))
+    ref = outputs(shrunk, x, ONE)
+    prefix = str(tmp_path / 'zoo')
+    shrunk.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    assert_close(ref, outputs(loaded, x, ONE))
+    plan.save(str(tmp_path / 'plan.json'))
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'zoo.params'))
+    fresh = vision.get_model(model, pretrained=False, classes=10)
+    ps.apply_plan(fresh, str(tmp_path / 'plan.json'))
+    fresh.load_parameters(str(tmp_path / 'zoo.params'))
+    assert_close(ref, outputs(fresh, x, ONE))
+    assert ps.count_ops(fresh, x) == ps.count_ops(shrunk, x)
+
+
+class Mixed(gluon.HybridBlock):
+    """PReLU with per-channel slopes, a per-channel scale parameter, flattened features of
+    two branches concatenated into one dense layer, a reduction over the spatial axes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = nn.Conv2D(6, 3, padding=1, in_channels=3)
+            self.act = nn.PReLU(alpha_initializer=mx.init.Uniform(0.5), in_channels=6)
+            self.scale = self.params.get('scale', shape=(1, 6, 1, 1),
+                                         init=mx.init.Uniform(1))
+            self.b = nn.Conv2D(4, 3, strides=2, padding=1, in_channels=6)
+            self.fc = nn.Dense(5, in_units=6 * 16 + 4)
+            self.out = nn.Dense(2, in_units=5)
+
+    def hybrid_forward(self, F, x, scale):
+        y = F.broadcast_mul(self.act(self.a(x)), scale)           # (N, 6, 8, 8)
+        z = F.mean(self.b(y), axis=(2, 3))                         # (N, 4)
+        flat = F.concat(F.flatten(F.Pooling(y, kernel=(2, 2), stride=(2, 2),
+                                            pool_type='max')), z, dim=1)
+        return self.out(F.relu(self.fc(flat)))
+
+
+def test_prelu_scale_flattened_concat(ctxs, hybridize):
+    net = Mixed(prefix='mixed_')
+    mx.random.seed(2)
+    net.initialize(mx.init.Xavier(), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    x = batch()
+    graph = ps.trace_channels(net, x)
+    a = dict((m[0], m[1:]) for m in graph['mixed_conv0_weight'].members)
+    assert a['mixed_prelu0_alpha'] == (0, 0, 1) and a['mixed_scale'] == (1, 0, 1)
+    assert a['mixed_dense0_weight'] == (1, 0, 16)
+    assert dict((m[0], m[1:]) for m in graph['mixed_conv1_weight'].members)[
+        'mixed_dense0_weight'] == (1, 96, 1)
+    plan, (ref, got), (ref_train, got_train) = masked_vs_shrunk(net, x, ctxs)
+    assert_close(ref, got)
+    assert_close(ref_train, got_train)
+    assert net.scale.shape == (1, 3, 1, 1) and net.act.alpha.shape == (3,)
+    assert net.fc.weight.shape == (2, 3 * 16 + 2)      # 5 units: floor(2.5 + 0.5) pruned
