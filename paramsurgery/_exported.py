@@ -20,12 +20,15 @@ from mxnet import autograd, gluon
 from .channels import (
     _build,
     _channel_rows,
+    _check_round_to,
     _input_names,
     _selected_groups,
     choose_channels,
     count_ops,
 )
 from .errors import ShrinkError
+from .masks import load_exported
+from .pruning_core import prune_count
 
 __all__ = []
 
@@ -45,8 +48,9 @@ class ExportedShrink:
 
 
 def _load(symbol_file, param_file, n_inputs):
-    block = gluon.SymbolBlock.imports(symbol_file, _input_names(n_inputs), param_file)
-    return block
+    # load_exported gives every parameter its shape (imports leaves it None, and tracing
+    # would then accept an input shape the weights do not fit) and names damaged files
+    return load_exported(symbol_file, _input_names(n_inputs), param_file)
 
 
 def _deletions(groups, pruned, shapes):
@@ -105,6 +109,8 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
     ``shapes`` is a list of input shapes (one per data input). Raises ``ShrinkError`` when
     the shrunk model does not compute what the masked original computes.
     """
+    prune_count(amount, 1 << 62, what='channels')   # type, NaN, sign, float > 1: first
+    round_to = _check_round_to(round_to)
     block = _load(symbol_file, param_file, len(shapes))
     graph = _build(block, shapes)
     groups = _selected_groups(block, graph, None)

@@ -1,7 +1,7 @@
 """The ``paramsurgery`` command line (also ``python -m paramsurgery``).
 
 ``inspect`` and ``prune`` work on saved parameter files (``save_parameters``, ``nd.save``,
-``export``) without the model definition. Exit codes: 0 success, 2 bad usage or bad input
+``export``) and ``shrink`` on an exported model, all without the model definition. Exit codes: 0 success, 2 bad usage or bad input
 (one line on stderr, no traceback).
 """
 import argparse
@@ -118,6 +118,51 @@ def _prune(args) -> int:
     return 0
 
 
+def _shape(text):
+    try:
+        dims = tuple(int(d) for d in text.replace('x', ',').split(','))
+    except ValueError:
+        dims = ()
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(
+            '--input-shape must be positive whole numbers separated by commas, such as '
+            '1,3,224,224, got %r' % text)
+    return dims
+
+
+def _shrink(args) -> int:
+    from . import _exported
+    symbol = check_path('SYMBOL', args.symbol)
+    params = check_path('PARAMS', args.params)
+    prefix = os.fspath(args.output)
+    if prefix.endswith(('-symbol.json', '.params')):
+        raise UsageError('-o is a prefix: OUT writes OUT-symbol.json and OUT-0000.params, '
+                         'got %r' % prefix)
+    targets = [prefix + '-symbol.json', prefix + '-0000.params']
+    for target in targets:
+        check_path('-o', target, write=True)
+    shapes = args.input_shape or [(1, 3, 224, 224)]
+    result = _exported.shrink_exported(symbol, params, shapes, args.amount,
+                                       importance=args.importance, scope=args.scope,
+                                       round_to=args.round_to)
+    import mxnet as mx
+    # everything is computed and checked: now write, each file atomically
+    with atomic_write(targets[1]) as tmp:
+        mx.nd.save(tmp, result.arrays)
+    with atomic_write(targets[0]) as tmp:
+        with open(tmp, 'w') as f:
+            f.write(result.symbol_json)
+    (macs, count), (new_macs, new_count) = result.before, result.after
+    print('%-12s %16s %16s %8s' % ('', 'before', 'after', 'ratio'))
+    print('%-12s %16d %16d %7.2fx' % ('MACs', macs, new_macs, macs / max(new_macs, 1)))
+    print('%-12s %16d %16d %7.2fx' % ('parameters', count, new_count, count / max(new_count, 1)))
+    print('channels removed in %d groups (%d in all); the shrunk model computes what the '
+          'original computes with them zeroed' % (len(result.removed),
+                                                   sum(result.removed.values())))
+    print('wrote %s and %s' % tuple(targets))
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run
     run(args)
@@ -157,6 +202,33 @@ def build_parser() -> argparse.ArgumentParser:
                        default='magnitude', help='default: magnitude')
     prune.add_argument('--seed', type=int, default=None, help='seed for --method random')
     prune.set_defaults(func=_prune)
+
+    shrink = sub.add_parser(
+        'shrink', help='remove channels of an exported model (no model code needed)',
+        description='Prune whole channels of an exported model (the -symbol.json and '
+                    '-0000.params files written by export()) exactly as ps.prune_channels '
+                    'and ps.shrink would on the same network, and write a smaller model: '
+                    'OUT-symbol.json and OUT-0000.params. Prints MACs and parameters before '
+                    'and after. The shrunk model is checked against the original with the '
+                    'removed channels zeroed before anything is written.')
+    shrink.add_argument('symbol', metavar='PREFIX-symbol.json')
+    shrink.add_argument('params', metavar='PREFIX-0000.params')
+    shrink.add_argument('-o', '--output', metavar='OUT', required=True,
+                        help='prefix of the files to write')
+    shrink.add_argument('--input-shape', type=_shape, action='append', metavar='N,C,H,W',
+                        help='shape of a batch for each data input, e.g. 1,3,224,224 '
+                             '(repeat for several inputs; default 1,3,224,224)')
+    shrink.add_argument('--amount', type=_amount, required=True,
+                        help='a fraction in [0, 1] of the channels of each group (0.5) or a '
+                             'count')
+    shrink.add_argument('--importance', choices=['l1', 'l2'], default='l2',
+                        help='rank channels by the L1 or L2 norm of their slices (default l2)')
+    shrink.add_argument('--scope', choices=['layer', 'global'], default='layer',
+                        help='per group (layer) or all groups ranked together (global)')
+    shrink.add_argument('--round-to', type=int, default=1, metavar='N',
+                        help='keep a multiple of N channels in each group (default 1; 8 or 16 '
+                             'suit MKLDNN and GPUs)')
+    shrink.set_defaults(func=_shrink)
 
     demo = sub.add_parser(
         'demo', help='run the end-to-end example (offline)',

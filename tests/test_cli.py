@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from mxnet.gluon.model_zoo import vision
 
+import paramsurgery as ps
 from paramsurgery.cli import main
 
 
@@ -30,7 +31,10 @@ def saved(tmp_path_factory):
 
 
 def run(args, capsys):
-    code = main(args)
+    try:
+        code = main(args)
+    except SystemExit as exit:    # argparse's own usage errors
+        code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -238,3 +242,83 @@ def test_exported_file_with_prefixed_names_and_masks(tmp_path, capsys):
     pruned = mx.nd.load(out_path)
     w, m = pruned['arg:x_conv0_weight'].asnumpy(), pruned['arg:x_conv0_weight_mask'].asnumpy()
     assert ((w == 0) & (m != 0)).sum() == 6   # six more, among the entries still unmasked
+
+
+# --------------------------------------------------------------------------- shrink
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """resnet18_v1 (10 classes) exported at 32x32, and its Gluon twin."""
+    folder = tmp_path_factory.mktemp('exported')
+    net = vision.resnet18_v1(pretrained=False, classes=10, prefix='r_')
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    prefix = str(folder / 'model')
+    net.export(prefix)
+    net.save_parameters(prefix + '.params')
+    return prefix, net
+
+
+@pytest.mark.parametrize('amount, scope', [('0.5', 'layer'), ('0.3', 'global'), ('2', 'layer')])
+def test_shrink_an_exported_model_as_prune_channels_and_shrink_would(exported, tmp_path, capsys,
+                                                                      amount, scope):
+    prefix, net = exported
+    out = str(tmp_path / 'small')
+    code, stdout, err = run(['shrink', prefix + '-symbol.json', prefix + '-0000.params',
+                             '--input-shape', '1,3,32,32', '--amount', amount, '--scope', scope,
+                             '-o', out], capsys)
+    assert code == 0, err
+    twin = vision.resnet18_v1(pretrained=False, classes=10, prefix='r_')
+    twin.load_parameters(prefix + '.params')
+    twin.hybridize()
+    ps.prune_channels(twin, int(amount) if amount.isdigit() else float(amount),
+                      inputs=(1, 3, 32, 32), scope=scope)
+    ps.shrink(twin, inputs=(1, 3, 32, 32))
+    ps.remove_mask(twin, ps.masked(twin))
+    small = ps.load_exported(out + '-symbol.json', 'data', out + '-0000.params')
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 32, 32)))
+    with mx.autograd.predict_mode():
+        assert np.allclose(small(x).asnumpy(), twin(x).asnumpy(), rtol=1e-4, atol=1e-5)
+    before, after = ps.count_ops(net, (1, 3, 32, 32)), ps.count_ops(twin, (1, 3, 32, 32))
+    assert ps.count_ops(small, (1, 3, 32, 32)) == after
+    lines = stdout.splitlines()
+    assert lines[1].split()[:3] == ['MACs', str(before[0]), str(after[0])]
+    assert lines[2].split()[:3] == ['parameters', str(before[1]), str(after[1])]
+    assert sorted(os.listdir(tmp_path)) == ['small-0000.params', 'small-symbol.json']
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--amount', '1.5'], 'Did you mean'),
+    (['--amount', '-1'], 'negative'),
+    (['--amount', '0.5', '--input-shape', '1,3,0,32'], 'positive whole numbers'),
+    (['--amount', '0.5', '--input-shape', '1,5,32,32'], 'does not run'),
+    (['--amount', '0.5', '--round-to', '0'], 'round_to'),
+    (['--amount', '0.5', '--params', 'x'], 'unrecognized'),
+    (['--amount', '0.5', '--importance', 'taylor'], 'invalid choice'),
+])
+def test_shrink_bad_input_exits_2_without_output(exported, tmp_path, capsys, args, message):
+    prefix, _ = exported
+    argv = ['shrink', prefix + '-symbol.json', prefix + '-0000.params', '-o',
+            str(tmp_path / 'small')]
+    if '--input-shape' not in args:
+        args = args + ['--input-shape', '1,3,32,32']
+    code, out, err = run(argv + args, capsys)
+    assert code == 2 and message in err and 'Traceback' not in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_shrink_damaged_or_missing_files_exit_2(exported, tmp_path, capsys):
+    prefix, _ = exported
+    damaged = tmp_path / 'bad-symbol.json'
+    damaged.write_text('{"nodes": [1, 2')
+    for symbol, params, message in [(str(damaged), prefix + '-0000.params', 'not a readable'),
+                                    (str(tmp_path / 'none.json'), prefix + '-0000.params',
+                                     'no such file'),
+                                    (prefix + '-symbol.json', str(tmp_path / 'none.params'),
+                                     'no such file')]:
+        code, out, err = run(['shrink', symbol, params, '--amount', '0.5', '--input-shape',
+                              '1,3,32,32', '-o', str(tmp_path / 'small')], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(os.listdir(tmp_path)) == ['bad-symbol.json']
