@@ -532,11 +532,12 @@ class _ChannelUnits:
     """kind='channels': one unit per selected prunable channel group, its channels chosen
     exactly as :func:`prune_channels` chooses them."""
 
-    def __init__(self, net, inputs, key, importance):
+    def __init__(self, net, inputs, key, importance, round_to):
         from .channels import (
             _IMPORTANCES,
             _build,
             _check_owners,
+            _check_round_to,
             _finish_deferred,
             _input_shapes,
             _op_counts,
@@ -544,6 +545,7 @@ class _ChannelUnits:
             _selected_groups,
         )
         _require_hybrid(net, 'sensitivity')
+        self.round_to = _check_round_to(round_to)
         if not callable(importance) and importance not in _IMPORTANCES:
             raise SurgeryValueError(
                 "importance must be one of %s or a callable f(group) -> scores, got %r."
@@ -586,7 +588,7 @@ class _ChannelUnits:
         from .channels import _channel_rows, choose_channels
         group = self.groups[name]
         chosen = choose_channels(self.net, [group], self.weights, self.masks, amount,
-                                 self.importance, 'layer', 1)[0]
+                                 self.importance, 'layer', self.round_to)[0]
         for member in group.maskable:
             param = self.params[member[0]]
             keep = np.ones(param.shape, dtype=np.dtype(param.dtype))
@@ -605,7 +607,8 @@ class _ChannelUnits:
 
 def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
                 amounts: Sequence[float] = DEFAULT_AMOUNTS, key=None, kind: str = 'channels',
-                importance: Any = 'l2', progress: bool = True) -> SensitivityReport:
+                importance: Any = 'l2', round_to: int = 1, progress: bool = True
+                ) -> SensitivityReport:
     """Measure how much ``evaluate(net)`` drops when each group (or weight) alone is pruned.
 
     For every selected prunable channel group (``kind='channels'``; see
@@ -636,6 +639,10 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
     importance : str or callable, default 'l2'
         As in :func:`prune_channels` (``kind='channels'``); for ``kind='weights'``,
         ``'l1'``/``'l2'`` (magnitude) or ``f(name, weight) -> scores``.
+    round_to : int, default 1
+        ``kind='channels'``: the kept channel counts are rounded as :func:`prune_channels`
+        rounds them; apply a plan with the same ``round_to``. Multiples of 8 or 16 run much
+        faster under MKLDNN than odd counts.
     progress : bool, default True
         Show a progress bar (tqdm, when installed).
 
@@ -683,8 +690,11 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
         if inputs is None:
             raise SurgeryValueError("kind='channels' needs inputs= (a batch or its shape) to "
                                     "trace the net's channel groups.")
-        units = _ChannelUnits(net, inputs, key, importance)
+        units = _ChannelUnits(net, inputs, key, importance, round_to)
     else:
+        if round_to != 1:
+            raise SurgeryValueError("round_to is for kind='channels'; kind='weights' prunes "
+                                    "entries, got round_to=%r." % (round_to,))
         units = _WeightUnits(net, key, importance)
     if inputs is not None:
         from .channels import count_ops
