@@ -7,9 +7,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .access import replicas
+import mxnet as mx
+from mxnet import ndarray as nd
+
+from .access import data_on, replicas
 from .errors import SurgeryTypeError, SurgeryValueError
-from .masks import apply_mask, get_mask, masked, unmasked_params
+from .masks import _apply_masks, _check_mode, unmasked_params
 from .pruning_core import (
     check_scope,
     count_to_reach,
@@ -21,30 +24,59 @@ from .pruning_core import (
     structured_masks,
 )
 from .schedules import Schedule
-from .select import select
+from .select import MASK_SUFFIX, all_params, select
 
 __all__ = ['prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner']
 
 
+class _ReadView:
+    """DLPack producer for ``numpy.from_dlpack``: a read-only numpy view of a CPU NDArray."""
+
+    def __init__(self, arr):
+        self.arr = arr
+
+    def __dlpack__(self, stream=None):  # pylint: disable=unused-argument
+        return nd.to_dlpack_for_read(self.arr)
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU
+
+
+def _host(arr):
+    """``arr`` as a numpy array: a read-only view of its memory when it is on a CPU and in
+    the default layout (no copy: reading every weight of a network is the largest cost of
+    pruning it otherwise), else a copy."""
+    if arr.context.device_type.startswith('cpu'):
+        try:
+            return np.from_dlpack(_ReadView(arr))
+        except (mx.base.MXNetError, AttributeError, TypeError, BufferError):
+            pass  # an MKLDNN blocked layout has no plain view; numpy without from_dlpack
+    return arr.asnumpy()
+
+
 def _read(net, key):
     """Selected parameters (masks themselves never selected), their first-context weights and
-    existing masks as numpy arrays."""
+    existing masks as (read-only) numpy arrays."""
     params = select(unmasked_params(net), key)
-    have = set(masked(net))
-    weights = OrderedDict((name, replicas(p)[0][1].asnumpy()) for name, p in params.items())
-    mine = [name for name in params if name in have]
-    existing = {name: m.asnumpy() for name, m in get_mask(net, mine).items()} if mine else {}
+    everything = all_params(net)
+    weights = OrderedDict((name, _host(replicas(p)[0][1])) for name, p in params.items())
+    existing = {}
+    for name in params:
+        mask = everything.get(name + MASK_SUFFIX)
+        if mask is not None:
+            existing[name] = _host(data_on(mask, replicas(params[name])[0][0]))
     return params, weights, existing
 
 
-def _apply(net, params, keeps):
-    return apply_mask(net, OrderedDict((name, keep.astype(np.dtype(params[name].dtype)))
-                                       for name, keep in keeps.items()), combine='multiply')
+def _apply(net, params, keeps, mode):
+    # The core's masks are exact and binary: applied without another validation pass.
+    return _apply_masks(net, None, None, combine='multiply', mode=mode,
+                        trusted=OrderedDict(keeps))
 
 
 def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer',
-                    norm: float = 1, importance: Optional[Mapping[str, Any]] = None
-                    ) -> List[str]:
+                    norm: float = 1, importance: Optional[Mapping[str, Any]] = None,
+                    mode: str = 'graph') -> List[str]:
     """Mask the entries of smallest magnitude of the selected parameters.
 
     The effective weights ``weight * mask`` are read from the first context, the masks
@@ -70,6 +102,11 @@ def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer'
     importance : dict of str -> numpy.ndarray or NDArray, default None
         Scores to rank by instead of the weights (one per selected parameter, broadcastable
         to its shape): the entries of smallest ``|score|`` are pruned.
+
+    mode : {'graph', 'update'}, default 'graph'
+        Where the masks act (see :func:`apply_mask`): in the forward graph, or in the stored
+        weights, which the Trainer keeps at zero under the masks (binary masks, the dense
+        graph, the lowest cost). A parameter masked in the other mode switches to this one.
 
     Returns
     -------
@@ -105,16 +142,18 @@ def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer'
     ...
     paramsurgery.errors.SurgeryValueError: amount=1.5 is a float above 1; ...
     """
+    _check_mode(mode)
     params, weights, existing = _read(net, key)
     if isinstance(importance, Mapping):
         importance = {name: s.asnumpy() if hasattr(s, 'asnumpy') else s
                       for name, s in importance.items()}
     keeps = magnitude_masks(weights, amount, masks=existing, scope=scope, norm=norm,
                             importance=importance)
-    return _apply(net, params, keeps)
+    return _apply(net, params, keeps, mode)
 
 
-def prune_random(net, key, amount: Union[int, float], *, seed: Any = None) -> List[str]:
+def prune_random(net, key, amount: Union[int, float], *, seed: Any = None,
+                 mode: str = 'graph') -> List[str]:
     """Mask entries drawn at random among the still-unmasked ones of each selected parameter.
 
     Exactly ``floor(amount * n + 0.5)`` of the ``n`` unmasked entries of each parameter (or
@@ -134,6 +173,11 @@ def prune_random(net, key, amount: Union[int, float], *, seed: Any = None) -> Li
         is used (and advanced) as it is; None draws from fresh entropy. With several
         workers (``dist_sync``), pass the same int on every worker, or broadcast the masks
         afterwards with :func:`broadcast_masks`.
+
+    mode : {'graph', 'update'}, default 'graph'
+        Where the masks act (see :func:`apply_mask`): in the forward graph, or in the stored
+        weights, which the Trainer keeps at zero under the masks (binary masks, the dense
+        graph, the lowest cost). A parameter masked in the other mode switches to this one.
 
     Returns
     -------
@@ -164,12 +208,13 @@ def prune_random(net, key, amount: Union[int, float], *, seed: Any = None) -> Li
     >>> [int(m.sum().asscalar()) for m in net.collect_params()['fc_weight_mask'].list_data()]
     [15, 15]
     """
+    _check_mode(mode)
     params, weights, existing = _read(net, key)
-    return _apply(net, params, random_masks(weights, amount, masks=existing, seed=seed))
+    return _apply(net, params, random_masks(weights, amount, masks=existing, seed=seed), mode)
 
 
-def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm: float = 2
-                     ) -> List[str]:
+def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm: float = 2,
+                     mode: str = 'graph') -> List[str]:
     """Mask whole slices along ``axis`` of the selected parameters, smallest Lp norm first.
 
     For ``axis=0`` the slices are the output filters (rows) of a Conv or Dense weight. The
@@ -191,6 +236,11 @@ def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm
         The axis the slices are taken along (negative values count from the end).
     norm : float, default 2
         The p of the Lp norm of each slice (> 0 or ``numpy.inf``).
+
+    mode : {'graph', 'update'}, default 'graph'
+        Where the masks act (see :func:`apply_mask`): in the forward graph, or in the stored
+        weights, which the Trainer keeps at zero under the masks (binary masks, the dense
+        graph, the lowest cost). A parameter masked in the other mode switches to this one.
 
     Returns
     -------
@@ -222,12 +272,13 @@ def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm
     >>> ps.get_mask(net, 'fc_weight')['fc_weight'].asnumpy().tolist()
     [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
     """
+    _check_mode(mode)
     params, weights, existing = _read(net, key)
     return _apply(net, params, structured_masks(weights, amount, masks=existing, axis=axis,
-                                                norm=norm))
+                                                norm=norm), mode)
 
 
-def prune_custom(net, key, mask: Any) -> List[str]:
+def prune_custom(net, key, mask: Any, *, mode: str = 'graph') -> List[str]:
     """Mask the selected parameters with binary masks you computed.
 
     Each mask (True/1 keeps an entry, False/0 prunes it) is checked by :func:`custom_masks`
@@ -243,6 +294,11 @@ def prune_custom(net, key, mask: Any) -> List[str]:
     mask : numpy.ndarray or NDArray or dict of str -> array
         One array (broadcast to every selected parameter's shape) or a dict from parameter
         name to array, with an entry for every selected parameter; values must be 0 or 1.
+
+    mode : {'graph', 'update'}, default 'graph'
+        Where the masks act (see :func:`apply_mask`): in the forward graph, or in the stored
+        weights, which the Trainer keeps at zero under the masks (binary masks, the dense
+        graph, the lowest cost). A parameter masked in the other mode switches to this one.
 
     Returns
     -------
@@ -273,13 +329,14 @@ def prune_custom(net, key, mask: Any) -> List[str]:
     >>> ps.get_mask(net, 'fc_weight')['fc_weight'].asnumpy().tolist()
     [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
     """
+    _check_mode(mode)
     params, weights, existing = _read(net, key)
     if isinstance(mask, Mapping):
         given = dict(mask)
     else:
         given = {name: mask for name in weights}
     given = {name: m.asnumpy() if hasattr(m, 'asnumpy') else m for name, m in given.items()}
-    return _apply(net, params, custom_masks(weights, given, masks=existing))
+    return _apply(net, params, custom_masks(weights, given, masks=existing), mode)
 
 
 _METHODS = ('magnitude', 'random', 'structured')
@@ -312,6 +369,12 @@ class Pruner:
         For ``method='random'``: the random state of every draw this Pruner makes (an int
         makes the whole run reproducible); ignored by the other methods.
 
+    mode : {'graph', 'update'}, default 'graph'
+        Where the masks act (see :func:`apply_mask`; ``Pruner(mode='update')`` prunes with the
+        dense graph): in the forward graph, or in the stored
+        weights, which the Trainer keeps at zero under the masks (binary masks, the dense
+        graph, the lowest cost). A parameter masked in the other mode switches to this one.
+
     Attributes
     ----------
     last_step : int or None
@@ -342,7 +405,8 @@ class Pruner:
     """
 
     def __init__(self, net, key, schedule: Callable[[int], Tuple[bool, float]], *,
-                 method: str = 'magnitude', scope: str = 'layer', seed: Any = None):
+                 method: str = 'magnitude', scope: str = 'layer', seed: Any = None,
+                 mode: str = 'graph'):
         if not callable(schedule):
             raise SurgeryTypeError('schedule must be a callable step -> (prune_now, sparsity),'
                                    ' e.g. ps.PolynomialDecay(...), got %s.'
@@ -350,6 +414,7 @@ class Pruner:
         if method not in _METHODS:
             raise SurgeryValueError('method must be one of %s, got %r.' % (_METHODS, method))
         check_scope(scope)
+        _check_mode(mode)
         if method == 'structured' and scope == 'global':
             raise SurgeryValueError("method='structured' prunes slices per parameter; use "
                                     "scope='layer'.")
@@ -358,6 +423,7 @@ class Pruner:
         self.schedule = schedule
         self.method = method
         self.scope = scope
+        self.mode = mode
         self._rng = random_state(seed)
         self.last_step = None
         self.pruned_steps = []
@@ -405,7 +471,7 @@ class Pruner:
                 else:
                     keeps.update(random_masks(sub, count, masks=old, scope=self.scope,
                                               seed=self._rng))
-        _apply(self.net, params, keeps)
+        _apply(self.net, params, keeps, self.mode)
         self.pruned_steps.append(step)
         return True
 
@@ -416,13 +482,14 @@ class Pruner:
 
     def state_dict(self) -> Dict[str, Any]:
         """The Pruner's progress: ``{'last_step', 'pruned_steps', 'method', 'scope',
-        'schedule'}``; ``'schedule'`` is the repr of a paramsurgery schedule (checked by
+        'schedule', 'mode'}``; ``'schedule'`` is the repr of a paramsurgery schedule (checked by
         :meth:`load_state_dict`), None for another callable."""
         return {'last_step': self.last_step, 'pruned_steps': list(self.pruned_steps),
-                'method': self.method, 'scope': self.scope, 'schedule': self._schedule_id()}
+                'method': self.method, 'scope': self.scope, 'schedule': self._schedule_id(),
+                'mode': self.mode}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the progress saved by :meth:`state_dict`: method, scope and (for a
+        """Restore the progress saved by :meth:`state_dict`: method, scope, mode and (for a
         paramsurgery schedule) the schedule must match this Pruner's."""
         if not isinstance(state, Mapping):
             raise SurgeryTypeError('state must be a dict from Pruner.state_dict(), got %s.'
@@ -431,7 +498,9 @@ class Pruner:
         if saved is not None and mine is not None and saved != mine:
             raise SurgeryValueError('state was saved with schedule %s but this Pruner has %s. '
                                     'Build the Pruner with the same schedule.' % (saved, mine))
-        for field in ('method', 'scope'):
+        for field in ('method', 'scope', 'mode'):
+            if field == 'mode' and field not in state:
+                continue  # saved before masks had modes
             if state.get(field) != getattr(self, field):
                 raise SurgeryValueError('state has %s=%r but this Pruner has %s=%r.'
                                         % (field, state.get(field), field,
