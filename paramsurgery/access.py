@@ -191,10 +191,10 @@ def check_params(net, key=None) -> List[Problem]:
     problems = []
     for name, param in params.items():
         found = _check_param(param)
-        if not found and _compares_replicas(name, param, masks):
-            found = _diverged(param)
         if not found:
-            found = _not_enforced(param)
+            if _compares_replicas(name, param, masks):
+                found = _diverged(param)
+            found += _not_enforced(param)
         problems.extend(found)
     return problems
 
