@@ -82,8 +82,20 @@ def _refuse_masks_as_keys(key, params, what):
                 % (name, name[:-len(MASK_SUFFIX)], what, name[:-len(MASK_SUFFIX)]))
 
 
-def _owners(net, param):
+def _owner_index(net):
+    """``{id(param): [(block, attribute), ...]}`` for every parameter a block of ``net``
+    receives: one walk over the net for a call that masks many parameters."""
+    index = {}
+    for blk in _internals.walk_blocks(net):
+        for attr, registered in _internals.block_params(blk).items():
+            index.setdefault(id(registered), []).append((blk, attr))
+    return index
+
+
+def _owners(net, param, index=None):
     """Every ``(block, attribute)`` inside ``net`` whose ``hybrid_forward`` gets ``param``."""
+    if index is not None:
+        return list(index.get(id(param), []))
     found = []
     for blk in _internals.walk_blocks(net):
         for attr, registered in _internals.block_params(blk).items():
@@ -92,10 +104,10 @@ def _owners(net, param):
     return found
 
 
-def _mask_owners(net, param):
+def _mask_owners(net, param, index=None):
     """``(owners, ours)``: every ``(block, attribute)`` that receives ``param``, and whether
     paramsurgery registered its mask on every one of them (False when there is none)."""
-    owners = _owners(net, param)
+    owners = _owners(net, param, index)
     ours = bool(owners) and all(attr in _masked_forward.mask_registry(blk)
                                 for blk, attr in owners)
     return owners, ours
@@ -167,14 +179,14 @@ def _check_owner(name, param, block, attr, mode='graph'):
             "attribute." % (name, block.name, kind, mask_attr))
 
 
-def _existing_mask(net, name, param, params):
+def _existing_mask(net, name, param, params, index=None):
     """The mask Parameter of ``param`` registered by :func:`apply_mask`, or None.
 
     Raises when a parameter named like the mask exists but is not one of ours.
     """
     mask_name = name + MASK_SUFFIX
     mask = params.get(mask_name)
-    owners, ours = _mask_owners(net, param)
+    owners, ours = _mask_owners(net, param, index)
     if mask is None:
         return None, owners
     if not ours:
@@ -186,9 +198,9 @@ def _existing_mask(net, name, param, params):
     return mask, owners
 
 
-def _owners_checked(net, name, param, params, mode='graph'):
+def _owners_checked(net, name, param, params, mode='graph', index=None):
     """``(existing mask or None, owners)`` of a parameter about to be masked, or raise."""
-    existing, owners = _existing_mask(net, name, param, params)
+    existing, owners = _existing_mask(net, name, param, params, index)
     if not owners:
         raise SurgeryTypeError(
             "Parameter '%s' is not an attribute of any block inside the net, so no "
@@ -301,12 +313,14 @@ def _multiply_value(arr, value):
         arr *= factor
 
 
-def _new_mask_param(name, param, mode, contexts):
+def _new_mask_param(name, param, mode, contexts, value):
     mask = Parameter(name + MASK_SUFFIX, grad_req='null', shape=param.shape,
                      dtype=UPDATE_MASK_DTYPE if mode == 'update' else param.dtype,
                      init=mx.init.One(), differentiable=False)
     with autograd.pause():
-        mask.initialize(ctx=contexts)
+        # a full-shape value is written over it right away: fill with the cheapest
+        # initialiser (the mask's own init, ones, stays for initialize(force_reinit=True))
+        mask.initialize(init=mx.init.Zero() if value.full else None, ctx=contexts)
     return mask
 
 
@@ -461,11 +475,13 @@ def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
     # Where each parameter lives decides whether it can be masked at all: check that before
     # looking at the mask values.
     found = OrderedDict()
+    index = _owner_index(net)
     for one_key in (list(key) if isinstance(key, dict) else [key]):
         for name, param in select(view, one_key).items():
             if name not in found:
                 found[name] = _owners_checked(net, name, param, params,
-                                              modes.get(name, 'graph') if modes else mode)
+                                              modes.get(name, 'graph') if modes else mode,
+                                              index)
     if trusted is not None:
         for name in trusted:
             ensure_usable(view[name])
@@ -502,7 +518,8 @@ def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
                 write = _write_value  # the core's masks already hold the old zeros
             _internals.write_replicas(target, lambda arr, v=value, w=write: w(arr, v))
         else:
-            target = _new_mask_param(name, param, step_mode, _internals.context_list(param))
+            target = _new_mask_param(name, param, step_mode, _internals.context_list(param),
+                                     value)
             old = _internals.raw_data(existing) if existing is not None else None
             with autograd.pause():
                 for i, arr in enumerate(_internals.raw_data(target)):
