@@ -632,10 +632,12 @@ def enforcement_gaps(param):
         if not isinstance(trainer.__dict__.get('_init_kvstore'), types.MethodType):
             gaps.append('a Trainer of it is not watched by paramsurgery (its kvstore, once '
                         'created, would run unmasked updates)')
+        if not trainer._kv_initialized:
+            continue  # its first step creates the kvstore and installs the masking
         kv_updater = _local_kv_updater(trainer)
         used = [kv_updater] if kv_updater is not None else \
-            ([] if trainer._kv_initialized and trainer._kvstore is not None and
-             trainer._update_on_kvstore else list(trainer._updaters))
+            ([] if trainer._kvstore is not None and trainer._update_on_kvstore
+             else list(trainer._updaters))
         if any(not isinstance(u, MaskingUpdater) for u in used if u is not None):
             gaps.append('an Updater of its Trainer does not mask the gradient (it was '
                         'replaced after the mask was applied)')

@@ -491,9 +491,12 @@ def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
         planned = plan(view, key, mask, 'mask', allow_nonfinite=False)
     steps = [(name, param, value, modes.get(name, 'graph') if modes else mode) + found[name]
              for name, param, value in planned]
+    del planned   # each value is freed once written (see the loop below)
     for name, _, value, step_mode, existing, _ in steps:
         if step_mode == 'update' and trusted is None:
             _refuse_non_binary(name, value, existing, combine)
+            if isinstance(value.array, np.ndarray):
+                value.array = value.array.astype(UPDATE_MASK_DTYPE)  # a quarter of the bytes
     trainers = _trainers([param for _, param, _, _, _, _ in steps], trainer)
     updated = [param for _, param, _, step_mode, _, _ in steps if step_mode == 'update']
     for t in trainers:

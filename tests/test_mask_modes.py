@@ -94,6 +94,7 @@ def test_update_mode_trains_like_graph_mode(optimizer, options, kvstore, update_
     if not trainer_first:
         for label, net in (('graph', graph_net), ('update', update_net)):
             trainers[label] = trainer_for(net, optimizer, options, kvstore, update_on_kvstore)
+        assert ps.check_params(update_net) == []   # watched: masking installed at step 1
     assert_masked_zero(update_net, masks, trainers['update'])
     for step in range(20):
         x = batch(8, seed=step)
