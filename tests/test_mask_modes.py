@@ -565,3 +565,25 @@ def test_dist_refusal_on_a_loopback_cluster():
         assert result['before_unchanged'] and result['after_unchanged'], result
         assert result['late'] == 'refused', result
         assert result['late_check'] == ['mask-not-enforced'], result
+
+
+def test_allreduce_grads_then_update_and_a_switch_from_graph_mode(hybridize):
+    """The two-call path (gradients edited in between, e.g. clipped) is masked too, and a
+    Trainer that stepped with graph-mode masks keeps working after the switch."""
+    net = make_mlp(TWO, hybridize)
+    masks = masks_for(net)
+    ps.apply_mask(net, masks)
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                          'momentum': 0.9},
+                            update_on_kvstore=False)
+    forward_backward(net, batch(8), TWO)
+    trainer.step(8)
+    ps.apply_mask(net, masks, mode='update')
+    for step in range(5):
+        forward_backward(net, batch(8, seed=step), TWO)
+        trainer.allreduce_grads()
+        for grad in net[0].weight.list_grad():
+            grad[:] = grad + 1.0          # an edit that would revive masked entries
+        trainer.update(8)
+        assert_masked_zero(net, masks, trainer)
+    assert ps.check_params(net) == []
