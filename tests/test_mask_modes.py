@@ -1,7 +1,6 @@
 """Mask modes (API section 10): 'update' keeps the masked entries of the stored weights at
 zero through the Trainer, with the dense forward graph; optimizer state under masks is zeroed
 in both modes."""
-import os
 import warnings
 
 import mxnet as mx
@@ -585,5 +584,20 @@ def test_allreduce_grads_then_update_and_a_switch_from_graph_mode(hybridize):
         for grad in net[0].weight.list_grad():
             grad[:] = grad + 1.0          # an edit that would revive masked entries
         trainer.update(8)
+        assert_masked_zero(net, masks, trainer)
+    assert ps.check_params(net) == []
+
+
+@pytest.mark.parametrize('kvstore,update_on_kvstore,ctxs', TRAINER_SETUPS)
+def test_trainer_built_before_the_mask_and_not_stepped_yet(kvstore, update_on_kvstore, ctxs):
+    net = make_mlp(ctxs)
+    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.1, 'wd': 0.1},
+                            kvstore=kvstore or 'device', update_on_kvstore=update_on_kvstore)
+    masks = masks_for(net)
+    ps.apply_mask(net, masks, mode='update')
+    assert ps.check_params(net) == []
+    for step in range(5):
+        forward_backward(net, batch(8, seed=step), ctxs)
+        trainer.step(8)
         assert_masked_zero(net, masks, trainer)
     assert ps.check_params(net) == []
