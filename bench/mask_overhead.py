@@ -149,7 +149,8 @@ def report(args, static_alloc, mem, size):
     times, infos = time_arms(args.rounds, args.warmup, arms, static_alloc, size)
     info = infos['graph']
     print('Conv2D/Dense weights: %d; left in MKLDNN blocked layout by the predict-mode init '
-          'forward: %d; still blocked when training: graph %d, update %d%s'
+          'forward: %d; still blocked right after masking: graph %d, update %d (until the first '
+          'training-mode forward)%s'
           % (info['weights'], info['blocked_after_init'], info['blocked_when_training'],
              infos['update']['blocked_when_training'],
              ', graph-blocked %d' % infos['graph-blocked']['blocked_when_training']

@@ -492,8 +492,9 @@ def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
     steps = [(name, param, value, modes.get(name, 'graph') if modes else mode) + found[name]
              for name, param, value in planned]
     del planned   # each value is freed once written (see the loop below)
-    for name, _, value, step_mode, existing, _ in steps:
-        if step_mode == 'update' and trusted is None:
+    for name, param, value, step_mode, existing, _ in steps:
+        switching = existing is not None and _mode_of(param, existing) == 'graph'
+        if step_mode == 'update' and (trusted is None or switching):
             _refuse_non_binary(name, value, existing, combine)
             if isinstance(value.array, np.ndarray):
                 value.array = value.array.astype(UPDATE_MASK_DTYPE)  # a quarter of the bytes

@@ -329,6 +329,9 @@ def test_non_binary_graph_mask_cannot_become_an_update_mask_by_multiplying(ctxs)
     with pytest.raises(ps.SurgeryValueError, match="combine='replace'"):
         ps.apply_mask(net, 'mlp_dense0_weight', 1, mode='update')
     assert_same_bits(before, snapshot(net))
+    with pytest.raises(ps.SurgeryValueError, match="combine='replace'"):
+        ps.prune_magnitude(net, 'mlp_dense0_weight', 0.5, mode='update')
+    assert_same_bits(before, snapshot(net))
     ps.apply_mask(net, 'mlp_dense0_weight', 1, mode='update', combine='replace')
     assert ps.masks.mask_mode(net, 'mlp_dense0_weight') == 'update'
 
