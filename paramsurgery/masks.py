@@ -537,8 +537,8 @@ def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
             graph_changed = graph_changed or 'graph' in (old_mode, step_mode)
             if old_mode == 'update':
                 _internals.set_update_mask(param, None)
+        _internals.mask_changed(target)   # drop copies on other devices: new values
         if step_mode == 'update':
-            _internals.mask_changed(target)
             _internals.write_replicas(
                 param, lambda arr, m=target: _internals.multiply_inplace(
                     arr, _internals.mask_on(m, arr.context)))
