@@ -1,32 +1,33 @@
-"""What an in-graph mask costs: training-step time and peak memory, masked vs. unmasked.
+"""What a mask costs: training-step time and peak memory, graph mode and update mode vs. plain.
 
-Setup (issue 3, item 6): hybridised ``resnet18_v1`` from the model zoo, batch 32 of 3x32x32
-images, SGD with momentum, one CPU context. Deferred initialisation is finished by a plain
-predict-mode forward before masking, as users do (on an MKLDNN build that forward may leave
-conv weights in MKLDNN's blocked layout). Then every Conv2D/Dense weight is masked with
-``ps.apply_mask`` (a random 50 % binary mask).
+Setup (issues 3 and 12): hybridised ``resnet18_v1`` from the model zoo, SGD with momentum,
+one CPU context, at two sizes: ``worst`` (batch 32 of 3x32x32: the step is bound by the
+weights, so anything done per weight shows most) and ``large`` (batch 16 of 3x128x128:
+compute-bound). Deferred initialisation is finished by a plain predict-mode forward before
+masking, as users do (on an MKLDNN build that forward may leave conv weights in MKLDNN's
+blocked layout). Then every Conv2D/Dense weight is masked (a random 50 % binary mask).
 
 Time: the arms are stepped in an interleaved order (a new random order every round) in one
 process, so that load from other processes hits them alike; the script prints the median step
-time of each and the ratio masked/unmasked (target <= 1.05). Arms:
+time of each and the ratios to the plain step. Arms:
 
 - ``unmasked``: the plain network;
-- ``masked``: every Conv2D/Dense weight masked with ``ps.apply_mask``;
-- ``masked-blocked``: the same, but with ``apply_mask``'s return of MKLDNN-blocked weights
-  to the default layout switched off (``_layout.RESTORE_DEFAULT_LAYOUT = False``), to
-  show what that step buys. It only differs from ``masked`` when the predict-mode forward
-  actually left weights blocked (the script prints how many were).
+- ``graph``: ``ps.apply_mask(..., mode='graph')`` (target <= 1.15 worst, <= 1.03 large);
+- ``update``: ``ps.apply_mask(..., mode='update')`` (target <= 1.10 worst, <= 1.03 large);
+- ``graph-blocked`` (with ``--blocked-arm``): graph mode with ``apply_mask``'s return of
+  MKLDNN-blocked weights to the default layout switched off
+  (``_layout.RESTORE_DEFAULT_LAYOUT = False``), to show what that step buys.
 
-Memory: each of ``unmasked`` and ``masked`` runs in its own fresh process (same setup, a few
-steps) and reports its peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``);
-the script prints both and the ratio masked/unmasked (target <= 1.25).
+Memory: each arm runs in its own fresh process (same setup, a few steps) and reports its peak
+resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``); the script prints each and
+the ratio to the plain one (target for update mode <= 1.08).
 
 Both are measured with a plain ``hybridize()`` and with ``hybridize(static_alloc=True)``
-(``--alloc``): without static allocation the effective weights ``w * mask`` are new arrays
-every step, and the script also prints the minor page faults per step that this costs.
+(``--alloc``): without static allocation graph mode's effective weights ``w * mask`` are new
+arrays every step, and the script also prints the minor page faults per step.
 
 Run: ``python bench/mask_overhead.py [--rounds 30] [--warmup 3] [--mem-steps 5]
-[--alloc default|static|both]``.
+[--alloc default|static|both] [--size worst|large|both] [--blocked-arm]``.
 """
 import argparse
 import os
@@ -44,35 +45,40 @@ from mxnet.gluon import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import paramsurgery as ps  # noqa: E402  (after the path fix, to bench this checkout)
-from paramsurgery import _internals, _layout  # noqa: E402
+from paramsurgery import _deconv, _internals, _layout  # noqa: E402
 
-BATCH = 32
-ARMS = ('unmasked', 'masked', 'masked-blocked')
+SIZES = {'worst': (32, 32), 'large': (16, 128)}   # batch, image side
+ARMS = ('unmasked', 'graph', 'update', 'graph-blocked')
+TARGETS = {('worst', 'graph'): 1.15, ('worst', 'update'): 1.10,
+           ('large', 'graph'): 1.03, ('large', 'update'): 1.03}
+MEM_TARGETS = {'update': 1.08}
 
 
-def build(arm, seed=0, static_alloc=False):
+def build(arm, seed=0, static_alloc=False, size='worst'):
     """The network, its trainer and one batch for ``arm``; returns a ``step()`` callable."""
+    batch, side = SIZES[size]
     mx.random.seed(seed)
     np.random.seed(seed)
     ctx = mx.cpu(0)
     net = gluon.model_zoo.vision.resnet18_v1(pretrained=False, classes=10)
     net.initialize(mx.init.Xavier(), ctx=ctx)
     net.hybridize(static_alloc=static_alloc)
-    x = nd.random.uniform(shape=(BATCH, 3, 32, 32), ctx=ctx)
-    y = nd.array(np.random.randint(0, 10, size=BATCH), ctx=ctx)
+    x = nd.random.uniform(shape=(batch, 3, side, side), ctx=ctx)
+    y = nd.array(np.random.randint(0, 10, size=batch), ctx=ctx)
     net(x).wait_to_read()          # finishes deferred init, predict mode (as users do)
     weights = [b.weight for b in _internals.walk_blocks(net)
                if isinstance(b, (nn.Conv2D, nn.Dense))]
     blocked = sum(_layout.is_blocked_layout(w.data(ctx)) for w in weights)
     if arm != 'unmasked':
         rng = np.random.RandomState(seed)
-        masks = {w.name: (rng.rand(*w.shape) > 0.5).astype('float32') for w in weights}
+        masks = {w.name: rng.rand(*w.shape) > 0.5 for w in weights}
         previous = _layout.RESTORE_DEFAULT_LAYOUT
-        _layout.RESTORE_DEFAULT_LAYOUT = arm != 'masked-blocked'
+        _layout.RESTORE_DEFAULT_LAYOUT = arm != 'graph-blocked'
         try:
-            ps.apply_mask(net, masks)
+            ps.apply_mask(net, masks, mode='update' if arm == 'update' else 'graph')
         finally:
             _layout.RESTORE_DEFAULT_LAYOUT = previous
+        del masks
     still_blocked = sum(_layout.is_blocked_layout(w.data(ctx)) for w in weights)
     trainer = gluon.Trainer(net.collect_params(), 'sgd',
                             {'learning_rate': 0.01, 'momentum': 0.9})
@@ -82,7 +88,7 @@ def build(arm, seed=0, static_alloc=False):
         with autograd.record():
             loss = loss_fn(net(x), y)
         loss.backward()
-        trainer.step(BATCH)
+        trainer.step(batch)
         loss.wait_to_read()
         nd.waitall()
 
@@ -91,11 +97,11 @@ def build(arm, seed=0, static_alloc=False):
     return step, info
 
 
-def time_arms(rounds, warmup, arms, static_alloc):
+def time_arms(rounds, warmup, arms, static_alloc, size):
     """Median-ready step times and minor page faults per step of each arm, interleaved."""
     steps, infos = {}, {}
     for arm in arms:
-        steps[arm], infos[arm] = build(arm, static_alloc=static_alloc)
+        steps[arm], infos[arm] = build(arm, static_alloc=static_alloc, size=size)
         for _ in range(warmup):
             steps[arm]()
     times = {arm: [] for arm in arms}
@@ -113,8 +119,8 @@ def time_arms(rounds, warmup, arms, static_alloc):
     return times, {arm: dict(infos[arm], faults=faults[arm] / rounds) for arm in arms}
 
 
-def peak_memory_child(arm, steps, static_alloc):
-    step, _ = build(arm, static_alloc=static_alloc)
+def peak_memory_child(arm, steps, static_alloc, size):
+    step, _ = build(arm, static_alloc=static_alloc, size=size)
     for _ in range(steps):
         step()
     # ru_maxrss is in kilobytes on Linux (bytes on macOS).
@@ -122,28 +128,33 @@ def peak_memory_child(arm, steps, static_alloc):
     print('MAXRSS_BYTES %d' % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale))
 
 
-def peak_memory(arm, steps, static_alloc):
+def peak_memory(arm, steps, static_alloc, size):
     # Linux keeps ru_maxrss across exec, and a child starts with its parent's pages: run the
     # children before this process grows (it has only imported MXNet at that point).
     cmd = [sys.executable, os.path.abspath(__file__), '--memory-child', arm,
-           '--mem-steps', str(steps)] + (['--static-alloc'] if static_alloc else [])
+           '--mem-steps', str(steps), '--size', size] + \
+        (['--static-alloc'] if static_alloc else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     line = [l for l in out.splitlines() if l.startswith('MAXRSS_BYTES')][-1]
     return int(line.split()[1])
 
 
-def report(args, static_alloc, mem):
-    arms = ARMS[:2] if args.no_blocked_arm else ARMS
-    print('== resnet18_v1, hybridize(static_alloc=%s), batch %d x 3x32x32, SGD momentum 0.9, '
-          'cpu(0); MXNet %s, MKLDNN %s' % (static_alloc, BATCH, mx.__version__,
-                                          'on' if _internals.mkldnn_enabled() else 'off'))
-    times, infos = time_arms(args.rounds, args.warmup, arms, static_alloc)
-    info = infos['masked']
+def report(args, static_alloc, mem, size):
+    arms = [a for a in ARMS if a != 'graph-blocked' or args.blocked_arm]
+    batch, side = SIZES[size]
+    print('== %s: resnet18_v1, hybridize(static_alloc=%s), batch %d x 3x%dx%d, SGD momentum '
+          '0.9, cpu(0); MXNet %s, MKLDNN %s' % (size, static_alloc, batch, side, side,
+                                               mx.__version__,
+                                               'on' if _deconv.mkldnn_enabled() else 'off'))
+    times, infos = time_arms(args.rounds, args.warmup, arms, static_alloc, size)
+    info = infos['graph']
     print('Conv2D/Dense weights: %d; left in MKLDNN blocked layout by the predict-mode init '
-          'forward: %d; still blocked when training: masked %d, masked-blocked %s'
+          'forward: %d; still blocked right after masking: graph %d, update %d (until the first '
+          'training-mode forward)%s'
           % (info['weights'], info['blocked_after_init'], info['blocked_when_training'],
-             infos['masked-blocked']['blocked_when_training'] if 'masked-blocked' in infos
-             else '-'))
+             infos['update']['blocked_when_training'],
+             ', graph-blocked %d' % infos['graph-blocked']['blocked_when_training']
+             if 'graph-blocked' in infos else ''))
     medians = {arm: statistics.median(times[arm]) for arm in arms}
     print('step time, median of %d interleaved steps:' % args.rounds)
     for arm in arms:
@@ -151,13 +162,19 @@ def report(args, static_alloc, mem):
         print('  %-15s %8.1f ms   (IQR %.1f-%.1f ms, %.0f minor page faults per step)'
               % (arm, medians[arm] * 1e3, q1 * 1e3, q3 * 1e3, infos[arm]['faults']))
     for arm in arms[1:]:
+        target = TARGETS.get((size, arm))
         print('  ratio %s/unmasked: %.3f%s' % (arm, medians[arm] / medians['unmasked'],
-                                               '   (target <= 1.05)' if arm == 'masked'
+                                               '   (target <= %.2f)' % target if target
                                                else ''))
     print('peak memory (ru_maxrss, separate processes, %d steps each):' % args.mem_steps)
     for arm, value in mem.items():
         print('  %-15s %8.1f MiB' % (arm, value / 2.0 ** 20))
-    print('  ratio masked/unmasked: %.3f   (target <= 1.25)' % (mem['masked'] / mem['unmasked']))
+    for arm in mem:
+        if arm != 'unmasked':
+            target = MEM_TARGETS.get(arm)
+            print('  ratio %s/unmasked: %.3f%s' % (arm, mem[arm] / mem['unmasked'],
+                                                   '   (target <= %.2f)' % target if target
+                                                   else ''))
 
 
 def main():
@@ -166,8 +183,11 @@ def main():
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps per arm')
     parser.add_argument('--mem-steps', type=int, default=5,
                         help='training steps in each memory process')
-    parser.add_argument('--no-blocked-arm', action='store_true',
-                        help='skip the masked-blocked arm')
+    parser.add_argument('--blocked-arm', action='store_true',
+                        help='add the graph-blocked arm')
+    parser.add_argument('--size', choices=('worst', 'large', 'both'), default='both',
+                        help="batch 32 of 32x32 ('worst'), batch 16 of 128x128 ('large')")
+    parser.add_argument('--no-memory', action='store_true', help='skip the memory processes')
     parser.add_argument('--alloc', choices=('default', 'static', 'both'), default='both',
                         help="hybridize() as is ('default'), with static_alloc=True "
                              "('static'), or one after the other ('both')")
@@ -175,14 +195,18 @@ def main():
     parser.add_argument('--static-alloc', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        peak_memory_child(args.memory_child, args.mem_steps, args.static_alloc)
+        peak_memory_child(args.memory_child, args.mem_steps, args.static_alloc, args.size)
         return
     modes = {'default': [False], 'static': [True], 'both': [False, True]}[args.alloc]
+    sizes = ['worst', 'large'] if args.size == 'both' else [args.size]
     # Every memory child first, while this process is still small (see peak_memory).
-    mem = {static_alloc: {arm: peak_memory(arm, args.mem_steps, static_alloc)
-                          for arm in ('unmasked', 'masked')} for static_alloc in modes}
-    for static_alloc in modes:
-        report(args, static_alloc, mem[static_alloc])
+    mem = {(size, static_alloc): {} if args.no_memory else
+           {arm: peak_memory(arm, args.mem_steps, static_alloc, size)
+            for arm in ('unmasked', 'graph', 'update')}
+           for size in sizes for static_alloc in modes}
+    for size in sizes:
+        for static_alloc in modes:
+            report(args, static_alloc, mem[(size, static_alloc)], size)
 
 
 if __name__ == '__main__':

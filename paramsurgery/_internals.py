@@ -21,16 +21,27 @@ another MXNet version (2.0 renamed ``_ctx_list``/``_ctx_map`` to ``_device_list`
   ``_init_params``.
 - KVStore: ``_updater``, ``_set_updater``.
 - Optimizer: ``_all_index_update_counts`` (and its alias ``_index_update_count``).
+- Updater (``mxnet.optimizer``): ``states``, ``optimizer`` (public attributes, no
+  accessors), and its class, which :func:`enforce_masks` changes to
+  :class:`MaskingUpdater`; Optimizer: ``param_dict``, ``multi_precision``.
+- Instance-level overrides paramsurgery installs (the section "update-mode masks" below):
+  ``Parameter._set_trainer`` and ``Trainer._init_kvstore``, plus its own
+  ``_paramsurgery_*`` attributes on Parameters.
 """
 import contextlib
 import os
+import types
+import weakref
 
 import numpy as np
 from mxnet import autograd
 from mxnet import ndarray as nd
+from mxnet import numpy as mx_np
 from mxnet import optimizer as mx_optimizer
 from mxnet.gluon.block import Block, HybridBlock
 from mxnet.gluon.parameter import Parameter
+
+from .errors import TrainerStateError, and_more
 
 __all__ = []
 
@@ -404,20 +415,6 @@ def init_trainer_kvstore(trainer):
 
 # --------------------------------------------------------------------------- optimizer state
 
-def trainer_updaters(trainer):
-    """Every Updater that holds optimizer state for ``trainer`` in this process: one per
-    context (``_updaters``), and a local/device kvstore's when it runs the optimizer."""
-    found = list(trainer._updaters)
-    if trainer._kv_initialized and trainer._kvstore is not None and trainer._update_on_kvstore:
-        kv_updater = getattr(trainer._kvstore, '_updater', None)
-        if kv_updater is not None:
-            found.append(kv_updater)
-    unique = {}
-    for updater in found:
-        unique.setdefault(id(updater), updater)
-    return list(unique.values())
-
-
 def optimizer_counters(optimizer):
     """``(num_update, {device: {key: count}})``: the update counters an optimizer keeps
     (they drive the learning-rate schedule and Adam's bias correction), copied."""
@@ -566,3 +563,269 @@ def reinit_trainer_kvstore(trainer):
         new = trainer._kvstore._updater
         new.states = old.states
         new.states_synced = {k: False for k in old.states}
+# --------------------------------------------------------------------------- update-mode masks
+#
+# An update-mode mask (``apply_mask(..., mode='update')``) keeps the stored weight at zero under
+# the mask: the weight is multiplied by it once, and every optimizer update that the
+# parameter's Trainers run in this process masks the gradient first. Every update goes
+# through an ``mxnet.optimizer.Updater``: one per context in ``Trainer._updaters``
+# (``update_on_kvstore`` False, or no kvstore), or the one a local/device kvstore calls
+# inside ``push`` (``update_on_kvstore`` True; created by ``kv.set_optimizer`` in
+# ``Trainer._init_kvstore`` at the first step). Those Updater objects get the class
+# :class:`MaskingUpdater` (same object, same states: the kvstore's C callback, the Trainer
+# and ``save_states``/``load_states`` keep working on it). A Trainer is watched through an
+# instance-level ``_init_kvstore`` (the first thing every ``step``, ``update`` and
+# ``allreduce_grads`` runs while its kvstore is not created yet, also after ``set_data``
+# reset it), so a kvstore created later is covered too; a Trainer built after the mask is
+# found by an instance-level ``Parameter._set_trainer`` on the weight, which every
+# ``Trainer.__init__`` calls. paramsurgery's own attributes on MXNet objects:
+#
+# - weight Parameter: ``_paramsurgery_update_mask`` (its mask Parameter), ``_set_trainer``
+#   (the hook), ``_paramsurgery_trainers`` (weak references to Trainers built on it since);
+# - mask Parameter: ``_paramsurgery_copies`` (copies on contexts it does not live on, e.g. a
+#   GPU kvstore's merge buffer on ``cpu_pinned``);
+# - Trainer: ``_init_kvstore`` (the watch).
+
+_UPDATE_MASK = '_paramsurgery_update_mask'
+_TRAINERS = '_paramsurgery_trainers'
+_COPIES = '_paramsurgery_copies'
+
+#: Optimizers that leave an entry at exactly zero when its weight, gradient and state are
+#: zero (checked for each in tests/test_mask_modes.py, with weight decay, momentum, gradient
+#: clipping and multi_precision): masking the gradient is enough. Any other optimizer (SGLD
+#: adds noise, Adamax divides 0 by 0, user-defined ones are unknown) also gets its weight,
+#: and fp32 master copy, masked after each update.
+ZERO_PRESERVING = (mx_optimizer.SGD, mx_optimizer.NAG, mx_optimizer.Adam,
+                   mx_optimizer.AdaGrad, mx_optimizer.AdaDelta, mx_optimizer.RMSProp,
+                   mx_optimizer.Nadam, mx_optimizer.Ftrl, mx_optimizer.FTML,
+                   mx_optimizer.Signum, mx_optimizer.LAMB, mx_optimizer.LARS,
+                   mx_optimizer.LBSGD, mx_optimizer.ccSGD)
+
+
+def _as_np(arr):
+    """A numpy-frontend view of ``arr`` (no copy): ``mxnet.numpy`` operators multiply
+    mixed dtypes (a float32 weight by a uint8 mask), the legacy ones do not."""
+    return arr if isinstance(arr, mx_np.ndarray) else arr.as_np_ndarray()
+
+
+def multiply_inplace(arr, factor):
+    """``arr *= factor`` for an NDArray ``factor`` of the same shape and any numeric dtype
+    (one elementwise pass, nothing allocated)."""
+    out = _as_np(arr)
+    mx_np.multiply(out, _as_np(factor), out=out)
+
+
+def zero_where_masked(arr, mask):
+    """``arr = where(mask != 0, arr, 0)``: exactly 0 under the mask even where ``arr`` holds
+    NaN or inf (which a multiplication by 0 would keep)."""
+    kept = mx_np.where(_as_np(mask), _as_np(arr), 0)
+    out = _as_np(arr)
+    out[:] = kept.astype(out.dtype, copy=False)
+
+
+def update_mask(param):
+    """The update-mode mask Parameter of ``param``, or None."""
+    return param.__dict__.get(_UPDATE_MASK) if param is not None else None
+
+
+def mask_on(mask, ctx):
+    """The replica of ``mask`` that lives on ``ctx``, or a cached copy there."""
+    idx = context_index(mask, ctx)
+    data = mask._data
+    if idx is not None and idx < len(data):
+        return data[idx]   # the same device (any CPU flavour shares memory with the CPU)
+    copies = mask.__dict__.setdefault(_COPIES, {})
+    if ctx not in copies:
+        copies[ctx] = data[0].copyto(ctx)
+    return copies[ctx]
+
+
+def mask_changed(mask):
+    """Drop the copies :func:`mask_on` made (the mask's values just changed)."""
+    mask.__dict__.pop(_COPIES, None)
+
+
+def _recording_set_trainer(self, trainer):
+    type(self)._set_trainer(self, trainer)
+    if trainer is not None and update_mask(self) is not None:
+        refs = self.__dict__.setdefault(_TRAINERS, [])
+        if not any(ref() is trainer for ref in refs):
+            refs.append(weakref.ref(trainer))
+        watch_trainer(trainer)
+
+
+def set_update_mask(param, mask):
+    """Make ``mask`` (a Parameter) the update-mode mask of ``param``; None removes it."""
+    if mask is None:
+        for attr in (_UPDATE_MASK, '_set_trainer', _TRAINERS):
+            param.__dict__.pop(attr, None)
+        return
+    param.__dict__[_UPDATE_MASK] = mask
+    param.__dict__['_set_trainer'] = types.MethodType(_recording_set_trainer, param)
+
+
+def known_trainers(param):
+    """Every Trainer of ``param`` this process can find: the last one built on it and those
+    built on it while it had an update-mode mask."""
+    found = [ref() for ref in param.__dict__.get(_TRAINERS, [])]
+    found.append(param._trainer)
+    unique = {}
+    for trainer in found:
+        if trainer is not None:
+            unique.setdefault(id(trainer), trainer)
+    return list(unique.values())
+
+
+class MaskingUpdater(mx_optimizer.Updater):
+    """An ``mxnet.optimizer.Updater`` that masks the gradient of every parameter with an
+    update-mode mask before the update (and, for optimizers not in
+    :data:`ZERO_PRESERVING`, the weight and its fp32 master copy after it).
+
+    Installed by changing the class of an existing Updater, so that every holder of the
+    object (the Trainer, a kvstore's C callback) keeps its states and sees the change.
+    Parameters are found through ``optimizer.param_dict`` (index -> Parameter), which
+    ``gluon.Trainer`` sets and keeps up to date (also after ``load_states``).
+    """
+
+    def __call__(self, index, grad, weight):
+        many = isinstance(index, (list, tuple))
+        indices, grads, weights = (index, grad, weight) if many else ([index], [grad], [weight])
+        param_dict = getattr(self.optimizer, 'param_dict', None) or {}
+        masked = []
+        for idx, g, w in zip(indices, grads, weights):
+            mask = update_mask(param_dict.get(idx))
+            if mask is not None:
+                m = mask_on(mask, g.context)
+                multiply_inplace(g, m)
+                masked.append((idx, w, m))
+        mx_optimizer.Updater.__call__(self, index, grad, weight)
+        if masked and type(self.optimizer) not in ZERO_PRESERVING:
+            for idx, w, m in masked:
+                zero_where_masked(w, m)
+                for master in _master_copies([self], idx):
+                    zero_where_masked(master, m)
+
+
+def _enforce_on(updater):
+    if updater is None or isinstance(updater, MaskingUpdater):
+        return
+    if type(updater) is mx_optimizer.Updater:
+        updater.__class__ = MaskingUpdater
+
+
+def _local_kv_updater(trainer):
+    """The Updater a local/device kvstore runs for ``trainer``, or None."""
+    kvstore = trainer._kvstore
+    if trainer._kv_initialized and kvstore is not None and trainer._update_on_kvstore \
+            and not is_distributed(kvstore):
+        return getattr(kvstore, '_updater', None)
+    return None
+
+
+def process_updaters(trainer):
+    """Every Updater of ``trainer`` in this process (each context's, and a local/device
+    kvstore's when it runs the optimizer); a dist kvstore's servers keep their own."""
+    updaters = list(getattr(trainer, '_updaters', []) or [])
+    kv_updater = _local_kv_updater(trainer)
+    if kv_updater is not None and all(kv_updater is not u for u in updaters):
+        updaters.append(kv_updater)
+    return updaters
+
+
+def runs_on_servers(trainer):
+    """True when ``trainer`` runs (or will run) the optimizer on a dist kvstore's servers."""
+    return is_distributed(kvstore_type(trainer_kvstore(trainer)[0])) and \
+        effective_update_on_kvstore(trainer)
+
+
+def _refuse_at_kvstore_creation(trainer):
+    names = [p.name for p in trainer._params if update_mask(p) is not None]
+    if names and runs_on_servers(trainer):
+        raise TrainerStateError(
+            "Parameter %s has an update-mode mask (ps.apply_mask(..., mode='update')), but "
+            "this Trainer runs the optimizer on the servers of kvstore '%s' "
+            "(update_on_kvstore=True), where the gradient cannot be masked: the masked "
+            "entries would train. Nothing was changed. Fix: use mode='graph' for these "
+            "masks, or update_on_kvstore=False." % (and_more(names),
+                                                    kvstore_type(trainer_kvstore(trainer)[0])))
+
+
+def _watching_init_kvstore(self):
+    _refuse_at_kvstore_creation(self)
+    type(self)._init_kvstore(self)
+    enforce_masks(self)
+
+
+def watch_trainer(trainer):
+    """Enforce update-mode masks in ``trainer`` now and whenever it (re)creates its kvstore."""
+    if not isinstance(trainer.__dict__.get('_init_kvstore'), types.MethodType):
+        trainer.__dict__['_init_kvstore'] = types.MethodType(_watching_init_kvstore, trainer)
+    if getattr(trainer, '_kv_initialized', False) or hasattr(trainer, '_updaters'):
+        enforce_masks(trainer)
+
+
+def enforce_masks(trainer):
+    """Give every Updater of ``trainer`` in this process the class :class:`MaskingUpdater`."""
+    for updater in process_updaters(trainer):
+        _enforce_on(updater)
+
+
+def enforcement_gaps(param):
+    """Why the update-mode mask of ``param`` may not be enforced: a list of messages."""
+    gaps = []
+    for trainer in known_trainers(param):
+        if trainer_index(trainer, param) is None:
+            continue
+        if runs_on_servers(trainer):
+            gaps.append("its Trainer runs the optimizer on the servers of a dist kvstore "
+                        "(update_on_kvstore=True), which cannot mask the gradient")
+            continue
+        if not isinstance(trainer.__dict__.get('_init_kvstore'), types.MethodType):
+            gaps.append('a Trainer of it is not watched by paramsurgery (its kvstore, once '
+                        'created, would run unmasked updates)')
+        if not trainer._kv_initialized:
+            continue  # its first step creates the kvstore and installs the masking
+        kv_updater = _local_kv_updater(trainer)
+        used = [kv_updater] if kv_updater is not None else \
+            ([] if trainer._kvstore is not None and trainer._update_on_kvstore
+             else list(trainer._updaters))
+        if any(not isinstance(u, MaskingUpdater) for u in used if u is not None):
+            gaps.append('an Updater of its Trainer does not mask the gradient (it was '
+                        'replaced after the mask was applied)')
+    return gaps
+
+
+def state_arrays(updater, idx, shape):
+    """``[(array, is_master)]``: the optimizer state arrays of key ``idx`` in ``updater``
+    that have the weight's shape (momentum, Adam moments, fp32 master copy...)."""
+    state = updater.states.get(idx)
+    if state is None:
+        return []
+    masters = set(id(m) for m in _master_copies([updater], idx))
+    found, stack = [], [state]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (tuple, list)):
+            stack.extend(item)
+        elif isinstance(item, nd.NDArray) and tuple(item.shape) == tuple(shape) \
+                and item.stype == 'default':
+            found.append((item, id(item) in masters))
+    return found
+
+
+def zero_states_under(trainers, param, mask):
+    """Zero every optimizer state of ``param`` (not its fp32 master copy) in every Updater
+    of ``trainers`` in this process where ``mask`` (a Parameter of ``param``'s shape) is 0."""
+    for trainer in trainers:
+        idx = trainer_index(trainer, param)
+        if idx is None:
+            continue
+        for updater in process_updaters(trainer):
+            if updater is None:
+                continue
+            for arr, is_master in state_arrays(updater, idx, param.shape):
+                if not is_master:
+                    with autograd.pause():
+                        m = mask_on(mask, arr.context)
+                        alive = mx_np.not_equal(_as_np(m), 0)
+                        multiply_inplace(arr, alive)

@@ -48,7 +48,7 @@ class _TrainerState:
     def __init__(self, trainer):
         self.trainer = trainer
         self.updaters = [(u, {k: _copy_state(s) for k, s in u.states.items()},
-                          dict(u.states_synced)) for u in _internals.trainer_updaters(trainer)]
+                          dict(u.states_synced)) for u in _internals.process_updaters(trainer)]
         self.counters = _internals.optimizer_counters(trainer.optimizer)
 
     def changed(self):
@@ -56,7 +56,7 @@ class _TrainerState:
         if _internals.optimizer_counters(self.trainer.optimizer) != self.counters:
             return True
         return any(set(u.states) != set(states) for u, states, _ in self.updaters) or \
-            len(_internals.trainer_updaters(self.trainer)) != len(self.updaters)
+            len(_internals.process_updaters(self.trainer)) != len(self.updaters)
 
     def check_restorable(self, params):
         """Raise before anything is written when the state lives on parameter servers."""

@@ -115,6 +115,33 @@ def _diverged(param: Parameter) -> List[Problem]:
     return problems
 
 
+def _not_enforced(param: Parameter) -> List[Problem]:
+    """``mask-not-enforced``: an update-mode mask whose masked entries are not zero in the
+    stored weight, or that a Trainer of the parameter would not keep at zero."""
+    mask = _internals.update_mask(param)
+    if mask is None or _check_param(mask):
+        return []
+    problems = []
+    fix = ("Re-apply the mask (ps.apply_mask(net, '%s', 1, mode='update') zeroes the masked "
+           "entries again and watches the Trainers found through the parameter; pass "
+           "trainer= for others), or use mode='graph'." % param.name)
+    for gap in _internals.enforcement_gaps(param):
+        problems.append(Problem(param.name, None, 'mask-not-enforced',
+                                'it has an update-mode mask, but %s. %s' % (gap, fix)))
+    masks = _internals.raw_data(mask)
+    for ctx, arr, i in zip(_internals.context_list(param), _internals.raw_data(param),
+                           range(len(masks))):
+        stray = int(((arr.asnumpy() != 0) & (masks[i].asnumpy() == 0)).sum())
+        if stray:
+            problems.append(Problem(
+                param.name, ctx, 'mask-not-enforced',
+                'it has an update-mode mask, but %d masked entr%s of the stored weight %s '
+                'not zero (something wrote the weight without the mask: set_data, '
+                'load_parameters, a Trainer paramsurgery does not know). %s'
+                % (stray, 'y' if stray == 1 else 'ies', 'is' if stray == 1 else 'are', fix)))
+    return problems
+
+
 def _compares_replicas(name, param, masks):
     # BatchNorm running statistics and other grad_req 'null' state may differ per device.
     return param.grad_req != 'null' or name in masks
@@ -141,7 +168,10 @@ def check_params(net, key=None) -> List[Problem]:
         ``wrong-context`` (an entry lives on another context), ``not-a-leaf`` (an entry is
         not an autograd variable), ``grad-missing`` (grad_req is not 'null' but a gradient
         buffer is missing), ``replicas-diverged`` (copies of a trainable parameter or a
-        mask differ between contexts).
+        mask differ between contexts), ``mask-not-enforced`` (an update-mode mask whose
+        masked entries are not zero in the stored weight, or which a Trainer of the
+        parameter would not keep at zero: a dist kvstore updating on its servers, an
+        Updater replaced after the mask).
 
     Examples
     --------
@@ -161,8 +191,10 @@ def check_params(net, key=None) -> List[Problem]:
     problems = []
     for name, param in params.items():
         found = _check_param(param)
-        if not found and _compares_replicas(name, param, masks):
-            found = _diverged(param)
+        if not found:
+            if _compares_replicas(name, param, masks):
+                found = _diverged(param)
+            found += _not_enforced(param)
         problems.extend(found)
     return problems
 

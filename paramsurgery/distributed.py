@@ -217,3 +217,24 @@ def refuse_server_updates(trainer, params):
             "Nothing was changed. Fix: do value surgery before the first trainer.step() (the "
             "servers start from rank 0's values), or use ps.apply_mask, which changes the "
             "forward graph instead of the stored weights." % (and_more(mine), kvstore.type))
+
+
+def refuse_update_masks(trainer, params):
+    """Raise ``TrainerStateError`` when ``trainer`` runs, or will run once its first step
+    creates the kvstore, the optimizer on the servers of a dist kvstore for one of
+    ``params``: the servers' updates cannot be masked, so an update-mode mask would not hold.
+    """
+    if not _internals.runs_on_servers(trainer):
+        return
+    mine = [p.name for p in params if _internals.trainer_index(trainer, p) is not None]
+    if mine:
+        kv_type = _internals.kvstore_type(_internals.trainer_kvstore(trainer)[0])
+        raise TrainerStateError(
+            "Parameter %s: its Trainer runs the optimizer on the parameter servers of "
+            "kvstore '%s' (update_on_kvstore=True%s), which update the weights with the "
+            "unmasked gradient, so an update-mode mask cannot be enforced there. Nothing was "
+            "changed. Fix: use mode='graph' (the mask is then part of the forward graph and "
+            "needs nothing from the servers), or build the Trainer with "
+            "update_on_kvstore=False." % (and_more(mine), kv_type,
+                                          '' if _internals.trainer_kvstore(trainer)[2]
+                                          else ', from its first step on'))

@@ -11,6 +11,7 @@ import inspect
 import io
 import json
 import os
+import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
@@ -22,12 +23,12 @@ from mxnet.gluon import HybridBlock, SymbolBlock
 from mxnet.gluon.parameter import Parameter
 from mxnet.util import is_np_array
 
-from . import _internals, _masked_forward
+from . import _internals, _masked_forward, distributed
 from ._checks import check_flag
 from ._deconv import needs_deconv_workaround, transposed_conv_layout
 from ._files import check_path, reading, write_bytes
 from ._layout import restore_default_layout
-from ._values import assign, check_product, multiply, plan
+from ._values import Value, check_product, plan, trainers_of
 from .access import ensure_usable
 from .errors import (
     FileFormatError,
@@ -43,6 +44,11 @@ __all__ = ['apply_mask', 'get_mask', 'masked', 'remove_mask', 'save_masks', 'loa
            'load_exported', 'broadcast_masks']
 
 _COMBINE = ('multiply', 'replace')
+#: Where a mask acts: in every forward graph, or in the stored weights and their updates.
+MODES = ('graph', 'update')
+#: An update-mode mask is only read to zero gradients (MXNet's numpy-frontend operators
+#: multiply a float weight or gradient by it directly): one byte per entry.
+UPDATE_MASK_DTYPE = np.uint8
 _FILE_FORMAT = 'paramsurgery-masks'
 _FILE_VERSION = 1
 # Aux states are written in place by their operator (BatchNorm's running statistics); the
@@ -80,8 +86,20 @@ def _refuse_masks_as_keys(key, params, what):
                 % (name, name[:-len(MASK_SUFFIX)], what, name[:-len(MASK_SUFFIX)]))
 
 
-def _owners(net, param):
+def _owner_index(net):
+    """``{id(param): [(block, attribute), ...]}`` for every parameter a block of ``net``
+    receives: one walk over the net for a call that masks many parameters."""
+    index = {}
+    for blk in _internals.walk_blocks(net):
+        for attr, registered in _internals.block_params(blk).items():
+            index.setdefault(id(registered), []).append((blk, attr))
+    return index
+
+
+def _owners(net, param, index=None):
     """Every ``(block, attribute)`` inside ``net`` whose ``hybrid_forward`` gets ``param``."""
+    if index is not None:
+        return list(index.get(id(param), []))
     found = []
     for blk in _internals.walk_blocks(net):
         for attr, registered in _internals.block_params(blk).items():
@@ -90,10 +108,10 @@ def _owners(net, param):
     return found
 
 
-def _mask_owners(net, param):
+def _mask_owners(net, param, index=None):
     """``(owners, ours)``: every ``(block, attribute)`` that receives ``param``, and whether
     paramsurgery registered its mask on every one of them (False when there is none)."""
-    owners = _owners(net, param)
+    owners = _owners(net, param, index)
     ours = bool(owners) and all(attr in _masked_forward.mask_registry(blk)
                                 for blk, attr in owners)
     return owners, ours
@@ -128,7 +146,7 @@ def _forward_overrider(block):
     return None
 
 
-def _check_owner(name, param, block, attr):
+def _check_owner(name, param, block, attr, mode='graph'):
     """Raise unless ``block`` can apply a mask to ``param`` (attribute ``attr``)."""
     kind = type(block).__name__
     if isinstance(block, SymbolBlock):
@@ -169,7 +187,7 @@ def _check_owner(name, param, block, attr):
             "Parameter '%s' has storage type '%s' and gradient storage type '%s'; masks "
             "support dense ('default') parameters only. For Embedding, build it with "
             "sparse_grad=False." % (name, stype, grad_stype))
-    if attr == 'weight' and needs_deconv_workaround(block):
+    if attr == 'weight' and mode == 'graph' and needs_deconv_workaround(block):
         layout = transposed_conv_layout(block)
         if is_np_array() or not layout.startswith('NC'):
             raise SurgeryTypeError(
@@ -190,14 +208,14 @@ def _check_owner(name, param, block, attr):
             "attribute." % (name, block.name, kind, mask_attr))
 
 
-def _existing_mask(net, name, param, params):
+def _existing_mask(net, name, param, params, index=None):
     """The mask Parameter of ``param`` registered by :func:`apply_mask`, or None.
 
     Raises when a parameter named like the mask exists but is not one of ours.
     """
     mask_name = name + MASK_SUFFIX
     mask = params.get(mask_name)
-    owners, ours = _mask_owners(net, param)
+    owners, ours = _mask_owners(net, param, index)
     if mask is None:
         return None, owners
     if not ours:
@@ -209,9 +227,9 @@ def _existing_mask(net, name, param, params):
     return mask, owners
 
 
-def _owners_checked(net, name, param, params):
+def _owners_checked(net, name, param, params, mode='graph', index=None):
     """``(existing mask or None, owners)`` of a parameter about to be masked, or raise."""
-    existing, owners = _existing_mask(net, name, param, params)
+    existing, owners = _existing_mask(net, name, param, params, index)
     if not owners:
         raise SurgeryTypeError(
             "Parameter '%s' is not an attribute of any block inside the net, so no "
@@ -220,47 +238,183 @@ def _owners_checked(net, name, param, params):
             "it as a block attribute (self.weight = self.params.get(...)) and receive it "
             "in hybrid_forward." % name)
     for blk, attr in owners:
-        _check_owner(name, param, blk, attr)
+        _check_owner(name, param, blk, attr, mode)
     return existing, owners
-
-
-def _write_mask(arr, value):
-    """Write a validated mask into a mask replica (always in the default layout)."""
-    if value.array is not None and isinstance(value.array, np.ndarray):
-        # Straight from numpy: no temporary NDArray per context (a full set of masks is as
-        # large as the weights, and freed NDArrays stay in the process's heap).
-        arr[:] = np.broadcast_to(value.array, arr.shape)
-    else:
-        assign(arr, value)
 
 
 # --------------------------------------------------------------------------- public API
 
-def apply_mask(net, key, mask: Any = None, *, combine: str = 'multiply') -> List[str]:
-    """Multiply the selected parameters by a mask inside every forward graph.
+def _check_mode(mode, what='mode', allow_none=False):
+    """Raise unless ``mode`` is exactly ``'graph'`` or ``'update'`` (or None when allowed)."""
+    if mode is None and allow_none:
+        return
+    if not isinstance(mode, str):
+        raise SurgeryTypeError(
+            "%s must be the string 'graph' or 'update'%s, got %s %r."
+            % (what, ' (or None)' if allow_none else '', type(mode).__name__, mode))
+    if mode not in MODES:
+        raise SurgeryValueError(
+            "%s must be exactly 'graph' (the mask is part of every forward graph) or "
+            "'update' (the Trainer keeps the masked entries of the stored weight at zero), "
+            "got %r." % (what, mode))
 
-    From the next forward on, each block that owns a selected parameter computes with
-    ``weight * mask`` (hybridised or not, on every context): the stored weight is not
-    changed, and the gradient that reaches it is ``mask * dL/dW_effective``, so masked
-    entries get exactly zero gradient, with no stale-gradient error and with any kvstore.
-    The mask is a parameter named ``<weight name>_mask`` (grad_req ``'null'``, the weight's
-    dtype, on every context of the weight), registered as attribute ``<attr>_mask`` of the
-    owning block: it is part of ``collect_params()``, ``save_parameters`` and ``export()``.
+
+def mask_mode(net, name) -> str:
+    """``'graph'`` or ``'update'``: the mode of the mask of parameter ``name``.
+
+    Raises ``SelectionError`` when ``name`` has no mask.
+    """
+    params, chosen = _select_masked(net, name, 'mask_mode')
+    return _mode_of(chosen[name], params[name + MASK_SUFFIX])
+
+
+def _mode_of(param, mask):
+    return 'update' if _internals.update_mask(param) is mask else 'graph'
+
+
+def _binary(value):
+    """True when a planned mask value holds only 0 and 1."""
+    if value.scalar is not None:
+        return value.scalar in (0, 1)
+    array = value.array
+    if isinstance(array, np.ndarray):
+        return bool(np.all((array == 0) | (array == 1)))
+    with autograd.pause():
+        return not (nd.not_equal(array, 0) * nd.not_equal(array, 1)).sum().asscalar()
+
+
+def _refuse_non_binary(name, value, existing, combine):
+    """Update mode keeps the masked entries of the stored weight at zero: only 0/1 masks."""
+    if not _binary(value):
+        raise SurgeryValueError(
+            "Parameter '%s': mode='update' takes binary masks only (every entry 0 or 1), "
+            "because the masked entries of the stored weight are set to 0 and kept there. "
+            "Nothing was changed. Pass a 0/1 mask, or use mode='graph' to scale weights."
+            % name)
+    if existing is not None and combine == 'multiply':
+        with autograd.pause():
+            old = _internals.raw_data(existing)[0].asnumpy()
+        if not np.all((old == 0) | (old == 1)):
+            product = old * (value.scalar if value.scalar is not None else
+                             np.asarray(value.array.asnumpy() if isinstance(
+                                 value.array, nd.NDArray) else value.array))
+            if not np.all((product == 0) | (product == 1)):
+                raise SurgeryValueError(
+                    "Parameter '%s': its graph-mode mask is not binary, so multiplying it "
+                    "with this mask gives a mask that is not binary, which mode='update' "
+                    "cannot keep. Nothing was changed. Pass combine='replace', or keep "
+                    "mode='graph'." % name)
+
+
+def _mask_value_on(value, arr):
+    """A planned mask value as a number or as an NDArray of ``arr``'s shape, dtype and
+    context."""
+    if value.scalar is not None:
+        return value.scalar
+    if isinstance(value.array, np.ndarray):
+        return nd.array(np.broadcast_to(value.array, arr.shape), ctx=arr.context,
+                        dtype=arr.dtype)
+    src = value.on(arr.context)
+    if not value.full:
+        src = nd.broadcast_to(src, shape=arr.shape)
+    return src.astype(arr.dtype, copy=False)
+
+
+def _write_value(arr, value):
+    """Write a planned mask value into a mask replica of any dtype."""
+    if value.array is not None and isinstance(value.array, np.ndarray):
+        # Straight from numpy: no temporary NDArray per context (a full set of masks is as
+        # large as the weights, and freed NDArrays stay in the process's heap).
+        src = value.array
+        if src.dtype == np.bool_ and np.dtype(arr.dtype) == np.uint8:
+            src = src.view(np.uint8)   # the pruning core's masks: no conversion pass
+        arr[:] = np.broadcast_to(src, arr.shape)
+    else:
+        arr[:] = _mask_value_on(value, arr)
+
+
+def _multiply_value(arr, value):
+    """Multiply a planned mask value into a mask replica of any dtype."""
+    factor = _mask_value_on(value, arr)
+    if isinstance(factor, nd.NDArray):
+        _internals.multiply_inplace(arr, factor)
+    else:
+        arr *= factor
+
+
+def _new_mask_param(name, param, mode, contexts, value):
+    mask = Parameter(name + MASK_SUFFIX, grad_req='null', shape=param.shape,
+                     dtype=UPDATE_MASK_DTYPE if mode == 'update' else param.dtype,
+                     init=mx.init.One(), differentiable=False)
+    with autograd.pause():
+        # a full-shape value is written over it right away: fill with the cheapest
+        # initialiser (the mask's own init, ones, stays for initialize(force_reinit=True))
+        mask.initialize(init=mx.init.Zero() if value.full else None, ctx=contexts)
+    return mask
+
+
+def _trainers(params, trainer):
+    """The Trainers to keep in step: the explicit ones, the last one built on each
+    parameter and those built on it while it had an update-mode mask."""
+    found = OrderedDict((id(t), t) for t in trainers_of(params, trainer))
+    for param in params:
+        for t in _internals.known_trainers(param):
+            found.setdefault(id(t), t)
+    return list(found.values())
+
+
+# Update-mode masks are registered on their block but not used by its graph: Gluon warns
+# about such a parameter each time it builds a cached graph. Only warnings that name masks
+# and nothing else are silenced.
+_UNUSED_MASK_WARNING = r'Parameter ([^ ,]+_mask, )*[^ ,]+_mask is not used by any computation'
+
+
+def apply_mask(net, key, mask: Any = None, *, combine: str = 'multiply', mode: str = 'graph',
+               trainer: Optional[Any] = None) -> List[str]:
+    """Mask the selected parameters: inside every forward graph, or in the stored weights.
+
+    With ``mode='graph'`` (the default), from the next forward on each block that owns a
+    selected parameter computes with ``weight * mask`` (hybridised or not, on every
+    context): the stored weight is not changed, and the gradient that reaches it is
+    ``mask * dL/dW_effective``, so masked entries get exactly zero gradient, with no
+    stale-gradient error and with any kvstore.
+
+    With ``mode='update'`` (binary masks only), the forward graph stays the dense one: the
+    stored weight is multiplied by the mask at once (every context, the kvstore's copy, fp32
+    master copies), and every Trainer that updates the parameter masks its gradient before
+    each update (and its weight after, for optimizers that need it), so the masked entries
+    stay exactly 0. This holds with plain ``trainer.step``, for Trainers built before or
+    after the mask, with no kvstore or a local/device one (``update_on_kvstore`` True or
+    False), aggregated updates and ``multi_precision``. See ``docs/masks.md``.
+
+    In both modes the mask is a parameter named ``<weight name>_mask`` (grad_req
+    ``'null'``, on every context of the weight; the weight's dtype in graph mode, uint8 in
+    update mode), registered as attribute ``<attr>_mask`` of the owning block: it is part of
+    ``collect_params()`` and ``save_parameters``; only a graph-mode mask is part of
+    ``export()``. Optimizer momentum and moments under the zeros of the new mask are set to
+    zero in every Updater of this process (and, with ``combine='replace'``, under the zeros
+    of the old mask, so a revived entry starts from zero state).
 
     Parameters
     ----------
     net : Block
         The network (pass the outermost block you call: cached graphs of ``net`` and its
-        descendants are rebuilt).
+        descendants are rebuilt when a graph-mode mask appears or goes).
     key : str or Parameter or list or callable or dict
         Which parameters (see :func:`select`; masks themselves are never selected), or a
         dict ``{key: mask}``.
     mask : number or numpy.ndarray or NDArray
         Broadcast to the parameter's shape with numpy rules and stored with its full shape.
-        Need not be binary: any finite multiplier works (scaling).
+        In graph mode any finite multiplier works (scaling); in update mode only 0 and 1.
     combine : {'multiply', 'replace'}, default 'multiply'
         With a mask already in place, ``'multiply'`` multiplies the new mask into it (a
         second pruning never revives an entry), ``'replace'`` replaces it.
+    mode : {'graph', 'update'}, default 'graph'
+        Where the mask acts (see above). A parameter masked in the other mode switches to
+        this one, its masks combined as ``combine`` says.
+    trainer : Trainer or list of Trainer, default None
+        Trainers to keep in step besides those found through the parameters (the last one
+        built on each, and any built after an update-mode mask).
 
     Returns
     -------
@@ -272,19 +426,24 @@ def apply_mask(net, key, mask: Any = None, *, combine: str = 'multiply') -> List
     SelectionError
         A key selects nothing.
     SurgeryValueError
-        The mask does not broadcast, has NaN or inf, ``combine`` is unknown, a key names a
-        mask, the parameter is a state updated in place (BatchNorm running statistics), or
-        a product overflows the dtype (the new mask times the mask in place, or the weight
-        times the mask: finite fp16 numbers can multiply to inf).
+        The mask does not broadcast, has NaN or inf, is not binary in update mode,
+        ``combine`` or ``mode`` is unknown, a key names a mask, the parameter is a state
+        updated in place (BatchNorm running statistics), or a product overflows the dtype
+        (the new mask times the mask in place, or the weight times the mask: finite fp16
+        numbers can multiply to inf).
     SurgeryTypeError
-        Wrong mask type, ``net`` is not a Block, or the owning block cannot take a mask
-        (not a HybridBlock, its class overrides ``forward()`` (which may read the weight
-        itself, out of the mask's reach), ``hybrid_forward`` does not receive the parameter
-        by name, a SymbolBlock, sparse storage).
+        Wrong mask or ``mode`` type, ``net`` is not a Block, or the owning block cannot
+        take a mask (not a HybridBlock, its class overrides ``forward()`` (which may read
+        the weight itself, out of the mask's reach), ``hybrid_forward`` does not receive the
+        parameter by name, a SymbolBlock, sparse storage).
+    TrainerStateError
+        Update mode, and a Trainer of the parameter runs the optimizer on the servers of a
+        dist kvstore (``update_on_kvstore=True``), which cannot mask the gradient.
     ParameterStateError
         The parameter is not initialised yet (run one forward first).
 
-    On any error nothing has changed: no mask registered, no forward wrapped.
+    On any error nothing has changed: no mask registered, no forward wrapped, no value or
+    optimizer state written.
 
     Examples
     --------
@@ -307,55 +466,135 @@ def apply_mask(net, key, mask: Any = None, *, combine: str = 'multiply') -> List
     ['net_dense0_weight']
     >>> ps.get_mask(net, 'net_dense0_weight')['net_dense0_weight'].asnumpy().tolist()
     [[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]]
+
+    In update mode the stored weight itself holds the zeros, and the Trainer keeps them:
+
+    >>> from mxnet import autograd, gluon
+    >>> ps.apply_mask(net, 'net_dense0_weight', 1, mode='update')   # switches the mode
+    ['net_dense0_weight']
+    >>> net[0].weight.data(mx.cpu(1)).asnumpy().tolist()
+    [[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]]
+    >>> trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1})
+    >>> for ctx in [mx.cpu(0), mx.cpu(1)]:
+    ...     with autograd.record():
+    ...         out = net(mx.nd.ones((1, 3), ctx=ctx))
+    ...     out.backward()
+    >>> trainer.step(1)
+    >>> net[0].weight.data(mx.cpu(0)).asnumpy().tolist()
+    [[0.0, 0.0, 0.800000011920929], [0.0, 0.800000011920929, 0.800000011920929]]
+    >>> ps.apply_mask(net, 'net_dense0_weight', 0.5, mode='update')
+    Traceback (most recent call last):
+    ...
+    paramsurgery.errors.SurgeryValueError: Parameter 'net_dense0_weight': mode='update' takes binary masks only ...
     """
+    _check_mode(mode)
+    return _apply_masks(net, key, mask, combine=combine, mode=mode, trainer=trainer)
+
+
+def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
+    """:func:`apply_mask` with ``mode`` a string or a dict name -> mode. ``trusted``: a
+    dict name -> binary numpy array of the full shape from the pruning core, which needs
+    no validation, given in place of ``key`` and ``mask``."""
     if combine not in _COMBINE:
         raise SurgeryValueError("combine must be 'multiply' or 'replace', got %r." % (combine,))
     _require_block(net, 'apply_mask')
     params = all_params(net)
+    if trusted is not None:
+        key = OrderedDict((name, None) for name in trusted)
     _refuse_masks_as_keys(key, params, 'apply_mask')
     view = unmasked(params)
+    modes = mode if isinstance(mode, dict) else None
     # Where each parameter lives decides whether it can be masked at all: check that before
     # looking at the mask values.
     found = OrderedDict()
+    index = _owner_index(net)
     for one_key in (list(key) if isinstance(key, dict) else [key]):
         for name, param in select(view, one_key).items():
             if name not in found:
-                found[name] = _owners_checked(net, name, param, params)
-    steps = [(name, param, value) + found[name]
-             for name, param, value in plan(view, key, mask, 'mask', allow_nonfinite=False)]
+                found[name] = _owners_checked(net, name, param, params,
+                                              modes.get(name, 'graph') if modes else mode,
+                                              index)
+    if trusted is not None:
+        for name in trusted:
+            ensure_usable(view[name])
+        planned = [(name, view[name], Value(array=trusted[name], full=True))
+                   for name in trusted]
+    else:
+        planned = plan(view, key, mask, 'mask', allow_nonfinite=False)
+    steps = [(name, param, value, modes.get(name, 'graph') if modes else mode) + found[name]
+             for name, param, value in planned]
+    del planned   # each value is freed once written (see the loop below)
+    for name, param, value, step_mode, existing, _ in steps:
+        switching = existing is not None and _mode_of(param, existing) == 'graph'
+        if step_mode == 'update' and (trusted is None or switching):
+            _refuse_non_binary(name, value, existing, combine)
+            if isinstance(value.array, np.ndarray):
+                value.array = value.array.astype(UPDATE_MASK_DTYPE)  # a quarter of the bytes
     # Finite masks can still overflow (fp16): the combined mask, and weight * mask, must be
     # finite wherever their factors are, before anything is written.
-    for name, param, value, existing, _ in steps:
+    for name, param, value, _, existing, _ in steps:
         kept = existing if combine == 'multiply' else None
         if kept is not None:
             check_product(name + MASK_SUFFIX, kept, value, 'mask')
         check_product(name, param, value, 'mask', also=kept)
-    for _, param, value, _, _ in steps:
+    trainers = _trainers([param for _, param, _, _, _, _ in steps], trainer)
+    updated = [param for _, param, _, step_mode, _, _ in steps if step_mode == 'update']
+    for t in trainers:
+        distributed.refuse_update_masks(t, updated)
+    for _, param, value, _, _, _ in steps:
         value.prefetch(_internals.context_list(param))
     # Everything is validated: from here on nothing raises for the user's input.
     names = [step[0] for step in steps]
-    registered = False
+    graph_changed = False
     steps.reverse()
     while steps:
         # popped, so that each mask's per-context copies are freed once it is written
-        name, param, value, existing, owners = steps.pop()
-        if existing is None:
-            existing = Parameter(name + MASK_SUFFIX, grad_req='null', shape=param.shape,
-                                 dtype=param.dtype, init=mx.init.One(),
-                                 differentiable=False)
-            with autograd.pause():
-                existing.initialize(ctx=_internals.context_list(param))
-            write = _write_mask
-            for blk, attr in owners:
-                _masked_forward.register_mask(blk, attr, attr + MASK_SUFFIX, existing)
-            registered = True
+        name, param, value, step_mode, existing, owners = steps.pop()
+        old_mode = None if existing is None else _mode_of(param, existing)
+        if existing is not None and combine == 'replace':
+            # entries revived by the new mask start from zero state
+            _internals.zero_states_under(trainers, param, existing)
+        if old_mode == step_mode:
+            target = existing
+            write = _multiply_value if combine == 'multiply' else _write_value
+            if trusted is not None and step_mode == 'update':
+                write = _write_value  # the core's masks already hold the old zeros
+            _internals.write_replicas(target, lambda arr, v=value, w=write: w(arr, v))
         else:
-            write = multiply if combine == 'multiply' else _write_mask
-        _internals.write_replicas(existing, lambda arr, v=value, w=write: w(arr, v))
-        # A conv weight left in MKLDNN's blocked layout by a predict-mode forward would stay
-        # so (the conv now sees only weight * mask) and cost a reorder in every step.
-        restore_default_layout(param)
-    if registered:
+            target = _new_mask_param(name, param, step_mode, _internals.context_list(param),
+                                     value)
+            old = _internals.raw_data(existing) if existing is not None else None
+            with autograd.pause():
+                for i, arr in enumerate(_internals.raw_data(target)):
+                    _write_value(arr, value)
+                    if old is not None and combine == 'multiply':
+                        _internals.multiply_inplace(arr, old[i].astype(arr.dtype, copy=False))
+            for blk, attr in owners:
+                if existing is not None:
+                    _masked_forward.unregister_mask(blk, attr)
+                _masked_forward.register_mask(blk, attr, attr + MASK_SUFFIX, target, step_mode)
+            graph_changed = graph_changed or 'graph' in (old_mode, step_mode)
+            if old_mode == 'update':
+                _internals.set_update_mask(param, None)
+        _internals.mask_changed(target)   # drop copies on other devices: new values
+        if step_mode == 'update':
+            _internals.write_replicas(
+                param, lambda arr, m=target: _internals.multiply_inplace(
+                    arr, _internals.mask_on(m, arr.context)))
+            _internals.set_update_mask(param, target)
+        else:
+            # A conv weight left in MKLDNN's blocked layout by a predict-mode forward would
+            # stay so (the conv now sees only weight * mask) and cost a reorder in every step.
+            restore_default_layout(param)
+        _internals.zero_states_under(trainers, param, target)
+    for t in trainers:
+        mine = [p for p in updated if _internals.trainer_index(t, p) is not None]
+        if mine:
+            _internals.sync_trainer(t, mine)
+            _internals.watch_trainer(t)
+    if updated:
+        warnings.filterwarnings('ignore', message=_UNUSED_MASK_WARNING, category=UserWarning)
+    if graph_changed:
         _internals.clear_cached_graphs(net)
     return names
 
@@ -413,7 +652,8 @@ def get_mask(net, key) -> Dict[str, nd.NDArray]:
     Returns
     -------
     dict of str -> NDArray
-        ``{parameter name: mask}``; the arrays are copies (writing them changes nothing).
+        ``{parameter name: mask}``, in the parameter's dtype whatever the mask's mode; the
+        arrays are copies (writing them changes nothing).
 
     Raises
     ------
@@ -443,7 +683,8 @@ def get_mask(net, key) -> Dict[str, nd.NDArray]:
         for name in chosen:
             mask = params[name + MASK_SUFFIX]
             ensure_usable(mask)
-            out[name] = _internals.raw_data(mask)[0].copy()
+            # in the weight's dtype in both modes (an update-mode mask is stored as uint8)
+            out[name] = _internals.raw_data(mask)[0].astype(chosen[name].dtype, copy=True)
     return out
 
 
@@ -460,8 +701,9 @@ def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -
         Exactly ``True`` or ``False`` (anything else raises ``SurgeryTypeError``). True writes ``weight * mask`` into the stored weight first, through
         :func:`assign_params` (every context, Trainer-safe, optimizer state kept), so the
         network computes the same function afterwards; False gives back the stored weight
-        as it is (masked entries keep the values they had when masked, apart from what the
-        optimizer's weight decay or momentum did to them).
+        as it is: for a graph-mode mask, masked entries keep the values they had when
+        masked, apart from what the optimizer's weight decay did to them; for an
+        update-mode mask, they are 0. Either way the Trainers stop masking the parameter.
     trainer : Trainer or list of Trainer, default None
         With ``bake=True``: Trainers to keep in step besides the last one built on each
         parameter (see :func:`assign_params`).
@@ -507,14 +749,21 @@ def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -
         steps.append((name, owners))
     if bake:
         with autograd.pause():
-            factors = {name: _internals.raw_data(params[name + MASK_SUFFIX])[0].copy()
-                       for name, _ in steps}
+            factors = {name: _internals.raw_data(params[name + MASK_SUFFIX])[0].astype(
+                chosen[name].dtype, copy=True) for name, _ in steps}
         # All or nothing: assign_params validates everything (trainers included) first.
         assign_params(net, factors, trainer=trainer)
+    graph_changed = False
     for name, owners in steps:
+        param = chosen[name]
+        if _mode_of(param, params[name + MASK_SUFFIX]) == 'update':
+            _internals.set_update_mask(param, None)
+        else:
+            graph_changed = True
         for blk, attr in owners:
             _masked_forward.unregister_mask(blk, attr)
-    _internals.clear_cached_graphs(net)
+    if graph_changed:
+        _internals.clear_cached_graphs(net)
     return [name for name, _ in steps]
 
 
@@ -537,7 +786,8 @@ def save_masks(net, path: str) -> List[str]:
 
     A mask whose entries are all 0 or 1 is stored with one bit per entry
     (``numpy.packbits``, then compressed: at most about 1.1 bits per weight on disk for any
-    real network); any other mask is stored exactly in its dtype. Masks are keyed by the
+    real network); any other mask is stored exactly in its dtype. Each mask's mode (``'graph'``
+    or ``'update'``) is recorded, and :func:`load_masks` restores it. Masks are keyed by the
     structural name of their weight (``'0.weight'``, as ``save_parameters`` names it), so
     :func:`load_masks` can apply them to a freshly built net whose name prefixes differ.
 
@@ -600,9 +850,11 @@ def save_masks(net, path: str) -> List[str]:
             binary = bool(np.all((values == 0) | (values == 1)))
             slot = 'm%d' % len(entries)
             arrays[slot] = np.packbits(values.reshape(-1) != 0) if binary else values
+            # 'mode' is optional in version 1 (files without it hold graph-mode masks);
+            # 'dtype' is the weight's, in which get_mask shows a mask of either mode.
             entries.append({'key': skey, 'name': name, 'shape': list(values.shape),
-                            'dtype': np.dtype(values.dtype).name, 'packed': binary,
-                            'slot': slot})
+                            'dtype': np.dtype(weight.dtype).name, 'packed': binary,
+                            'slot': slot, 'mode': _mode_of(weight, mask)})
     meta = json.dumps({'format': _FILE_FORMAT, 'version': _FILE_VERSION, 'masks': entries})
     arrays['meta'] = np.frombuffer(meta.encode('utf-8'), dtype=np.uint8)
     buf = io.BytesIO()
@@ -671,7 +923,16 @@ def _read_masks(path):
     return masks
 
 
-def load_masks(net, path: str, *, combine: str = 'replace') -> List[str]:
+def _saved_modes(path):
+    """``{structural name: mode}`` recorded by :func:`save_masks` (a file without modes,
+    written before modes existed, holds graph-mode masks)."""
+    with np.load(path, allow_pickle=False) as archive:
+        meta = json.loads(archive['meta'].tobytes().decode('utf-8'))
+    return {entry['key']: entry.get('mode', 'graph') for entry in meta['masks']}
+
+
+def load_masks(net, path: str, *, combine: str = 'replace', mode: Optional[str] = None
+               ) -> List[str]:
     """Apply the masks saved by :func:`save_masks` to ``net``.
 
     Masks are matched by the structural name of their weight (as ``load_parameters``
@@ -685,6 +946,9 @@ def load_masks(net, path: str, *, combine: str = 'replace') -> List[str]:
     path : str or os.PathLike
     combine : {'replace', 'multiply'}, default 'replace'
         How to treat a mask that ``net`` already has (see :func:`apply_mask`).
+    mode : {None, 'graph', 'update'}, default None
+        None applies each mask in the mode it was saved in; ``'graph'`` or ``'update'``
+        applies every mask in that mode (see :func:`apply_mask`).
 
     Returns
     -------
@@ -726,16 +990,18 @@ def load_masks(net, path: str, *, combine: str = 'replace') -> List[str]:
     ...
     paramsurgery.errors.SurgeryValueError: The mask file ... has a mask of shape (2, 3) for 'weight' ...
     """
+    _check_mode(mode, allow_none=True)
     _require_block(net, 'load_masks')
     path = check_path('path', path)
     if combine not in _COMBINE:
         raise SurgeryValueError("combine must be 'multiply' or 'replace', got %r." % (combine,))
     saved = _read_masks(path)
+    saved_modes = _saved_modes(path) if mode is None else {}
     keys = _weight_keys(net)
     params = all_params(net)
     by_key = {sname: param for param in params.values() for sname in [keys.get(id(param))]
               if sname is not None}
-    plan = OrderedDict()
+    plan, modes = OrderedDict(), {}
     for skey, values in saved.items():
         param = by_key.get(skey)
         if param is None:
@@ -749,9 +1015,10 @@ def load_masks(net, path: str, *, combine: str = 'replace') -> List[str]:
                 "shape %s. Load it into a net of the same architecture."
                 % (path, values.shape, skey, param.name, param.shape))
         plan[param.name] = values
+        modes[param.name] = mode or saved_modes.get(skey, 'graph')
     if not plan:
         return []
-    return apply_mask(net, plan, combine=combine)
+    return _apply_masks(net, plan, None, combine=combine, mode=modes)
 
 
 def load_exported(symbol_file: str, input_names, param_file: Optional[str] = None,

@@ -5,14 +5,16 @@ and :class:`Pruner`, which does it on a schedule (:mod:`paramsurgery.schedules`)
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
+import mxnet as mx
 import numpy as np
+from mxnet import ndarray as nd
 
 from ._checks import check_flag
 from ._checks import is_int as _is_int
 from ._checks import is_real as _is_real
-from .access import replicas
+from .access import data_on, replicas
 from .errors import SurgeryTypeError, SurgeryValueError
-from .masks import apply_mask, get_mask, masked, unmasked_params
+from .masks import _apply_masks, _check_mode, unmasked_params
 from .pruning_core import (
     check_scope,
     count_to_reach,
@@ -24,30 +26,59 @@ from .pruning_core import (
     structured_masks,
 )
 from .schedules import Schedule
-from .select import select
+from .select import MASK_SUFFIX, all_params, select
 
 __all__ = ['prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner']
 
 
+class _ReadView:
+    """DLPack producer for ``numpy.from_dlpack``: a read-only numpy view of a CPU NDArray."""
+
+    def __init__(self, arr):
+        self.arr = arr
+
+    def __dlpack__(self, stream=None):  # pylint: disable=unused-argument
+        return nd.to_dlpack_for_read(self.arr)
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU
+
+
+def _host(arr):
+    """``arr`` as a numpy array: a read-only view of its memory when it is on a CPU and in
+    the default layout (no copy: reading every weight of a network is the largest cost of
+    pruning it otherwise), else a copy."""
+    if arr.context.device_type.startswith('cpu'):
+        try:
+            return np.from_dlpack(_ReadView(arr))
+        except (mx.base.MXNetError, AttributeError, TypeError, BufferError):
+            pass  # an MKLDNN blocked layout has no plain view; numpy without from_dlpack
+    return arr.asnumpy()
+
+
 def _read(net, key):
     """Selected parameters (masks themselves never selected), their first-context weights and
-    existing masks as numpy arrays."""
+    existing masks as (read-only) numpy arrays."""
     params = select(unmasked_params(net), key)
-    have = set(masked(net))
-    weights = OrderedDict((name, replicas(p)[0][1].asnumpy()) for name, p in params.items())
-    mine = [name for name in params if name in have]
-    existing = {name: m.asnumpy() for name, m in get_mask(net, mine).items()} if mine else {}
+    everything = all_params(net)
+    weights = OrderedDict((name, _host(replicas(p)[0][1])) for name, p in params.items())
+    existing = {}
+    for name in params:
+        mask = everything.get(name + MASK_SUFFIX)
+        if mask is not None:
+            existing[name] = _host(data_on(mask, replicas(params[name])[0][0]))
     return params, weights, existing
 
 
-def _apply(net, params, keeps):
-    return apply_mask(net, OrderedDict((name, keep.astype(np.dtype(params[name].dtype)))
-                                       for name, keep in keeps.items()), combine='multiply')
+def _apply(net, params, keeps, mode):
+    # The core's masks are exact and binary: applied without another validation pass.
+    return _apply_masks(net, None, None, combine='multiply', mode=mode,
+                        trusted=OrderedDict(keeps))
 
 
 def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer',
-                    norm: float = 1, importance: Optional[Mapping[str, Any]] = None
-                    ) -> List[str]:
+                    norm: float = 1, importance: Optional[Mapping[str, Any]] = None,
+                    mode: str = 'graph') -> List[str]:
     """Mask the entries of smallest magnitude of the selected parameters.
 
     The effective weights ``weight * mask`` are read from the first context, the masks
@@ -75,6 +106,11 @@ def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer'
     importance : dict of str -> numpy.ndarray or NDArray, default None
         Scores to rank by instead of the weights (one per selected parameter, broadcastable
         to its shape): the entries of smallest ``|score|`` are pruned.
+
+    mode : {'graph', 'update'}, default 'graph'
+        Where the masks act (see :func:`apply_mask`): in the forward graph, or in the stored
+        weights, which the Trainer keeps at zero under the masks (binary masks, the dense
+        graph, the lowest cost). A parameter masked in the other mode switches to this one.
 
     Returns
     -------
@@ -110,16 +146,18 @@ def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer'
     ...
     paramsurgery.errors.SurgeryValueError: amount=1.5 is a float above 1; ...
     """
+    _check_mode(mode)
     params, weights, existing = _read(net, key)
     if isinstance(importance, Mapping):
         importance = {name: s.asnumpy() if hasattr(s, 'asnumpy') else s
                       for name, s in importance.items()}
     keeps = magnitude_masks(weights, amount, masks=existing, scope=scope, norm=norm,
                             importance=importance)
-    return _apply(net, params, keeps)
+    return _apply(net, params, keeps, mode)
 
 
-def prune_random(net, key, amount: Union[int, float], *, seed: Any = None) -> List[str]:
+def prune_random(net, key, amount: Union[int, float], *, seed: Any = None,
+                 mode: str = 'graph') -> List[str]:
     """Mask entries drawn at random among the still-unmasked ones of each selected parameter.
 
     Exactly ``floor(amount * n + 0.5)`` of the ``n`` unmasked entries of each parameter (or
@@ -139,6 +177,11 @@ def prune_random(net, key, amount: Union[int, float], *, seed: Any = None) -> Li
         is used (and advanced) as it is; None draws from fresh entropy. With several
         workers (``dist_sync``), pass the same int on every worker, or broadcast the masks
         afterwards with :func:`broadcast_masks`.
+
+    mode : {'graph', 'update'}, default 'graph'
+        Where the masks act (see :func:`apply_mask`): in the forward graph, or in the stored
+        weights, which the Trainer keeps at zero under the masks (binary masks, the dense
+        graph, the lowest cost). A parameter masked in the other mode switches to this one.
 
     Returns
     -------
@@ -169,12 +212,13 @@ def prune_random(net, key, amount: Union[int, float], *, seed: Any = None) -> Li
     >>> [int(m.sum().asscalar()) for m in net.collect_params()['fc_weight_mask'].list_data()]
     [15, 15]
     """
+    _check_mode(mode)
     params, weights, existing = _read(net, key)
-    return _apply(net, params, random_masks(weights, amount, masks=existing, seed=seed))
+    return _apply(net, params, random_masks(weights, amount, masks=existing, seed=seed), mode)
 
 
-def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm: float = 2
-                     ) -> List[str]:
+def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm: float = 2,
+                     mode: str = 'graph') -> List[str]:
     """Mask whole slices along ``axis`` of the selected parameters, smallest Lp norm first.
 
     For ``axis=0`` the slices are the output filters (rows) of a Conv or Dense weight. The
@@ -196,6 +240,11 @@ def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm
         The axis the slices are taken along (negative values count from the end).
     norm : float, default 2
         The p of the Lp norm of each slice (> 0 or ``numpy.inf``).
+
+    mode : {'graph', 'update'}, default 'graph'
+        Where the masks act (see :func:`apply_mask`): in the forward graph, or in the stored
+        weights, which the Trainer keeps at zero under the masks (binary masks, the dense
+        graph, the lowest cost). A parameter masked in the other mode switches to this one.
 
     Returns
     -------
@@ -227,12 +276,13 @@ def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm
     >>> ps.get_mask(net, 'fc_weight')['fc_weight'].asnumpy().tolist()
     [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
     """
+    _check_mode(mode)
     params, weights, existing = _read(net, key)
     return _apply(net, params, structured_masks(weights, amount, masks=existing, axis=axis,
-                                                norm=norm))
+                                                norm=norm), mode)
 
 
-def prune_custom(net, key, mask: Any) -> List[str]:
+def prune_custom(net, key, mask: Any, *, mode: str = 'graph') -> List[str]:
     """Mask the selected parameters with binary masks you computed.
 
     Each mask (True/1 keeps an entry, False/0 prunes it) is checked by :func:`custom_masks`
@@ -248,6 +298,11 @@ def prune_custom(net, key, mask: Any) -> List[str]:
     mask : numpy.ndarray or NDArray or dict of str -> array
         One array (broadcast to every selected parameter's shape) or a dict from parameter
         name to array, with an entry for every selected parameter; values must be 0 or 1.
+
+    mode : {'graph', 'update'}, default 'graph'
+        Where the masks act (see :func:`apply_mask`): in the forward graph, or in the stored
+        weights, which the Trainer keeps at zero under the masks (binary masks, the dense
+        graph, the lowest cost). A parameter masked in the other mode switches to this one.
 
     Returns
     -------
@@ -278,23 +333,25 @@ def prune_custom(net, key, mask: Any) -> List[str]:
     >>> ps.get_mask(net, 'fc_weight')['fc_weight'].asnumpy().tolist()
     [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
     """
+    _check_mode(mode)
     params, weights, existing = _read(net, key)
     if isinstance(mask, Mapping):
         given = dict(mask)
     else:
         given = {name: mask for name in weights}
     given = {name: m.asnumpy() if hasattr(m, 'asnumpy') else m for name, m in given.items()}
-    return _apply(net, params, custom_masks(weights, given, masks=existing))
+    return _apply(net, params, custom_masks(weights, given, masks=existing), mode)
 
 
 _METHODS = ('magnitude', 'random', 'structured')
-_STATE_FIELDS = ('last_step', 'pruned_steps', 'method', 'scope', 'schedule')
+_STATE_FIELDS = ('last_step', 'pruned_steps', 'method', 'scope', 'schedule', 'mode')
 
 
 def _check_state(state):
     """Every field of a :meth:`Pruner.state_dict`, with its type and value, or a typed error
     naming the field: nothing is restored from a damaged state."""
-    missing = [f for f in _STATE_FIELDS if f not in state]
+    # 'mode' is optional: states saved before masks had modes are graph mode
+    missing = [f for f in _STATE_FIELDS if f not in state and f != 'mode']
     extra = [f for f in state if f not in _STATE_FIELDS]
     if missing or extra:
         raise SurgeryValueError(
@@ -313,8 +370,8 @@ def _check_state(state):
     if steps and last is None:
         raise SurgeryValueError("state has pruned_steps %r but last_step None: a Pruner that "
                                 "pruned has stepped." % (list(steps),))
-    for field in ('method', 'scope'):
-        if not isinstance(state[field], str):
+    for field in ('method', 'scope', 'mode'):
+        if field in state and not isinstance(state[field], str):
             raise SurgeryTypeError("state[%r] must be a str, got %r." % (field, state[field]))
     if state['schedule'] is not None and not isinstance(state['schedule'], str):
         raise SurgeryTypeError("state['schedule'] must be a str or None, got %r."
@@ -348,6 +405,12 @@ class Pruner:
         For ``method='random'``: the random state of every draw this Pruner makes (an int
         makes the whole run reproducible); ignored by the other methods.
 
+    mode : {'graph', 'update'}, default 'graph'
+        Where the masks act (see :func:`apply_mask`; ``Pruner(mode='update')`` prunes with the
+        dense graph): in the forward graph, or in the stored
+        weights, which the Trainer keeps at zero under the masks (binary masks, the dense
+        graph, the lowest cost). A parameter masked in the other mode switches to this one.
+
     Attributes
     ----------
     last_step : int or None
@@ -378,7 +441,8 @@ class Pruner:
     """
 
     def __init__(self, net, key, schedule: Callable[[int], Tuple[bool, float]], *,
-                 method: str = 'magnitude', scope: str = 'layer', seed: Any = None):
+                 method: str = 'magnitude', scope: str = 'layer', seed: Any = None,
+                 mode: str = 'graph'):
         if not callable(schedule):
             raise SurgeryTypeError('schedule must be a callable step -> (prune_now, sparsity),'
                                    ' e.g. ps.PolynomialDecay(...), got %s.'
@@ -386,6 +450,7 @@ class Pruner:
         if method not in _METHODS:
             raise SurgeryValueError('method must be one of %s, got %r.' % (_METHODS, method))
         check_scope(scope)
+        _check_mode(mode)
         if method == 'structured' and scope == 'global':
             raise SurgeryValueError("method='structured' prunes slices per parameter; use "
                                     "scope='layer'.")
@@ -394,6 +459,7 @@ class Pruner:
         self.schedule = schedule
         self.method = method
         self.scope = scope
+        self.mode = mode
         self._rng = random_state(seed)
         self.last_step = None
         self.pruned_steps = []
@@ -475,7 +541,7 @@ class Pruner:
                 else:
                     keeps.update(random_masks(sub, count, masks=old, scope=self.scope,
                                               seed=self._rng))
-        _apply(self.net, params, keeps)
+        _apply(self.net, params, keeps, self.mode)
         self.pruned_steps.append(step)
         return True
 
@@ -486,13 +552,14 @@ class Pruner:
 
     def state_dict(self) -> Dict[str, Any]:
         """The Pruner's progress: ``{'last_step', 'pruned_steps', 'method', 'scope',
-        'schedule'}``; ``'schedule'`` is the repr of a paramsurgery schedule (checked by
+        'schedule', 'mode'}``; ``'schedule'`` is the repr of a paramsurgery schedule (checked by
         :meth:`load_state_dict`), None for another callable."""
         return {'last_step': self.last_step, 'pruned_steps': list(self.pruned_steps),
-                'method': self.method, 'scope': self.scope, 'schedule': self._schedule_id()}
+                'method': self.method, 'scope': self.scope, 'schedule': self._schedule_id(),
+                'mode': self.mode}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the progress saved by :meth:`state_dict`: method, scope and (for a
+        """Restore the progress saved by :meth:`state_dict`: method, scope, mode and (for a
         paramsurgery schedule) the schedule must match this Pruner's."""
         if not isinstance(state, Mapping):
             raise SurgeryTypeError('state must be a dict from Pruner.state_dict(), got %s.'
@@ -502,7 +569,9 @@ class Pruner:
         if saved is not None and mine is not None and saved != mine:
             raise SurgeryValueError('state was saved with schedule %s but this Pruner has %s. '
                                     'Build the Pruner with the same schedule.' % (saved, mine))
-        for field in ('method', 'scope'):
+        for field in ('method', 'scope', 'mode'):
+            if field == 'mode' and field not in state:
+                continue  # saved before masks had modes
             if state.get(field) != getattr(self, field):
                 raise SurgeryValueError('state has %s=%r but this Pruner has %s=%r.'
                                         % (field, state.get(field), field,

@@ -527,7 +527,7 @@ def _update_trainer(trainer, changes):
             continue
         _, keeps = by_param[id(param)]
         old_shape = tuple(len(keeps[a]) if a in keeps else d for a, d in enumerate(param.shape))
-        for updater in _internals.trainer_updaters(trainer):
+        for updater in _internals.process_updaters(trainer):
             if idx in updater.states:
                 updater.states[idx] = _slice_state(updater.states[idx], old_shape, keeps)
     _internals.reinit_trainer_kvstore(trainer)

@@ -28,6 +28,11 @@ def _run(net, key, value, what, write, trainer, allow_nonfinite):
     # Everything is validated: from here on nothing raises for the user's input.
     for _, param, prepared in steps:
         _internals.write_replicas(param, lambda arr, v=prepared: write(arr, v))
+        mask = _internals.update_mask(param)
+        if mask is not None:
+            # an update-mode mask keeps the stored weight at zero under it
+            _internals.write_replicas(param, lambda arr, m=mask: _internals.multiply_inplace(
+                arr, _internals.mask_on(m, arr.context)))
     for t in trainers:
         _internals.sync_trainer(t, params)
     return [name for name, _, _ in steps]

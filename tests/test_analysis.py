@@ -40,7 +40,7 @@ def state_of(net, trainer=None):
     for name, param in net.collect_params().items():
         out[name] = [a.asnumpy().tobytes() for a in param.list_data()]
     if trainer is not None:
-        for i, updater in enumerate(ps._internals.trainer_updaters(trainer)):
+        for i, updater in enumerate(ps._internals.process_updaters(trainer)):
             for key, st in sorted(updater.states.items()):
                 arrays = st if isinstance(st, (tuple, list)) else [st]
                 out['state%d/%d' % (i, key)] = [a.asnumpy().tobytes() for a in arrays
