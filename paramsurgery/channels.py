@@ -25,7 +25,7 @@ from mxnet import autograd, gluon
 from . import _internals
 from .access import replicas
 from .errors import SelectionError, SurgeryTypeError, SurgeryValueError, and_more
-from .masks import apply_mask, get_mask, masked, unmasked_params
+from .masks import _check_mode, apply_mask, get_mask, masked, unmasked_params
 from .pruning_core import prune_count
 from .select import mask_names, select
 
@@ -994,7 +994,7 @@ def _lowest(scores, candidates, count):
 
 def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
                    importance: Union[str, Callable[[ChannelGroup], Any]] = 'l2',
-                   scope: str = 'layer', round_to: int = 1) -> List[str]:
+                   scope: str = 'layer', round_to: int = 1, mode: str = 'graph') -> List[str]:
     """Mask whole channels of the prunable channel groups of ``net``.
 
     Every maskable member of a group (producer weights and biases, BatchNorm gamma and
@@ -1029,6 +1029,11 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     round_to : int, default 1
         The number of channels kept is rounded to the nearest multiple (ties up), at least
         ``round_to`` (or all channels), at most the channels still unmasked.
+
+    mode : {'graph', 'update'}, default 'graph'
+        Where the channel masks act (see :func:`apply_mask`): in the forward graph, or in
+        the stored weights, which the Trainer keeps at zero (the dense graph, the lowest
+        cost). :func:`shrink` removes the channels in both modes.
 
     Returns
     -------
@@ -1066,6 +1071,7 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     ['net_batchnorm0_beta', 'net_batchnorm0_gamma', 'net_conv0_weight', 'net_dense0_weight']
     """
     _require_hybrid(net, 'prune_channels')
+    _check_mode(mode)
     if scope not in _SCOPES:
         raise SurgeryValueError("scope must be 'layer' or 'global', got %r." % (scope,))
     if not callable(importance) and importance not in _IMPORTANCES:
@@ -1103,7 +1109,7 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
                 plan[name] = np.ones(weights[name].shape, dtype=np.dtype(params[name].dtype))
             np.moveaxis(plan[name], member[1], 0)[_channel_rows(member, chosen)] = 0
     if plan:
-        apply_mask(net, plan, combine='multiply')
+        apply_mask(net, plan, combine='multiply', mode=mode)
     return touched
 
 

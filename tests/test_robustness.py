@@ -601,6 +601,7 @@ BAD = {
         ('bn_gamma without BatchNorm', lambda e: ps.prune_channels(
             e.net, 0.5, inputs=(1, 3), importance='bn_gamma'), VE),
         ('no input', lambda e: ps.prune_channels(e.net, 0.5, inputs=None), TE),
+        ("mode='x'", lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3), mode='x'), VE),
     ],
     'shrink': [
         ('a plain Block', lambda e: ps.shrink(nn.Block(), inputs=(1, 3)), TE),

@@ -493,3 +493,35 @@ def test_prelu_scale_flattened_concat(ctxs, hybridize):
     assert_close(ref_train, got_train)
     assert net.scale.shape == (1, 3, 1, 1) and net.act.alpha.shape == (3,)
     assert net.fc.weight.shape == (2, 3 * 16 + 2)      # 5 units: floor(2.5 + 0.5) pruned
+
+
+@pytest.mark.parametrize('ctxs', [ONE, TWO], ids=['1ctx', '2ctx'])
+def test_update_mode_channel_masks_shrink_and_keep_training(ctxs):
+    # prune_channels(mode='update'): the stored weights hold the zeros, the graph stays
+    # dense; shrink removes the channels the same way, and the Trainer (its Updaters were
+    # switched to mask the gradients) keeps training the shrunk net with the masks in force
+    x = batch()
+    net = build('chain', ctxs)
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                          'momentum': 0.9})
+    ps.prune_channels(net, 0.5, inputs=x, mode='update')
+    masked_out = outputs(net, x, ctxs)
+    before = {n: p.shape for n, p in net.collect_params().items()}
+    ps.shrink(net, inputs=x, trainer=trainer)
+    assert any(p.shape != before[n] for n, p in net.collect_params().items())
+    assert_close(masked_out, outputs(net, x, ctxs))
+    weight = net.body[1].weight               # shrunk, and still under an update-mode mask
+    keep = np.ones(weight.shape, dtype='float32')
+    keep[0] = 0                               # tighten it on the new shape
+    ps.apply_mask(net, weight.name, keep, mode='update')
+    zeros = [w.asnumpy() == 0 for w in weight.list_data()]
+    for _ in range(3):
+        xs = gluon.utils.split_and_load(x, ctxs)
+        with autograd.record():
+            losses = [net(xp).sum() for xp in xs]
+        autograd.backward(losses)
+        trainer.step(x.shape[0])
+        for w, z in zip(weight.list_data(), zeros):
+            assert not w.asnumpy()[z].any()   # every masked entry stays exactly 0
+    assert not weight.data().asnumpy()[0].any()
+    assert ps.check_params(net) == []
