@@ -183,22 +183,28 @@ def _dead_channels(group, params, cache):
     return dead if any_mask else np.zeros(group.size, dtype=bool)
 
 
-def _take(arr, keeps):
-    """``arr`` restricted to the kept indices, axis by axis (a new array, same context)."""
+def _take(arr, keeps, cache):
+    """``arr`` restricted to the kept indices, axis by axis (a new array, same context).
+
+    ``cache`` (a dict for one shrink) holds the index arrays: many members share a group's
+    kept channels, and making an NDArray from numpy costs far more than the take itself."""
     out = arr
     for axis, keep in keeps.items():
-        idx = nd.array(np.flatnonzero(keep), ctx=arr.context, dtype='int64')
+        key = (keep.tobytes(), keep.shape, arr.context)
+        idx = cache.get(key)
+        if idx is None:
+            idx = cache[key] = nd.array(np.flatnonzero(keep), ctx=arr.context, dtype='int64')
         out = nd.take(out, idx, axis=axis)
     return out.astype(arr.dtype, copy=False) if out.dtype != arr.dtype else out
 
 
-def _slice_state(state, old_shape, keeps):
+def _slice_state(state, old_shape, keeps, cache):
     if isinstance(state, nd.NDArray):
         if tuple(state.shape) == tuple(old_shape):
-            return _take(state, keeps)
+            return _take(state, keeps, cache)
         return state
     if isinstance(state, (list, tuple)):
-        return type(state)(_slice_state(s, old_shape, keeps) for s in state)
+        return type(state)(_slice_state(s, old_shape, keeps, cache) for s in state)
     return state
 
 
@@ -346,10 +352,11 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
     owners = _owner_blocks(net)
     # New arrays, computed before anything changes.
     changes = []   # (param, new shape, new arrays, keeps)
+    indices = {}
     with autograd.pause():
         for name, axis_keeps in keeps.items():
             for param in filter(None, (params[name], _mask_of(params, name))):
-                arrays = [_take(a, axis_keeps) for a in _internals.raw_data(param)]
+                arrays = [_take(a, axis_keeps, indices) for a in _internals.raw_data(param)]
                 changes.append((param, tuple(arrays[0].shape), arrays, axis_keeps))
     blocks = OrderedDict()
     for param, _, _, _ in changes:
@@ -519,6 +526,7 @@ def _internals_outputs(symbol, net, names, ctx, override):
 
 def _update_trainer(trainer, changes):
     by_param = {id(p): (shape, keeps) for p, shape, _, keeps in changes}
+    indices = {}
     for param in _internals.trainer_params(trainer):
         if id(param) not in by_param:
             continue
@@ -529,7 +537,8 @@ def _update_trainer(trainer, changes):
         old_shape = tuple(len(keeps[a]) if a in keeps else d for a, d in enumerate(param.shape))
         for updater in _internals.process_updaters(trainer):
             if idx in updater.states:
-                updater.states[idx] = _slice_state(updater.states[idx], old_shape, keeps)
+                updater.states[idx] = _slice_state(updater.states[idx], old_shape, keeps,
+                                                   indices)
     _internals.reinit_trainer_kvstore(trainer)
 
 

@@ -184,7 +184,7 @@ def test_optimizer_states_and_fp32_master_copies_are_sliced():
     keeps = {0: np.array([True, False, True, True]), 1: np.array([True] * 5 + [False])}
     state = (mx.nd.array(weight), mx.nd.array(weight, dtype='float32'), None,
              mx.nd.ones((1,)))
-    out = _slice_state(state, (4, 6), keeps)
+    out = _slice_state(state, (4, 6), keeps, {})
     assert out[0].shape == (3, 5) and out[1].dtype == np.float32
     assert out[1].asnumpy().tolist() == weight[[0, 2, 3]][:, :5].tolist()
     assert out[2] is None and out[3] is state[3]
