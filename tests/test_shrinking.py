@@ -347,19 +347,20 @@ def test_plan_for_another_architecture(tmp_path):
 ZOO = {'resnet18_v1': 64, 'resnet50_v1': 64, 'resnet18_v2': 64, 'mobilenet1.0': 64,
        'mobilenetv2_1.0': 64, 'densenet121': 224, 'squeezenet1.1': 224, 'vgg11_bn': 32,
        'alexnet': 64, 'inceptionv3': 299}
-TWO_CONTEXTS = ('resnet18_v1', 'mobilenetv2_1.0')
 
 
 @pytest.mark.zoo
 @pytest.mark.parametrize('model', sorted(ZOO))
-def test_model_zoo(model):
-    ctxs = TWO if model in TWO_CONTEXTS else ONE
+def test_model_zoo(model, tmp_path):
+    """Every listed zoo net on two contexts: masked == shrunk in predict and train mode; the
+    shrunk net exports (SymbolBlock) and is rebuilt from its class (apply_plan)."""
+    ctxs = TWO
     net = vision.get_model(model, pretrained=False, classes=10)
     mx.random.seed(0)
     net.initialize(mx.init.Xavier(), ctx=ctxs)
     net.hybridize()
     size = ZOO[model]
-    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=(2, 3, size, size)))
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=(4, 3, size, size)))
     net(x)
     # Dropout draws its random mask over the tensor's shape, which shrink changes: in train
     # mode the masked and the shrunk net cannot draw the same masks. Compare without it.
@@ -378,6 +379,23 @@ def test_model_zoo(model):
     after = ps.count_ops(net, x)
     assert after[0] < 0.5 * before[0] and after[1] < 0.6 * before[1]
     assert ps.check_params(net) == []
+    # export() and save_parameters keep one copy: make the per-context running statistics
+    # equal, bake the masks, then compare the exported and the rebuilt net on one context
+    for name, p in net.collect_params('.*running.*').items():
+        ps.set_params(net, name, p.data(mx.cpu(0)))
+    ps.remove_mask(net, ps.masked(net))
+    ref = outputs(net, x, ONE)
+    prefix = str(tmp_path / 'zoo')
+    net.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    assert_close(ref, outputs(loaded, x, ONE))
+    plan.save(str(tmp_path / 'plan.json'))
+    net.save_parameters(str(tmp_path / 'zoo.params'))
+    fresh = vision.get_model(model, pretrained=False, classes=10)
+    ps.apply_plan(fresh, str(tmp_path / 'plan.json'))
+    fresh.load_parameters(str(tmp_path / 'zoo.params'))
+    fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE))
 
 
 def test_twice_and_with_a_trainer_that_has_not_stepped(tmp_path):
@@ -407,8 +425,9 @@ def test_twice_and_with_a_trainer_that_has_not_stepped(tmp_path):
 
 
 @pytest.mark.zoo
+@pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
 @pytest.mark.parametrize('model', ['resnet18_v1', 'mobilenetv2_1.0'])
-def test_model_zoo_round_trips_and_training(model, tmp_path):
+def test_model_zoo_round_trips_and_training(model, optimizer, tmp_path):
     """The shrunk zoo net trains on with the same Trainer like the masked one, exports, and
     is rebuilt from its class with apply_plan + load_parameters."""
     # 64x64 and 4 samples per context: at 32x32 with 2 per context the last BatchNorms
@@ -423,9 +442,19 @@ def test_model_zoo_round_trips_and_training(model, tmp_path):
         net.hybridize()
         net(x.as_in_context(mx.cpu(0)))
         ps.prune_channels(net, 0.5, inputs=x, scope='global')
-        trainer = gluon.Trainer(net.collect_params(), 'sgd',
-                                {'learning_rate': 1e-3, 'momentum': 0.9, 'wd': 0},
-                                kvstore='device')
+        settings = {'learning_rate': 1e-3, 'wd': 0}
+        if optimizer == 'sgd':
+            settings['momentum'] = 0.9
+        else:
+            # Where a true gradient is about 0 (a channel ReLU6 clips everywhere, a bias
+            # before a BatchNorm), the masked and the shrunk net compute different rounding
+            # noise (their convolutions sum different numbers of terms), and Adam turns
+            # noise into full learning-rate steps (INTERNALS.md): mobilenetv2 drifts 1.7e-3
+            # apart after two steps with epsilon 1e-8 or 1e-4. An epsilon above the noise
+            # compares the trajectories themselves; the update still goes through both
+            # sliced moments.
+            settings['epsilon'] = 1e-2
+        trainer = gluon.Trainer(net.collect_params(), optimizer, settings, kvstore='device')
         step(net, trainer, x, TWO)
         nets.append(net)
         trainers.append(trainer)
