@@ -555,6 +555,11 @@ def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     for sp, _, _ in segs:
         spaces.block(sp, reason)
     out = spaces.new(filters, nid, weight, reason)
+    return _produced(spaces, out, weight, bias)
+
+
+def _produced(spaces, out, weight, bias):
+    """Record ``weight`` (its output axis) and ``bias`` as the producers of space ``out``."""
     spaces.producers[out].append(weight)
     spaces.add(out, weight, 0, 0, 1, 'weight')
     if bias is not None:
@@ -576,11 +581,7 @@ def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     for sp, off, st in in_segs[0]:
         spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
     out = spaces.new(int(attrs['num_hidden']), nid, weight)
-    spaces.producers[out].append(weight)
-    spaces.add(out, weight, 0, 0, 1, 'weight')
-    if bias is not None:
-        spaces.add(out, bias, 0, 0, 1, 'bias')
-    return [(out, 0, 1)]
+    return _produced(spaces, out, weight, bias)
 
 
 def _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src):

@@ -769,7 +769,7 @@ def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -
 
 # --------------------------------------------------------------------------- files
 
-def _weight_keys(net):
+def structural_keys(net):
     """``{id(weight): structural name}`` for the non-mask parameters of ``net``."""
     names = _internals.structural_names(net)
     params = all_params(net)
@@ -838,7 +838,7 @@ def save_masks(net, path: str) -> List[str]:
     _require_block(net, 'save_masks')
     path = check_path('path', path, write=True)
     params = all_params(net)
-    keys = _weight_keys(net)
+    keys = structural_keys(net)
     entries, arrays = [], {}
     with autograd.pause():
         for name in masked(net):
@@ -997,7 +997,7 @@ def load_masks(net, path: str, *, combine: str = 'replace', mode: Optional[str] 
         raise SurgeryValueError("combine must be 'multiply' or 'replace', got %r." % (combine,))
     saved = _read_masks(path)
     saved_modes = _saved_modes(path) if mode is None else {}
-    keys = _weight_keys(net)
+    keys = structural_keys(net)
     params = all_params(net)
     by_key = {sname: param for param in params.values() for sname in [keys.get(id(param))]
               if sname is not None}

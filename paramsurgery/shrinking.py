@@ -30,6 +30,7 @@ from .errors import (
     SurgeryValueError,
     TrainerStateError,
 )
+from .masks import structural_keys
 from .select import MASK_SUFFIX, all_params, mask_names
 
 __all__ = ['shrink', 'ShrinkPlan', 'apply_plan']
@@ -343,7 +344,7 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
             shape = params[name].shape
             keep = keeps.setdefault(name, {}).setdefault(axis, np.ones(shape[axis], dtype=bool))
             keep[_channel_rows(member, np.flatnonzero(dead))] = False
-    snames = _structural(net)
+    snames = structural_keys(net)
     if not keeps:
         return ShrinkPlan(kept, {snames[id(p)]: p.shape for p in params.values()
                                  if id(p) in snames})
@@ -410,18 +411,6 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
         _update_trainer(t, changes)
     new_shapes = {snames[id(p)]: p.shape for p in params.values() if id(p) in snames}
     return ShrinkPlan(kept, new_shapes)
-
-
-def _structural(net):
-    """``{id(param): structural name}`` for every parameter but masks."""
-    names = _internals.structural_names(net)
-    params = all_params(net)
-    masks = set(id(params[n]) for n in mask_names(params))
-    out = {}
-    for sname, param in names.items():
-        if id(param) not in masks:
-            out.setdefault(id(param), sname)
-    return out
 
 
 def _failure(net, err, ctx, shapes):
