@@ -182,11 +182,12 @@ def _latency(net, x, repeat=15):
 
 
 def _file_size(net):
+    # a scratch file in a private temporary folder, removed at once: only its size matters
     folder = tempfile.mkdtemp()
     try:
-        path = os.path.join(folder, 'net.params')
-        net.save_parameters(path)
-        return os.path.getsize(path)
+        tmp_path = os.path.join(folder, 'net.params')
+        net.save_parameters(tmp_path)
+        return os.path.getsize(tmp_path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
