@@ -25,12 +25,12 @@ from mxnet import ndarray as nd
 
 from . import _internals
 from ._checks import check_flag, is_real
-from ._files import atomic_write, check_path, reading, write_bytes
+from ._files import check_path, reading, write_bytes
 from ._snapshot import Snapshot
 from .errors import SurgeryTypeError, SurgeryValueError
 from .masks import get_mask, masked, unmasked_params
 from .pruning_core import magnitude_masks, prune_count
-from .report import pyplot
+from .report import pyplot, save_figure
 from .select import select
 
 __all__ = ['sensitivity', 'SensitivityReport']
@@ -167,12 +167,7 @@ class SensitivityReport:
         ax.grid(True, alpha=0.3)
         ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=columns,
                   frameon=False)
-        fig.tight_layout()
-        try:
-            with atomic_write(path) as tmp:
-                fig.savefig(tmp, format='png', dpi=110)
-        finally:
-            plt.close(fig)
+        save_figure(fig, path, dpi=110)
 
     # ----------------------------------------------------------------------- budgets
 

@@ -88,12 +88,18 @@ class SparsityReport:
         ax.set_ylabel('sparsity of weight * mask (%)')
         ax.set_ylim(0, 100)
         ax.set_title('sparsity per parameter (total %.1f%%)' % (100 * self.total['sparsity']))
-        fig.tight_layout()
-        try:
-            with atomic_write(path) as tmp:
-                fig.savefig(tmp, format='png', dpi=100)
-        finally:
-            plt.close(fig)
+        save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig, path, dpi):
+    """Write a matplotlib figure to ``path`` as a PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, format='png', dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def pyplot():

@@ -349,6 +349,24 @@ ZOO = {'resnet18_v1': 64, 'resnet50_v1': 64, 'resnet18_v2': 64, 'mobilenet1.0': 
        'alexnet': 64, 'inceptionv3': 299}
 
 
+def assert_round_trips(net, plan, model, x, tmp_path):
+    """A shrunk zoo net (masks baked) computes the same after export + load_exported and
+    after apply_plan + load_parameters on a fresh net of its class; returns that net."""
+    ref = outputs(net, x, ONE)
+    prefix = str(tmp_path / 'zoo')
+    net.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    assert_close(ref, outputs(loaded, x, ONE))
+    plan.save(str(tmp_path / 'plan.json'))
+    net.save_parameters(str(tmp_path / 'zoo.params'))
+    fresh = vision.get_model(model, pretrained=False, classes=10)
+    ps.apply_plan(fresh, str(tmp_path / 'plan.json'))
+    fresh.load_parameters(str(tmp_path / 'zoo.params'))
+    fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE))
+    return fresh
+
+
 @pytest.mark.zoo
 @pytest.mark.parametrize('model', sorted(ZOO))
 def test_model_zoo(model, tmp_path):
@@ -384,18 +402,7 @@ def test_model_zoo(model, tmp_path):
     for name, p in net.collect_params('.*running.*').items():
         ps.set_params(net, name, p.data(mx.cpu(0)))
     ps.remove_mask(net, ps.masked(net))
-    ref = outputs(net, x, ONE)
-    prefix = str(tmp_path / 'zoo')
-    net.export(prefix)
-    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
-    assert_close(ref, outputs(loaded, x, ONE))
-    plan.save(str(tmp_path / 'plan.json'))
-    net.save_parameters(str(tmp_path / 'zoo.params'))
-    fresh = vision.get_model(model, pretrained=False, classes=10)
-    ps.apply_plan(fresh, str(tmp_path / 'plan.json'))
-    fresh.load_parameters(str(tmp_path / 'zoo.params'))
-    fresh.hybridize()
-    assert_close(ref, outputs(fresh, x, ONE))
+    assert_round_trips(net, plan, model, x, tmp_path)
 
 
 def test_twice_and_with_a_trainer_that_has_not_stepped(tmp_path):
@@ -466,18 +473,8 @@ def test_model_zoo_round_trips_and_training(model, optimizer, tmp_path):
         assert_close(outputs(masked, x, TWO), outputs(shrunk, x, TWO))
     for name, p in shrunk.collect_params('.*running.*').items():
         ps.set_params(shrunk, name, p.data(mx.cpu(0)))
-    ref = outputs(shrunk, x, ONE)
-    prefix = str(tmp_path / 'zoo')
-    shrunk.export(prefix)
-    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
-    assert_close(ref, outputs(loaded, x, ONE))
-    plan.save(str(tmp_path / 'plan.json'))
     ps.remove_mask(shrunk, ps.masked(shrunk))
-    shrunk.save_parameters(str(tmp_path / 'zoo.params'))
-    fresh = vision.get_model(model, pretrained=False, classes=10)
-    ps.apply_plan(fresh, str(tmp_path / 'plan.json'))
-    fresh.load_parameters(str(tmp_path / 'zoo.params'))
-    assert_close(ref, outputs(fresh, x, ONE))
+    fresh = assert_round_trips(shrunk, plan, model, x, tmp_path)
     assert ps.count_ops(fresh, x) == ps.count_ops(shrunk, x)
 
 
