@@ -21,6 +21,7 @@ from .channels import (
     _build,
     _channel_rows,
     _check_round_to,
+    _flat_outputs,
     _input_names,
     _selected_groups,
     choose_channels,
@@ -138,8 +139,7 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
                                                        dtype=arr.dtype))
         with autograd.predict_mode():
             masked = block(*batches)
-        masked = [m.asnumpy() for m in (masked if isinstance(masked, (list, tuple))
-                                        else [masked])]
+        masked = [m.asnumpy() for m in _flat_outputs(masked)]
     finally:
         for name, value in originals.items():
             params[name].set_data(value)
@@ -162,7 +162,7 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
         shrunk_params[key.split(':', 1)[1]]._load_init(value, mx.cpu())
     with autograd.predict_mode():
         out = shrunk(*batches)
-    out = [o.asnumpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+    out = [o.asnumpy() for o in _flat_outputs(out)]
     for i, (a, b) in enumerate(zip(masked, out)):
         scale = max(float(np.abs(a).max()), 1e-12)
         if a.shape != b.shape or float(np.abs(a - b).max()) > _TOLERANCE * scale:

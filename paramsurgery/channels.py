@@ -16,7 +16,7 @@ import json
 import math
 import numbers
 from collections import OrderedDict
-from typing import Any, Callable, List, Mapping, Tuple, Union
+from typing import Any, Callable, List, Mapping, NamedTuple, Tuple, Union
 
 import mxnet as mx
 import numpy as np
@@ -50,6 +50,15 @@ _PASSTHROUGH = {
 }
 # What an operator handler returns when it cannot follow the channels.
 _UNKNOWN = ('unknown',)
+# The layouts whose channel axis is axis 1 (the only one the tracer follows).
+_CHANNEL_FIRST = ('None', 'NCW', 'NCHW', 'NCDHW')
+
+
+class _Lost(NamedTuple):
+    """The layout of a tensor whose axis 1 holds no channels (after an NHWC convolution,
+    a Dense with flatten=False on rank > 2): nothing downstream is followed, and a
+    Convolution or Dense reading it starts a group of its own."""
+    reason: str
 # Operators that may keep the batch and channel axes (checked on the inferred shapes).
 _RESHAPES = {'Reshape', 'reshape', 'expand_dims', 'squeeze'}
 # Reductions: channels kept when only axes >= 2 are reduced.
@@ -292,11 +301,16 @@ class _Trace:
                 "uses F (not NDArray methods or Python control flow on values)."
                 % (type(net).__name__, net.name, type(err).__name__,
                    str(err).splitlines()[0] if str(err) else '')) from None
-        if isinstance(out, (list, tuple)):
-            out = mx.sym.Group(list(out))
-        if not isinstance(out, mx.sym.Symbol):
-            raise SurgeryTypeError("%s '%s' returned %s for symbolic inputs, not a Symbol."
-                                   % (type(net).__name__, net.name, type(out).__name__))
+        leaves = _flat_outputs(out)
+        odd = [leaf for leaf in leaves if not isinstance(leaf, mx.sym.Symbol)]
+        if odd or not leaves:
+            raise SurgeryTypeError(
+                "%s '%s' returned %s for symbolic inputs, not a Symbol or a (nested) list of "
+                "Symbols: it cannot be traced (or exported)."
+                % (type(net).__name__, net.name, type(odd[0]).__name__ if odd else 'nothing'))
+        # nested outputs ((out, [states]) as RNN encoders return) are traced as export()
+        # traces them: every leaf is an output of the graph
+        out = leaves[0] if len(leaves) == 1 else mx.sym.Group(leaves)
         self.symbol = out
         self.graph = json.loads(out.tojson())
         self.nodes = self.graph['nodes']
@@ -332,6 +346,14 @@ class _Trace:
             return self.shapes.get(node['name'])
         name = node['name']
         return self.shapes.get('%s_output' % name, self.shapes.get('%s_output%d' % (name, index)))
+
+
+def _flat_outputs(out) -> list:
+    """The leaves of a (nested) list or tuple of outputs, in order (as gluon flattens a
+    ``HybridBlock``'s outputs for ``export``)."""
+    if isinstance(out, (list, tuple)):
+        return [leaf for one in out for leaf in _flat_outputs(one)]
+    return [out]
 
 
 def _first_line(err):
@@ -409,7 +431,8 @@ def _build(net, shapes) -> ChannelGraph:
 
     def block_all(entries, reason):
         for entry in entries:
-            for sp, _, _ in segs_of(entry) or ():
+            segs = segs_of(entry)
+            for sp, _, _ in (segs if isinstance(segs, list) else ()):
                 spaces.block(sp, reason)
 
     def fresh(node_id, reason, out_index=0):
@@ -420,6 +443,9 @@ def _build(net, shapes) -> ChannelGraph:
 
     def param_of(entry):
         return param_src.get(entry[0])
+
+    def n_outputs(name):
+        return sum(1 for k in range(64) if '%s_output%d' % (name, k) in trace.shapes) or 1
 
     for nid, node in enumerate(nodes):
         op, name = node['op'], node['name']
@@ -441,6 +467,15 @@ def _build(net, shapes) -> ChannelGraph:
             continue
         data = data_inputs(node)
         in_segs = [segs_of(e) for e in data]
+        lost = next((s for s in in_segs if isinstance(s, _Lost)), None)
+        if lost is not None and op in ('Convolution', 'FullyConnected'):
+            # the input's channels cannot be followed, its own output channels can
+            in_segs = [[] if isinstance(s, _Lost) else s for s in in_segs]
+        elif lost is not None:
+            block_all(data, lost.reason)
+            for k in range(n_outputs(name)):
+                layout[(nid, k)] = lost
+            continue
         known = all(s is not None for s in in_segs)
         out = unknown
         why = "passes the operator %s ('%s') that the tracer does not know" % (op, name)
@@ -464,8 +499,17 @@ def _build(net, shapes) -> ChannelGraph:
                     for sp, off, st in in_segs[0]:
                         spaces.add(sp, param_src[pid], 0, off, st, role)
                 out = in_segs[0]
+            else:
+                why = ("passes the BatchNorm '%s' over axis %d: the tracer follows channels "
+                       "on axis 1 only" % (name, axis))
         elif op in _PASSTHROUGH and len(data) == 1 and len(inputs) == 1:
             out = in_segs[0]
+            if attrs.get('layout', 'None') not in _CHANNEL_FIRST:
+                # e.g. Pooling(layout='NHWC') on NCHW data pools across the channels
+                out = _Lost("passes the operator %s ('%s') with layout='%s', which does not "
+                            "keep the channels on axis 1 (the tracer follows layouts %s)"
+                            % (op, name, attrs['layout'], ', '.join(_CHANNEL_FIRST[1:])))
+                block_all(data, out.reason)
         elif op == 'LeakyReLU' and len(data) == 1:
             out = _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src)
         elif op in _RESHAPES and len(data) == 1 and len(inputs) == 1:
@@ -493,16 +537,12 @@ def _build(net, shapes) -> ChannelGraph:
                                     param_src, why)
         if out is unknown:
             block_all(data, why)
-            outputs = sum(1 for k in range(64)
-                          if '%s_output%d' % (name, k) in trace.shapes) or 1
-            for k in range(outputs):
+            for k in range(n_outputs(name)):
                 layout[(nid, k)] = fresh(nid, why, k)
         else:
             layout[(nid, 0)] = out
     for head in trace.graph['heads']:
-        name = nodes[head[0]]['name']
-        for sp, _, _ in layout.get((head[0], head[1])) or ():
-            spaces.block(sp, "reaches the net output ('%s')" % name)
+        block_all([head], "reaches the net output ('%s')" % nodes[head[0]]['name'])
     graph = _groups(trace, spaces, layout)
     graph._param_nodes = set(param_src)   # nodes that compute parameters (weight * mask)
     return graph
@@ -526,12 +566,16 @@ def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     weight = param_of(inputs[1]) if len(inputs) > 1 else None
     no_bias = attrs.get('no_bias', 'False') in ('True', 'true', '1')
     bias = param_of(inputs[2]) if not no_bias and len(inputs) > 2 else None
-    if len(data) != 1 or weight is None or (not no_bias and bias is None) or \
-            layout not in ('None', 'NCW', 'NCHW', 'NCDHW'):
+    if len(data) != 1 or weight is None or (not no_bias and bias is None):
         return _UNKNOWN
     groups = int(attrs.get('num_group', 1))
     filters = int(attrs['num_filter'])
     in_shape = trace.shape(*data[0])
+    if layout not in _CHANNEL_FIRST:
+        return _unfollowed(
+            spaces, nid, weight, bias, filters, in_segs[0], in_shape[layout.index('C')],
+            "'%s' is a Convolution with layout='%s': the tracer follows channels on axis 1 "
+            "(layouts %s) only" % (node['name'], layout, ', '.join(_CHANNEL_FIRST[1:])))
     channels = in_shape[1]
     segs = in_segs[0]
     if groups == 1:
@@ -558,6 +602,20 @@ def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     return _produced(spaces, out, weight, bias)
 
 
+def _unfollowed(spaces, nid, weight, bias, size, segs, in_channels, reason):
+    """A layer whose channels are not on axis 1: its own group (``size`` output channels,
+    not prunable, with the reason) and a tensor whose channels are not followed."""
+    for sp, _, _ in segs:
+        spaces.block(sp, reason)
+        if not spaces.members[spaces.find(sp)] and len(segs) == 1:
+            # a data input or an unknown operator's output: its axis 1 was never a channel
+            # axis, so its count is the one this layer reads
+            spaces.size[spaces.find(sp)] = int(in_channels)
+    out = spaces.new(size, nid, weight, reason)
+    _produced(spaces, out, weight, bias)
+    return _Lost(reason)
+
+
 def _produced(spaces, out, weight, bias):
     """Record ``weight`` (its output axis) and ``bias`` as the producers of space ``out``."""
     spaces.producers[out].append(weight)
@@ -574,9 +632,14 @@ def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
     bias = param_of(inputs[2]) if not no_bias and len(inputs) > 2 else None
     flatten = attrs.get('flatten', 'True') in ('True', 'true', '1')
     shape = trace.shape(*data[0])
-    if len(data) != 1 or weight is None or (not no_bias and bias is None) or shape is None \
-            or (len(shape) > 2 and not flatten):
+    if len(data) != 1 or weight is None or (not no_bias and bias is None) or shape is None:
         return _UNKNOWN
+    if len(shape) > 2 and not flatten:
+        return _unfollowed(
+            spaces, nid, weight, bias, int(attrs['num_hidden']), in_segs[0], shape[-1],
+            "'%s' is a FullyConnected (Dense) with flatten=False on a rank-%d input: it reads "
+            "the last axis, and the tracer follows channels on axis 1 only"
+            % (node['name'], len(shape)))
     mult = int(np.prod(shape[2:])) if len(shape) > 2 else 1
     for sp, off, st in in_segs[0]:
         spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
@@ -699,7 +762,7 @@ def _groups(trace, spaces, layout):
     index = {r: i for i, r in enumerate(roots)}
     tensors = {}
     for key, segs in layout.items():
-        if segs and segs is not _UNKNOWN:
+        if isinstance(segs, list) and segs:
             tensors[key] = [(index[spaces.find(sp)], off, st) for sp, off, st in segs]
     # Unique names: a second group named after the same node gets a suffix.
     counts = {}

@@ -22,7 +22,15 @@ from mxnet import ndarray as nd
 
 from . import _internals
 from ._files import check_path, reading, write_bytes
-from .channels import _batches, _build, _channel_rows, _check_owners, _input_shapes, _require_hybrid
+from .channels import (
+    _batches,
+    _build,
+    _channel_rows,
+    _check_owners,
+    _flat_outputs,
+    _input_shapes,
+    _require_hybrid,
+)
 from .errors import (
     ParameterStateError,
     ShrinkError,
@@ -132,8 +140,7 @@ def _contexts(net):
 def _forward(net, batches, ctx):
     with autograd.predict_mode():
         out = net(*[b.as_in_context(ctx) for b in batches])
-    outs = list(out) if isinstance(out, (list, tuple)) else [out]
-    return [o.asnumpy() for o in outs]
+    return [o.asnumpy() for o in _flat_outputs(out)]
 
 
 def _differs(before, after):
