@@ -341,3 +341,160 @@ def test_masks_do_not_change_the_groups(kind):
     ps.prune_channels(net, 0.25, inputs=batch())
     after = [(g.name, g.size, g.members, g.prunable) for g in ps.trace_channels(net, batch())]
     assert before == after
+
+
+# --------------------------------------------------------------------------- nested outputs, layouts
+
+class NestedOutputs(gluon.HybridBlock):
+    """An encoder-like block returning ``(out, [state1, state2])``."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = nn.Conv2D(6, 3, padding=1)
+            self.b = nn.Conv2D(4, 3, padding=1)
+            self.s1, self.s2 = nn.Conv2D(5, 1), nn.Conv2D(3, 1)
+            self.out = nn.Dense(2)
+
+    def hybrid_forward(self, F, x):
+        h = self.b(F.relu(self.a(x)))
+        return self.out(h), [self.s1(h), self.s2(F.relu(h))]
+
+
+def leaves(out):
+    return [out] if isinstance(out, mx.nd.NDArray) else [x for o in out for x in leaves(o)]
+
+
+def initialised(net, ctxs, hybrid):
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
+    if hybrid:
+        net.hybridize()
+    return net
+
+
+def outputs(net, x, ctx):
+    with autograd.predict_mode():
+        return [o.asnumpy() for o in leaves(net(x.as_in_context(ctx)))]
+
+
+def assert_computes(net, x, ctxs, masked):
+    """The shrunk ``net`` computes the ``masked`` outputs on every context."""
+    for ctx in ctxs:
+        shrunk = outputs(net, x, ctx)
+        assert [o.shape for o in shrunk] == [o.shape for o in masked]
+        for a, b in zip(masked, shrunk):
+            # the same sums without the removed (zero) terms: float32 rounding of sums of
+            # at most 54 terms of |x| <= 1 differs by far less than 1e-5 of the scale
+            assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+
+
+def test_nested_outputs_are_traced_like_export():
+    graph = ps.trace_channels(NestedOutputs(prefix='nest_'), (1, 3, 8, 8))
+    assert [(g.name, g.size, g.prunable) for g in graph.groups] == [
+        ('data', 3, False), ('nest_conv0_weight', 6, True), ('nest_conv1_weight', 4, True),
+        ('nest_dense0_weight', 2, False), ('nest_conv2_weight', 5, False),
+        ('nest_conv3_weight', 3, False)]
+    # channels reaching any of the three outputs are not prunable
+    for name, head in [('nest_dense0_weight', 'nest_dense0_fwd'),
+                       ('nest_conv2_weight', 'nest_conv2_fwd'),
+                       ('nest_conv3_weight', 'nest_conv3_fwd')]:
+        assert graph[name].reason == "reaches the net output ('%s')" % head
+    # the state readers are members of the group they read
+    assert {'nest_dense0_weight', 'nest_conv2_weight', 'nest_conv3_weight'} <= set(
+        members(graph, 'nest_conv1_weight'))
+
+
+@pytest.mark.parametrize('ctxs', [ONE, TWO], ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybrid', [False, True], ids=['imperative', 'hybrid'])
+def test_nested_outputs_prune_shrink_and_train(ctxs, hybrid):
+    net = initialised(NestedOutputs(prefix='nest_'), ctxs, hybrid)
+    x = batch()
+    assert ps.prune_channels(net, 0.5, inputs=x) == ['nest_conv0_weight', 'nest_conv1_weight']
+    masked = outputs(net, x, ctxs[0])
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1})
+    ps.shrink(net, inputs=x, trainer=trainer)
+    assert net.a.weight.shape == (3, 3, 3, 3) and net.b.weight.shape == (2, 3, 3, 3)
+    assert net.s1.weight.shape == (5, 2, 1, 1) and net.out.weight.shape == (2, 2 * 64)
+    assert_computes(net, x, ctxs, masked)
+    # the Trainer updates the shrunk weights (plain SGD: w - lr * summed gradient / batch)
+    before = net.b.weight.data(ctxs[0]).asnumpy()
+    for ctx in ctxs:
+        with autograd.record():
+            loss = sum(o.sum() for o in leaves(net(x.as_in_context(ctx))))
+        loss.backward()
+    grad = sum(g.asnumpy() for g in net.b.weight.list_grad())
+    trainer.step(x.shape[0] * len(ctxs))
+    expected = before - 0.1 * grad / (x.shape[0] * len(ctxs))
+    for data in net.b.weight.list_data():
+        # one multiply-add in float32 and a sum of at most 2 gradients: a few ulps
+        assert np.abs(data.asnumpy() - expected).max() <= 1e-6 * np.abs(expected).max()
+
+
+class PoolAcrossChannels(gluon.HybridBlock):
+    """A max pooling with layout='NHWC' on NCHW data: it pools over the channel axis
+    (3x3 window, stride 1, padding 1, so every shape stays the same)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = nn.Conv2D(6, 3, padding=1)
+            self.pool = nn.MaxPool2D(3, 1, 1, layout='NHWC')
+            self.b = nn.Conv2D(4, 3, padding=1)
+            self.out = nn.Dense(2)
+
+    def hybrid_forward(self, F, x):
+        return self.out(F.relu(self.b(self.pool(self.a(x)))))
+
+
+@pytest.mark.parametrize('ctxs', [ONE, TWO], ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybrid', [False, True], ids=['imperative', 'hybrid'])
+def test_pooling_with_a_channel_last_layout_blocks_its_channels(ctxs, hybrid):
+    net = initialised(PoolAcrossChannels(prefix='pl_'), ctxs, hybrid)
+    x = batch()
+    graph = ps.trace_channels(net, x)
+    group = graph['pl_conv0_weight']
+    assert not group.prunable
+    assert group.reason == (
+        "passes the operator Pooling ('pl_pool0_fwd') with layout='NHWC', which does not keep "
+        "the channels on axis 1 (the tracer follows layouts NCW, NCHW, NCDHW)")
+    # the convolution after it starts a group of its own, which prunes and shrinks
+    assert [g.name for g in graph.prunable] == ['pl_conv1_weight']
+    assert ps.prune_channels(net, 0.5, inputs=x) == ['pl_conv1_weight']
+    masked = outputs(net, x, ctxs[0])
+    ps.shrink(net, inputs=x)
+    assert net.a.weight.shape == (6, 3, 3, 3) and net.b.weight.shape == (2, 6, 3, 3)
+    assert_computes(net, x, ctxs, masked)
+
+
+def test_dense_flatten_false_on_rank_3_says_what_is_not_supported():
+    net = nn.HybridSequential(prefix='seq_')
+    with net.name_scope():
+        net.add(nn.Dense(6, flatten=False), nn.Dense(4, flatten=False), nn.Dense(5),
+                nn.Dense(2))
+    graph = ps.trace_channels(net, (1, 7, 8))
+    assert [(g.name, g.size, g.prunable) for g in graph.groups] == [
+        ('data', 8, False), ('seq_dense0_weight', 6, False), ('seq_dense1_weight', 4, False),
+        ('seq_dense2_weight', 5, True), ('seq_dense3_weight', 2, False)]
+    assert graph['seq_dense0_weight'].reason == (
+        "'seq_dense0_fwd' is a FullyConnected (Dense) with flatten=False on a rank-3 input: "
+        "it reads the last axis, and the tracer follows channels on axis 1 only")
+    assert members(graph, 'seq_dense0_weight') == {'seq_dense0_weight': (0, 0, 1),
+                                                   'seq_dense0_bias': (0, 0, 1)}
+    assert 'does not know' not in str(graph)
+
+
+def test_channel_last_convolution_says_what_is_not_supported():
+    net = nn.HybridSequential(prefix='hwc_')
+    with net.name_scope():
+        net.add(nn.Conv2D(6, 3, layout='NHWC'), nn.Conv2D(4, 3, layout='NHWC', use_bias=False),
+                nn.Dense(5), nn.Dense(2))
+    graph = ps.trace_channels(net, (1, 10, 12, 3))     # H=10, W=12, C=3
+    assert [(g.name, g.size, g.prunable) for g in graph.groups] == [
+        ('data', 3, False), ('hwc_conv0_weight', 6, False), ('hwc_conv1_weight', 4, False),
+        ('hwc_dense0_weight', 5, True), ('hwc_dense1_weight', 2, False)]
+    assert graph['hwc_conv1_weight'].reason == (
+        "'hwc_conv1_fwd' is a Convolution with layout='NHWC': the tracer follows channels on "
+        "axis 1 (layouts NCW, NCHW, NCDHW) only")
+    assert graph['hwc_conv1_weight'].members == [('hwc_conv1_weight', 0, 0, 1)]
+    assert 'does not know' not in str(graph)
