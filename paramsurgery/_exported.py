@@ -19,6 +19,7 @@ from mxnet import autograd, gluon
 
 from .channels import (
     _build,
+    _GroupState,
     _channel_rows,
     _check_round_to,
     _flat_outputs,
@@ -30,6 +31,7 @@ from .channels import (
 from .errors import ShrinkError
 from .masks import load_exported
 from .pruning_core import prune_count
+from .select import MASK_SUFFIX
 
 __all__ = []
 
@@ -54,8 +56,29 @@ def _load(symbol_file, param_file, n_inputs):
     return load_exported(symbol_file, _input_names(n_inputs), param_file)
 
 
-def _deletions(groups, pruned, shapes):
-    """``{param: {axis: sorted rows to delete}}`` for the chosen channels of every group."""
+def _check_masks(masks, weights):
+    """Every mask of a group member is sliced with its weight: it must have its shape."""
+    for name, mask in masks.items():
+        if mask.shape != weights[name].shape:
+            raise ShrinkError(
+                "The export's mask '%s%s' has shape %s, not the shape %s of '%s', so it cannot "
+                "be sliced with its weight. Bake the masks first (ps.remove_mask(net, "
+                "ps.masked(net)) before export()); nothing was written."
+                % (name, MASK_SUFFIX, mask.shape, weights[name].shape, name))
+
+
+def _with_masked(group, chosen, weights, masks):
+    """``chosen`` and the channels of ``group`` that the masks zero on every maskable
+    member (one is kept when all are, as :func:`shrink` keeps one)."""
+    dead = np.flatnonzero(~_GroupState(group, weights, masks).alive)
+    if len(dead) == group.size:
+        dead = dead[1:]
+    return np.union1d(np.asarray(chosen, dtype=np.int64), dead).astype(np.int64)
+
+
+def _deletions(groups, pruned, masks):
+    """``{param: {axis: sorted rows to delete}}`` for the chosen channels of every group
+    (the members and their ``masks``)."""
     out = {}
     for group, chosen in zip(groups, pruned):
         if not len(chosen):
@@ -64,6 +87,9 @@ def _deletions(groups, pruned, shapes):
             name, axis = member[0], member[1]
             rows = _channel_rows(member, chosen)
             out.setdefault(name, {}).setdefault(axis, set()).update(int(r) for r in rows)
+            if name in masks:       # a mask is sliced with its weight (checked: same shape)
+                out.setdefault(name + MASK_SUFFIX, {}).setdefault(axis, set()).update(
+                    int(r) for r in rows)
     return {name: {axis: np.array(sorted(rows), dtype=np.int64) for axis, rows in axes.items()}
             for name, axes in out.items()}
 
@@ -119,9 +145,16 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
     names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.members))
     with autograd.pause():
         weights = {n: params[n].data().asnumpy() for n in names}
-    pruned = choose_channels(block, groups, weights, {}, amount, importance, scope, round_to)
+        masks = {n: params[n + MASK_SUFFIX].data().asnumpy() for n in names
+                 if n + MASK_SUFFIX in params}
+    _check_masks(masks, weights)
+    pruned = choose_channels(block, groups, weights, masks, amount, importance, scope,
+                             round_to)
+    # channels the export's masks already zero go too, as shrink removes them from a net
+    pruned = [_with_masked(group, chosen, weights, masks)
+              for group, chosen in zip(groups, pruned)]
     before = count_ops(block, *shapes)
-    deletions = _deletions(groups, pruned, weights)
+    deletions = _deletions(groups, pruned, masks)
     # the masked equivalent: the original model with every removed channel zeroed
     originals = {name: params[name].data().copy() for name in deletions}
     batches = [mx.nd.array(np.random.RandomState(i).uniform(-1, 1, size=s))
