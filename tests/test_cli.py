@@ -1,4 +1,5 @@
 """The command line on saved model_zoo files: inspect, prune, and bad input."""
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
 from paramsurgery.cli import main
+
+from helpers import ONE, TWO
 
 
 @pytest.fixture(scope='module')
@@ -322,3 +325,88 @@ def test_shrink_damaged_or_missing_files_exit_2(exported, tmp_path, capsys):
                               '1,3,32,32', '-o', str(tmp_path / 'small')], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(os.listdir(tmp_path)) == ['bad-symbol.json']
+
+
+@pytest.fixture(scope='module', params=[ONE, TWO], ids=['1ctx', '2ctx'])
+def exported_masked(request, exported, tmp_path_factory):
+    """The ``exported`` resnet18_v1 after prune_channels(0.5) on 1 or 2 contexts, exported
+    with its masks (a ``*_mask`` input per pruned member)."""
+    prefix, _ = exported
+    folder = tmp_path_factory.mktemp('exported_masked')
+    net = vision.resnet18_v1(pretrained=False, classes=10, prefix='r_')
+    net.load_parameters(prefix + '.params', ctx=request.param)
+    net.hybridize()
+    ps.prune_channels(net, 0.5, inputs=(1, 3, 32, 32))
+    net(mx.nd.zeros((1, 3, 32, 32), ctx=request.param[0]))
+    masked_prefix = str(folder / 'masked')
+    net.export(masked_prefix)
+    assert any(k.endswith('_mask') for k in mx.nd.load(masked_prefix + '-0000.params'))
+    return masked_prefix, prefix
+
+
+@pytest.mark.parametrize('amount', ['0', '0.5'])
+def test_shrink_an_export_with_masks_slices_them_and_removes_masked_channels(
+        exported_masked, tmp_path, capsys, amount):
+    masked_prefix, prefix = exported_masked
+    out = str(tmp_path / 'small')
+    code, stdout, err = run(['shrink', masked_prefix + '-symbol.json',
+                             masked_prefix + '-0000.params', '--input-shape', '1,3,32,32',
+                             '--amount', amount, '-o', out], capsys)
+    assert code == 0, err
+    # what prune_channels(0.5), prune_channels(amount) and shrink do to the Gluon net
+    twin = vision.resnet18_v1(pretrained=False, classes=10, prefix='r_')
+    twin.load_parameters(prefix + '.params')
+    twin.hybridize()
+    ps.prune_channels(twin, 0.5, inputs=(1, 3, 32, 32))
+    ps.prune_channels(twin, float(amount), inputs=(1, 3, 32, 32))
+    ps.shrink(twin, inputs=(1, 3, 32, 32))
+    ps.remove_mask(twin, ps.masked(twin))
+    small = ps.load_exported(out + '-symbol.json', 'data', out + '-0000.params')
+    assert ps.count_ops(small, (1, 3, 32, 32)) == ps.count_ops(twin, (1, 3, 32, 32))
+    # the masks were sliced with their weights: every one still fits it
+    params = small.collect_params()
+    masks = [n for n in params if n.endswith('_mask')]
+    assert masks and all(params[n].shape == params[n[:-5]].shape for n in masks)
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 32, 32)))
+    with mx.autograd.predict_mode():
+        # as in the test above: the same kept channels, summed in another order
+        assert np.allclose(small(x).asnumpy(), twin(x).asnumpy(), rtol=1e-4, atol=1e-5)
+    assert sorted(os.listdir(tmp_path)) == ['small-0000.params', 'small-symbol.json']
+
+
+def test_shrink_refuses_a_mask_it_cannot_slice_in_one_line(tmp_path, capsys):
+    net = mx.gluon.nn.HybridSequential(prefix='b_')
+    with net.name_scope():
+        net.add(mx.gluon.nn.Conv2D(4, 3), mx.gluon.nn.Conv2D(3, 3), mx.gluon.nn.Dense(2))
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 8, 8)))
+    ps.apply_mask(net, 'b_conv0_weight', mx.nd.ones((4, 3, 3, 3)))
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, 8, 8)))
+    model = tmp_path / 'in'
+    model.mkdir()
+    prefix = str(model / 'm')
+    net.export(prefix)
+    # a mask broadcast over its weight (one entry per filter) cannot be sliced with it
+    graph = json.loads(open(prefix + '-symbol.json').read())
+    for node in graph['nodes']:
+        if node['op'] == 'elemwise_mul':
+            node['op'] = 'broadcast_mul'
+        if node['name'] == 'b_conv0_weight_mask':
+            node.get('attrs', {}).pop('__shape__', None)
+    with open(prefix + '-symbol.json', 'w') as f:
+        json.dump(graph, f)
+    arrays = mx.nd.load(prefix + '-0000.params')
+    arrays['arg:b_conv0_weight_mask'] = mx.nd.ones((4, 1, 1, 1))
+    mx.nd.save(prefix + '-0000.params', arrays)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    assert loaded(mx.nd.ones((1, 3, 8, 8))).shape == (1, 2)     # a valid model
+    out = tmp_path / 'out'
+    out.mkdir()
+    code, stdout, err = run(['shrink', prefix + '-symbol.json', prefix + '-0000.params',
+                             '--input-shape', '1,3,8,8', '--amount', '0.5',
+                             '-o', str(out / 'small')], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "mask 'b_conv0_weight_mask' has shape (4, 1, 1, 1)" in err
+    assert 'Bake the masks first' in err
+    assert os.listdir(out) == []
