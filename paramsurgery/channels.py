@@ -499,7 +499,7 @@ def _build(net, shapes) -> ChannelGraph:
                     for sp, off, st in in_segs[0]:
                         spaces.add(sp, param_src[pid], 0, off, st, role)
                 out = in_segs[0]
-            else:
+            elif axis not in (1, 1 - ndim):
                 why = ("passes the BatchNorm '%s' over axis %d: the tracer follows channels "
                        "on axis 1 only" % (name, axis))
         elif op in _PASSTHROUGH and len(data) == 1 and len(inputs) == 1:

@@ -498,3 +498,14 @@ def test_channel_last_convolution_says_what_is_not_supported():
         "axis 1 (layouts NCW, NCHW, NCDHW) only")
     assert graph['hwc_conv1_weight'].members == [('hwc_conv1_weight', 0, 0, 1)]
     assert 'does not know' not in str(graph)
+
+
+def test_batchnorm_over_another_axis_says_so():
+    net = nn.HybridSequential(prefix='bn_')
+    with net.name_scope():
+        net.add(nn.Conv2D(6, 3), nn.BatchNorm(axis=3), nn.Conv2D(4, 3), nn.Dense(2))
+    graph = ps.trace_channels(net, (1, 3, 10, 10))
+    assert graph['bn_conv0_weight'].reason == (
+        "passes the BatchNorm 'bn_batchnorm0_fwd' over axis 3: the tracer follows channels on "
+        "axis 1 only")
+    assert graph['bn_conv1_weight'].prunable
