@@ -4,11 +4,12 @@ The command line's ``paramsurgery shrink``: the model is loaded as a ``SymbolBlo
 channel groups traced exactly as :func:`trace_channels` traces a Gluon net, the channels to
 remove chosen exactly as :func:`prune_channels` chooses them, and a new model written whose
 operators have fewer channels. A ``SymbolBlock``'s parameters cannot be reshaped, so the
-shrink happens on the files: every member's arrays are sliced, and each Convolution's
-``num_filter`` (and a depthwise one's ``num_group``), each FullyConnected's ``num_hidden``,
-and every variable's ``__shape__`` are rewritten in the symbol JSON. Before anything is
-written the new model's output is checked against the original with the removed channels
-zeroed (the masked equivalent), as :func:`shrink` checks.
+shrink happens on the files: every member's arrays (and masks) are sliced, and each
+Convolution's ``num_filter`` (and a depthwise one's ``num_group``), each FullyConnected's
+``num_hidden``, and every variable's ``__shape__`` are rewritten in the symbol JSON. Channels
+that the export's masks already zero are removed too, as :func:`shrink` removes them. Before
+anything is written the new model's output is checked against the original with the removed
+channels zeroed (the masked equivalent), as :func:`shrink` checks.
 """
 import json
 from collections import OrderedDict
@@ -19,10 +20,10 @@ from mxnet import autograd, gluon
 
 from .channels import (
     _build,
-    _GroupState,
     _channel_rows,
     _check_round_to,
     _flat_outputs,
+    _GroupState,
     _input_names,
     _selected_groups,
     choose_channels,

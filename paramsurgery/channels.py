@@ -788,7 +788,11 @@ def trace_channels(net, *inputs) -> ChannelGraph:
     elementwise unary operators) carry it on, elementwise operators of several tensors
     (residual adds, squeeze-and-excitation multiplication) join the groups of their inputs,
     ``Concat`` places groups at offsets, ``Flatten`` spreads each channel over ``H*W``
-    columns, depthwise convolutions couple their input and output channels.
+    columns, depthwise convolutions couple their input and output channels. Channels are
+    followed on axis 1 (layouts ``NCW``, ``NCHW``, ``NCDHW``): an operator with another
+    layout gets a reason that names it and its layout. A net whose ``hybrid_forward``
+    returns nested outputs (``(out, [states])``) is traced as ``export()`` traces it:
+    every leaf is an output.
 
     Parameters
     ----------

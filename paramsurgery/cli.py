@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                     'and ps.shrink would on the same network, and write a smaller model: '
                     'OUT-symbol.json and OUT-0000.params. Prints MACs and parameters before '
                     'and after. The shrunk model is checked against the original with the '
-                    'removed channels zeroed before anything is written.')
+                    'removed channels zeroed before anything is written. Channels that the '
+                    "export's masks (*_mask inputs) already zero are removed too.")
     shrink.add_argument('symbol', metavar='PREFIX-symbol.json')
     shrink.add_argument('params', metavar='PREFIX-0000.params')
     shrink.add_argument('-o', '--output', metavar='OUT', required=True,
