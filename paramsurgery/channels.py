@@ -305,9 +305,10 @@ class _Trace:
         odd = [leaf for leaf in leaves if not isinstance(leaf, mx.sym.Symbol)]
         if odd or not leaves:
             raise SurgeryTypeError(
-                "%s '%s' returned %s for symbolic inputs, not a Symbol or a (nested) list of "
-                "Symbols: it cannot be traced (or exported)."
-                % (type(net).__name__, net.name, type(odd[0]).__name__ if odd else 'nothing'))
+                "%s '%s' returned %s among its outputs for symbolic inputs: every output must "
+                "be a Symbol (or a nested list of Symbols, as export() needs). Return the "
+                "Symbols only." % (type(net).__name__, net.name,
+                                   type(odd[0]).__name__ if odd else 'no output'))
         # nested outputs ((out, [states]) as RNN encoders return) are traced as export()
         # traces them: every leaf is an output of the graph
         out = leaves[0] if len(leaves) == 1 else mx.sym.Group(leaves)

@@ -405,6 +405,28 @@ def test_nested_outputs_are_traced_like_export():
         members(graph, 'nest_conv1_weight'))
 
 
+def test_an_output_that_is_not_a_symbol_gets_a_typed_error():
+    class WithNone(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.a, self.b, self.out = nn.Conv2D(6, 3), nn.Conv2D(4, 3), nn.Dense(2)
+
+        def hybrid_forward(self, F, x):
+            return self.out(self.b(self.a(x))), [None]
+
+    net = initialised(WithNone(prefix='none_'), ONE, False)
+    net(batch())       # runs imperatively: only tracing (and export) needs Symbols
+    before = snapshot(net)
+    for call in (lambda: ps.trace_channels(net, (1, 3, 8, 8)),
+                 lambda: ps.prune_channels(net, 0.5, inputs=(1, 3, 8, 8))):
+        with pytest.raises(ps.SurgeryTypeError, match="WithNone 'none' returned NoneType among its "
+                                                      "outputs.*Return the Symbols only"):
+            call()
+    assert ps.masked(net) == []
+    assert_same_bits(before, snapshot(net))
+
+
 @pytest.mark.parametrize('ctxs', [ONE, TWO], ids=['1ctx', '2ctx'])
 @pytest.mark.parametrize('hybrid', [False, True], ids=['imperative', 'hybrid'])
 def test_nested_outputs_prune_shrink_and_train(ctxs, hybrid):
