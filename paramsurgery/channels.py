@@ -52,13 +52,6 @@ _PASSTHROUGH = {
 _UNKNOWN = ('unknown',)
 # The layouts whose channel axis is axis 1 (the only one the tracer follows).
 _CHANNEL_FIRST = ('None', 'NCW', 'NCHW', 'NCDHW')
-
-
-class _Lost(NamedTuple):
-    """The layout of a tensor whose axis 1 holds no channels (after an NHWC convolution,
-    a Dense with flatten=False on rank > 2): nothing downstream is followed, and a
-    Convolution or Dense reading it starts a group of its own."""
-    reason: str
 # Operators that may keep the batch and channel axes (checked on the inferred shapes).
 _RESHAPES = {'Reshape', 'reshape', 'expand_dims', 'squeeze'}
 # Reductions: channels kept when only axes >= 2 are reduced.
@@ -75,6 +68,13 @@ _ELEMENTWISE = {
 # Operators a masked parameter goes through before its layer reads it (``weight * mask``).
 _PARAM_EXPR = {'elemwise_mul', 'broadcast_mul', '_mul', '_Mul', '_mul_scalar', '_copy',
                'identity', 'Cast'}
+
+
+class _Lost(NamedTuple):
+    """The layout of a tensor whose axis 1 holds no channels (after an NHWC convolution, a
+    channel-last Pooling, a Dense with flatten=False on rank > 2): nothing downstream is
+    followed, and a Convolution or Dense reading it starts a group of its own."""
+    reason: str
 
 
 # --------------------------------------------------------------------------- public types
