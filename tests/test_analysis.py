@@ -126,7 +126,9 @@ def test_evaluate_that_trains_and_moves_batchnorm_is_undone(ctxs, hybridize, upd
     assert state_of(nets[0], trainers[0]) == state_of(nets[1], trainers[1])
 
 
-def test_no_graph_rebuild_per_trial():
+def test_the_cached_graph_is_put_back():
+    # Trials hold their entries masked in the graph (a new cached graph per trial); the
+    # rollback puts the net's own cached graph object back.
     net = small_cnn([mx.cpu(0)], True)
     x, y = data()
     net(x)
@@ -167,7 +169,8 @@ def test_evaluate_raising_is_passed_on_after_restoring(ctxs):
 
 @pytest.mark.parametrize('kwargs, error, match', [
     ({'kind': 'filters'}, ps.SurgeryValueError, 'kind'),
-    ({'amounts': []}, ps.SurgeryTypeError, 'amounts'),
+    ({'amounts': []}, ps.SurgeryValueError, 'amounts'),
+    ({'amounts': ()}, ps.SurgeryValueError, 'amounts'),
     ({'amounts': 0.5}, ps.SurgeryTypeError, 'amounts'),
     ({'amounts': [1.5]}, ps.SurgeryValueError, 'amount/100'),
     ({'amounts': [float('nan')]}, ps.SurgeryValueError, 'not finite'),
