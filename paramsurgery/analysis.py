@@ -6,12 +6,13 @@ every trial. :meth:`SensitivityReport.plan` then picks per-group amounts that re
 budget (a MACs or parameter ratio, or a largest acceptable drop) while losing the least by
 the measurements. The pruning functions take the plan as their ``amount``.
 
-A trial does not rebuild the net or copy all weights: the pruned entries are zeroed in the
-stored weights of the group's members (the forward graph is not touched, so a hybridised
-net keeps its cached graph), and afterwards just those members and the small non-trainable
-state (BatchNorm's running statistics) are written back from a snapshot taken once. Only a
-trial whose ``evaluate`` stepped a Trainer pays for restoring everything (weights, optimizer
-states, update counters, kvstore copies).
+A trial is a transaction (:class:`paramsurgery._snapshot.Transaction`, recorded once before
+the baseline): the group's channels (or the weight's entries) are masked exactly as
+:func:`prune_channels` (or :func:`prune_magnitude`) masks them, in graph mode, so an
+``evaluate`` that trains cannot revive them; then the rollback puts back every block,
+parameter, mask and mode, and every Trainer reachable from the parameters (also one first
+stepped, or created, inside ``evaluate``): optimizer states in every updater, update
+counters, the kvstore's own copies.
 """
 import itertools
 import json
@@ -127,7 +128,10 @@ class SensitivityReport:
 
     @classmethod
     def load(cls, path) -> 'SensitivityReport':
-        """Read a report written by :meth:`save`."""
+        """Read a report written by :meth:`save`.
+
+        A damaged report (a row without a field, a string or null where a number belongs)
+        raises :class:`FileFormatError` naming the row and the field."""
         path = check_path('path', path)
         with reading(path, 'sensitivity report (JSON written by SensitivityReport.save)',
                      'Write it with SensitivityReport.save.'):
@@ -697,12 +701,15 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
     For every selected prunable channel group (``kind='channels'``; see
     :func:`trace_channels`, ``key`` as in :func:`prune_channels`) or every selected weight
     (``kind='weights'``; ``key=None`` selects every trainable weight of 2 or more
-    dimensions), and for each amount, the group alone is pruned on the untouched net
-    exactly as :func:`prune_channels` (or :func:`prune_magnitude`) would choose, then
-    ``evaluate(net)`` is called, then everything is put back bit for bit: weights, masks,
-    BatchNorm statistics and, if ``evaluate`` stepped a Trainer, every optimizer state,
-    update counter and kvstore copy. The same holds when ``evaluate`` raises (the
-    exception then reaches the caller).
+    dimensions), and for each amount, the group alone is masked on the untouched net
+    exactly as :func:`prune_channels` ``(net, {group: amount})`` (or
+    :func:`prune_magnitude`) would mask it, then ``evaluate(net)`` is called, so a trial
+    measures what that pruning followed by ``evaluate`` measures, even when ``evaluate``
+    trains. Then everything is put back bit for bit: weights and gradients, masks and their
+    modes, BatchNorm statistics and, for every Trainer reachable from the parameters (also one
+    built or first stepped inside ``evaluate``), every optimizer state, update counter and
+    kvstore copy. The same holds when ``evaluate`` raises (the exception then reaches the
+    caller). See docs/sensitivity.md#measuring.
 
     Parameters
     ----------
@@ -715,7 +722,8 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
         A batch (or its shape) per data input: needed for ``kind='channels'`` (to trace the
         net and count MACs), optional for ``kind='weights'``.
     amounts : list of float or int, default (0.1, 0.2, ..., 0.9)
-        Section 7's rules, each a fraction of what is still unmasked (or a count).
+        Each a fraction of what is still unmasked (or a count), as in
+        docs/pruning.md#how-much-amount; at least one.
     key : str or Parameter or list or callable, default None
         Which groups (by their producing weights) or weights to analyse.
     kind : {'channels', 'weights'}, default 'channels'
@@ -736,8 +744,12 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
     Raises
     ------
     SurgeryTypeError, SurgeryValueError
-        Bad arguments (checked before the first trial), or ``evaluate`` returned a
-        non-number or NaN (after everything was put back).
+        Bad arguments (checked before the first trial; an empty ``amounts`` is a
+        SurgeryValueError), or ``evaluate`` returned a non-number or NaN (after everything
+        was put back).
+    TrainerStateError
+        ``evaluate`` stepped a Trainer whose optimizer runs on the servers of a distributed
+        kvstore (their state cannot be put back from this process; everything else was).
 
     Examples
     --------
