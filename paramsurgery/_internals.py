@@ -24,6 +24,9 @@ another MXNet version (2.0 renamed ``_ctx_list``/``_ctx_map`` to ``_device_list`
 - Updater (``mxnet.optimizer``): ``states``, ``optimizer`` (public attributes, no
   accessors), and its class, which :func:`enforce_masks` changes to
   :class:`MaskingUpdater`; Optimizer: ``param_dict``, ``multi_precision``.
+- The whole ``__dict__`` of Blocks, Parameters, ParameterDicts, Trainers, Optimizers,
+  Updaters and learning-rate schedulers, copied and put back by the transaction (the section
+  "transactions" below).
 - Instance-level overrides paramsurgery installs (the section "update-mode masks" below):
   ``Parameter._set_trainer`` and ``Trainer._init_kvstore``, plus its own
   ``_paramsurgery_*`` attributes on Parameters.

@@ -523,3 +523,29 @@ def test_load_accepts_what_save_wrote(tmp_path):
     path, _ = _saved_report(tmp_path)
     report = SensitivityReport.load(path)
     assert report.plan(max_drop=1.0) is not None
+
+
+class _OwnForward(gluon.HybridBlock):
+    """Reads its weight itself in forward(): a mask could not reach that computation."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.weight = self.params.get('weight', shape=(3, 4))
+
+    def forward(self, x):
+        return mx.nd.dot(x, self.weight.data(x.context).T)
+
+
+def test_weights_that_cannot_take_a_mask_are_refused_before_any_trial():
+    # A trial masks as prune_magnitude does; before, it zeroed the stored weight, which an
+    # evaluate that trains would revive.
+    net = _OwnForward(prefix='own_')
+    net.initialize()
+    before = state_of(net)
+    calls = []
+    with pytest.raises(ps.SurgeryTypeError, match="own_weight.*overrides forward"):
+        sensitivity(net, lambda n: calls.append(1) or 1.0, kind='weights', progress=False)
+    assert calls == [] and state_of(net) == before
+    with pytest.raises(ps.SurgeryTypeError, match="own_weight.*overrides forward"):
+        ps.prune_magnitude(net, 'own_weight', 0.5)
