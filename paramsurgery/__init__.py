@@ -15,6 +15,7 @@ The layers, each importing only from the ones above it::
     select                           keys, and the mask-name rule
     _internals                       every private MXNet attribute, and nothing else
     access, distributed              context-safe access; Trainer and kvstore checks
+    _snapshot                        one transaction over a net and its Trainers
     _values -> surgery               the value plan; assign_params, set_params
     _deconv, _layout, _masked_forward -> masks    masks in the forward graph
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers

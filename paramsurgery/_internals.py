@@ -24,6 +24,9 @@ another MXNet version (2.0 renamed ``_ctx_list``/``_ctx_map`` to ``_device_list`
 - Updater (``mxnet.optimizer``): ``states``, ``optimizer`` (public attributes, no
   accessors), and its class, which :func:`enforce_masks` changes to
   :class:`MaskingUpdater`; Optimizer: ``param_dict``, ``multi_precision``.
+- The whole ``__dict__`` of Blocks, Parameters, ParameterDicts, Trainers, Optimizers,
+  Updaters and learning-rate schedulers, copied and put back by the transaction (the section
+  "transactions" below).
 - Instance-level overrides paramsurgery installs (the section "update-mode masks" below):
   ``Parameter._set_trainer`` and ``Trainer._init_kvstore``, plus its own
   ``_paramsurgery_*`` attributes on Parameters.
@@ -829,3 +832,78 @@ def zero_states_under(trainers, param, mask):
                         m = mask_on(mask, arr.context)
                         alive = mx_np.not_equal(_as_np(m), 0)
                         multiply_inplace(arr, alive)
+
+
+# --------------------------------------------------------------------------- transactions
+#
+# A transaction (paramsurgery._snapshot.Transaction) puts back what Gluon objects hold in
+# their ``__dict__``: a Block's registered parameters, children, mask registry and cached
+# graph; a Parameter's arrays, shape, symbol variable and last Trainer; a Trainer's kvstore,
+# Updaters and parameters still to broadcast; an Optimizer's counters and multipliers. Gluon
+# mutates several of those containers in place (``_reg_params``, ``_params_to_init``, a
+# ParameterDict's ``_params``), so their contents are copied too, one level deep.
+
+def object_state(obj):
+    """The attributes of ``obj``, and the contents of those that are dicts or lists."""
+    attrs = dict(obj.__dict__)
+    contents = {k: (v.copy() if isinstance(v, dict) else list(v))
+                for k, v in attrs.items() if isinstance(v, (dict, list))}
+    return attrs, contents
+
+
+def restore_object_state(obj, state):
+    """Put back what :func:`object_state` returned: the same attribute objects, with the
+    contents they had."""
+    attrs, contents = state
+    obj.__dict__.clear()
+    obj.__dict__.update(attrs)
+    for k, saved in contents.items():
+        live = attrs[k]
+        if isinstance(live, dict):
+            live.clear()
+            live.update(saved)
+        else:
+            live[:] = saved
+
+
+def updater_class(updater):
+    return type(updater)
+
+
+def set_updater_class(updater, cls):
+    """Undo :func:`enforce_masks` (or redo it): the class decides whether it masks."""
+    updater.__class__ = cls
+
+
+def kvstore_copies(trainer):
+    """``{key: NDArray}``: a copy of the weight (or BatchNorm statistic) that a local/device
+    kvstore keeps for each parameter when it runs the optimizer (``update_on_kvstore``); the
+    next ``step`` pulls the weights from there. Empty when there is no such copy."""
+    kvstore, on_kv, initialized = trainer_kvstore(trainer)
+    if not initialized or kvstore is None or not on_kv or is_distributed(kvstore):
+        return {}
+    pending = set(id(p) for p in trainer._params_to_init)
+    copies = {}
+    for idx, param in enumerate(trainer._params):
+        if id(param) in pending or param._data is None or param._stype != 'default':
+            continue
+        first = param._data[0]
+        buf = nd.zeros(first.shape, ctx=first.context, dtype=first.dtype)
+        kvstore.pull(idx, out=buf, priority=-idx)
+        copies[idx] = buf
+    return copies
+
+
+def put_kvstore_copies(trainer, copies):
+    """Write :func:`kvstore_copies` back into the Trainer's kvstore, through a temporary
+    updater that assigns (the optimizer's Updater is put back untouched)."""
+    if not copies:
+        return
+    kvstore = trainer._kvstore
+    previous = kvstore._updater
+    kvstore._set_updater(_assign_updater)
+    try:
+        for idx, arr in copies.items():
+            kvstore.push(idx, arr, priority=-idx)
+    finally:
+        kvstore._set_updater(previous)

@@ -1,21 +1,34 @@
-"""Take a net and its Trainers' state once, and put it back bit for bit, in part or whole.
+"""One transaction over a net and every Trainer reachable from its parameters.
 
-Used where an operation must try something on the real net and then undo it (the trials of
-:func:`paramsurgery.sensitivity`): the snapshot is taken once, a trial that touched only a
-few parameters restores just those (and the small non-trainable state, such as BatchNorm's
-running statistics, that any training-mode forward moves), and only a trial whose code made
-a Trainer step pays for restoring everything: every replica, the optimizer states of every
-updater (momentum, Adam moments, fp32 master copies), the optimizer's update counters and a
-local/device kvstore's copy of the weights.
+:class:`Transaction` records, once, everything an operation on the net may change, and puts
+it back bit for bit on :meth:`Transaction.rollback` (or when its ``with`` block raises):
+
+- every block's attributes: registered parameters and children, paramsurgery's mask
+  registry and mask modes, channel counts and operator arguments (``shrink`` changes them),
+  the hybridisation's cached graph;
+- every parameter's attributes (shape, per-context array and gradient lists, symbol
+  variable, last Trainer, update-mode mask) and, unless ``values=False``, the values of its
+  replicas and gradients;
+- every Trainer found from the parameters (the last one built on each, those built while it
+  had an update-mode mask, and those given): its kvstore and whether it was created, the
+  parameters still to broadcast, every Updater in this process (each context's and a
+  local/device kvstore's) with its optimizer states and class, the optimizer's update counters
+  and learning-rate scheduler, and the kvstore's own copy of each weight and BatchNorm
+  statistic when it runs the optimizer.
+
+A Trainer created inside the transaction holds nothing of the recorded state: the rollback
+forgets it (the parameters' last Trainer is put back). Used by every
+:func:`paramsurgery.sensitivity` trial and by :func:`paramsurgery.shrink`.
 """
 import copy
+from typing import NamedTuple
 
 from mxnet import autograd
 from mxnet import ndarray as nd
 
 from . import _internals
 from .errors import TrainerStateError, and_more
-from .select import all_params, mask_names
+from .select import all_params
 
 __all__ = []
 
@@ -42,86 +55,153 @@ def _put_state(live, saved):
     return _copy_state(saved)
 
 
-class _TrainerState:
-    """What one Trainer keeps besides the parameters' replicas."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.updaters = [(u, {k: _copy_state(s) for k, s in u.states.items()},
-                          dict(u.states_synced)) for u in _internals.process_updaters(trainer)]
-        self.counters = _internals.optimizer_counters(trainer.optimizer)
-
-    def changed(self):
-        """True when the Trainer stepped (or created optimizer state) since the snapshot."""
-        if _internals.optimizer_counters(self.trainer.optimizer) != self.counters:
-            return True
-        return any(set(u.states) != set(states) for u, states, _ in self.updaters) or \
-            len(_internals.process_updaters(self.trainer)) != len(self.updaters)
-
-    def check_restorable(self, params):
-        """Raise before anything is written when the state lives on parameter servers."""
-        kvstore, update_on_kvstore, initialized = _internals.trainer_kvstore(self.trainer)
-        if initialized and update_on_kvstore and _internals.is_distributed(kvstore):
-            mine = [p.name for p in params if _internals.trainer_index(self.trainer, p)
-                    is not None]
-            raise TrainerStateError(
-                "Parameter %s: the Trainer stepped on kvstore '%s', whose servers run the "
-                "optimizer (update_on_kvstore=True); their copy of the weights and states "
-                "cannot be put back from this process. Evaluate without stepping that "
-                "Trainer, or use update_on_kvstore=False." % (and_more(mine), kvstore.type))
-
-    def restore(self, params):
-        for updater, states, synced in self.updaters:
-            for key in list(updater.states):
-                if key not in states:
-                    del updater.states[key]
-            for key, saved in states.items():
-                updater.states[key] = _put_state(updater.states.get(key), saved)
-            updater.states_synced.clear()
-            updater.states_synced.update(synced)
-        _internals.set_optimizer_counters(self.trainer.optimizer, self.counters)
-        # The replicas are back: make the kvstore's own copy of the weights equal to them.
-        _internals.sync_trainer(self.trainer, params)
+def _copies(arrays):
+    return None if arrays is None else [a.copy() for a in arrays]
 
 
-class Snapshot:
-    """Every replica of every parameter of ``net`` and the state of ``trainers``, copied once.
+class _ParamRecord(NamedTuple):
+    param: object
+    attrs: tuple            # _internals.object_state
+    data: list              # the replicas' values (None: not recorded or not initialised)
+    grads: list
+    fresh: list             # backward()'s freshness flag of each replica
 
-    :meth:`restore` puts back the named parameters, the small non-trainable state (grad_req
-    'null' parameters that are not masks: BatchNorm's running statistics) and, when a
-    Trainer stepped since the snapshot, everything.
+
+class _UpdaterRecord(NamedTuple):
+    updater: object
+    cls: type               # Updater or MaskingUpdater
+    attrs: tuple
+    states: dict            # key -> deep copy of the optimizer state
+
+
+class _TrainerRecord(NamedTuple):
+    trainer: object
+    attrs: tuple
+    optimizer: tuple
+    counters: tuple
+    scheduler: tuple        # object_state of the lr_scheduler, or None
+    updaters: list
+    kvstore: dict           # key -> copy held by a kvstore that runs the optimizer
+
+
+def _record_param(param, values):
+    data = _internals.raw_data(param)
+    if not values or not isinstance(data, list):
+        return _ParamRecord(param, _internals.object_state(param), None, None, None)
+    grads = _internals.raw_grad(param)
+    if not isinstance(grads, list):   # grad_req 'null': no gradient, no freshness flag
+        return _ParamRecord(param, _internals.object_state(param), _copies(data), None, None)
+    return _ParamRecord(param, _internals.object_state(param), _copies(data), _copies(grads),
+                        [_internals.fresh_grad(a) for a in data])
+
+
+def _record_trainer(trainer, values):
+    optimizer = trainer.optimizer
+    scheduler = getattr(optimizer, 'lr_scheduler', None)
+    updaters = [_UpdaterRecord(u, _internals.updater_class(u), _internals.object_state(u),
+                               {k: _copy_state(s) for k, s in u.states.items()})
+                for u in _internals.process_updaters(trainer) if u is not None]
+    return _TrainerRecord(trainer, _internals.object_state(trainer),
+                          _internals.object_state(optimizer),
+                          _internals.optimizer_counters(optimizer),
+                          None if scheduler is None else _internals.object_state(scheduler),
+                          updaters, _internals.kvstore_copies(trainer) if values else {})
+
+
+def _reachable_trainers(params, given=()):
+    found = {}
+    for trainer in given:
+        found.setdefault(id(trainer), trainer)
+    for param in params:
+        for trainer in _internals.known_trainers(param):
+            found.setdefault(id(trainer), trainer)
+    return list(found.values())
+
+
+class Transaction:
+    """Everything ``net`` and its Trainers hold, recorded once; :meth:`rollback` puts it
+    back bit for bit (as many times as asked).
+
+    Used as ``with Transaction(net) as txn: ...``: an exception rolls back and reaches the
+    caller; a normal exit commits (keeps the changes). ``values=False`` records no array
+    values (nor kvstore copies): for operations that only replace arrays with new ones and
+    never write into the old ones (:func:`paramsurgery.shrink`).
     """
 
-    def __init__(self, net, trainers=()):
-        self.params = all_params(net)
-        masks = set(mask_names(self.params))
-        self.aux = [name for name, p in self.params.items()
-                    if p.grad_req == 'null' and name not in masks]
+    def __init__(self, net, trainers=(), *, values=True):
+        params = list(all_params(net).values())
+        blocks = _internals.walk_blocks(net)
         with autograd.pause():
-            self.values = {name: [arr.copy() for arr in _internals.raw_data(p)]
-                           for name, p in self.params.items()
-                           if _internals.raw_data(p) is not None}
-        self.trainers = [_TrainerState(t) for t in trainers]
+            self._blocks = [(b, _internals.object_state(b), _internals.object_state(b.params))
+                            for b in blocks]
+            self._params = [_record_param(p, values) for p in params]
+            self._trainers = [_record_trainer(t, values)
+                              for t in _reachable_trainers(params, trainers)]
 
-    def _write(self, names):
-        with autograd.pause():
-            for name in names:
-                for live, saved in zip(_internals.raw_data(self.params[name]),
-                                       self.values[name]):
-                    saved.copyto(live)
+    def __enter__(self):
+        return self
 
-    def restore(self, names=()):
-        """Put back ``names``, the non-trainable state, and everything if a Trainer stepped.
-
-        Returns True when everything was restored.
-        """
-        stepped = [t for t in self.trainers if t.changed()]
-        if stepped:
-            for state in stepped:
-                state.check_restorable(list(self.params.values()))
-            self._write(self.values)
-            for state in self.trainers:
-                state.restore(list(self.params.values()))
-            return True
-        self._write(list(dict.fromkeys(list(names) + self.aux)))
+    def __exit__(self, kind, err, trace):
+        if kind is not None:
+            self.rollback()
         return False
+
+    def _stepped_on_servers(self):
+        names = []
+        for record in self._trainers:
+            trainer = record.trainer
+            if _internals.runs_on_servers(trainer) and _internals.trainer_kvstore(trainer)[2] \
+                    and _internals.optimizer_counters(trainer.optimizer) != record.counters:
+                names.extend(p.name for p in _internals.trainer_params(trainer))
+                kv_type = _internals.kvstore_type(_internals.trainer_kvstore(trainer)[0])
+        if not names:
+            return None
+        return TrainerStateError(
+            "Parameter %s: the Trainer stepped on kvstore '%s', whose servers run the "
+            "optimizer (update_on_kvstore=True); their copy of the weights and states cannot "
+            "be put back from this process (everything else was). Do not step that Trainer "
+            "inside the operation, or use update_on_kvstore=False." % (and_more(names), kv_type))
+
+    def rollback(self):
+        """Put everything back as it was when the transaction began.
+
+        Raises TrainerStateError (after putting back everything this process holds) when a
+        Trainer stepped on the servers of a distributed kvstore.
+        """
+        problem = self._stepped_on_servers()
+        with autograd.pause():
+            for block, attrs, param_dict in self._blocks:
+                _internals.restore_object_state(block, attrs)
+                _internals.restore_object_state(block.params, param_dict)
+            for record in self._params:
+                _internals.restore_object_state(record.param, record.attrs)
+                if record.data is None:
+                    continue
+                live = _internals.raw_data(record.param)
+                for arr, saved in zip(live, record.data):
+                    saved.copyto(arr)
+                if record.grads is not None:
+                    for arr, saved in zip(_internals.raw_grad(record.param), record.grads):
+                        saved.copyto(arr)
+                    for arr, fresh in zip(live, record.fresh):
+                        _internals.set_fresh_grad(arr, fresh)
+            for record in self._trainers:
+                self._restore_trainer(record)
+        if problem is not None:
+            raise problem
+
+    @staticmethod
+    def _restore_trainer(record):
+        optimizer = record.trainer.optimizer
+        _internals.restore_object_state(record.trainer, record.attrs)
+        _internals.restore_object_state(optimizer, record.optimizer)
+        _internals.set_optimizer_counters(optimizer, record.counters)
+        if record.scheduler is not None:
+            _internals.restore_object_state(optimizer.lr_scheduler, record.scheduler)
+        for saved in record.updaters:
+            updater = saved.updater
+            _internals.set_updater_class(updater, saved.cls)
+            _internals.restore_object_state(updater, saved.attrs)
+            for key, state in saved.states.items():
+                updater.states[key] = _put_state(updater.states.get(key), state)
+        _internals.put_kvstore_copies(record.trainer, record.kvstore)

@@ -6,12 +6,13 @@ every trial. :meth:`SensitivityReport.plan` then picks per-group amounts that re
 budget (a MACs or parameter ratio, or a largest acceptable drop) while losing the least by
 the measurements. The pruning functions take the plan as their ``amount``.
 
-A trial does not rebuild the net or copy all weights: the pruned entries are zeroed in the
-stored weights of the group's members (the forward graph is not touched, so a hybridised
-net keeps its cached graph), and afterwards just those members and the small non-trainable
-state (BatchNorm's running statistics) are written back from a snapshot taken once. Only a
-trial whose ``evaluate`` stepped a Trainer pays for restoring everything (weights, optimizer
-states, update counters, kvstore copies).
+A trial is a transaction (:class:`paramsurgery._snapshot.Transaction`, recorded once before
+the baseline): the group's channels (or the weight's entries) are masked exactly as
+:func:`prune_channels` (or :func:`prune_magnitude`) masks them, in graph mode, so an
+``evaluate`` that trains cannot revive them; then the rollback puts back every block,
+parameter, mask and mode, and every Trainer reachable from the parameters (also one first
+stepped, or created, inside ``evaluate``): optimizer states in every updater, update
+counters, the kvstore's own copies.
 """
 import itertools
 import json
@@ -26,12 +27,13 @@ from mxnet import ndarray as nd
 from . import _internals
 from ._checks import check_flag, is_real
 from ._files import check_path, reading, write_bytes
-from ._snapshot import Snapshot
-from .errors import SurgeryTypeError, SurgeryValueError
-from .masks import get_mask, masked, unmasked_params
+from ._snapshot import Transaction
+from .errors import FileFormatError, SurgeryTypeError, SurgeryValueError
+from .masks import _owner_index, _owners_checked, apply_mask, get_mask, masked, unmasked_params
+from .pruning import _apply as _apply_pruning_masks
 from .pruning_core import magnitude_masks, prune_count
 from .report import pyplot, save_figure
-from .select import select
+from .select import all_params, select
 
 __all__ = ['sensitivity', 'SensitivityReport']
 
@@ -126,7 +128,10 @@ class SensitivityReport:
 
     @classmethod
     def load(cls, path) -> 'SensitivityReport':
-        """Read a report written by :meth:`save`."""
+        """Read a report written by :meth:`save`.
+
+        A damaged report (a row without a field, a string or null where a number belongs)
+        raises :class:`FileFormatError` naming the row and the field."""
         path = check_path('path', path)
         with reading(path, 'sensitivity report (JSON written by SensitivityReport.save)',
                      'Write it with SensitivityReport.save.'):
@@ -135,6 +140,7 @@ class SensitivityReport:
             if data.get('format') != _FILE_FORMAT or data.get('version') != _FILE_VERSION:
                 raise ValueError('format %r version %r' % (data.get('format'),
                                                            data.get('version')))
+            _check_report(path, data)
             return cls(data['kind'], data['baseline'], data['amounts'], data['table'],
                        data['dense_macs'], data['dense_params'], data['units'])
 
@@ -265,6 +271,91 @@ class SensitivityReport:
                    dense, 'MACs' if index == 0 else 'parameters',
                    dense / max(1, dense - best)))
         return choice
+
+
+def _is_number(value):
+    return is_real(value) and math.isfinite(float(value))
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_pair(value):
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and \
+        _is_count(value[1])
+
+
+def _is_axes(value):
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, list) and all(map(_is_pair, v))
+        for k, v in value.items())
+
+
+# What each field of a saved report must hold: (field, check, what it should be).
+_REPORT_FIELDS = (
+    ('kind', lambda v: v in _KINDS, "'channels' or 'weights'"),
+    ('baseline', _is_number, 'a finite number'),
+    ('amounts', lambda v: isinstance(v, list) and all(map(_is_number, v)),
+     'a list of numbers'),
+    ('table', lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+     'a list of rows (objects)'),
+    ('dense_macs', _is_count, 'an integer >= 0'),
+    ('dense_params', _is_count, 'an integer >= 0'),
+    ('units', lambda v: isinstance(v, list) and all(isinstance(u, dict) for u in v),
+     'a list of objects'),
+)
+_ROW_FIELDS = (
+    ('name', lambda v: isinstance(v, str), 'a string'),
+    ('amount', _is_number, 'a number'),
+    ('metric', _is_number, 'a finite number'),
+    ('drop', _is_number, 'a finite number'),
+    ('macs_removed', _is_count, 'an integer >= 0'),
+    ('params_removed', _is_count, 'an integer >= 0'),
+    ('removed', _is_count, 'an integer >= 0'),
+)
+_UNIT_FIELDS = (
+    ('param', lambda v: isinstance(v, str), 'a string'),
+    ('shape', lambda v: isinstance(v, list) and bool(v) and all(
+        _is_count(d) and d > 0 for d in v), 'a list of integers >= 1'),
+    ('axes', _is_axes, "an object axis -> [[group, stride], ...]"),
+    ('macs_per_entry', _is_number, 'a finite number'),
+    ('learnable', lambda v: isinstance(v, bool), 'true or false'),
+)
+
+
+def _check_fields(path, where, record, fields):
+    for field, check, should in fields:
+        if field not in record:
+            problem = 'has no field %r' % field
+        elif not check(record[field]):
+            problem = 'has %r = %r, which should be %s' % (field, record[field], should)
+        else:
+            continue
+        raise FileFormatError(
+            "'%s' is not a readable sensitivity report (JSON written by "
+            "SensitivityReport.save): %s %s. The file is damaged or was edited by hand; "
+            "write it again with SensitivityReport.save." % (path, where, problem))
+
+
+def _check_report(path, data):
+    """Refuse a damaged report at load, naming the row and field, rather than letting
+    ``plan()`` fail later with a bare KeyError or TypeError."""
+    if not isinstance(data, dict):
+        _check_fields(path, 'the file', {}, _REPORT_FIELDS[:1])
+    _check_fields(path, 'the report', data, _REPORT_FIELDS)
+    for i, row in enumerate(data['table']):
+        _check_fields(path, 'row %d of the table' % i, row, _ROW_FIELDS)
+    for i, unit in enumerate(data['units']):
+        _check_fields(path, 'entry %d of units' % i, unit, _UNIT_FIELDS)
+        for axis in unit['axes']:
+            if int(axis) >= len(unit['shape']):
+                raise FileFormatError(
+                    "'%s' is not a readable sensitivity report (JSON written by "
+                    "SensitivityReport.save): entry %d of units ('%s') covers axis %s of a "
+                    "shape %s. The file is damaged or was edited by hand; write it again "
+                    "with SensitivityReport.save." % (path, i, unit['param'], axis,
+                                                     unit['shape']))
 
 
 class _Combined:
@@ -445,9 +536,14 @@ def _metric(value):
 
 
 def _amounts(amounts):
-    if isinstance(amounts, (str, bytes)) or not isinstance(amounts, Sequence) or not amounts:
-        raise SurgeryTypeError('amounts must be a non-empty list of amounts (section 7: '
-                               'floats in [0, 1] or counts), got %r.' % (amounts,))
+    if isinstance(amounts, (str, bytes)) or not isinstance(amounts, Sequence):
+        raise SurgeryTypeError('amounts must be a list of amounts (floats in [0, 1] or '
+                               'counts; see docs/pruning.md#how-much-amount), got %s %r.'
+                               % (type(amounts).__name__, amounts))
+    if not amounts:
+        raise SurgeryValueError('amounts=%r is empty: give at least one amount, e.g. '
+                                'amounts=[0.25, 0.5] (see docs/pruning.md#how-much-amount).'
+                                % (amounts,))
     for amount in amounts:
         prune_count(amount, 1 << 62)     # type, bool, NaN, sign, a float above 1
     if len(set(amounts)) != len(amounts):
@@ -461,15 +557,6 @@ def _progress(total):
     except ImportError:
         return None
     return tqdm(total=total, desc='sensitivity', unit='trial', leave=False)
-
-
-def _zero(param, keep):
-    """Multiply every replica of ``param`` by the 0/1 array ``keep`` (numpy), in place."""
-    with autograd.pause():
-        for arr in _internals.raw_data(param):
-            # an NDArray operation: a conv weight may be in MKLDNN's blocked layout, which
-            # numpy assignment cannot write
-            nd.elemwise_mul(arr, nd.array(keep, ctx=arr.context, dtype=arr.dtype), out=arr)
 
 
 class _WeightUnits:
@@ -490,6 +577,11 @@ class _WeightUnits:
                                         'dimensions; select parameters with key=.')
         else:
             chosen = select(view, key)
+        # A trial masks as prune_magnitude does: a weight that cannot take a mask is refused
+        # before the first trial, with prune_magnitude's error.
+        params, index = all_params(net), _owner_index(net)
+        for name, param in chosen.items():
+            _owners_checked(net, name, param, params, 'graph', index)
         self.params = chosen
         have = set(masked(net))
         self.net = net
@@ -510,9 +602,9 @@ class _WeightUnits:
             scores = {name: np.asarray(self.importance(name, weight), dtype=np.float64)}
         keep = magnitude_masks({name: weight}, amount, masks={name: self.masks.get(name)},
                                importance=scores)[name]
-        # keep is False where this trial prunes and where a mask already prunes: zeroing the
-        # stored weight there gives the effective weight the pruning functions would give
-        _zero(param, keep.astype(weight.dtype))
+        # Held masked as prune_magnitude masks it (so an evaluate that trains cannot revive
+        # the pruned entries); the trial's transaction takes the mask away again.
+        _apply_pruning_masks(self.net, None, OrderedDict([(name, keep)]), 'graph')
         old = self.masks.get(name)
         before = 0 if old is None else int(np.count_nonzero(np.broadcast_to(old, keep.shape)
                                                             == 0))
@@ -584,11 +676,16 @@ class _ChannelUnits:
         group = self.groups[name]
         chosen = choose_channels(self.net, [group], self.weights, self.masks, amount,
                                  self.importance, 'layer', self.round_to)[0]
-        for member in group.maskable:
+        # Held masked exactly as prune_channels({name: amount}) masks them (so an evaluate
+        # that trains cannot revive them); the trial's transaction takes the masks away.
+        plan = OrderedDict()
+        for member in group.maskable if len(chosen) else ():
             param = self.params[member[0]]
-            keep = np.ones(param.shape, dtype=np.dtype(param.dtype))
-            np.moveaxis(keep, member[1], 0)[_channel_rows(member, chosen)] = 0
-            _zero(param, keep)
+            if member[0] not in plan:
+                plan[member[0]] = np.ones(param.shape, dtype=np.dtype(param.dtype))
+            np.moveaxis(plan[member[0]], member[1], 0)[_channel_rows(member, chosen)] = 0
+        if plan:
+            apply_mask(self.net, plan, combine='multiply', mode='graph')
         removed = len(chosen)
         report = SensitivityReport('channels', 0.0, [], [{'name': name, 'amount': amount,
                                                           'removed': removed}], 0, 0,
@@ -609,12 +706,15 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
     For every selected prunable channel group (``kind='channels'``; see
     :func:`trace_channels`, ``key`` as in :func:`prune_channels`) or every selected weight
     (``kind='weights'``; ``key=None`` selects every trainable weight of 2 or more
-    dimensions), and for each amount, the group alone is pruned on the untouched net
-    exactly as :func:`prune_channels` (or :func:`prune_magnitude`) would choose, then
-    ``evaluate(net)`` is called, then everything is put back bit for bit: weights, masks,
-    BatchNorm statistics and, if ``evaluate`` stepped a Trainer, every optimizer state,
-    update counter and kvstore copy. The same holds when ``evaluate`` raises (the
-    exception then reaches the caller).
+    dimensions), and for each amount, the group alone is masked on the untouched net
+    exactly as :func:`prune_channels` ``(net, {group: amount})`` (or
+    :func:`prune_magnitude`) would mask it, then ``evaluate(net)`` is called, so a trial
+    measures what that pruning followed by ``evaluate`` measures, even when ``evaluate``
+    trains. Then everything is put back bit for bit: weights and gradients, masks and their
+    modes, BatchNorm statistics and, for every Trainer reachable from the parameters (also one
+    built or first stepped inside ``evaluate``), every optimizer state, update counter and
+    kvstore copy. The same holds when ``evaluate`` raises (the exception then reaches the
+    caller). See docs/sensitivity.md#measuring.
 
     Parameters
     ----------
@@ -627,7 +727,8 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
         A batch (or its shape) per data input: needed for ``kind='channels'`` (to trace the
         net and count MACs), optional for ``kind='weights'``.
     amounts : list of float or int, default (0.1, 0.2, ..., 0.9)
-        Section 7's rules, each a fraction of what is still unmasked (or a count).
+        Each a fraction of what is still unmasked (or a count), as in
+        docs/pruning.md#how-much-amount; at least one.
     key : str or Parameter or list or callable, default None
         Which groups (by their producing weights) or weights to analyse.
     kind : {'channels', 'weights'}, default 'channels'
@@ -648,8 +749,12 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
     Raises
     ------
     SurgeryTypeError, SurgeryValueError
-        Bad arguments (checked before the first trial), or ``evaluate`` returned a
-        non-number or NaN (after everything was put back).
+        Bad arguments (checked before the first trial; an empty ``amounts`` is a
+        SurgeryValueError), or ``evaluate`` returned a non-number or NaN (after everything
+        was put back).
+    TrainerStateError
+        ``evaluate`` stepped a Trainer whose optimizer runs on the servers of a distributed
+        kvstore (their state cannot be put back from this process; everything else was).
 
     Examples
     --------
@@ -699,19 +804,13 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
         dense_macs = 0
         dense_params = sum(int(np.prod(p.shape)) for p in unmasked_params(net).values()
                            if p.grad_req != 'null')
-    params = list(unmasked_params(net).values())
-    trainers = {}
-    for param in params:
-        trainer = _internals.last_trainer(param)
-        if trainer is not None:
-            trainers.setdefault(id(trainer), trainer)
-    snapshot = Snapshot(net, trainers.values())
+    transaction = Transaction(net)
     bar = _progress(1 + len(units.names) * len(amounts)) if progress else None
     try:
         try:
             baseline = _metric(evaluate(net))
         finally:
-            snapshot.restore()
+            transaction.rollback()
         if bar is not None:
             bar.update(1)
         table = []
@@ -721,7 +820,7 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
                     removed, macs, count = units.prune(name, amount)
                     metric = _metric(evaluate(net))
                 finally:
-                    snapshot.restore(units.members(name))
+                    transaction.rollback()
                 table.append({'name': name, 'amount': amount, 'metric': metric,
                               'drop': baseline - metric, 'macs_removed': int(macs),
                               'params_removed': int(count), 'removed': int(removed)})

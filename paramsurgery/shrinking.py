@@ -22,6 +22,7 @@ from mxnet import ndarray as nd
 
 from . import _internals
 from ._files import check_path, reading, write_bytes
+from ._snapshot import Transaction
 from .channels import (
     _batches,
     _build,
@@ -372,17 +373,12 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
             blocks[id(blk)] = blk
     depthwise = {id(b): _internals.is_conv(b) and _internals.is_depthwise(b)
                  for b in blocks.values()}
+    # The masked net's arrays, for the diagnosis of a shrunk net that computes otherwise.
     saved_params = [(p, _internals.param_arrays_state(p)) for p, _, _, _ in changes]
-    saved_blocks = [(b, _internals.block_attrs_state(b)) for b in blocks.values()]
-
-    def restore():
-        for p, state in saved_params:
-            _internals.restore_param_arrays(p, state)
-        for b, state in saved_blocks:
-            _internals.restore_block_attrs(b, state)
-        _internals.clear_cached_graphs(net)
-
-    try:
+    # All or nothing, the Trainers included: shrink replaces arrays and states with new ones
+    # and never writes into the old ones, so no values need copying.
+    transaction = Transaction(net, trainers, values=False)
+    with transaction:
         for param, shape, arrays, _ in changes:
             _internals.set_param_arrays(param, shape, arrays)
         for blk in blocks.values():
@@ -399,11 +395,11 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
             if bad is not None:
                 problem = _difference(net, graph, batches, saved_params, bad, ctx, kept)
                 break
-    except BaseException:
-        restore()
-        raise
+        if problem is None:
+            for t in trainers:
+                _update_trainer(t, changes)
     if problem is not None:
-        restore()
+        transaction.rollback()
         if problem.startswith('The shrunk net fails'):
             fix = ('Make the layer take its channel counts from its attributes (channels, '
                    'in_channels, units) or from its parameters instead of constants, or '
@@ -413,9 +409,6 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
                    'leave its channels unmasked (prune_channels with key=) and report the '
                    'layer\'s code.')
         raise ShrinkError(problem + ' Nothing was changed. ' + fix)
-    # Committed: the Trainers follow.
-    for t in trainers:
-        _update_trainer(t, changes)
     new_shapes = {snames[id(p)]: p.shape for p in params.values() if id(p) in snames}
     return ShrinkPlan(kept, new_shapes)
 

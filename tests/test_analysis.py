@@ -126,7 +126,9 @@ def test_evaluate_that_trains_and_moves_batchnorm_is_undone(ctxs, hybridize, upd
     assert state_of(nets[0], trainers[0]) == state_of(nets[1], trainers[1])
 
 
-def test_no_graph_rebuild_per_trial():
+def test_the_cached_graph_is_put_back():
+    # Trials hold their entries masked in the graph (a new cached graph per trial); the
+    # rollback puts the net's own cached graph object back.
     net = small_cnn([mx.cpu(0)], True)
     x, y = data()
     net(x)
@@ -167,7 +169,8 @@ def test_evaluate_raising_is_passed_on_after_restoring(ctxs):
 
 @pytest.mark.parametrize('kwargs, error, match', [
     ({'kind': 'filters'}, ps.SurgeryValueError, 'kind'),
-    ({'amounts': []}, ps.SurgeryTypeError, 'amounts'),
+    ({'amounts': []}, ps.SurgeryValueError, 'amounts'),
+    ({'amounts': ()}, ps.SurgeryValueError, 'amounts'),
     ({'amounts': 0.5}, ps.SurgeryTypeError, 'amounts'),
     ({'amounts': [1.5]}, ps.SurgeryValueError, 'amount/100'),
     ({'amounts': [float('nan')]}, ps.SurgeryValueError, 'not finite'),
@@ -320,3 +323,229 @@ def test_the_large_net_search_meets_overlapping_budgets(monkeypatch):
     for ratio in (1.5, 2.5, 4.0):
         plan = report.plan(macs_ratio=ratio)
         assert report.dense_macs / (report.dense_macs - report._combined(plan)[0]) >= ratio
+
+
+# --------------------------------------------------------------------------- trials are transactions
+
+LOSS = gluon.loss.SoftmaxCrossEntropyLoss()
+
+
+def train_steps(net, trainer, x, y, ctxs, steps):
+    for _ in range(steps):
+        with autograd.record():
+            losses = [LOSS(net(xs), ys) for xs, ys in zip(split(x, ctxs), split(y, ctxs))]
+        autograd.backward(losses)
+        trainer.step(len(x))
+
+
+def fine_tuning(x, y, ctxs, steps=3):
+    """An evaluate that fine-tunes with a Trainer it builds itself (momentum, so that
+    revived entries would move), then returns minus the loss (higher is better)."""
+    def evaluate(net):
+        trainer = gluon.Trainer(net.collect_params(), 'sgd',
+                                {'learning_rate': 0.5, 'momentum': 0.9})
+        train_steps(net, trainer, x, y, ctxs, steps)
+        out = [LOSS(net(xs), ys).asnumpy() for xs, ys in zip(split(x, ctxs), split(y, ctxs))]
+        return -float(np.concatenate(out).mean())
+    return evaluate
+
+
+def test_evaluate_that_builds_its_own_trainer_is_undone(ctxs, hybridize):
+    # Before: the weights stayed trained, and later trials ran on an already-trained net.
+    x, y = data()
+    net = small_cnn(ctxs, hybridize)
+    evaluate = fine_tuning(x, y, ctxs)
+    before = state_of(net)
+    report = sensitivity(net, evaluate, kind='weights', amounts=[0.5], progress=False)
+    assert state_of(net) == before
+    assert all(p._trainer is None for p in net.collect_params().values())
+    # every trial (and the baseline) ran on the untouched net, pruned as prune_magnitude
+    # prunes it: the same computation on the same values, so the same bits
+    assert report.baseline == evaluate(small_cnn(ctxs, hybridize))
+    for row in report.table:
+        fresh = small_cnn(ctxs, hybridize)
+        ps.prune_magnitude(fresh, row['name'], row['amount'])
+        assert row['metric'] == evaluate(fresh), row['name']
+
+
+def test_trained_channel_trial_computes_what_prune_channels_then_evaluate_computes(
+        ctxs, hybridize):
+    # Before: a trial only zeroed the stored weights, so fine-tuning revived the channels
+    # (issue: -1.1057 recorded where prune_channels + the same evaluate gives -1.1150).
+    x, y = data()
+    shape = (1, 2, 6, 6)
+    evaluate = fine_tuning(x, y, ctxs)
+    net = small_cnn(ctxs, hybridize)
+    before = state_of(net)
+    report = sensitivity(net, evaluate, inputs=shape, amounts=[0.5], progress=False)
+    assert state_of(net) == before
+    assert ps.masked(net) == []
+    for row in report.table:
+        fresh = small_cnn(ctxs, hybridize)
+        ps.prune_channels(fresh, {row['name']: row['amount']}, inputs=shape)
+        assert row['metric'] == evaluate(fresh), row['name']
+
+
+@pytest.mark.parametrize('hybrid', [False, True], ids=['imperative', 'hybrid'])
+def test_update_on_kvstore_trainer_first_stepped_inside_evaluate(hybrid):
+    # Two contexts, kvstore 'device', update_on_kvstore=True, never stepped before: its first
+    # step inside evaluate creates the kvstore and its Updater (momentum). Before, that
+    # momentum stayed while the update counts were put back, and training afterwards
+    # differed from a twin that never ran sensitivity. The twin runs the very same
+    # operations on the same values, so the comparison is bit for bit.
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    x, y = data()
+    nets = [small_cnn(ctxs, hybrid) for _ in range(2)]
+    trainers = [gluon.Trainer(n.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                         'momentum': 0.9},
+                              kvstore='device', update_on_kvstore=True) for n in nets]
+    net, trainer = nets[0], trainers[0]
+
+    def evaluate(net):
+        train_steps(net, trainer, x, y, ctxs, 2)
+        return accuracy_of(x, y)(net)
+
+    before = state_of(net, trainer)
+    sensitivity(net, evaluate, kind='weights', amounts=[0.5], progress=False)
+    assert state_of(net, trainer) == before
+    assert not trainer._kv_initialized
+    for n, t in zip(nets, trainers):
+        train_steps(n, t, x, y, ctxs, 3)
+    assert state_of(nets[0], trainers[0]) == state_of(nets[1], trainers[1])
+
+
+def test_masks_set_or_added_inside_evaluate_are_undone(ctxs, hybridize):
+    # Before: a mask changed (set_params on it) or added (prune_magnitude) inside evaluate
+    # stayed, with its mode.
+    net = small_cnn(ctxs, hybridize)
+    ps.prune_magnitude(net, 'cnn_conv1_weight', 0.5)                    # graph mode
+    ps.prune_magnitude(net, 'cnn_dense0_weight', 0.25, mode='update')
+    x, y = data()
+    reference = [o.asnumpy().tobytes() for o in
+                 (net(xs) for xs in split(x, ctxs))]
+    before = state_of(net)
+    modes = {n: ps.masks.mask_mode(net, n) for n in ps.masked(net)}
+
+    def evaluate(net):
+        ps.set_params(net, 'cnn_conv1_weight_mask', 1)
+        ps.prune_magnitude(net, 'cnn_conv0_weight', 0.5, mode='update')
+        ps.prune_magnitude(net, 'cnn_dense0_weight', 0.5, mode='graph')   # switches mode
+        return accuracy_of(x, y)(net)
+
+    sensitivity(net, evaluate, kind='weights', amounts=[0.5], progress=False)
+    assert {n: ps.masks.mask_mode(net, n) for n in ps.masked(net)} == modes
+    assert state_of(net) == before
+    assert [o.asnumpy().tobytes() for o in (net(xs) for xs in split(x, ctxs))] == reference
+
+
+def test_kvstore_copy_of_batchnorm_statistics_is_unchanged(hybridize):
+    # The kvstore keeps the BatchNorm statistics it was initialised with (they have no
+    # gradient, so steps never push them); before, the put-back after a trial that stepped
+    # pushed the replicas' newer statistics into it.
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    x, y = data()
+    net = small_cnn(ctxs, hybridize)
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1},
+                            kvstore='device', update_on_kvstore=True)
+    train_steps(net, trainer, x, y, ctxs, 2)    # the replicas' statistics move on
+    params = ps._internals.trainer_params(trainer)
+
+    def kvstore_copies():
+        out = {}
+        for idx, param in enumerate(params):
+            buf = mx.nd.zeros(param.shape)
+            trainer._kvstore.pull(idx, out=buf)
+            out[param.name] = buf.asnumpy().tobytes()
+        return out
+
+    copies = kvstore_copies()
+    stats = [n for n in copies if 'running' in n]
+    # the kvstore's statistics are not the replicas' (else the test could not fail)
+    assert any(copies[n] != net.collect_params()[n].data(mx.cpu(0)).asnumpy().tobytes()
+               for n in stats)
+
+    def evaluate(net):
+        train_steps(net, trainer, x, y, ctxs, 1)   # the put-back of the weights it moved
+        return 1.0                                  # must leave the statistics alone
+
+    sensitivity(net, evaluate, kind='weights', amounts=[0.5], progress=False)
+    assert kvstore_copies() == copies
+
+
+def _saved_report(tmp_path):
+    net = small_cnn([mx.cpu(0)], False)
+    report = sensitivity(net, accuracy_of(*data()), inputs=(1, 2, 6, 6), amounts=[0.5],
+                         progress=False)
+    path = str(tmp_path / 'report.json')
+    report.save(path)
+    with open(path) as f:
+        return path, json.load(f)
+
+
+def _drop_field(data):
+    del data['table'][1]['drop']
+
+
+def _units_null(data):
+    data['units'] = None
+
+
+def _metric_string(data):
+    data['table'][0]['metric'] = '0.5'
+
+
+def _shape_string(data):
+    data['units'][0]['shape'][0] = 'six'
+
+
+def _baseline_nan(data):
+    data['baseline'] = float('nan')
+
+
+@pytest.mark.parametrize('damage, match', [
+    (_drop_field, "row 1 of the table has no field 'drop'"),
+    (_units_null, "'units' = None"),
+    (_metric_string, "row 0 of the table has 'metric' = '0.5'"),
+    (_shape_string, "entry 0 of units has 'shape'"),
+    (_baseline_nan, "'baseline' = nan"),
+])
+def test_load_refuses_a_damaged_report(tmp_path, damage, match):
+    # Before: load accepted these and plan() raised a bare KeyError/TypeError/ValueError.
+    path, data = _saved_report(tmp_path)
+    damage(data)
+    with open(path, 'w') as f:
+        json.dump(data, f)
+    with pytest.raises(ps.FileFormatError, match=match):
+        SensitivityReport.load(path)
+
+
+def test_load_accepts_what_save_wrote(tmp_path):
+    path, _ = _saved_report(tmp_path)
+    report = SensitivityReport.load(path)
+    assert report.plan(max_drop=1.0) is not None
+
+
+class _OwnForward(gluon.HybridBlock):
+    """Reads its weight itself in forward(): a mask could not reach that computation."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.weight = self.params.get('weight', shape=(3, 4))
+
+    def forward(self, x):
+        return mx.nd.dot(x, self.weight.data(x.context).T)
+
+
+def test_weights_that_cannot_take_a_mask_are_refused_before_any_trial():
+    # A trial masks as prune_magnitude does; before, it zeroed the stored weight, which an
+    # evaluate that trains would revive.
+    net = _OwnForward(prefix='own_')
+    net.initialize()
+    before = state_of(net)
+    calls = []
+    with pytest.raises(ps.SurgeryTypeError, match="own_weight.*overrides forward"):
+        sensitivity(net, lambda n: calls.append(1) or 1.0, kind='weights', progress=False)
+    assert calls == [] and state_of(net) == before
+    with pytest.raises(ps.SurgeryTypeError, match="own_weight.*overrides forward"):
+        ps.prune_magnitude(net, 'own_weight', 0.5)

@@ -178,6 +178,63 @@ def test_training_continues_step_for_step(optimizer, opt_args, kvstore, update_o
     assert ps.check_params(shrunk) == []
 
 
+def trainer_state(trainer):
+    """Every optimizer state of every Updater in this process, and the counters, as bytes."""
+    out = {'counters': repr(_internals.optimizer_counters(trainer.optimizer)),
+           'kvstore': trainer._kv_initialized}
+    for i, updater in enumerate(_internals.process_updaters(trainer)):
+        for key, state in sorted(updater.states.items()):
+            arrays = state if isinstance(state, (tuple, list)) else [state]
+            out['%d/%d' % (i, key)] = [(a.shape, a.asnumpy().tobytes()) for a in arrays
+                                       if a is not None]
+    return out
+
+
+@pytest.mark.parametrize('kvstore, update_on_kvstore, ctxs', SETUPS)
+def test_a_failing_trainer_update_leaves_net_and_trainer_as_before(
+        monkeypatch, kvstore, update_on_kvstore, ctxs, hybridize):
+    # Before, shrink updated the Trainers after committing the net, outside its error
+    # handling: a failure there left a shrunk net with half-updated Trainers. Here the
+    # failure comes after the optimizer states were sliced. The twin runs the very same
+    # operations on the same values afterwards, so the comparison is bit for bit.
+    x = batch(n=4)
+    nets, trainers = [], []
+    for _ in range(2):
+        net = build('residual', ctxs, seed=5)
+        if hybridize:
+            net.hybridize()
+        ps.prune_channels(net, 0.5, inputs=x)
+        kwargs = {} if kvstore is None else {'kvstore': kvstore,
+                                              'update_on_kvstore': update_on_kvstore}
+        trainer = gluon.Trainer(net.collect_params(), 'sgd',
+                                {'learning_rate': 0.1, 'momentum': 0.9}, **kwargs)
+        step(net, trainer, x, ctxs)
+        nets.append(net)
+        trainers.append(trainer)
+    net, trainer = nets[0], trainers[0]
+    before, states = snapshot(net), trainer_state(trainer)
+    shapes = {n: p.shape for n, p in net.collect_params().items()}
+    kv_before = trainer._kvstore
+
+    def fail(trainer):
+        raise RuntimeError('kvstore re-initialisation failed')
+
+    monkeypatch.setattr(_internals, 'reinit_trainer_kvstore', fail)
+    with pytest.raises(RuntimeError, match='re-initialisation failed'):
+        ps.shrink(net, inputs=x, trainer=trainer)
+    monkeypatch.undo()
+    assert {n: p.shape for n, p in net.collect_params().items()} == shapes
+    assert_same_bits(before, snapshot(net))
+    assert trainer_state(trainer) == states and trainer._kvstore is kv_before
+    assert net.stem[0]._channels == 8
+    for net, trainer in zip(nets, trainers):
+        step(net, trainer, x, ctxs)
+        step(net, trainer, x + 1, ctxs)
+    assert_same_bits(snapshot(nets[1]), snapshot(nets[0]))
+    assert trainer_state(trainers[0]) == trainer_state(trainers[1])
+    ps.shrink(nets[0], inputs=x, trainer=trainers[0])    # and it still shrinks
+
+
 def test_optimizer_states_and_fp32_master_copies_are_sliced():
     from paramsurgery.shrinking import _slice_state
     weight = np.arange(24, dtype=np.float32).reshape(4, 6)
