@@ -21,6 +21,7 @@ The layers, each importing only from the ones above it::
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
     channels -> shrinking, _exported channel groups, channel pruning; structural shrink
     report, analysis                 sparsity reports; sensitivity analysis and budgets
+    onnx_export, compact             ONNX export checked in ONNX Runtime; compact files
     cli, demo                        the command line and the demo
 """
 import importlib
@@ -34,7 +35,8 @@ _EXPORTS = {
     'errors': ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
                'SurgeryTypeError', 'FileFormatError', 'ParameterStateError',
                'TrainerStateError', 'StaleGradientError', 'SamplerValueError', 'SamplerTypeError',
-               'MissingDependencyError', 'DistributedWarning', 'ShrinkError'],
+               'MissingDependencyError', 'DistributedWarning', 'ShrinkError',
+               'ExportError'],
     'select': ['select'],
     'access': ['replicas', 'data_on', 'check_params', 'Problem'],
     'surgery': ['assign_params', 'set_params'],
@@ -54,6 +56,8 @@ _EXPORTS = {
     'analysis': ['sensitivity', 'SensitivityReport'],
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
     'distributed': ['check_trainer', 'init_kvstore'],
+    'onnx_export': ['export_onnx', 'OnnxExport'],
+    'compact': ['save_compact', 'load_compact'],
 }
 
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
