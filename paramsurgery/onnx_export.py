@@ -77,7 +77,7 @@ def _check_opset(opset, newest):
         raise SurgeryValueError(
             'opset must be between %d (the oldest MXNet converts to) and %d (the newest the '
             'installed onnx knows), got %d. Pass opset=None for %d.'
-            % (MIN_OPSET, newest, opset, newest, newest))
+            % (MIN_OPSET, newest, opset, newest))
     return int(opset)
 
 
@@ -258,9 +258,14 @@ def export_onnx(net, path, *, inputs, opset: Optional[int] = None,
     with autograd.pause():
         arrays = {name: data_on(param, ctx) for name, param in params.items() if name in wanted}
     batches = _batches(inputs, shapes)
-    onnx_types = [onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype(b.dtype)] for b in batches]
+    # The exporter pairs the shapes with the data inputs in the symbol's order, which is the
+    # order the graph first reads them, not the order of the net's arguments.
+    order = [name for name in symbol.list_inputs() if name not in arrays]
+    given = dict(zip(trace.input_names, batches))
+    onnx_types = [onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype(given[n].dtype)] for n in order]
     try:
-        graph = _internals.onnx_graph(symbol, arrays, shapes, onnx_types, opset)
+        graph = _internals.onnx_graph(symbol, arrays, [given[n].shape for n in order],
+                                      onnx_types, opset)
     except Exception as err:  # pylint: disable=broad-except
         raise ExportError(
             "MXNet's ONNX exporter failed on %s '%s' at opset %d: %s: %s. Nothing was "
