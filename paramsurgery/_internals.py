@@ -918,3 +918,9 @@ def onnx_graph(symbol, params, shapes, onnx_types, opset):
     from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
     return MXNetGraph().create_onnx_graph_proto(symbol, params, shapes, onnx_types,
                                                 opset_version=opset, dynamic=False)
+
+
+def load_init(param, arr):
+    """Set ``param`` to ``arr`` on every context, initialising it first if needed, as
+    ``load_parameters`` does (``Parameter._load_init``)."""
+    param._load_init(arr, None)
