@@ -97,6 +97,9 @@ class _Writer:
         nonzero = (u & u.dtype.type(~sign & (2 ** (8 * u.itemsize) - 1))) != 0 if sign \
             else u != 0
         count = int(np.count_nonzero(nonzero))
+        if count == u.size and (u == u[0]).all():  # all ones (a mask, a fresh BatchNorm)
+            entry.update(kind='constant', data=self.blob(u[:1].tobytes()))
+            return entry
         if (u.size + 7) // 8 + count * u.itemsize >= u.nbytes:
             entry.update(kind='dense', data=self.blob(u.tobytes()))
             return entry
@@ -118,6 +121,12 @@ class _Writer:
         entry['planes'] = [self.blob(*reversed(_pack(np.ascontiguousarray(planes[:, i]))))
                            for i in range(u.itemsize)]
         return entry
+
+
+def _first_copy(param):
+    """The value on the first context (data_on names a parameter not initialised)."""
+    ctxs = _internals.context_list(param)
+    return data_on(param, ctxs[0] if ctxs else None).asnumpy()
 
 
 def save_compact(net, path, *, masks: bool = True) -> List[str]:
@@ -158,10 +167,10 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
     --------
     >>> import os, tempfile, mxnet as mx, paramsurgery as ps
     >>> from mxnet.gluon import nn
-    >>> net = nn.Dense(100, in_units=100)
+    >>> net = nn.Dense(100, in_units=100, prefix='fc_')
     >>> net.initialize()
     >>> ps.prune_magnitude(net, net.weight, 0.9, mode='update')
-    ['dense0_weight']
+    ['fc_weight']
     >>> folder = tempfile.mkdtemp()
     >>> ps.save_compact(net, os.path.join(folder, 'net.compact'))
     ['bias', 'weight']
@@ -180,11 +189,10 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
     for sname, param in _internals.structural_names(net).items():
         if id(param) not in mask_ids:
             names.setdefault(id(param), (param, []))[1].append(sname)
-    ctx = None
     writer, arrays, saved_masks = _Writer(), [], []
     with autograd.pause():
         for param, keys in names.values():
-            arr = data_on(param, ctx or _internals.context_list(param)[0]).asnumpy()
+            arr = _first_copy(param)
             arrays.append(dict(writer.array(arr), keys=sorted(keys)))
         if masks:
             keys = structural_keys(net)
@@ -192,7 +200,7 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
                 weight, mask = params[name], params[name + MASK_SUFFIX]
                 if id(weight) not in keys:
                     continue  # not reachable through save_parameters' naming
-                value = data_on(mask, _internals.context_list(mask)[0]).asnumpy()
+                value = _first_copy(mask)
                 saved_masks.append(dict(writer.array(value), key=keys[id(weight)],
                                         mode=_mode_of(weight, mask)))
     header = json.dumps({'format': 'paramsurgery-compact', 'version': VERSION,
@@ -232,6 +240,12 @@ def _decode(body, entry, what):
         if len(data) != size * dtype.itemsize:
             raise ValueError('%s has %d bytes for %d entries' % (what, len(data), size))
         return np.frombuffer(data, dtype=utype).copy().view(dtype).reshape(shape)
+    if entry['kind'] == 'constant':
+        data = _read_blob(body, entry['data'], what)
+        if len(data) != dtype.itemsize:
+            raise ValueError('%s has a constant of %d bytes' % (what, len(data)))
+        return np.full(size, np.frombuffer(data, dtype=utype)[0], dtype=utype).view(
+            dtype).reshape(shape)
     if entry['kind'] != 'sparse':
         raise ValueError('%s has an unknown kind %r' % (what, entry['kind']))
     bits = _read_blob(body, entry['bits'], what + "'s bit mask")
