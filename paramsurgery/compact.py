@@ -189,29 +189,36 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
     for sname, param in _internals.structural_names(net).items():
         if id(param) not in mask_ids:
             names.setdefault(id(param), (param, []))[1].append(sname)
-    writer, arrays, saved_masks = _Writer(), [], []
+    arrays, saved_masks = [], []
     with autograd.pause():
         for param, keys in names.values():
-            arr = _first_copy(param)
-            arrays.append(dict(writer.array(arr), keys=sorted(keys)))
+            arrays.append((sorted(keys), _first_copy(param)))
         if masks:
             keys = structural_keys(net)
             for name in masked(net):
                 weight, mask = params[name], params[name + MASK_SUFFIX]
-                if id(weight) not in keys:
-                    continue  # not reachable through save_parameters' naming
-                value = _first_copy(mask)
-                saved_masks.append(dict(writer.array(value), key=keys[id(weight)],
-                                        mode=_mode_of(weight, mask)))
+                if id(weight) in keys:  # (else not reachable through save_parameters' names)
+                    saved_masks.append((keys[id(weight)], _first_copy(mask),
+                                        _mode_of(weight, mask)))
+    write_compact(path, arrays, saved_masks)
+    return sorted(k for keys, _ in arrays for k in keys)
+
+
+def write_compact(path, arrays, saved_masks=()):
+    """Write ``arrays`` (``(keys, numpy array)`` pairs: shared parameters are stored once) and
+    ``saved_masks`` (``(key of the weight, numpy mask, mode)``) atomically to ``path``."""
+    writer = _Writer()
+    entries = [dict(writer.array(arr), keys=list(keys)) for keys, arr in arrays]
+    mask_entries = [dict(writer.array(value), key=key, mode=mode)
+                    for key, value, mode in saved_masks]
     header = json.dumps({'format': 'paramsurgery-compact', 'version': VERSION,
-                         'arrays': arrays, 'masks': saved_masks}).encode('utf-8')
+                         'arrays': entries, 'masks': mask_entries}).encode('utf-8')
     with atomic_write(path) as tmp:
         with open(tmp, 'wb') as f:
             f.write(MAGIC + struct.pack('<Q', len(header)) + header)
             for data in writer.blobs:
                 f.write(data)
             f.flush()
-    return sorted(k for entry in arrays for k in entry['keys'])
 
 
 # --------------------------------------------------------------------------- reading
