@@ -230,6 +230,59 @@ def test_apply_plan_and_load_parameters(tmp_path, initialise):
     assert_close(ref, outputs(fresh, x, ONE))
 
 
+_PLAN_ON_BLOCKED_WEIGHTS = """
+import sys
+import mxnet as mx, numpy as np
+import paramsurgery as ps
+from mxnet.gluon import nn
+ctxs = [mx.cpu(i) for i in range(int(sys.argv[1]))]
+hybrid, folder = sys.argv[2] == '1', sys.argv[3]
+x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=(2, 3, 12, 12)))
+
+def build():
+    net = nn.HybridSequential()
+    with net.name_scope():
+        net.add(nn.Conv2D(8, 3), nn.BatchNorm(), nn.Activation('relu'), nn.Conv2D(8, 3),
+                nn.GlobalAvgPool2D(), nn.Dense(2))
+    return net
+
+net = build()
+net.initialize(mx.init.Xavier(), ctx=ctxs)
+ps.prune_channels(net, 0.5, inputs=x)
+plan = ps.shrink(net, inputs=x)
+ps.remove_mask(net, ps.masked(net))
+net.save_parameters(folder + '/net.params')
+if hybrid:
+    net.hybridize()      # the reference runs the same graph and kernels as the rebuilt net
+fresh = build()
+fresh.initialize(ctx=ctxs)
+if hybrid:
+    fresh.hybridize()
+with mx.autograd.predict_mode():
+    fresh(x)             # the convolutions reorder their weights into oneDNN's layout
+ps.apply_plan(fresh, plan)
+fresh.load_parameters(folder + '/net.params', ctx=ctxs)
+np.save(folder + '/ref.npy', net(x).asnumpy())
+np.save(folder + '/out.npy', np.stack([fresh(x.as_in_context(c)).asnumpy() for c in ctxs]))
+"""
+
+
+def test_apply_plan_on_a_net_with_onednn_weights_does_not_kill_the_process(tmp_path, ctxs,
+                                                                          hybridize):
+    # in a subprocess: the failure this guards against is a SIGFPE, not an exception
+    import subprocess
+    import sys
+    script = tmp_path / 'plan.py'
+    script.write_text(_PLAN_ON_BLOCKED_WEIGHTS)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(ps.__file__)))
+    proc = subprocess.run([sys.executable, str(script), str(len(ctxs)), str(int(hybridize)),
+                           str(tmp_path)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    ref, out = np.load(tmp_path / 'ref.npy'), np.load(tmp_path / 'out.npy')
+    for got in out:     # the same weights through the same graph and kernels: bit for bit
+        assert got.tobytes() == ref.tobytes()
+
+
 def test_plan_file_is_json_written_atomically(tmp_path):
     net = build('chain', ONE)
     ps.prune_channels(net, 0.5, inputs=batch())
