@@ -23,6 +23,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from . import _internals
+from ._deconv import real_deconvolution
 from .access import replicas
 from .errors import SelectionError, SurgeryTypeError, SurgeryValueError, and_more
 from .masks import _check_mode, apply_mask, get_mask, masked, unmasked_params
@@ -865,12 +866,13 @@ def _check_owners(net, graph):
 def count_ops(net, *inputs) -> Tuple[int, int]:
     """Multiply-accumulates for one sample and learnable parameters of ``net``.
 
-    MACs count the Convolution and FullyConnected layers only (a convolution: output
-    elements times input channels per group times kernel size; bias additions are not
-    counted); the batch size divides out. Parameters count Convolution and FullyConnected
-    weights and biases and BatchNorm gamma and beta, each shared parameter once; running
-    statistics and masks are not counted (a masked weight counts in full: shrink it to make
-    it smaller).
+    MACs count the Convolution, Deconvolution (transposed convolution) and FullyConnected
+    layers only (a convolution: output elements times input channels per group times kernel
+    size; a transposed one: input elements times output channels per group times kernel
+    size, masked or not; bias additions are not counted); the batch size divides out.
+    Parameters count the weights and biases of those layers and BatchNorm gamma and beta,
+    each shared parameter once; running statistics and masks are not counted (a masked
+    weight counts in full: shrink it to make it smaller).
 
     Parameters
     ----------
@@ -894,7 +896,8 @@ def count_ops(net, *inputs) -> Tuple[int, int]:
     """
     _require_hybrid(net, 'count_ops')
     shapes = _input_shapes(_positional(inputs), 'inputs')
-    trace = _Trace(net, shapes)
+    with real_deconvolution():
+        trace = _Trace(net, shapes)
     return _count(trace)
 
 
@@ -912,11 +915,11 @@ def _op_counts(trace):
 
     for nid, node in enumerate(nodes):
         op = node['op']
-        if op not in ('Convolution', 'FullyConnected', 'BatchNorm', 'BatchNormWithReLU',
-                      '_contrib_BatchNormWithReLU'):
+        if op not in ('Convolution', 'Deconvolution', 'FullyConnected', 'BatchNorm',
+                      'BatchNormWithReLU', '_contrib_BatchNormWithReLU'):
             continue
         inputs = node['inputs']
-        if op in ('Convolution', 'FullyConnected'):
+        if op in ('Convolution', 'Deconvolution', 'FullyConnected'):
             wname = src(inputs[1])
             wshape = trace.shapes.get(wname)
             out = trace.shape(nid)
@@ -924,6 +927,13 @@ def _op_counts(trace):
                 continue
             if op == 'Convolution':
                 layer = int(np.prod(out[1:], dtype=np.int64)) * int(np.prod(wshape[1:]))
+            elif op == 'Deconvolution':
+                # every input element meets (output channels per group) x kernel weights;
+                # the weight is (in channels, out channels per group, kernel...)
+                data = trace.shape(*inputs[0][:2])
+                if data is None:
+                    continue
+                layer = int(np.prod(data[1:], dtype=np.int64)) * int(np.prod(wshape[1:]))
             else:
                 rows = int(np.prod(out[1:-1], dtype=np.int64)) if len(out) > 2 else 1
                 layer = rows * int(np.prod(wshape))
