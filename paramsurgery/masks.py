@@ -346,6 +346,7 @@ def _new_mask_param(name, param, mode, contexts, value):
     mask = Parameter(name + MASK_SUFFIX, grad_req='null', shape=param.shape,
                      dtype=UPDATE_MASK_DTYPE if mode == 'update' else param.dtype,
                      init=mx.init.One(), differentiable=False)
+    _internals.mark_mask_param(mask)
     with autograd.pause():
         # a full-shape value is written over it right away: fill with the cheapest
         # initialiser (the mask's own init, ones, stays for initialize(force_reinit=True))
@@ -1115,6 +1116,7 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
             param.shape = _internals.raw_data(param)[0].shape
     for name in mask_names(params):
         params[name].grad_req = 'null'
+        _internals.mark_mask_param(params[name])
     return block
 
 
