@@ -31,7 +31,7 @@ from .channels import (
 )
 from .errors import ShrinkError
 from .masks import load_exported
-from .pruning_core import prune_count
+from .pruning_core import _check_amount
 from .select import MASK_SUFFIX
 
 __all__ = []
@@ -137,7 +137,7 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
     ``shapes`` is a list of input shapes (one per data input). Raises ``ShrinkError`` when
     the shrunk model does not compute what the masked original computes.
     """
-    prune_count(amount, 1 << 62, what='channels')   # type, NaN, sign, float > 1: first
+    _check_amount(amount, what='channels')   # type, NaN, sign, float > 1: first
     round_to = _check_round_to(round_to)
     block = _load(symbol_file, param_file, len(shapes))
     graph = _build(block, shapes)

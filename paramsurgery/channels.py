@@ -26,7 +26,7 @@ from . import _internals
 from .access import replicas
 from .errors import SelectionError, SurgeryTypeError, SurgeryValueError, and_more
 from .masks import _check_mode, apply_mask, get_mask, masked, unmasked_params
-from .pruning_core import prune_count
+from .pruning_core import _check_amount, prune_count
 from .select import mask_names, select
 
 __all__ = ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'prune_channels', 'count_ops']
@@ -1149,7 +1149,7 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
             % (', '.join(repr(i) for i in _IMPORTANCES), importance))
     round_to = _check_round_to(round_to)
     for one in (amount.values() if isinstance(amount, Mapping) else [amount]):
-        prune_count(one, 1 << 62, what='channels')   # type, NaN, sign, float > 1
+        _check_amount(one, what='channels')   # type, NaN, sign, float > 1
     shapes = _input_shapes(inputs)
     graph = _build(net, shapes)
     _check_owners(net, graph)
