@@ -30,7 +30,7 @@ from .channels import (
     count_ops,
 )
 from .errors import ShrinkError
-from .masks import load_exported
+from .masks import _quiet_input_types, load_exported
 from .pruning_core import _check_amount
 from .select import MASK_SUFFIX
 
@@ -189,8 +189,9 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
             new_shapes[name] = value.shape
         arrays[('aux:' if name in aux else 'arg:') + name] = mx.nd.array(value, dtype=value.dtype)
     symbol_json = _rewrite(symbol.tojson(), new_shapes)
-    shrunk = gluon.SymbolBlock(mx.sym.load_json(symbol_json),
-                               [mx.sym.var(n) for n in _input_names(len(shapes))])
+    with _quiet_input_types():
+        shrunk = gluon.SymbolBlock(mx.sym.load_json(symbol_json),
+                                   [mx.sym.var(n) for n in _input_names(len(shapes))])
     shrunk_params = shrunk.collect_params()
     for key, value in arrays.items():
         shrunk_params[key.split(':', 1)[1]]._load_init(value, mx.cpu())

@@ -7,6 +7,7 @@ gradient that reaches the stored weight is ``mask * dL/dW_effective``, the weigh
 leaf variable the Trainer updates (no stale gradient), and ``export()`` carries the mask.
 See ``docs/masks.md``.
 """
+import contextlib
 import inspect
 import io
 import json
@@ -1021,6 +1022,16 @@ def load_masks(net, path: str, *, combine: str = 'replace', mode: Optional[str] 
     return _apply_masks(net, plan, None, combine=combine, mode=modes)
 
 
+@contextlib.contextmanager
+def _quiet_input_types():
+    """Silence MXNet's "Cannot decide type for the following arguments ... data: None",
+    which every ``SymbolBlock`` built from a symbol warns: an input's dtype is only known at
+    the first forward, which is fine, and the warning only alarms users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Cannot decide type', category=UserWarning)
+        yield
+
+
 def load_exported(symbol_file: str, input_names, param_file: Optional[str] = None,
                   ctx=None, **kwargs) -> SymbolBlock:
     """``SymbolBlock.imports`` for a network exported with masks: masks stay non-trainable.
@@ -1105,7 +1116,8 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
     fix = ('Export the network again with net.export(prefix) and pass prefix + '
            "'-symbol.json' and prefix + '-0000.params'.")
     with reading([symbol_file] if param_file is None else [symbol_file, param_file],
-                 'exported model (symbol JSON and parameter file written by export())', fix):
+                 'exported model (symbol JSON and parameter file written by export())', fix), \
+            _quiet_input_types():
         block = SymbolBlock.imports(symbol_file, input_names, param_file, ctx, **kwargs)
     params = block.collect_params()
     for param in params.values():

@@ -1,6 +1,7 @@
 """Masks inside the forward graph: apply_mask, get_mask, masked, remove_mask, save/load/export."""
 import copy
 import os
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -724,7 +725,11 @@ def test_export_round_trip(nctx, tmp_path):
     out = net(nd.array(x, ctx=ctxs[0])).asnumpy()
     prefix = str(tmp_path / 'model')
     net.export(prefix)
-    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params', ctxs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params', ctxs)
+    # issue 18: MXNet's "Cannot decide type ... data: None" is noise to a user loading a model
+    assert [str(w.message) for w in caught] == []
     assert ps.masked(loaded) == [owner.weight.name]
     params = loaded.collect_params()
     assert params[owner.weight.name + '_mask'].grad_req == 'null'
