@@ -965,6 +965,9 @@ def load_masks(net, path: str, *, combine: str = 'replace', mode: Optional[str] 
         ``SurgeryValueError`` too); nothing changed.
     SurgeryValueError
         A shape that does not match, a missing file, a folder.
+    ParameterStateError
+        A parameter's shape is not known yet (deferred initialisation: run one forward
+        first) or it was never initialised.
     SurgeryTypeError
         ``path`` is not a ``str`` or ``os.PathLike`` (an ``int`` is not a file descriptor
         here).
@@ -1011,6 +1014,8 @@ def load_masks(net, path: str, *, combine: str = 'replace', mode: Optional[str] 
                 "(structural names: %s%s). Load it into a net of the same architecture."
                 % (path, skey, ', '.join(list(by_key)[:5]), ', ...' if len(by_key) > 5 else ''))
         if tuple(values.shape) != tuple(param.shape):
+            # a shape still deferred ((4, 0)) is not another architecture: say to run a forward
+            ensure_usable(param)
             raise SurgeryValueError(
                 "The mask file '%s' has a mask of shape %s for '%s' but Parameter '%s' has "
                 "shape %s. Load it into a net of the same architecture."
