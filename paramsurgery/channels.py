@@ -967,7 +967,8 @@ def _check_round_to(round_to):
 
 
 def _kept_count(kept, alive, round_to):
-    """The number of channels kept after rounding (section 9 of the API contract)."""
+    """The number of channels kept after rounding (``round_to``: the nearest multiple, at
+    least one multiple, at most what is alive, at least one channel)."""
     if round_to > 1:
         kept = int(math.floor(kept / round_to + 0.5)) * round_to
         kept = max(kept, round_to)
@@ -1076,10 +1077,10 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     net : HybridBlock
         An initialised network.
     amount : int or float
-        Section 7's rules: a float in [0, 1] is the fraction of each group's channels still
-        unmasked (``floor(amount * n + 0.5)``), an int a count. With ``scope='global'``
-        the same rule applies to the channels of all selected groups together. At least one
-        channel of every group is kept.
+        As in docs/pruning.md#how-much-amount: a float in [0, 1] is the fraction of each
+        group's channels still unmasked (``floor(amount * n + 0.5)``), an int a count. With
+        ``scope='global'`` the same rule applies to the channels of all selected groups
+        together. At least one channel of every group is kept.
     inputs : NDArray or tuple of int or list of them
         A batch (or its shape) per data input, to trace the net.
     key : str or Parameter or list or callable, default None
@@ -1114,9 +1115,9 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     SurgeryTypeError
         ``net`` is not a HybridBlock, or a wrong argument type.
     SurgeryValueError
-        A bad ``amount`` (section 7), ``scope``, ``round_to`` or ``importance``; the key
-        selects no prunable group (the message says why each selected one is not); a group
-        without a BatchNorm with ``'bn_gamma'``.
+        A bad ``amount`` (docs/pruning.md#how-much-amount), ``scope``, ``round_to`` or
+        ``importance``; the key selects no prunable group (the message says why each
+        selected one is not); a group without a BatchNorm with ``'bn_gamma'``.
     SelectionError
         ``key`` selects no parameter.
 
