@@ -24,7 +24,7 @@ The layers, each importing only from the ones above it (and, within a line, ``a 
     report -> analysis               sparsity reports; sensitivity analysis and budgets
     demo -> cli                      the demo and the command line
 """
-import importlib
+import importlib as _importlib
 
 # Bound now: the submodule of the same name would otherwise shadow the function.
 from .select import select  # noqa: F401  (listed in __all__ below)
@@ -66,7 +66,7 @@ def __getattr__(name):
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError("module 'paramsurgery' has no attribute %r" % name)
-    value = getattr(importlib.import_module('.' + module, __name__), name)
+    value = getattr(_importlib.import_module('.' + module, __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -27,7 +27,7 @@ from ._deconv import real_deconvolution
 from .access import replicas
 from .errors import SelectionError, SurgeryTypeError, SurgeryValueError, and_more
 from .masks import _check_mode, apply_mask, get_mask, masked, unmasked_params
-from .pruning_core import prune_count
+from .pruning_core import _check_amount, prune_count
 from .select import mask_names, select
 
 __all__ = ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'prune_channels', 'count_ops']
@@ -977,7 +977,8 @@ def _check_round_to(round_to):
 
 
 def _kept_count(kept, alive, round_to):
-    """The number of channels kept after rounding (section 9 of the API contract)."""
+    """The number of channels kept after rounding (``round_to``: the nearest multiple, at
+    least one multiple, at most what is alive, at least one channel)."""
     if round_to > 1:
         kept = int(math.floor(kept / round_to + 0.5)) * round_to
         kept = max(kept, round_to)
@@ -1086,10 +1087,10 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     net : HybridBlock
         An initialised network.
     amount : int or float
-        Section 7's rules: a float in [0, 1] is the fraction of each group's channels still
-        unmasked (``floor(amount * n + 0.5)``), an int a count. With ``scope='global'``
-        the same rule applies to the channels of all selected groups together. At least one
-        channel of every group is kept.
+        As in docs/pruning.md#how-much-amount: a float in [0, 1] is the fraction of each
+        group's channels still unmasked (``floor(amount * n + 0.5)``), an int a count. With
+        ``scope='global'`` the same rule applies to the channels of all selected groups
+        together. At least one channel of every group is kept.
     inputs : NDArray or tuple of int or list of them
         A batch (or its shape) per data input, to trace the net.
     key : str or Parameter or list or callable, default None
@@ -1124,9 +1125,9 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     SurgeryTypeError
         ``net`` is not a HybridBlock, or a wrong argument type.
     SurgeryValueError
-        A bad ``amount`` (section 7), ``scope``, ``round_to`` or ``importance``; the key
-        selects no prunable group (the message says why each selected one is not); a group
-        without a BatchNorm with ``'bn_gamma'``.
+        A bad ``amount`` (docs/pruning.md#how-much-amount), ``scope``, ``round_to`` or
+        ``importance``; the key selects no prunable group (the message says why each
+        selected one is not); a group without a BatchNorm with ``'bn_gamma'``.
     SelectionError
         ``key`` selects no parameter.
 
@@ -1159,7 +1160,7 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
             % (', '.join(repr(i) for i in _IMPORTANCES), importance))
     round_to = _check_round_to(round_to)
     for one in (amount.values() if isinstance(amount, Mapping) else [amount]):
-        prune_count(one, 1 << 62, what='channels')   # type, NaN, sign, float > 1
+        _check_amount(one, what='channels')   # type, NaN, sign, float > 1
     shapes = _input_shapes(inputs)
     graph = _build(net, shapes)
     _check_owners(net, graph)

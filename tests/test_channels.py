@@ -302,7 +302,9 @@ def test_round_to():
 
 
 @pytest.mark.parametrize('kwargs, error, text', [
-    (dict(amount=1.5), ps.SurgeryValueError, 'amount/100'),
+    # issue 18: no bogus count ("the 4611686018427387904 channels") before n is known
+    (dict(amount=1.5), ps.SurgeryValueError, r'fraction of the channels still unmasked\. '
+                                             r'Did you mean amount=0\.015 \(amount/100\)'),
     (dict(amount=True), ps.SurgeryTypeError, 'bool'),
     (dict(amount=float('nan')), ps.SurgeryValueError, 'not finite'),
     (dict(amount=-0.1), ps.SurgeryValueError, 'negative'),
