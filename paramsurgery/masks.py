@@ -1016,7 +1016,8 @@ def load_masks(net, path: str, *, combine: str = 'replace', mode: Optional[str] 
                 % (path, skey, ', '.join(list(by_key)[:5]), ', ...' if len(by_key) > 5 else ''))
         if tuple(values.shape) != tuple(param.shape):
             # a shape still deferred ((4, 0)) is not another architecture: say to run a forward
-            ensure_usable(param)
+            if not param.shape or not all(d > 0 for d in param.shape):
+                ensure_usable(param)
             raise SurgeryValueError(
                 "The mask file '%s' has a mask of shape %s for '%s' but Parameter '%s' has "
                 "shape %s. Load it into a net of the same architecture."
