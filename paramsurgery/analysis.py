@@ -556,7 +556,8 @@ def _progress(total):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc='sensitivity', unit='trial', leave=False)
+    # disable=None: no bar unless stderr is a terminal (no carriage returns in a log)
+    return tqdm(total=total, desc='sensitivity', unit='trial', leave=False, disable=None)
 
 
 class _WeightUnits:
