@@ -393,7 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
         'demo', help='run the end-to-end example (offline)',
         description='Train a small CNN on scikit-learn\'s bundled digits on two contexts, '
                     'prune it gradually to 90%% sparsity while fine-tuning, and print the '
-                    'sparsity reports and a RESULT line. Needs the [demo] extra.')
+                    'sparsity reports; prune channels by a sensitivity plan and shrink; '
+                    'export the shrunk net to ONNX and run it in ONNX Runtime, and save the '
+                    'sparse one compact; end with a RESULT line. Needs the [demo] extra. See '
+                    'docs/cli.md#paramsurgery-demo.')
     from .demo import add_arguments
     add_arguments(demo)
     demo.set_defaults(func=_demo)
