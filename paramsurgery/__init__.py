@@ -22,7 +22,7 @@ The layers, each importing only from the ones above it (and, within a line, ``a 
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
     channels -> shrinking, _exported    channel groups and pruning; structural shrink
     report -> analysis               sparsity reports; sensitivity analysis and budgets
-    onnx_export, compact             ONNX export checked in ONNX Runtime; compact files
+    compact -> onnx_export           compact files; ONNX export checked in ONNX Runtime
     demo -> cli                      the demo and the command line
 """
 import importlib as _importlib

@@ -21,6 +21,7 @@ from ._checks import check_flag
 from ._files import check_path, write_bytes
 from .access import data_on
 from .channels import _batches, _finish_deferred, _flat_outputs, _input_shapes, _Trace
+from .compact import wait_for_forwards
 from .errors import (
     ExportError,
     MissingDependencyError,
@@ -255,6 +256,7 @@ def export_onnx(net, path, *, inputs, opset: Optional[int] = None,
     params = all_params(net)
     ctx = _contexts(net)[0]
     wanted = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
+    wait_for_forwards()  # a queued forward would reorder the weights while they are copied
     with autograd.pause():
         arrays = {name: data_on(param, ctx) for name, param in params.items() if name in wanted}
     batches = _batches(inputs, shapes)
