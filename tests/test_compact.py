@@ -134,6 +134,36 @@ def test_sizes(tmp_path):
     assert sizes(tmp_path, net) <= 0.14
 
 
+def test_large_noisy_planes_are_stored_raw_and_round_trip(tmp_path):
+    # 262144 kept values: byte planes past the size where save_compact samples a plane and
+    # stores the low mantissa planes (noise to zlib) without compressing them
+    import json
+    import struct
+
+    from paramsurgery.compact import MAGIC
+    net = nn.Dense(512, in_units=1024, prefix='half_')
+    net.initialize()
+    # trained weights' low mantissa bits are noise (MXNet's own uniform draws are not: their
+    # lowest bits are often zero and do compress)
+    ps.set_params(net, net.weight, np.random.RandomState(0).standard_normal((512, 1024)))
+    ps.prune_magnitude(net, net.weight, 0.5)
+    ps.remove_mask(net, net.weight)   # baked: signed zeros too
+    path = str(tmp_path / 'net.compact')
+    ratio = sizes(tmp_path, net)
+    # 1 bit of mask and of zero sign per entry, 32 bits per kept value: 0.5 + 2/32, before
+    # the sign and exponent plane compresses
+    assert ratio <= 0.5 + 2 / 32
+    with open(path, 'rb') as f:
+        f.read(len(MAGIC))
+        header = json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
+    weight = [e for e in header['arrays'] if e['keys'] == ['weight']][0]
+    assert weight['kind'] == 'sparse' and [p[0] for p in weight['planes']][0] == 'raw'
+    assert weight['planes'][3][0] == 'z'   # the sign and exponent plane
+    fresh = nn.Dense(512, in_units=1024, prefix='other_')
+    ps.load_compact(fresh, path)
+    assert fresh.weight.data().asnumpy().tobytes() == net.weight.data().asnumpy().tobytes()
+
+
 def test_shrunk_net_loads_into_apply_plan_net(tmp_path, ctxs):
     net = build('concat', ctxs)
     ps.prune_channels(net, 0.5, inputs=batch(), mode='update')
