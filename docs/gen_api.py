@@ -31,6 +31,8 @@ MODULES = [
     ('distributed', 'the parameter-server kvstore: check_trainer, init_kvstore'),
     ('channels', 'channel groups, channel pruning and count_ops'),
     ('shrinking', 'structural shrink: shrink, ShrinkPlan, apply_plan'),
+    ('onnx_export', 'ONNX export checked in ONNX Runtime: export_onnx'),
+    ('compact', 'compact parameter files: save_compact, load_compact'),
     ('errors', 'the exceptions and warnings'),
 ]
 

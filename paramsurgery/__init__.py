@@ -22,6 +22,7 @@ The layers, each importing only from the ones above it (and, within a line, ``a 
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
     channels -> shrinking, _exported    channel groups and pruning; structural shrink
     report -> analysis               sparsity reports; sensitivity analysis and budgets
+    compact -> onnx_export           compact files; ONNX export checked in ONNX Runtime
     demo -> cli                      the demo and the command line
 """
 import importlib as _importlib
@@ -35,7 +36,8 @@ _EXPORTS = {
     'errors': ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
                'SurgeryTypeError', 'FileFormatError', 'ParameterStateError',
                'TrainerStateError', 'StaleGradientError', 'SamplerValueError', 'SamplerTypeError',
-               'MissingDependencyError', 'DistributedWarning', 'ShrinkError'],
+               'MissingDependencyError', 'DistributedWarning', 'ShrinkError',
+               'ExportError'],
     'select': ['select'],
     'access': ['replicas', 'data_on', 'check_params', 'Problem'],
     'surgery': ['assign_params', 'set_params'],
@@ -55,6 +57,8 @@ _EXPORTS = {
     'analysis': ['sensitivity', 'SensitivityReport'],
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
     'distributed': ['check_trainer', 'init_kvstore'],
+    'onnx_export': ['export_onnx', 'OnnxExport'],
+    'compact': ['save_compact', 'load_compact'],
 }
 
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

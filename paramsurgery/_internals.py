@@ -932,3 +932,20 @@ def put_kvstore_copies(trainer, copies):
             kvstore.push(idx, arr, priority=-idx)
     finally:
         kvstore._set_updater(previous)
+
+
+# --------------------------------------------------------------------------- ONNX exporter
+# mx.onnx.export_model takes no opset and only writes a file (with the parameters also listed
+# as graph inputs); its converter class builds the GraphProto at a chosen opset.
+
+def onnx_graph(symbol, params, shapes, onnx_types, opset):
+    """The ONNX GraphProto of ``symbol`` as ``mx.onnx.export_model`` builds it, at ``opset``."""
+    from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
+    return MXNetGraph().create_onnx_graph_proto(symbol, params, shapes, onnx_types,
+                                                opset_version=opset, dynamic=False)
+
+
+def load_init(param, arr):
+    """Set ``param`` to ``arr`` on every context, initialising it first if needed, as
+    ``load_parameters`` does (``Parameter._load_init``)."""
+    param._load_init(arr, None)

@@ -208,6 +208,114 @@ def _demo(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- leaving MXNet
+
+def _export(args) -> int:
+    import json
+
+    from .masks import load_exported
+    from .onnx_export import export_onnx
+    symbol = check_path('SYMBOL', args.symbol)
+    params = check_path('PARAMS', args.params)
+    output = check_path('-o', args.output, write=True)
+    with reading(symbol, 'symbol file written by export() (JSON)',
+                 'Pass the PREFIX-symbol.json file export() wrote.'):
+        with open(symbol) as f:
+            nodes = json.load(f)['nodes']
+    stored = set(name.split(':', 1)[-1] for name in _load(params))
+    # the data inputs: the graph's variables that the parameter file does not hold
+    names = [n['name'] for n in nodes if n['op'] == 'null' and n['name'] not in stored]
+    shapes = args.input_shape or [(1, 3, 224, 224)]
+    if len(shapes) != len(names):
+        raise UsageError('the model has %d data input%s (%s): pass --input-shape once for each'
+                         % (len(names), '' if len(names) == 1 else 's', ', '.join(names)))
+    net = load_exported(symbol, names, params)
+    done = export_onnx(net, output, inputs=shapes, opset=args.opset)
+    print('wrote %s: opset %d, inputs %s, outputs %s, %d initializers'
+          % (done.path, done.opset, ', '.join(done.inputs), ', '.join(done.outputs),
+             done.initializers))
+    if done.baked_masks:
+        print('masks baked into %d weights' % len(done.baked_masks))
+    print('ONNX Runtime matches MXNet: max |difference| %.3g (max |output| %.3g)'
+          % (done.max_diff, done.scale))
+    return 0
+
+
+def _compact(args) -> int:
+    from .compact import write_compact
+    source = check_path('IN', args.file)
+    output = check_path('-o', args.output, write=True)
+    arrays = _load(source)
+    # <name>_mask arrays next to <name> are masks: stored in their mode, restored by
+    # load_compact (a uint8 mask is an update-mode mask, as apply_mask stores it)
+    masks = [name for name in arrays if name.endswith(MASK_SUFFIX)
+             and name[:-len(MASK_SUFFIX)] in arrays]
+    plain = [([name], arr.asnumpy()) for name, arr in arrays.items() if name not in masks]
+    saved = [(name[:-len(MASK_SUFFIX)], arrays[name].asnumpy(),
+              'update' if arrays[name].dtype == np.uint8 else 'graph') for name in masks]
+    write_compact(output, plain, saved)
+    before, after = os.path.getsize(source), os.path.getsize(output)
+    print('wrote %s: %d arrays (%d masks), %d -> %d bytes (%.3fx)'
+          % (output, len(arrays), len(masks), before, after, after / max(before, 1)))
+    return 0
+
+
+def _expand(args) -> int:
+    import mxnet as mx
+
+    from .compact import read_compact
+    source = check_path('IN', args.file)
+    output = check_path('-o', args.output, write=True)
+    arrays, masks = read_compact(source)
+    out = OrderedDict((name, mx.nd.array(arr, dtype=arr.dtype)) for name, arr in arrays.items())
+    for key, value, _ in masks:
+        out[key + MASK_SUFFIX] = mx.nd.array(value, dtype=value.dtype)
+    with atomic_write(output) as tmp:
+        mx.nd.save(tmp, out)
+    print('wrote %s: %d arrays, %d -> %d bytes' % (output, len(out), os.path.getsize(source),
+                                                    os.path.getsize(output)))
+    return 0
+
+
+def _add_deploy_commands(sub):
+    export = sub.add_parser(
+        'export', help='export a model to ONNX, checked in ONNX Runtime',
+        description='Convert an exported model (the -symbol.json and -0000.params files written '
+                    'by export()) to ONNX with MXNet\'s own exporter: masks baked into the '
+                    'weights, parameters as initializers. The model runs in ONNX Runtime '
+                    'against MXNet before anything is written. Needs the [onnx] extra. See '
+                    'docs/deploy.md.')
+    export.add_argument('symbol', metavar='PREFIX-symbol.json')
+    export.add_argument('params', metavar='PREFIX-0000.params')
+    export.add_argument('-o', '--output', metavar='OUT.onnx', required=True)
+    export.add_argument('--input-shape', type=_shape, action='append', metavar='N,C,H,W',
+                        help='shape of a batch for each data input, e.g. 1,3,224,224 '
+                             '(repeat for several inputs; default 1,3,224,224)')
+    export.add_argument('--opset', type=int, default=None,
+                        help='ONNX opset (default: the newest the installed onnx knows)')
+    export.set_defaults(func=_export)
+
+    compact = sub.add_parser(
+        'compact', help='store a parameter file as small as its information',
+        description='Rewrite a parameter file (save_parameters, nd.save or export output) as a '
+                    'compact file: each array dense or as a bit mask plus its nonzero values, '
+                    'whichever is smaller, losslessly compressed; bit-exact. A 90%% sparse net '
+                    'takes about a seventh of the space. ps.load_compact and "paramsurgery '
+                    'expand" read it. See docs/deploy.md#compact-files.')
+    compact.add_argument('file', metavar='IN.params')
+    compact.add_argument('-o', '--output', metavar='OUT', required=True)
+    compact.set_defaults(func=_compact)
+
+    expand = sub.add_parser(
+        'expand', help='turn a compact file back into an MXNet parameter file',
+        description='Write the arrays of a compact file (ps.save_compact or "paramsurgery '
+                    'compact") to an MXNet parameter file that any MXNet loads (load_parameters, '
+                    'nd.load), bit for bit. Masks are written as <name>_mask arrays.')
+    expand.add_argument('file', metavar='IN')
+    expand.add_argument('-o', '--output', metavar='OUT.params', required=True)
+    expand.set_defaults(func=_expand)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(
@@ -279,11 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
                              'suit MKLDNN and GPUs)')
     shrink.set_defaults(func=_shrink)
 
+    _add_deploy_commands(sub)
+
     demo = sub.add_parser(
         'demo', help='run the end-to-end example (offline)',
         description='Train a small CNN on scikit-learn\'s bundled digits on two contexts, '
                     'prune it gradually to 90%% sparsity while fine-tuning, and print the '
-                    'sparsity reports and a RESULT line. Needs the [demo] extra.')
+                    'sparsity reports; prune channels by a sensitivity plan and shrink; '
+                    'export the shrunk net to ONNX and run it in ONNX Runtime, and save the '
+                    'sparse one compact; end with a RESULT line. Needs the [demo] extra. See '
+                    'docs/cli.md#paramsurgery-demo.')
     from .demo import add_arguments
     add_arguments(demo)
     demo.set_defaults(func=_demo)

@@ -14,8 +14,14 @@ amounts for a MACs budget, :func:`prune_channels` masks them, the net is fine-tu
 :func:`shrink` removes the channels for real; a table compares MACs, parameters, file size,
 measured inference time and test accuracy, dense and shrunk.
 
+Act 3, leaving MXNet: the shrunk net exported to ONNX with :func:`export_onnx` and run
+in ONNX Runtime (the largest difference from MXNet and both speeds printed; skipped, saying
+so, when the ``[onnx]`` extra is not installed), and act 1's 90% sparse net saved with
+:func:`save_compact` (its size against ``save_parameters``).
+
 The last line printed is ``RESULT dense_acc=<float> pruned_acc=<float> sparsity=<float>
-shrunk_acc=<float> macs_ratio=<float> speedup=<float>``.
+shrunk_acc=<float> macs_ratio=<float> speedup=<float> onnx_max_diff=<float>
+compact_ratio=<float>`` (``onnx_max_diff=nan`` when act 3's export was skipped).
 """
 import argparse
 import os
@@ -34,8 +40,10 @@ from ._checks import check_flag, is_int, is_real
 from ._files import atomic_write, check_path
 from .analysis import sensitivity
 from .channels import count_ops, prune_channels
+from .compact import load_compact, save_compact
 from .errors import MissingDependencyError, SurgeryTypeError, SurgeryValueError, install_hint
 from .masks import masked, remove_mask
+from .onnx_export import export_onnx
 from .pruning import Pruner
 from .report import pyplot, sparsity_report
 from .samplers import complementary_split
@@ -181,6 +189,25 @@ def _latency(net, x, repeat=15):
     return float(np.median(times))
 
 
+def _bits(param):
+    """The first copy of ``param`` as unsigned integers: equal bits, not equal values (NaN,
+    -0.0)."""
+    arr = param.data(param.list_ctx()[0]).asnumpy()
+    return arr.view('u%d' % arr.dtype.itemsize)
+
+
+def _ort_latency(session, x, repeat=15):
+    """Median seconds of one ONNX Runtime run on ``x``, timed as :func:`_latency` times MXNet."""
+    feeds = {session.get_inputs()[0].name: np.asarray(x, dtype=np.float32)}
+    times = []
+    for i in range(repeat + 3):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        if i >= 3:                                   # the first runs allocate and plan
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def _file_size(net):
     # a scratch file in a private temporary folder, removed at once: only its size matters
     folder = tempfile.mkdtemp()
@@ -241,7 +268,67 @@ def channel_act(args, dense_params, train, valid, test, tqdm, sensitivity_plot=N
     for name, a, b, ratio in rows:
         print('%-26s %12s %12s %8s' % (name, a, b, '' if ratio is None else '%.2fx' % ratio))
     return {'shrunk_acc': shrunk_acc, 'macs_ratio': dense_macs / macs,
-            'speedup': dense_time / shrunk_time, 'plan': plan, 'report': report}
+            'speedup': dense_time / shrunk_time, 'plan': plan, 'report': report,
+            'net': net, 'latency': shrunk_time}
+
+
+def deploy_act(sparse_net, shrunk_net, test, rebuild, shrunk_time=None) -> dict:
+    """Act 3: ``shrunk_net`` exported to ONNX and run in ONNX Runtime on the test images,
+    ``sparse_net`` (its masks baked into the weights first, as a deployment keeps them)
+    saved compact and loaded back into ``rebuild()``, a fresh net of its architecture.
+    Returns ``onnx_max_diff`` (NaN when onnx or onnxruntime is missing: the export is
+    skipped with a message naming the install command), ``onnx_acc``, ``onnx_speedup``
+    (MXNet time / ONNX Runtime time), ``compact_ratio`` (compact size / ``save_parameters``
+    size) and ``compact_exact`` (every loaded value has the saved bits)."""
+    x_test, y_test = test
+    out = {'onnx_max_diff': float('nan'), 'onnx_acc': None, 'onnx_speedup': None}
+    folder = tempfile.mkdtemp()   # private scratch files, removed at the end: only sizes
+    try:
+        path = os.path.join(folder, 'shrunk.onnx')
+        try:
+            done = export_onnx(shrunk_net, path, inputs=mx.nd.array(x_test))
+        except MissingDependencyError:
+            print('deploy: ONNX export skipped: onnx and onnxruntime are not installed (%s)'
+                  % install_hint('onnx'))
+        else:
+            import onnxruntime
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3
+            session = onnxruntime.InferenceSession(path, options,
+                                                   providers=['CPUExecutionProvider'])
+            (logits,) = session.run(None, {done.inputs[0]: x_test.astype(np.float32)})
+            if shrunk_time is None:
+                shrunk_time = _latency(shrunk_net, x_test)
+            ort_time = _ort_latency(session, x_test)
+            out.update(onnx_max_diff=done.max_diff,
+                       onnx_acc=float((logits.argmax(axis=1) == y_test).mean()),
+                       onnx_speedup=shrunk_time / ort_time)
+            print('deploy: shrunk net exported to ONNX (opset %d, %d initializers) and run in '
+                  'ONNX Runtime: max |difference| from MXNet %.3g (max |output| %.3g), test '
+                  'accuracy %.4f' % (done.opset, done.initializers, done.max_diff, done.scale,
+                                     out['onnx_acc']))
+            print('deploy: inference, %d images: MXNet %.2f ms, ONNX Runtime %.2f ms (%.2fx)'
+                  % (len(y_test), 1e3 * shrunk_time, 1e3 * ort_time, out['onnx_speedup']))
+        if masked(sparse_net):
+            remove_mask(sparse_net, masked(sparse_net), bake=True)
+        compact_path, params_path = (os.path.join(folder, 'sparse.compact'),
+                                     os.path.join(folder, 'sparse.params'))
+        save_compact(sparse_net, compact_path)
+        sparse_net.save_parameters(params_path)
+        compact, params = os.path.getsize(compact_path), os.path.getsize(params_path)
+        copy = rebuild()
+        load_compact(copy, compact_path)
+        out['compact_ratio'] = compact / params
+        out['compact_exact'] = all(
+            np.array_equal(_bits(a), _bits(b)) for a, b in
+            zip(sparse_net.collect_params().values(), copy.collect_params().values()))
+        print('deploy: the sparse net in %d bytes with save_compact, %d with save_parameters '
+              '(%.3fx); loaded back into a fresh net %s'
+              % (compact, params, out['compact_ratio'],
+                 'bit for bit' if out['compact_exact'] else 'WITH OTHER VALUES'))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
 
 
 def _bar(tqdm, args, total, desc):
@@ -374,10 +461,13 @@ def run(args: Optional[argparse.Namespace] = None) -> dict:
         plot = stem + '-sensitivity' + (ext or '.png')
     act = channel_act(args, best_params, train, (x_valid, y_valid), (x_test, y_test), tqdm,
                       sensitivity_plot=plot)
+    deploy = deploy_act(net, act['net'], (x_test, y_test), lambda: build_net(args.seed),
+                        shrunk_time=act['latency'])
     print('RESULT dense_acc=%.4f pruned_acc=%.4f sparsity=%.4f shrunk_acc=%.4f '
-          'macs_ratio=%.4f speedup=%.4f' % (dense_acc, pruned_acc, sparsity,
-                                            act['shrunk_acc'], act['macs_ratio'],
-                                            act['speedup']))
+          'macs_ratio=%.4f speedup=%.4f onnx_max_diff=%.3g compact_ratio=%.4f'
+          % (dense_acc, pruned_acc, sparsity, act['shrunk_acc'], act['macs_ratio'],
+             act['speedup'], deploy['onnx_max_diff'], deploy['compact_ratio']))
     return {'dense_acc': dense_acc, 'pruned_acc': pruned_acc, 'sparsity': sparsity,
             'shrunk_acc': act['shrunk_acc'], 'macs_ratio': act['macs_ratio'],
-            'speedup': act['speedup']}
+            'speedup': act['speedup'], 'onnx_max_diff': deploy['onnx_max_diff'],
+            'compact_ratio': deploy['compact_ratio']}

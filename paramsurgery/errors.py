@@ -11,7 +11,7 @@ import os
 __all__ = ['ParamSurgeryError', 'SurgeryError', 'SelectionError', 'SurgeryValueError',
            'SurgeryTypeError', 'FileFormatError', 'ParameterStateError',
            'TrainerStateError', 'SamplerValueError', 'SamplerTypeError', 'MissingDependencyError',
-           'StaleGradientError', 'DistributedWarning', 'ShrinkError']
+           'StaleGradientError', 'DistributedWarning', 'ShrinkError', 'ExportError']
 
 
 def and_more(names, shown: int = 1) -> str:
@@ -144,6 +144,16 @@ class ShrinkError(ParamSurgeryError, RuntimeError):
     fails, and why), after everything was restored bit for bit, and by
     :func:`paramsurgery.apply_plan` for a plan that does not fit the network (the message
     names the first parameter that does not fit).
+    """
+
+
+class ExportError(ParamSurgeryError, RuntimeError):
+    """A net could not be exported to ONNX; nothing was written.
+
+    Raised by :func:`paramsurgery.export_onnx` when MXNet's exporter has no converter for
+    one of the net's operators (the message names the first one, its node and the opset), or
+    when ONNX Runtime computes something else than the net (the message names the first
+    output that differs and by how much).
     """
 
 

@@ -471,3 +471,83 @@ def test_shrink_refuses_a_mask_it_cannot_slice_in_one_line(tmp_path, capsys):
     assert "mask 'b_conv0_weight_mask' has shape (4, 1, 1, 1)" in err
     assert 'Bake the masks first' in err
     assert os.listdir(out) == []
+
+
+# --------------------------------------------------------------------------- export, compact, expand
+
+def test_export_an_exported_model_to_onnx(exported, tmp_path, capsys):
+    import onnxruntime as ort
+    prefix, net = exported
+    out = str(tmp_path / 'model.onnx')
+    code, stdout, err = run(['export', prefix + '-symbol.json', prefix + '-0000.params',
+                             '--input-shape', '2,3,32,32', '-o', out], capsys)
+    assert code == 0, err
+    assert 'ONNX Runtime matches MXNet' in stdout and os.listdir(tmp_path) == ['model.onnx']
+    session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
+    assert [i.name for i in session.get_inputs()] == ['data']  # parameters are initializers
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 32, 32)))
+    with mx.autograd.predict_mode():
+        want = net(x).asnumpy()
+    got = session.run(None, {'data': x.asnumpy()})[0]
+    # float32 in both runtimes, other kernels: see tests/test_onnx_export.py
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--input-shape', '1,3,0,32'], 'positive whole numbers'),
+    (['--input-shape', '1,3,32,32', '--input-shape', '1,3,32,32'], '1 data input (data)'),
+    (['--input-shape', '1,5,32,32'], 'does not run'),
+    (['--input-shape', '1,3,32,32', '--opset', '7'], 'opset must be between 12'),
+    (['--input-shape', '1,3,32,32', '--opset', 'x'], 'invalid int'),
+])
+def test_export_bad_input_exits_2_without_output(exported, tmp_path, capsys, args, message):
+    prefix, _ = exported
+    code, out, err = run(['export', prefix + '-symbol.json', prefix + '-0000.params', '-o',
+                          str(tmp_path / 'm.onnx')] + args, capsys)
+    assert code == 2 and message in err and 'Traceback' not in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_compact_and_expand_round_trip_bit_exact(saved, tmp_path, capsys):
+    path, masked_path, _ = saved
+    for source in (path, masked_path):
+        small, back = str(tmp_path / 'net.compact'), str(tmp_path / 'back.params')
+        code, out, err = run(['compact', source, '-o', small], capsys)
+        assert code == 0 and 'bytes' in out, err
+        code, out, err = run(['expand', small, '-o', back], capsys)
+        assert code == 0, err
+        want, got = mx.nd.load(source), mx.nd.load(back)
+        assert sorted(got) == sorted(want)
+        for name in want:
+            assert got[name].dtype == want[name].dtype
+            assert got[name].asnumpy().tobytes() == want[name].asnumpy().tobytes(), name
+    # the expanded file is an ordinary save_parameters file
+    net = vision.resnet18_v1(pretrained=False, classes=10)
+    code, _, err = run(['compact', path, '-o', small], capsys)
+    code, _, err = run(['expand', small, '-o', back], capsys)
+    net.load_parameters(back)
+
+
+def test_compact_file_loads_with_load_compact_masks_included(saved, tmp_path, capsys):
+    _, masked_path, arrays = saved
+    small = str(tmp_path / 'net.compact')
+    assert run(['compact', masked_path, '-o', small], capsys)[0] == 0
+    net = vision.resnet18_v1(pretrained=False, classes=10)
+    ps.load_compact(net, small)
+    assert ps.masked(net) == [net.output.weight.name]
+    assert (net.output.weight.data().asnumpy().tobytes()
+            == arrays['output.weight'].asnumpy().tobytes())
+
+
+def test_compact_and_expand_bad_input_exit_2_without_output(saved, tmp_path, capsys):
+    path, _, _ = saved
+    text = tmp_path / 'text.params'
+    text.write_text('hello')
+    for argv, message in [(['compact', str(tmp_path / 'none'), '-o', 'x'], 'no such file'),
+                          (['compact', str(text), '-o', str(tmp_path / 'o')], 'not a readable'),
+                          (['expand', path, '-o', str(tmp_path / 'o')], 'not a compact file'),
+                          (['expand', str(text), '-o', str(tmp_path / 'o')], 'not a compact'),
+                          (['compact', path, '-o', str(tmp_path)], 'is a folder')]:
+        code, out, err = run(argv, capsys)
+        assert code == 2 and message in err and 'Traceback' not in err, (argv, err)
+    assert os.listdir(tmp_path) == ['text.params']

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import mxnet as mx
+import numpy as np
 import pytest
 
 import paramsurgery as ps
@@ -13,7 +15,67 @@ from paramsurgery.cli import main
 from paramsurgery.errors import install_hint
 
 RESULT = re.compile(r'^RESULT dense_acc=(\d\.\d{4}) pruned_acc=(\d\.\d{4}) sparsity=(\d\.\d{4}) '
-                    r'shrunk_acc=(\d\.\d{4}) macs_ratio=(\d+\.\d{4}) speedup=(\d+\.\d{4})$')
+                    r'shrunk_acc=(\d\.\d{4}) macs_ratio=(\d+\.\d{4}) speedup=(\d+\.\d{4}) '
+                    r'onnx_max_diff=(\S+) compact_ratio=(\d\.\d{4})$')
+
+
+# A 90% sparse float32 weight costs a 1-bit mask per entry plus 32 bits per kept value,
+# 1/32 + 0.1 = 0.131 of its save_parameters bytes, before zlib; the demo's dense biases
+# (0.4% of the entries: 0.004) and the JSON header (2.7 KB for 10 arrays: 0.012 of the
+# 230 KB save_parameters file) bring that bound to 0.147 without any compression.
+COMPACT_90 = 0.15
+
+
+def _act3_nets(hybridize):
+    """Act 1's net pruned to 90% (global magnitude, graph masks) and act 2's net shrunk."""
+    sparse = demo.build_net(0)
+    ps.prune_magnitude(sparse, demo.PRUNED, 0.9, scope='global')
+    small = demo.build_net(1)
+    ps.prune_channels(small, 0.5, inputs=demo.INPUT, round_to=demo.ROUND_TO)
+    ps.shrink(small, inputs=demo.INPUT)
+    for net in (sparse, small):
+        net.hybridize(active=hybridize)
+    return sparse, small
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_deploy_act_exports_runs_and_saves_compact(hybridize, capsys):
+    sparse, small = _act3_nets(hybridize)
+    _, (x_test, y_test) = demo._data(0)
+    expected = small(mx.nd.array(x_test, ctx=demo.CTXS[0])).asnumpy()
+    weights = {name: p.data(demo.CTXS[1]).asnumpy() * ps.get_mask(sparse, name)[name].asnumpy()
+               for name, p in ps.select(sparse, demo.PRUNED).items()}
+    out = demo.deploy_act(sparse, small, (x_test, y_test), lambda: demo.build_net(5))
+    printed = capsys.readouterr().out
+    assert 'ONNX Runtime' in printed and 'bit for bit' in printed
+    # export_onnx's check passed: max |ONNX Runtime - MXNet| <= 1e-4 x max |logit|
+    assert 0 <= out['onnx_max_diff'] <= 1e-4 * np.abs(expected).max()
+    # ONNX Runtime's argmax can differ from MXNet's only where the two top logits are closer
+    # than twice the largest difference
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    close = int((top2[:, 1] - top2[:, 0] <= 2 * out['onnx_max_diff']).sum())
+    mxnet_acc = float((expected.argmax(axis=1) == y_test).mean())
+    assert abs(out['onnx_acc'] - mxnet_acc) <= close / len(y_test)
+    assert out['onnx_speedup'] > 0
+    # the sparse net's masks were baked (the weights are what the masked forward used, on
+    # both contexts) and its compact file came back bit for bit
+    assert ps.masked(sparse) == [] and out['compact_exact'] is True
+    for name, want in weights.items():
+        for ctx in demo.CTXS:
+            assert np.array_equal(sparse.collect_params()[name].data(ctx).asnumpy(), want)
+    assert 0 < out['compact_ratio'] < COMPACT_90
+
+
+def test_deploy_act_without_onnx_says_so_and_still_saves_compact(monkeypatch, capsys):
+    sparse, small = _act3_nets(True)
+    _, test = demo._data(0)
+    monkeypatch.setitem(sys.modules, 'onnx', None)   # import onnx -> ImportError
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+    out = demo.deploy_act(sparse, small, test, lambda: demo.build_net(5))
+    printed = capsys.readouterr().out
+    assert 'ONNX export skipped' in printed and install_hint('onnx') in printed
+    assert np.isnan(out['onnx_max_diff']) and out['onnx_acc'] is None
+    assert out['compact_exact'] is True and 0 < out['compact_ratio'] < COMPACT_90
 
 
 def test_quick_demo_run(tmp_path, capsys):
@@ -23,8 +85,13 @@ def test_quick_demo_run(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     match = RESULT.match(lines[-1])
     assert match, lines[-1]
-    dense_acc, pruned_acc, sparsity, shrunk_acc, macs_ratio, speedup = map(float,
-                                                                          match.groups())
+    (dense_acc, pruned_acc, sparsity, shrunk_acc, macs_ratio, speedup, onnx_max_diff,
+     compact_ratio) = map(float, match.groups())
+    # act 3: the export's own check bounds the difference by 1e-4 x max |logit|, and the
+    # digits CNN's logits stay far below 100 after a few epochs
+    assert 0 <= onnx_max_diff < 1e-2
+    assert 0 < compact_ratio < COMPACT_90
+    assert any(line.startswith('deploy: inference, 360 images: MXNet') for line in lines)
     assert 0.5 < dense_acc <= 1 and 0.1 < pruned_acc <= 1 and 0.1 < shrunk_acc <= 1
     assert abs(sparsity - 0.9) < 1e-4   # the schedule ends at exactly 90% of the weights
     assert macs_ratio >= 2.5 and speedup > 0  # the plan's budget is met
@@ -102,7 +169,7 @@ def test_full_demo_meets_its_targets(capsys):
     print(out)
     match = RESULT.match(out.strip().splitlines()[-1])
     dense_acc, pruned_acc, sparsity, shrunk_acc, macs_ratio, speedup = map(float,
-                                                                          match.groups())
+                                                                          match.groups()[:6])
     assert dense_acc - shrunk_acc <= 0.01 and macs_ratio >= 2
 
 

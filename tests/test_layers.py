@@ -25,6 +25,10 @@ KNOWN_CROSSINGS = {
     ('pruning', 'masks', '_apply_masks'), ('pruning', 'masks', '_check_mode'),
     ('_exported', 'masks', '_quiet_input_types'), ('channels', 'pruning_core', '_check_amount'),
     ('analysis', 'pruning_core', '_check_amount'), ('_exported', 'pruning_core', '_check_amount'),
+    ('onnx_export', 'channels', '_Trace'), ('onnx_export', 'channels', '_batches'),
+    ('onnx_export', 'channels', '_input_shapes'), ('onnx_export', 'shrinking', '_layer_of'),
+    ('onnx_export', 'channels', '_finish_deferred'), ('onnx_export', 'channels', '_flat_outputs'),
+    ('onnx_export', 'shrinking', '_contexts'), ('compact', 'masks', '_mode_of'),
 }
 
 

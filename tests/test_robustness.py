@@ -113,8 +113,45 @@ def env(tmp_path):
     e.fd_file.write(b'precious')
     e.fd_file.flush()
     e.fd = e.fd_file.fileno()
+    _compact_files(e)
     yield e
     e.fd_file.close()
+
+
+def _compact_files(e):
+    """A compact file of ``e.net`` and damaged copies of it, for load_compact's rows."""
+    e.compact = e.f('net.compact')
+    ps.save_compact(e.net, e.compact)
+    good = open(e.compact, 'rb').read()
+    for name, data in [('empty.compact', b''), ('truncated.compact', good[:len(good) // 2]),
+                       ('flipped.compact', _flip(good, len(good) - 5)),  # inside a blob
+                       ('text.compact', 'ünïcode, not a compact file'.encode('utf-8'))]:
+        with open(e.f(name), 'wb') as f:
+            f.write(data)
+    wider = nn.HybridSequential(prefix='wide_')
+    with wider.name_scope():
+        wider.add(nn.Dense(5, in_units=3), nn.Dense(2, in_units=5))
+    wider.initialize()
+    ps.save_compact(wider, e.f('wider.compact'))
+
+
+class _Erf(gluon.HybridBlock):
+    """An operator MXNet's ONNX exporter has no converter for."""
+
+    def hybrid_forward(self, F, x):
+        return F.erf(x)
+
+
+def _unconvertible(e):
+    net = nn.HybridSequential(prefix='odd_')
+    with net.name_scope():
+        net.add(nn.Dense(2, in_units=3), _Erf(prefix='erf_'))
+    net.initialize()
+    return ps.export_onnx(net, e.f('odd.onnx'), inputs=(1, 3))
+
+
+def _uninitialised(e):
+    return ps.save_compact(nn.Dense(2, in_units=3, prefix='fresh_'), e.f('fresh.compact'))
 
 
 def _flip(data, pos):
@@ -623,6 +660,86 @@ BAD = {
             e.net, ps.ShrinkPlan({}, {'0.weight': (9, 9)})), ps.ShrinkError),
         ('a missing file', lambda e: ps.apply_plan(e.net, e.f('none.json')), VE),
     ],
+    'export_onnx': [
+        ('a plain Block', lambda e: ps.export_onnx(nn.Block(), e.f('n.onnx'), inputs=(1, 3)),
+         TE),
+        ('net is a str', lambda e: ps.export_onnx('net', e.f('n.onnx'), inputs=(1, 3)), TE),
+        ('an int path (file descriptor)',
+         lambda e: ps.export_onnx(e.net, e.fd, inputs=(1, 3)), TE),
+        ('None path', lambda e: ps.export_onnx(e.net, None, inputs=(1, 3)), TE),
+        ('empty path', lambda e: ps.export_onnx(e.net, '', inputs=(1, 3)), VE),
+        ('a folder', lambda e: ps.export_onnx(e.net, e.f('folder'), inputs=(1, 3)), VE),
+        ('missing folder', lambda e: ps.export_onnx(e.net, e.missing_dir, inputs=(1, 3)), VE),
+        ('inputs a str', lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs='1,3'), TE),
+        ('inputs None', lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=None), TE),
+        ('inputs empty', lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=[]), TE),
+        ('zero dimension', lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(0, 3)), VE),
+        ('negative dimension',
+         lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, -3)), VE),
+        ('bool dimension', lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(True, 3)),
+         TE),
+        ('float dimension', lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3.0)),
+         TE),
+        ('shape does not run',
+         lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 5)), VE),
+        # the tracer's message (channels.py) blames the blocks, not the number of inputs
+        ('two inputs for one',
+         lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=[(1, 3), (1, 3)]), TE),
+        ('opset 11', lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3), opset=11),
+         VE),
+        ('opset 99', lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3), opset=99),
+         VE),
+        ('opset -1', lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3), opset=-1),
+         VE),
+        ('opset True',
+         lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3), opset=True), TE),
+        ('opset 13.0',
+         lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3), opset=13.0), TE),
+        ('opset NaN',
+         lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3), opset=NAN), TE),
+        ("opset '13'",
+         lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3), opset='13'), TE),
+        ("check='yes'",
+         lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3), check='yes'), TE),
+        ('check=None',
+         lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3), check=None), TE),
+        ('check=1', lambda e: ps.export_onnx(e.net, e.f('n.onnx'), inputs=(1, 3), check=1),
+         TE),
+        ('an operator without converter', _unconvertible, ps.ExportError),
+    ],
+    'save_compact': [
+        ('net is a dict',
+         lambda e: ps.save_compact(dict(e.net.collect_params()), e.f('n.compact')), TE),
+        ('net is None', lambda e: ps.save_compact(None, e.f('n.compact')), TE),
+        ('an int path (file descriptor)', lambda e: ps.save_compact(e.net, e.fd), TE),
+        ('None path', lambda e: ps.save_compact(e.net, None), TE),
+        ('bytes path', lambda e: ps.save_compact(e.net, e.f('n.compact').encode()), TE),
+        ('empty path', lambda e: ps.save_compact(e.net, ''), VE),
+        ('a folder', lambda e: ps.save_compact(e.net, e.f('folder')), VE),
+        ('missing folder', lambda e: ps.save_compact(e.net, e.missing_dir), VE),
+        ("masks='no'", lambda e: ps.save_compact(e.net, e.f('n.compact'), masks='no'), TE),
+        ('masks=None', lambda e: ps.save_compact(e.net, e.f('n.compact'), masks=None), TE),
+        ('masks=0', lambda e: ps.save_compact(e.net, e.f('n.compact'), masks=0), TE),
+        ('not initialised', _uninitialised, ps.ParameterStateError),
+    ],
+    'load_compact': [
+        ('net is a dict',
+         lambda e: ps.load_compact(dict(e.net.collect_params()), e.compact), TE),
+        ('net is None', lambda e: ps.load_compact(None, e.compact), TE),
+        ('an int path (file descriptor)', lambda e: ps.load_compact(e.net, e.fd), TE),
+        ('None path', lambda e: ps.load_compact(e.net, None), TE),
+        ('empty path', lambda e: ps.load_compact(e.net, ''), VE),
+        ('missing file', lambda e: ps.load_compact(e.net, e.f('nope.compact')), VE),
+        ('a folder', lambda e: ps.load_compact(e.net, e.f('folder')), VE),
+        ('empty file', lambda e: ps.load_compact(e.net, e.f('empty.compact')), FE),
+        ('truncated file', lambda e: ps.load_compact(e.net, e.f('truncated.compact')), FE),
+        ('flipped byte', lambda e: ps.load_compact(e.net, e.f('flipped.compact')), FE),
+        ('text file', lambda e: ps.load_compact(e.net, e.f('text.compact')), FE),
+        ('a parameter file', lambda e: ps.load_compact(e.net, e.params_file), FE),
+        ('a mask file', lambda e: ps.load_compact(e.net, e.masks), FE),
+        ('another architecture', lambda e: ps.load_compact(e.half, e.compact), VE),
+        ('other shapes', lambda e: ps.load_compact(e.net, e.f('wider.compact')), VE),
+    ],
     'check_trainer': [
         ('a str', lambda e: ps.check_trainer('sgd'), TE),
         ('a net', lambda e: ps.check_trainer(e.net), TE),
@@ -640,6 +757,7 @@ NOT_CALLABLE = dict(
         ('Problem', 'a NamedTuple of check_params results, built by paramsurgery'),
         ('ChannelGraph', 'the result of trace_channels, built by paramsurgery'),
         ('ChannelGroup', 'a member of ChannelGraph.groups, built by paramsurgery'),
+        ('OnnxExport', 'a NamedTuple of export_onnx results, built by paramsurgery'),
     ])
 
 CASES = [pytest.param(name, label, call, error, id='%s-%s' % (name, label))

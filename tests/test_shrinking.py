@@ -549,6 +549,16 @@ def test_model_zoo(model, tmp_path):
         ps.set_params(net, name, p.data(mx.cpu(0)))
     ps.remove_mask(net, ps.masked(net))
     assert_round_trips(net, plan, model, x, tmp_path)
+    assert_exports_to_onnx(net, x[:1], tmp_path)
+
+
+def assert_exports_to_onnx(net, x, tmp_path):
+    """The shrunk net leaves MXNet: ONNX Runtime computes what it computes (docs/deploy.md)."""
+    import onnxruntime as ort
+    path = ps.export_onnx(net, str(tmp_path / 'zoo.onnx'), inputs=x).path
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    assert [i.name for i in session.get_inputs()] == ['data']  # parameters are initializers
+    assert_close(outputs(net, x, ONE), session.run(None, {'data': x.asnumpy()}))
 
 
 @pytest.mark.zoo
