@@ -21,6 +21,7 @@ The layers, each importing only from the ones above it::
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
     channels -> shrinking, _exported channel groups, channel pruning; structural shrink
     report, analysis                 sparsity reports; sensitivity analysis and budgets
+    rewinding                        capture and rewind (lottery tickets)
     cli, demo                        the command line and the demo
 """
 import importlib
@@ -54,6 +55,7 @@ _EXPORTS = {
     'analysis': ['sensitivity', 'SensitivityReport'],
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
     'distributed': ['check_trainer', 'init_kvstore'],
+    'rewinding': ['Capture', 'capture', 'rewind'],
 }
 
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -630,6 +630,27 @@ BAD = {
     'init_kvstore': [
         ('None', lambda e: ps.init_kvstore(None), TE),
     ],
+    'capture': [
+        ('a key that selects nothing', lambda e: ps.capture(e.net, 'nothing'), SE),
+        ('net an int', lambda e: ps.capture(3), TE),
+    ],
+    'Capture': [
+        ('values a list', lambda e: ps.Capture([1, 2]), TE),
+        ('save to an int path', lambda e: ps.capture(e.net).save(e.fd), TE),
+        ('save to a missing folder', lambda e: ps.capture(e.net).save(e.missing_dir), VE),
+        ('load an empty file', lambda e: ps.Capture.load(e.f('empty.json')), FE),
+        ('load a damaged file', lambda e: ps.Capture.load(e.f('bad.json')), FE),
+    ],
+    'rewind': [
+        ('capture a dict', lambda e: ps.rewind(e.net, {'net_dense0_weight': 1.0}), TE),
+        ('trainer a str', lambda e: ps.rewind(e.net, ps.capture(e.net), trainer='sgd'), TE),
+        ('another shape', lambda e: ps.rewind(e.net, ps.Capture(
+            {'net_dense0_weight': np.zeros((9, 9), 'float32')})), VE),
+        ('a name the net has not', lambda e: ps.rewind(e.net, ps.Capture(
+            {'other_weight': np.zeros(3, 'float32')})), SE),
+        ('a key not captured', lambda e: ps.rewind(e.net, ps.capture(
+            e.net, 'net_dense0_weight'), key='net_dense0_bias'), SE),
+    ],
 }
 
 # Public names that take no arguments to get wrong, and why.
