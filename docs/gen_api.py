@@ -32,6 +32,7 @@ MODULES = [
     ('channels', 'channel groups, channel pruning and count_ops'),
     ('shrinking', 'structural shrink: shrink, ShrinkPlan, apply_plan'),
     ('errors', 'the exceptions and warnings'),
+    ('rewinding', 'lottery-ticket rewinding: capture, rewind, Capture'),
 ]
 
 

@@ -12,6 +12,7 @@ from . import _internals
 from ._files import check_path, reading, write_bytes
 from .errors import FileFormatError, SurgeryTypeError, SurgeryValueError, and_more
 from .select import MASK_SUFFIX, all_params, mask_names, select
+from .shrinking import ShrinkPlan
 from .surgery import set_params
 
 __all__ = ['Capture', 'capture', 'rewind']
@@ -55,6 +56,65 @@ class Capture:
         arrays = {'v%d' % i: v for i, v in enumerate(self.values.values())}
         np.savez(buffer, meta=np.frombuffer(meta.encode('utf-8'), dtype=np.uint8), **arrays)
         write_bytes(path, buffer.getvalue())
+
+    def shrink(self, plan: ShrinkPlan) -> 'Capture':
+        """The capture sliced as :func:`shrink` sliced the net, so that :func:`rewind` fits
+        the shrunk net: every captured parameter the plan shrank keeps the plan's indices.
+
+        Parameters
+        ----------
+        plan : ShrinkPlan
+            What :func:`shrink` returned (or :meth:`ShrinkPlan.load` read).
+
+        Returns
+        -------
+        Capture
+            A new capture; this one is left as it is.
+
+        Raises
+        ------
+        SurgeryTypeError
+            ``plan`` is not a :class:`ShrinkPlan`.
+        SurgeryValueError
+            The plan does not fit the captured shapes, or holds no slices (written before
+            plans recorded them: shrink again).
+
+        Examples
+        --------
+        >>> import mxnet as mx, paramsurgery as ps
+        >>> from mxnet.gluon import nn
+        >>> net = nn.HybridSequential(prefix='net_')
+        >>> with net.name_scope():
+        ...     net.add(nn.Dense(4, in_units=3, activation='relu'), nn.Dense(2, in_units=4))
+        >>> net.initialize(mx.init.Xavier())
+        >>> start = ps.capture(net)
+        >>> _ = ps.prune_channels(net, 2, inputs=(1, 3))
+        >>> plan = ps.shrink(net, inputs=(1, 3))
+        >>> small = start.shrink(plan)
+        >>> small.values['net_dense0_weight'].shape, small.values['net_dense1_weight'].shape
+        ((2, 3), (2, 2))
+        >>> ps.rewind(net, small)
+        ['net_dense0_weight', 'net_dense0_bias', 'net_dense1_weight', 'net_dense1_bias']
+        """
+        if not isinstance(plan, ShrinkPlan):
+            raise SurgeryTypeError('Capture.shrink(plan): plan must be the ps.ShrinkPlan that '
+                                   'ps.shrink returned, got %s.' % type(plan).__name__)
+        if plan.slices is None:
+            raise SurgeryValueError('Capture.shrink: the plan records no slices (it was '
+                                    'written before plans did). Fix: shrink again with this '
+                                    'version, or capture the shrunk net.')
+        values = OrderedDict()
+        for name, value in self.values.items():
+            for axis, keep in sorted(plan.slices.get(name, {}).items()):
+                if axis >= value.ndim or (keep and max(keep) >= value.shape[axis]):
+                    raise SurgeryValueError(
+                        "Capture.shrink: the plan keeps indices %s on axis %d of '%s', whose "
+                        "captured shape is %s: the plan is of another net. Nothing was "
+                        "changed. Fix: pass the plan of the net this capture was taken of."
+                        % (and_more([str(k) for k in keep]), axis, name, tuple(value.shape)))
+                value = np.take(value, keep, axis=axis)
+            values[name] = value
+        return Capture(values)
 
     @classmethod
     def load(cls, path: str) -> 'Capture':
@@ -194,8 +254,8 @@ def rewind(net, capture: Capture, *, key: Any = None,
         if tuple(saved.shape) != tuple(param.shape):
             raise SurgeryValueError(
                 "rewind: parameter '%s' has shape %s but was captured with shape %s (shrunk "
-                "since?). Nothing was changed. Fix: take the capture of the net in its "
-                "current shape." % (name, tuple(param.shape), tuple(saved.shape)))
+                "since?). Nothing was changed. Fix: slice the capture with "
+                "capture.shrink(plan), or capture the net in its current shape." % (name, tuple(param.shape), tuple(saved.shape)))
         mask = params.get(name + MASK_SUFFIX)
         if mask is not None:
             keep = mask.data(mask.list_ctx()[0]).asnumpy() != 0

@@ -1,5 +1,4 @@
 """capture / rewind: the lottery-ticket step, on every context, Trainer-safe."""
-import mxnet as mx
 import numpy as np
 import pytest
 from mxnet import gluon
@@ -101,3 +100,51 @@ def test_load_refuses_another_file(tmp_path):
     np.savez(path, meta=np.frombuffer(b'{"format": "x"}', dtype=np.uint8))
     with pytest.raises(ps.FileFormatError, match='not a paramsurgery capture'):
         ps.Capture.load(path)
+
+
+@pytest.mark.parametrize('kvstore,update_on_kvstore,ctxs', TRAINER_SETUPS)
+def test_capture_shrink_fits_the_shrunk_net(kvstore, update_on_kvstore, ctxs, hybridize):
+    net = make_mlp(ctxs, hybridize)
+    start = ps.capture(net)
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                          'momentum': 0.9},
+                            kvstore=kvstore or 'device', update_on_kvstore=update_on_kvstore)
+    train(net, trainer, ctxs, 2)
+    # hidden units 1 and 3 go: dense0 keeps rows [0, 2, 4], dense1 columns [0, 2, 4]
+    keep = np.array([1, 0, 1, 0, 1], 'float32')
+    ps.apply_mask(net, {'mlp_dense0_weight': np.repeat(keep[:, None], 4, 1),
+                        'mlp_dense0_bias': keep,
+                        'mlp_dense1_weight': np.repeat(keep[None], 3, 0)}, mode='update')
+    plan = ps.shrink(net, inputs=(2, 4), trainer=trainer)
+    assert plan.slices == {'mlp_dense0_weight': {0: [0, 2, 4]}, 'mlp_dense0_bias': {0: [0, 2, 4]},
+                           'mlp_dense1_weight': {1: [0, 2, 4]}}
+    with pytest.raises(ps.SurgeryValueError, match='capture.shrink'):
+        ps.rewind(net, start)
+    small = start.shrink(plan)
+    assert start.values['mlp_dense0_weight'].shape == (5, 4)   # the original is kept
+    ps.rewind(net, small, trainer=trainer)
+    got = values(net)
+    expected = {'mlp_dense0_weight': start.values['mlp_dense0_weight'][[0, 2, 4]],
+                'mlp_dense0_bias': start.values['mlp_dense0_bias'][[0, 2, 4]],
+                'mlp_dense1_weight': start.values['mlp_dense1_weight'][:, [0, 2, 4]],
+                'mlp_dense1_bias': start.values['mlp_dense1_bias']}
+    for name, want in expected.items():
+        for arr in got[name]:
+            assert np.array_equal(arr, want), name
+    train(net, trainer, ctxs, 1)   # the Trainer still runs on the shrunk, rewound net
+    assert all(a.shape == (3, 4) for a in net[0].weight.list_data())
+
+
+def test_capture_shrink_refuses_plans_that_do_not_fit(tmp_path):
+    start = ps.Capture({'a_weight': np.arange(6, dtype='float32').reshape(2, 3)})
+    with pytest.raises(ps.SurgeryTypeError, match='must be the ps.ShrinkPlan'):
+        start.shrink({'a_weight': {0: [0]}})
+    with pytest.raises(ps.SurgeryValueError, match="axis 1 of 'a_weight'"):
+        start.shrink(ps.ShrinkPlan({}, {}, {'a_weight': {1: [0, 3]}}))
+    with pytest.raises(ps.SurgeryValueError, match='records no slices'):
+        start.shrink(ps.ShrinkPlan({}, {}))
+    # the slices survive a file
+    path = str(tmp_path / 'plan.json')
+    ps.ShrinkPlan({}, {}, {'a_weight': {1: [0, 2]}}).save(path)
+    assert np.array_equal(start.shrink(ps.ShrinkPlan.load(path)).values['a_weight'],
+                          [[0, 2], [3, 5]])

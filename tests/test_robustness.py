@@ -640,6 +640,9 @@ BAD = {
         ('save to a missing folder', lambda e: ps.capture(e.net).save(e.missing_dir), VE),
         ('load an empty file', lambda e: ps.Capture.load(e.f('empty.json')), FE),
         ('load a damaged file', lambda e: ps.Capture.load(e.f('bad.json')), FE),
+        ('shrink with a dict', lambda e: ps.capture(e.net).shrink({}), TE),
+        ('shrink with a plan without slices', lambda e: ps.capture(e.net).shrink(
+            ps.ShrinkPlan({}, {})), VE),
     ],
     'rewind': [
         ('capture a dict', lambda e: ps.rewind(e.net, {'net_dense0_weight': 1.0}), TE),
