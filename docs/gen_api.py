@@ -33,6 +33,7 @@ MODULES = [
     ('shrinking', 'structural shrink: shrink, ShrinkPlan, apply_plan'),
     ('errors', 'the exceptions and warnings'),
     ('rewinding', 'lottery-ticket rewinding: capture, rewind, Capture'),
+    ('dynamic', 'dynamic sparse training: DynamicSparsity (RigL, SET)'),
 ]
 
 

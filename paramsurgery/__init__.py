@@ -21,7 +21,7 @@ The layers, each importing only from the ones above it::
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
     channels -> shrinking, _exported channel groups, channel pruning; structural shrink
     report, analysis                 sparsity reports; sensitivity analysis and budgets
-    rewinding                        capture and rewind (lottery tickets)
+    rewinding, dynamic               capture and rewind (lottery tickets); RigL and SET
     cli, demo                        the command line and the demo
 """
 import importlib
@@ -56,6 +56,7 @@ _EXPORTS = {
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
     'distributed': ['check_trainer', 'init_kvstore'],
     'rewinding': ['Capture', 'capture', 'rewind'],
+    'dynamic': ['DynamicSparsity'],
 }
 
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -48,6 +48,13 @@ def _net(prefix='net_'):
     return net
 
 
+def _dynamic():
+    # on a net of its own: building one masks its net, which the table checks stays unchanged
+    net = _net('dyn_')
+    return ps.DynamicSparsity(net, gluon.Trainer(net.collect_params(), 'sgd'), '.*weight',
+                              0.5, seed=0)
+
+
 @pytest.fixture
 def env(tmp_path):
     """A masked two-context net whose Trainer has momentum, an fp16 net near overflow, an
@@ -653,6 +660,36 @@ BAD = {
             {'other_weight': np.zeros(3, 'float32')})), SE),
         ('a key not captured', lambda e: ps.rewind(e.net, ps.capture(
             e.net, 'net_dense0_weight'), key='net_dense0_bias'), SE),
+    ],
+    'DynamicSparsity': [
+        ('net an int', lambda e: ps.DynamicSparsity(3, e.trainer, '.*weight', 0.5), TE),
+        ('trainer a str', lambda e: ps.DynamicSparsity(e.net, 'sgd', '.*weight', 0.5), TE),
+        ('sparsity NaN', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', NAN), VE),
+        ('sparsity 1', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 1), VE),
+        ('sparsity True', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', True), VE),
+        ("method='snip'", lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                       method='snip'), VE),
+        ('update_every 0', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                        update_every=0), VE),
+        ('drop_fraction NaN', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                           drop_fraction=NAN), VE),
+        ('end 1.5', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                 end=1.5), VE),
+        ("decay='linear'", lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                        decay='linear'), VE),
+        ("distribution='x'", lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                          distribution='x'), VE),
+        ('seed -1', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                 seed=-1), VE),
+        ('a key that selects nothing', lambda e: ps.DynamicSparsity(e.net, e.trainer,
+                                                                    'nothing', 0.5), SE),
+        ('a Trainer of other parameters', lambda e: ps.DynamicSparsity(
+            e.net, gluon.Trainer(_net('o_').collect_params(), 'sgd'), '.*weight', 0.5), SE),
+        ('step -1', lambda e: _dynamic().step(-1), VE),
+        ('step 2.0', lambda e: _dynamic().step(2.0), VE),
+        ('load_state_dict a list', lambda e: _dynamic().load_state_dict([]), TE),
+        ('load_state_dict of other settings', lambda e: _dynamic().load_state_dict(
+            dict(_dynamic().state_dict(), method='set')), VE),
     ],
 }
 
