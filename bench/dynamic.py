@@ -47,6 +47,8 @@ from mxnet import autograd, gluon
 
 import paramsurgery as ps
 from paramsurgery.demo import CTXS, PRUNED, _splits, accuracy, build_net
+from paramsurgery.dynamic import erk_densities
+from paramsurgery.report import pyplot, save_figure
 
 ARMS = ['dense', 'static', 'set', 'rigl']
 
@@ -134,6 +136,41 @@ def time_steps(args):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def plot(args, record, means):
+    """Two panels: the density of every sparse weight under 'uniform' and 'erk', and the
+    test accuracy of every arm against the steps (mean over the seeds), mask updates marked."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    net = build_net(0)
+    shapes = {n: p.shape for n, p in ps.select(net, PRUNED).items()}
+    names = [n.replace('digits_', '') for n in shapes]
+    uniform = [1 - args.sparsity] * len(shapes)
+    erk = list(erk_densities(shapes, args.sparsity).values())
+    xs = np.arange(len(shapes))
+    left.bar(xs - 0.2, uniform, 0.4, label='uniform')
+    left.bar(xs + 0.2, erk, 0.4, label='erk')
+    left.set_xticks(xs)
+    left.set_xticklabels(['%s\n%d' % (n, np.prod(s)) for n, s in zip(names, shapes.values())],
+                         fontsize=7)
+    left.set_yscale('log')
+    left.set_ylabel('density (active fraction)')
+    left.set_title('per-layer density at %.0f%% sparsity' % (100 * args.sparsity))
+    left.legend()
+    end = int(0.75 * args.steps)
+    for step in range(args.update_every, end, args.update_every):
+        right.axvline(step, color='0.85', linewidth=0.8)
+    for arm, runs in record.items():
+        steps = [s for s, _ in next(iter(runs.values()))]
+        acc = np.mean([[a for _, a in curve] for curve in runs.values()], axis=0)
+        right.plot(steps, acc, label='%s (%.3f)' % (arm, means[arm]))
+    right.set_ylim(0.0, 1.0)
+    right.set_xlabel('step (grey: mask updates of SET and RigL)')
+    right.set_ylabel('test accuracy (mean of %d seeds)' % args.seeds)
+    right.set_title('%s, %s, %d steps' % (args.distribution, args.optimizer, args.steps))
+    right.legend(loc='lower right')
+    save_figure(fig, args.plot, dpi=90)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--steps', type=int, default=690)
@@ -149,9 +186,13 @@ def main():
     parser.add_argument('--eval-every', type=int, default=30)
     parser.add_argument('--curve', metavar='FILE.json',
                         help='write the test accuracy every --eval-every steps')
+    parser.add_argument('--plot', metavar='FILE.png',
+                        help='plot the per-layer densities and the test accuracy against steps')
     args = parser.parse_args()
     arms = args.arms.split(',')
-    record = {} if args.curve else None
+    if args.plot:
+        pyplot()     # fail now, not after the training, if matplotlib is missing
+    record = {} if args.curve or args.plot else None
     results = {arm: [] for arm in arms}
     for seed in range(args.seeds):
         for arm in arms:
@@ -170,6 +211,8 @@ def main():
     if args.curve:
         with open(args.curve, 'w') as f:
             json.dump(record, f)
+    if args.plot:
+        plot(args, record, means)
     if args.rounds:
         med = time_steps(args)
         print('step between updates %.2f ms, update-mode masked step %.2f ms: ratio %.3f '

@@ -932,6 +932,8 @@ def put_kvstore_copies(trainer, copies):
             kvstore.push(idx, arr, priority=-idx)
     finally:
         kvstore._set_updater(previous)
+
+
 def reset_optimizer_state(trainer, param, where=None):
     """Zero the optimizer state of ``param`` (not its fp32 master copy) in every Updater of
     ``trainer`` in this process: everywhere, or only where the 0/1 NDArray ``where`` (the
