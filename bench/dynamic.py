@@ -66,8 +66,10 @@ def batches(train, steps):
 
 def make(arm, seed, args):
     net = build_net(seed)
-    trainer = gluon.Trainer(net.collect_params(), args.optimizer,
-                            {'learning_rate': args.lr}, update_on_kvstore=False)
+    opts = {'learning_rate': args.lr}
+    if args.momentum:
+        opts['momentum'] = args.momentum
+    trainer = gluon.Trainer(net.collect_params(), args.optimizer, opts, update_on_kvstore=False)
     dyn = None
     if arm != 'dense':
         dyn = ps.DynamicSparsity(
@@ -181,6 +183,7 @@ def main():
     parser.add_argument('--distribution', default='uniform', choices=['uniform', 'erk'])
     parser.add_argument('--optimizer', default='adam')
     parser.add_argument('--lr', type=float, default=0.001)
+    parser.add_argument('--momentum', type=float, default=0.0, help="for --optimizer sgd")
     parser.add_argument('--arms', default=','.join(ARMS))
     parser.add_argument('--rounds', type=int, default=300, help='timed rounds (0: no timing)')
     parser.add_argument('--eval-every', type=int, default=30)

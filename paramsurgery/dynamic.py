@@ -57,6 +57,12 @@ def erk_densities(shapes: Mapping[str, tuple], sparsity: float) -> Dict[str, flo
         dense.update(name for name, value in raw.items() if value == top)
 
 
+def _check_step(what, step):
+    if not is_int(step) or step < 0:
+        raise SurgeryValueError('DynamicSparsity.%s(step) takes the number of the training '
+                                'step, an int >= 0, got %r.' % (what, step))
+
+
 def _count(fraction, total):
     # floor(x + 0.5): numpy's round() rounds half to even, which the contract does not
     return int(math.floor(fraction * total + 0.5))
@@ -224,12 +230,14 @@ class DynamicSparsity:
 
     def fraction(self, step: int) -> float:
         """``f(step)``: the fraction of the active entries an update at ``step`` moves."""
+        _check_step('fraction', step)
         if self.decay == 'constant' or self.end is None:
             return self.drop_fraction
         return self.drop_fraction / 2 * (1 + math.cos(math.pi * min(step, self.end) / self.end))
 
     def is_update_step(self, step: int) -> bool:
         """Whether :meth:`step` at ``step`` updates the masks."""
+        _check_step('is_update_step', step)
         return step > 0 and step % self.update_every == 0 and (self.end is None or
                                                                 step < self.end)
 
@@ -248,9 +256,7 @@ class DynamicSparsity:
         list of str
             The parameters whose masks changed (empty between updates).
         """
-        if not is_int(step) or step < 0:
-            raise SurgeryValueError('DynamicSparsity.step(step) takes the number of the '
-                                    'training step, an int >= 0, got %r.' % (step,))
+        _check_step('step', step)
         if not self.is_update_step(step):
             return []
         fraction = self.fraction(step)

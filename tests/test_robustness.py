@@ -687,6 +687,10 @@ BAD = {
             e.net, gluon.Trainer(_net('o_').collect_params(), 'sgd'), '.*weight', 0.5), SE),
         ('step -1', lambda e: _dynamic().step(-1), VE),
         ('step 2.0', lambda e: _dynamic().step(2.0), VE),
+        ('fraction(-1)', lambda e: _dynamic().fraction(-1), VE),
+        ("fraction('1')", lambda e: _dynamic().fraction('1'), VE),
+        ('is_update_step(-1)', lambda e: _dynamic().is_update_step(-1), VE),
+        ('is_update_step(NaN)', lambda e: _dynamic().is_update_step(NAN), VE),
         ('load_state_dict a list', lambda e: _dynamic().load_state_dict([]), TE),
         ('load_state_dict of other settings', lambda e: _dynamic().load_state_dict(
             dict(_dynamic().state_dict(), method='set')), VE),
