@@ -34,6 +34,8 @@ MODULES = [
     ('onnx_export', 'ONNX export checked in ONNX Runtime: export_onnx'),
     ('compact', 'compact parameter files: save_compact, load_compact'),
     ('errors', 'the exceptions and warnings'),
+    ('rewinding', 'lottery-ticket rewinding: capture, rewind, Capture'),
+    ('dynamic', 'dynamic sparse training: DynamicSparsity (RigL, SET)'),
 ]
 
 

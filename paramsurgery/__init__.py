@@ -23,6 +23,7 @@ The layers, each importing only from the ones above it (and, within a line, ``a 
     channels -> shrinking, _exported    channel groups and pruning; structural shrink
     report -> analysis               sparsity reports; sensitivity analysis and budgets
     compact -> onnx_export           compact files; ONNX export checked in ONNX Runtime
+    rewinding, dynamic               capture and rewind (lottery tickets); RigL and SET
     demo -> cli                      the demo and the command line
 """
 import importlib as _importlib
@@ -59,6 +60,8 @@ _EXPORTS = {
     'distributed': ['check_trainer', 'init_kvstore'],
     'onnx_export': ['export_onnx', 'OnnxExport'],
     'compact': ['save_compact', 'load_compact'],
+    'rewinding': ['Capture', 'capture', 'rewind'],
+    'dynamic': ['DynamicSparsity'],
 }
 
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

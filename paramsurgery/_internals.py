@@ -949,3 +949,33 @@ def load_init(param, arr):
     """Set ``param`` to ``arr`` on every context, initialising it first if needed, as
     ``load_parameters`` does (``Parameter._load_init``)."""
     param._load_init(arr, None)
+
+
+def reset_optimizer_state(trainer, param, where=None):
+    """Zero the optimizer state of ``param`` (not its fp32 master copy) in every Updater of
+    ``trainer`` in this process: everywhere, or only where the 0/1 NDArray ``where`` (the
+    parameter's shape) is 1. With ``where=None`` the parameter's update counts are reset
+    to 0 too, so Adam's bias correction and the learning-rate schedule restart for it."""
+    idx = trainer_index(trainer, param)
+    if idx is None:
+        return
+    for updater in process_updaters(trainer):
+        if updater is None:
+            continue
+        for arr, is_master in state_arrays(updater, idx, param.shape):
+            if is_master:
+                continue
+            with autograd.pause():
+                if where is None:
+                    arr[:] = 0
+                else:
+                    keep = mx_np.equal(_as_np(where.as_in_context(arr.context)), 0)
+                    multiply_inplace(arr, keep)
+    if where is None:
+        optimizer = trainer._optimizer
+        for counts in optimizer._all_index_update_counts.values():
+            if idx in counts:
+                counts[idx] = 0
+        optimizer.num_update = max([0] + [c for counts in
+                                          optimizer._all_index_update_counts.values()
+                                          for c in counts.values()])

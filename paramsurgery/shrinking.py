@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections import OrderedDict
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import mxnet as mx
 import numpy as np
@@ -74,6 +74,10 @@ class ShrinkPlan:
     shapes : dict of str -> tuple of int
         The shape of every parameter of the shrunk net (masks excepted), by structural name
         as ``save_parameters`` names them (``'features.0.weight'``).
+    slices : dict of str -> dict of int -> list of int, or None
+        For every parameter that shrank (by full name), the indices kept on each axis that
+        shrank: what :meth:`Capture.shrink` needs to slice values taken before the shrink
+        (None for a plan file written before plans recorded them).
 
     Examples
     --------
@@ -85,18 +89,34 @@ class ShrinkPlan:
     {'0.weight': (2, 3, 3, 3)}
     """
 
-    def __init__(self, kept: Dict[str, List[int]], shapes: Dict[str, tuple]):
-        if not isinstance(kept, dict) or not isinstance(shapes, dict):
-            raise SurgeryTypeError('ShrinkPlan(kept, shapes) takes two dicts (group name -> '
-                                   'kept indices, structural name -> shape), got %s and %s.'
-                                   % (type(kept).__name__, type(shapes).__name__))
+    def __init__(self, kept: Dict[str, List[int]], shapes: Dict[str, tuple],
+                 slices: Optional[Dict[str, Dict[int, List[int]]]] = None):
+        if not isinstance(kept, dict) or not isinstance(shapes, dict) or \
+                not isinstance(slices, (dict, type(None))):
+            raise SurgeryTypeError('ShrinkPlan(kept, shapes, slices=None) takes dicts (group '
+                                   'name -> kept indices, structural name -> shape, parameter '
+                                   'name -> axis -> kept indices), got %s, %s and %s.'
+                                   % (type(kept).__name__, type(shapes).__name__,
+                                      type(slices).__name__))
         self.kept = {str(k): _ints(v, 'kept[%r]' % k, 0) for k, v in kept.items()}
         self.shapes = {str(k): tuple(_ints(v, 'shapes[%r]' % k, 1)) for k, v in shapes.items()}
+        # None (not {}) when unknown: a plan file written before plans recorded slices
+        self.slices = None if slices is None else {}
+        for name, axes in (slices or {}).items():
+            if not isinstance(axes, dict):
+                raise SurgeryTypeError('slices[%r] must be a dict axis -> kept indices, got %s.'
+                                       % (name, type(axes).__name__))
+            self.slices[str(name)] = {int(a): _ints(v, 'slices[%r][%r]' % (name, a), 0)
+                                      for a, v in axes.items()}
 
     def to_dict(self) -> Dict[str, Any]:
         """The plan as plain JSON-able data."""
-        return {'format': _FORMAT, 'version': _VERSION, 'kept': self.kept,
+        data = {'format': _FORMAT, 'version': _VERSION, 'kept': self.kept,
                 'shapes': {k: list(v) for k, v in self.shapes.items()}}
+        if self.slices is not None:
+            data['slices'] = {n: {str(a): v for a, v in axes.items()}
+                              for n, axes in self.slices.items()}
+        return data
 
     def save(self, path: str) -> None:
         """Write the plan as JSON, atomically (a temporary file in the same folder, flushed
@@ -118,7 +138,8 @@ class ShrinkPlan:
                                  % (data.get('format') if isinstance(data, dict) else None,
                                     data.get('version') if isinstance(data, dict) else None,
                                     _FORMAT, _VERSION))
-            return cls(data['kept'], data['shapes'])
+            # (plans written before slices existed have none: Capture.shrink says so)
+            return cls(data['kept'], data['shapes'], data.get('slices'))
 
     def __eq__(self, other):
         return isinstance(other, ShrinkPlan) and self.kept == other.kept and \
@@ -355,7 +376,7 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
     snames = structural_keys(net)
     if not keeps:
         return ShrinkPlan(kept, {snames[id(p)]: p.shape for p in params.values()
-                                 if id(p) in snames})
+                                 if id(p) in snames}, {})
     touched = [params[n] for n in keeps]
     trainers = _trainers(net, trainer, touched)
     owners = _owner_blocks(net)
@@ -410,7 +431,9 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
                    'layer\'s code.')
         raise ShrinkError(problem + ' Nothing was changed. ' + fix)
     new_shapes = {snames[id(p)]: p.shape for p in params.values() if id(p) in snames}
-    return ShrinkPlan(kept, new_shapes)
+    slices = {name: {axis: np.flatnonzero(keep).tolist() for axis, keep in axis_keeps.items()}
+              for name, axis_keeps in keeps.items()}
+    return ShrinkPlan(kept, new_shapes, slices)
 
 
 def _failure(net, err, ctx, shapes):

@@ -48,6 +48,13 @@ def _net(prefix='net_'):
     return net
 
 
+def _dynamic():
+    # on a net of its own: building one masks its net, which the table checks stays unchanged
+    net = _net('dyn_')
+    return ps.DynamicSparsity(net, gluon.Trainer(net.collect_params(), 'sgd'), '.*weight',
+                              0.5, seed=0)
+
+
 @pytest.fixture
 def env(tmp_path):
     """A masked two-context net whose Trainer has momentum, an fp16 net near overflow, an
@@ -746,6 +753,64 @@ BAD = {
     ],
     'init_kvstore': [
         ('None', lambda e: ps.init_kvstore(None), TE),
+    ],
+    'capture': [
+        ('a key that selects nothing', lambda e: ps.capture(e.net, 'nothing'), SE),
+        ('net an int', lambda e: ps.capture(3), TE),
+    ],
+    'Capture': [
+        ('values a list', lambda e: ps.Capture([1, 2]), TE),
+        ('save to an int path', lambda e: ps.capture(e.net).save(e.fd), TE),
+        ('save to a missing folder', lambda e: ps.capture(e.net).save(e.missing_dir), VE),
+        ('load an empty file', lambda e: ps.Capture.load(e.f('empty.json')), FE),
+        ('load a damaged file', lambda e: ps.Capture.load(e.f('bad.json')), FE),
+        ('shrink with a dict', lambda e: ps.capture(e.net).shrink({}), TE),
+        ('shrink with a plan without slices', lambda e: ps.capture(e.net).shrink(
+            ps.ShrinkPlan({}, {})), VE),
+    ],
+    'rewind': [
+        ('capture a dict', lambda e: ps.rewind(e.net, {'net_dense0_weight': 1.0}), TE),
+        ('trainer a str', lambda e: ps.rewind(e.net, ps.capture(e.net), trainer='sgd'), TE),
+        ('another shape', lambda e: ps.rewind(e.net, ps.Capture(
+            {'net_dense0_weight': np.zeros((9, 9), 'float32')})), VE),
+        ('a name the net has not', lambda e: ps.rewind(e.net, ps.Capture(
+            {'other_weight': np.zeros(3, 'float32')})), SE),
+        ('a key not captured', lambda e: ps.rewind(e.net, ps.capture(
+            e.net, 'net_dense0_weight'), key='net_dense0_bias'), SE),
+    ],
+    'DynamicSparsity': [
+        ('net an int', lambda e: ps.DynamicSparsity(3, e.trainer, '.*weight', 0.5), TE),
+        ('trainer a str', lambda e: ps.DynamicSparsity(e.net, 'sgd', '.*weight', 0.5), TE),
+        ('sparsity NaN', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', NAN), VE),
+        ('sparsity 1', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 1), VE),
+        ('sparsity True', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', True), VE),
+        ("method='snip'", lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                       method='snip'), VE),
+        ('update_every 0', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                        update_every=0), VE),
+        ('drop_fraction NaN', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                           drop_fraction=NAN), VE),
+        ('end 1.5', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                 end=1.5), VE),
+        ("decay='linear'", lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                        decay='linear'), VE),
+        ("distribution='x'", lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                          distribution='x'), VE),
+        ('seed -1', lambda e: ps.DynamicSparsity(e.net, e.trainer, '.*weight', 0.5,
+                                                 seed=-1), VE),
+        ('a key that selects nothing', lambda e: ps.DynamicSparsity(e.net, e.trainer,
+                                                                    'nothing', 0.5), SE),
+        ('a Trainer of other parameters', lambda e: ps.DynamicSparsity(
+            e.net, gluon.Trainer(_net('o_').collect_params(), 'sgd'), '.*weight', 0.5), SE),
+        ('step -1', lambda e: _dynamic().step(-1), VE),
+        ('step 2.0', lambda e: _dynamic().step(2.0), VE),
+        ('fraction(-1)', lambda e: _dynamic().fraction(-1), VE),
+        ("fraction('1')", lambda e: _dynamic().fraction('1'), VE),
+        ('is_update_step(-1)', lambda e: _dynamic().is_update_step(-1), VE),
+        ('is_update_step(NaN)', lambda e: _dynamic().is_update_step(NAN), VE),
+        ('load_state_dict a list', lambda e: _dynamic().load_state_dict([]), TE),
+        ('load_state_dict of other settings', lambda e: _dynamic().load_state_dict(
+            dict(_dynamic().state_dict(), method='set')), VE),
     ],
 }
 
