@@ -549,7 +549,6 @@ def test_model_zoo(model, tmp_path):
         ps.set_params(net, name, p.data(mx.cpu(0)))
     ps.remove_mask(net, ps.masked(net))
     assert_round_trips(net, plan, model, x, tmp_path)
-    assert_exports_to_onnx(net, x[:1], tmp_path)
 
 
 def assert_exports_to_onnx(net, x, tmp_path):
@@ -558,12 +557,14 @@ def assert_exports_to_onnx(net, x, tmp_path):
     path = ps.export_onnx(net, str(tmp_path / 'zoo.onnx'), inputs=x).path
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     assert [i.name for i in session.get_inputs()] == ['data']  # parameters are initializers
-    assert_close(outputs(net, x, ONE), session.run(None, {'data': x.asnumpy()}))
+    # ONNX Runtime has no float64 Conv: exported in float32, its kernels differ from oneDNN's
+    # in the last bits as another CPU's would, so shrink's own float32 bound applies (1e-4)
+    assert_close(outputs(net, x, ONE), session.run(None, {'data': x.asnumpy()}), FLOAT32)
 
 
 @pytest.mark.zoo
 @pytest.mark.parametrize('model', sorted(ZOO))
-def test_model_zoo_float32_shrink_keeps_a_10x_margin_below_its_check(model):
+def test_model_zoo_float32_shrink_keeps_a_10x_margin_below_its_check(model, tmp_path):
     """shrink's own check runs in float32, in predict mode: on a correct shrink of a deep
     net the difference it sees must stay 10x below its bound, or another CPU's kernels could
     make it refuse (docs/shrink.md#the-all-or-nothing-check)."""
@@ -574,6 +575,7 @@ def test_model_zoo_float32_shrink_keeps_a_10x_margin_below_its_check(model):
     ps.shrink(net, inputs=x)
     assert ref[0].dtype == np.float32
     assert_close(ref, outputs(net, x, ONE), RTOL / 10)
+    assert_exports_to_onnx(net, x[:1], tmp_path)
 
 
 def test_twice_and_with_a_trainer_that_has_not_stepped(tmp_path):
