@@ -841,22 +841,29 @@ def state_arrays(updater, idx, shape):
     return found
 
 
+def _optimizer_states(trainer, param):
+    """Every optimizer state array of ``param`` (not its fp32 master copy) in every Updater
+    of ``trainer`` in this process."""
+    idx = trainer_index(trainer, param)
+    if idx is None:
+        return
+    for updater in process_updaters(trainer):
+        if updater is None:
+            continue
+        for arr, is_master in state_arrays(updater, idx, param.shape):
+            if not is_master:
+                yield arr
+
+
 def zero_states_under(trainers, param, mask):
     """Zero every optimizer state of ``param`` (not its fp32 master copy) in every Updater
     of ``trainers`` in this process where ``mask`` (a Parameter of ``param``'s shape) is 0."""
     for trainer in trainers:
-        idx = trainer_index(trainer, param)
-        if idx is None:
-            continue
-        for updater in process_updaters(trainer):
-            if updater is None:
-                continue
-            for arr, is_master in state_arrays(updater, idx, param.shape):
-                if not is_master:
-                    with autograd.pause():
-                        m = mask_on(mask, arr.context)
-                        alive = mx_np.not_equal(_as_np(m), 0)
-                        multiply_inplace(arr, alive)
+        for arr in _optimizer_states(trainer, param):
+            with autograd.pause():
+                m = mask_on(mask, arr.context)
+                alive = mx_np.not_equal(_as_np(m), 0)
+                multiply_inplace(arr, alive)
 
 
 # --------------------------------------------------------------------------- transactions
@@ -951,31 +958,19 @@ def load_init(param, arr):
     param._load_init(arr, None)
 
 
-def reset_optimizer_state(trainer, param, where=None):
+def reset_optimizer_state(trainer, param):
     """Zero the optimizer state of ``param`` (not its fp32 master copy) in every Updater of
-    ``trainer`` in this process: everywhere, or only where the 0/1 NDArray ``where`` (the
-    parameter's shape) is 1. With ``where=None`` the parameter's update counts are reset
-    to 0 too, so Adam's bias correction and the learning-rate schedule restart for it."""
+    ``trainer`` in this process, and reset its update counts to 0, so that Adam's bias
+    correction and the learning-rate schedule restart for it."""
     idx = trainer_index(trainer, param)
     if idx is None:
         return
-    for updater in process_updaters(trainer):
-        if updater is None:
-            continue
-        for arr, is_master in state_arrays(updater, idx, param.shape):
-            if is_master:
-                continue
-            with autograd.pause():
-                if where is None:
-                    arr[:] = 0
-                else:
-                    keep = mx_np.equal(_as_np(where.as_in_context(arr.context)), 0)
-                    multiply_inplace(arr, keep)
-    if where is None:
-        optimizer = trainer._optimizer
-        for counts in optimizer._all_index_update_counts.values():
-            if idx in counts:
-                counts[idx] = 0
-        optimizer.num_update = max([0] + [c for counts in
-                                          optimizer._all_index_update_counts.values()
-                                          for c in counts.values()])
+    for arr in _optimizer_states(trainer, param):
+        with autograd.pause():
+            arr[:] = 0
+    optimizer = trainer._optimizer
+    for counts in optimizer._all_index_update_counts.values():
+        if idx in counts:
+            counts[idx] = 0
+    optimizer.num_update = max([0] + [c for counts in optimizer._all_index_update_counts.values()
+                                      for c in counts.values()])

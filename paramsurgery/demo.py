@@ -314,7 +314,8 @@ def deploy_act(sparse_net, shrunk_net, test, rebuild, shrunk_time=None) -> dict:
         compact_path, params_path = (os.path.join(folder, 'sparse.compact'),
                                      os.path.join(folder, 'sparse.params'))
         save_compact(sparse_net, compact_path)
-        sparse_net.save_parameters(params_path)
+        with atomic_write(params_path) as tmp:
+            sparse_net.save_parameters(tmp)
         compact, params = os.path.getsize(compact_path), os.path.getsize(params_path)
         copy = rebuild()
         load_compact(copy, compact_path)
