@@ -20,7 +20,7 @@ from mxnet.gluon.model_zoo import vision
 import paramsurgery as ps
 
 CTXS = [mx.cpu(0), mx.cpu(1)]
-REPEATS = 9
+REPEATS = 15
 TARGET = 1.10
 
 

@@ -41,6 +41,7 @@ from mxnet import autograd
 from mxnet import ndarray as nd
 from mxnet import numpy as mx_np
 from mxnet import optimizer as mx_optimizer
+from mxnet.base import MXNetError
 from mxnet.gluon.block import Block, HybridBlock
 from mxnet.gluon.parameter import Parameter
 
@@ -907,3 +908,22 @@ def put_kvstore_copies(trainer, copies):
             kvstore.push(idx, arr, priority=-idx)
     finally:
         kvstore._set_updater(previous)
+
+
+# --------------------------------------------------------------------------- memory layout
+
+
+def is_blocked_layout(arr):
+    """True when ``arr`` holds its values in an MKLDNN blocked layout.
+
+    A Convolution run in predict mode reorders its weight into such a layout in place.
+    There is no Python accessor for the layout; exporting a DLPack view is refused for
+    exactly these arrays ("We can't generate TBlob for MKLDNN data"), which tells them apart
+    without copying anything.
+    """
+    try:
+        nd.to_dlpack_for_read(arr)
+    except MXNetError as err:
+        return 'MKLDNN' in str(err) or 'DNNL' in str(err)
+    return False
+
