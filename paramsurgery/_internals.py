@@ -476,6 +476,23 @@ def set_param_arrays(param, shape, arrays=None):
             param._init_grad()
 
 
+def initialize_with(param, arrays, contexts):
+    """Initialise ``param`` with ``arrays`` (one NDArray per context of ``contexts``, used
+    as they are): what Gluon's ``_init_impl`` does after ``initialize`` has filled and
+    copied a fresh array, without that fill and those copies. ``param.init`` stays what
+    ``initialize(force_reinit=True)`` uses later."""
+    param._deferred_init = ()
+    param._ctx_list = list(contexts)
+    param._ctx_map = [[], []]
+    for i, ctx in enumerate(param._ctx_list):
+        dev_list = param._ctx_map[ctx.device_typeid & 1]
+        while len(dev_list) <= ctx.device_id:
+            dev_list.append(None)
+        dev_list[ctx.device_id] = i
+    param._data = list(arrays)
+    param._init_grad()
+
+
 def reset_var(param):
     param._var = None
 
