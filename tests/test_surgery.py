@@ -203,6 +203,67 @@ def test_nonfinite_weight_entries_are_not_counted_as_overflow(ctxs):
         np.testing.assert_array_equal(np.delete(new.ravel(), [0, 4]), 1e30)
 
 
+def _no_product_pass(monkeypatch):
+    """Make any pass over the weights for the overflow check fail the test."""
+    from paramsurgery import _values
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('a pass over the weights ran for the overflow check')
+    monkeypatch.setattr(_values, '_start_sumsq', refuse)
+    monkeypatch.setattr(_values, '_exact_check', refuse)
+
+
+@pytest.mark.parametrize('dtype, mult', [
+    ('float32', [[1.0, -1.0, 0.5], [0.0, -0.25, 1.0]]),
+    ('float64', [[-1.0, 1.0, 1.0], [0.125, 0.0, -1.0]]),
+    ('int32', [[0, 0, 0], [0, 0, 0]]),
+    ('uint8', [[1, 0, 1], [1, 1, 0]]),
+])
+def test_multiplier_at_most_one_needs_no_pass_over_the_weights(ctxs, dtype, mult, monkeypatch):
+    # |w * m| <= |w| when max|m| <= 1 (< 1 for a signed integer, since -1 * min wraps):
+    # no product can overflow where w is finite, so neither the device bound nor the host
+    # check runs; the largest |entry| is the exact one validation found
+    p = gluon.Parameter('p', shape=(2, 3), dtype=dtype, init=mx.init.Constant(3))
+    p.initialize(ctx=ctxs)
+    before = all_replicas(p)
+    _no_product_pass(monkeypatch)
+    ps.assign_params({'p': p}, 'p', np.array(mult, dtype=dtype))
+    for old, new in zip(before, all_replicas(p)):
+        np.testing.assert_array_equal(new, old * np.array(mult, dtype=dtype))
+
+
+def test_multiplier_at_most_one_keeps_nonfinite_weights_as_the_exact_check_does(
+        ctxs, monkeypatch):
+    # NaN and inf in w are not the multiplier's doing: inf * 0 = NaN and NaN * 1 are let
+    # through, exactly as the entry-wise check lets them (it counts only finite factors)
+    p = _big_param(ctxs, 'float32', np.nan)
+    with autograd.pause():
+        for arr in p.list_data():
+            arr[1, 1] = np.inf
+    mult = np.array([[1.0, 0.5, 0.5], [0.5, 0.0, -1.0]], dtype=np.float32)
+    from paramsurgery import _values
+    steps = _values.plan({'big': p}, 'big', mult, 'multiplier', False)
+    _values._exact_check(*steps[0], 'multiplier')   # the host check accepts it too
+    _no_product_pass(monkeypatch)
+    ps.assign_params({'big': p}, 'big', mult)
+    for new in all_replicas(p):
+        assert np.isnan(new[0, 0]) and np.isnan(new[1, 1])
+        np.testing.assert_array_equal(np.delete(new.ravel(), [0, 4]), [0.5, 0.5, 0.5, -1.0])
+
+
+def test_multiplier_one_on_a_signed_integer_is_still_checked(ctxs):
+    # -1 * int32 min wraps around: max|m| = 1 is no proof for a signed integer
+    p = gluon.Parameter('p', shape=(2,), dtype='int32', init=mx.init.Constant(5))
+    p.initialize(ctx=ctxs)
+    with autograd.pause():
+        for arr in p.list_data():
+            arr[0] = np.iinfo(np.int32).min
+    before = all_replicas(p)
+    with pytest.raises(ps.SurgeryValueError, match=r"Parameter 'p' on cpu\(0\).*wrap|overflow"):
+        ps.assign_params({'p': p}, 'p', np.array([-1, 1], dtype=np.int32))
+    assert_same_bits({'p': before}, {'p': all_replicas(p)})
+
+
 def test_numpy_value_is_read_in_place_but_left_untouched(ctxs, hybridize):
     # on CPU contexts the multiplier is read without a copy; the call must still finish
     # reading it before returning, and leave the caller's array writable
