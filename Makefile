@@ -38,8 +38,9 @@ lint: $(VENV)/.installed-test
 demo: $(VENV)/.installed-demo
 	$(BIN)/python -m paramsurgery demo
 
+# Every benchmark, twice back to back, then one table of every ratio with its target.
 bench: $(VENV)/.installed-test
-	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -166,6 +166,10 @@ def report(args, static_alloc, mem, size):
         print('  ratio %s/unmasked: %.3f%s' % (arm, medians[arm] / medians['unmasked'],
                                                '   (target <= %.2f)' % target if target
                                                else ''))
+        if target:
+            print('RATIO mask_step[%s,%s,%s] %.3f <=%.2f'
+                  % (arm, size, 'static' if static_alloc else 'default',
+                     medians[arm] / medians['unmasked'], target))
     print('peak memory (ru_maxrss, separate processes, %d steps each):' % args.mem_steps)
     for arm, value in mem.items():
         print('  %-15s %8.1f MiB' % (arm, value / 2.0 ** 20))
@@ -175,6 +179,10 @@ def report(args, static_alloc, mem, size):
             print('  ratio %s/unmasked: %.3f%s' % (arm, mem[arm] / mem['unmasked'],
                                                    '   (target <= %.2f)' % target if target
                                                    else ''))
+            if target:
+                print('RATIO mask_memory[%s,%s,%s] %.3f <=%.2f'
+                      % (arm, size, 'static' if static_alloc else 'default',
+                         mem[arm] / mem['unmasked'], target))
 
 
 def main():

@@ -70,6 +70,7 @@ def main():
         print('%-8s ratio trial / evaluate: median %.3f over %d runs (each %s); target <= %.1f'
               % (kind, statistics.median(ratios), len(ratios),
                  ', '.join('%.3f' % r for r in ratios), TARGET))
+        print('RATIO sensitivity[%s] %.3f <=%.1f' % (kind, statistics.median(ratios), TARGET))
 
 
 if __name__ == '__main__':

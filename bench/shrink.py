@@ -127,6 +127,7 @@ def bench(name, repeat):
     trip = statistics.median(timed(round_trip) for _ in range(3))
     print('%s: shrink %.0f ms, save+load round trip %.0f ms: ratio %.2f (target <= %.1f)'
           % (name, 1e3 * shrink_time, 1e3 * trip, shrink_time / trip, TARGET_SHRINK))
+    print('RATIO shrink[%s] %.3f <=%.1f' % (name, shrink_time / trip, TARGET_SHRINK))
 
     for net in (dense, shrunk):
         net.hybridize(static_alloc=True, static_shape=True)
@@ -136,6 +137,9 @@ def bench(name, repeat):
           'efficiency %.2f (speed-up / MACs ratio)%s'
           % (name, 1e3 * t_dense, 1e3 * t_shrunk, speedup, speedup / macs_ratio,
              '; target >= %.2f' % TARGET_EFFICIENCY if name == 'resnet50_v1' else ''))
+    if name == 'resnet50_v1':
+        print('RATIO shrink_efficiency[%s] %.3f >=%.2f'
+              % (name, speedup / macs_ratio, TARGET_EFFICIENCY))
 
     fused = []
     for net in (dense, shrunk):

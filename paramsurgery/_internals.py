@@ -41,6 +41,7 @@ from mxnet import autograd
 from mxnet import ndarray as nd
 from mxnet import numpy as mx_np
 from mxnet import optimizer as mx_optimizer
+from mxnet.base import MXNetError
 from mxnet.gluon.block import Block, HybridBlock
 from mxnet.gluon.parameter import Parameter
 
@@ -473,6 +474,23 @@ def set_param_arrays(param, shape, arrays=None):
         with autograd.pause():
             param._data = list(arrays)
             param._init_grad()
+
+
+def initialize_with(param, arrays, contexts):
+    """Initialise ``param`` with ``arrays`` (one NDArray per context of ``contexts``, used
+    as they are): what Gluon's ``_init_impl`` does after ``initialize`` has filled and
+    copied a fresh array, without that fill and those copies. ``param.init`` stays what
+    ``initialize(force_reinit=True)`` uses later."""
+    param._deferred_init = ()
+    param._ctx_list = list(contexts)
+    param._ctx_map = [[], []]
+    for i, ctx in enumerate(param._ctx_list):
+        dev_list = param._ctx_map[ctx.device_typeid & 1]
+        while len(dev_list) <= ctx.device_id:
+            dev_list.append(None)
+        dev_list[ctx.device_id] = i
+    param._data = list(arrays)
+    param._init_grad()
 
 
 def reset_var(param):
@@ -974,3 +992,22 @@ def reset_optimizer_state(trainer, param):
             counts[idx] = 0
     optimizer.num_update = max([0] + [c for counts in optimizer._all_index_update_counts.values()
                                       for c in counts.values()])
+
+
+# --------------------------------------------------------------------------- memory layout
+
+
+def is_blocked_layout(arr):
+    """True when ``arr`` holds its values in an MKLDNN blocked layout.
+
+    A Convolution run in predict mode reorders its weight into such a layout in place.
+    There is no Python accessor for the layout; exporting a DLPack view is refused for
+    exactly these arrays ("We can't generate TBlob for MKLDNN data"), which tells them apart
+    without copying anything.
+    """
+    try:
+        nd.to_dlpack_for_read(arr)
+    except MXNetError as err:
+        return 'MKLDNN' in str(err) or 'DNNL' in str(err)
+    return False
+

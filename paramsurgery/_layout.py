@@ -6,32 +6,16 @@ a blocked MKLDNN layout. A training-mode Convolution reorders it back, but a mas
 ever sees the computed ``weight * mask``, so its stored weight would stay blocked and every
 elementwise operation and optimizer update on it would pay a reorder (``docs/masks.md``).
 """
-import mxnet as mx
 from mxnet import autograd
-from mxnet import ndarray as nd
 
 from . import _internals
+from ._internals import is_blocked_layout
 
 __all__ = []
 
 #: Whether :func:`restore_default_layout` does anything (bench/mask_overhead.py switches it
 #: off to measure what the blocked layout costs).
 RESTORE_DEFAULT_LAYOUT = True
-
-
-def is_blocked_layout(arr):
-    """True when ``arr`` holds its values in an MKLDNN blocked layout.
-
-    A Convolution run in predict mode reorders its weight into such a layout in place.
-    There is no Python accessor for the layout; exporting a DLPack view is refused for
-    exactly these arrays ("We can't generate TBlob for MKLDNN data"), which tells them apart
-    without copying anything.
-    """
-    try:
-        nd.to_dlpack_for_read(arr)
-    except mx.base.MXNetError as err:
-        return 'MKLDNN' in str(err) or 'DNNL' in str(err)
-    return False
 
 
 def restore_default_layout(param):

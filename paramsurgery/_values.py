@@ -4,7 +4,9 @@ its parameter, then write it into every replica.
 Everything is checked (``plan``) before the first write, so a call that raises has changed
 nothing; the writers (``multiply``, ``assign``) then cannot fail for the user's input.
 """
+import math
 import numbers
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 from mxnet import autograd, gluon
@@ -13,7 +15,7 @@ from mxnet import ndarray as nd
 from . import _internals
 from .access import ensure_usable
 from .errors import SurgeryTypeError, SurgeryValueError
-from .select import all_params, select
+from .select import all_params, match
 
 __all__ = []
 
@@ -35,11 +37,14 @@ class Value:
     has the parameter's whole shape (else it is broadcast).
     """
 
-    def __init__(self, scalar=None, array=None, full=False):
+    def __init__(self, scalar=None, array=None, full=False, largest=None):
         self.scalar = scalar
         self.array = array
         self.full = full
+        # the largest |entry| when validation already found it (None when unknown)
+        self.largest = largest
         self._per_ctx = {}
+        self._host = None
 
     def prefetch(self, contexts):
         # An NDArray value may be (a view of) a parameter that this call also writes:
@@ -55,6 +60,25 @@ class Value:
             # reuse the buffer for the next parameter.
             arr = nd.array(self.array, ctx=ctx, dtype=self.array.dtype)
         return arr
+
+    def on_shared(self, ctx):
+        """Like ``on``, but on a CPU context a numpy value is read in place, without a copy:
+        every CPU context is host memory, so one zero-copy view serves them all. The caller
+        must wait for the writes that read it (``wait_written``) before returning, since the
+        user may change the numpy array afterwards."""
+        if (ctx.device_type != 'cpu' or not isinstance(self.array, np.ndarray)
+                or self.array.size == 0):
+            return self.on(ctx)
+        if self._host is None:
+            view = np.ascontiguousarray(self.array).view()
+            # from_numpy marks what it is given read-only: a view keeps the user's array as it was
+            self._host = nd.from_numpy(view, zero_copy=True)
+        return self._host
+
+    @property
+    def shared(self):
+        """True once ``on_shared`` handed out a view of the user's numpy array."""
+        return self._host is not None
 
 
 def _fail_type(name, what, value):
@@ -73,6 +97,41 @@ def _check_values(name, what, values, dtype, allow_nonfinite):
                 "to %s), first at index %s. Pass allow_nonfinite=True if that is intended."
                 % (name, what, int(bad.sum()), 'y' if bad.sum() == 1 else 'ies',
                    np.dtype(dtype).name, tuple(int(i) for i in np.argwhere(bad)[0])))
+
+
+# Dtypes whose sums of squares are cheap (one BLAS dot) and accurate enough to bound with.
+_DOT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+_SLACK = 1 + 2.0 ** -20
+
+
+def norm_bound(sumsq, size, dtype):
+    """An upper bound on the L2 norm, hence on the largest ``|entry|``, of ``size`` numbers
+    of ``dtype`` whose sum of squares was computed in ``dtype`` as ``sumsq``; inf when none
+    holds. Summing non-negative terms in any order loses at most a factor ``1 - gamma``
+    (``gamma = n u / (1 - n u)``, ``u`` the unit roundoff, n terms and n additions), and
+    underflow flushed to zero at most ``finfo.tiny`` per operation."""
+    dtype = np.dtype(dtype)
+    if dtype not in _DOT_DTYPES or not math.isfinite(sumsq):
+        return math.inf
+    unit = float(np.finfo(dtype).eps) / 2
+    roundings = 2 * size
+    if roundings * unit >= 0.5:
+        return math.inf
+    gamma = roundings * unit / (1 - roundings * unit)
+    # the last factor covers the rounding of this float64 arithmetic itself (a few units of
+    # 2**-53, far below 2**-20), so the result is an upper bound and not only close to one
+    return math.sqrt((sumsq + roundings * float(np.finfo(dtype).tiny)) / (1 - gamma)) * _SLACK
+
+
+def _host_extremes(array):
+    """The largest and smallest entry of a non-empty numpy array (NaN when it holds one), or
+    None when empty: two reductions that prove every entry finite and give the largest
+    ``|entry|`` exactly, cheaper than an entry-wise isfinite mask."""
+    if array.size == 0 or array.dtype.kind not in 'fiu':
+        return None
+    return array.max(), array.min()
 
 
 def prepare(name, param, value, what, allow_nonfinite) -> Value:
@@ -117,11 +176,19 @@ def prepare(name, param, value, what, allow_nonfinite) -> Value:
     full_shape = (1,) * (len(shape) - len(vshape)) + vshape
     if isinstance(value, np.ndarray):
         array = value.astype(dtype, copy=False).reshape(full_shape)
-        _check_values(name, what, array, dtype, allow_nonfinite)
+        extremes = _host_extremes(array)
+        # A finite largest and smallest entry prove every entry finite (max and min propagate
+        # NaN); otherwise the entry-wise check decides and says where.
+        finite = extremes is not None and all(math.isfinite(x) for x in extremes)
+        if not finite:
+            _check_values(name, what, array, dtype, allow_nonfinite)
         if dtype.kind in 'iu' and not np.array_equal(array, value.reshape(full_shape)):
             raise SurgeryValueError(
                 "Parameter '%s' has integer dtype %s: the %s has entries that would be "
                 "truncated." % (name, dtype.name, what))
+        if finite:
+            return Value(array=array, full=full_shape == shape,
+                         largest=max(abs(extremes[0].item()), abs(extremes[1].item())))
     else:
         array = value.astype(dtype, copy=False).reshape(full_shape)
         if dtype.kind == 'f' and not allow_nonfinite:
@@ -139,21 +206,83 @@ def _numpy_value(value, dtype):
     return value.array
 
 
-def _at_most_one(value, dtype):
-    """True when multiplying by ``value`` cannot overflow (every ``|entry| <= 1``; for a
-    signed integer dtype also no -1, since ``-1 * min`` wraps around)."""
+def _largest(value):
+    """The largest ``|entry|`` of ``value`` as a Python number (0.0 when empty)."""
+    if value.largest is not None:
+        return value.largest
     if value.scalar is not None:
-        big = abs(value.scalar)
-        return big < 1 if dtype.kind == 'i' else big <= 1
+        return float(abs(value.scalar))
+    if value.array.size == 0:
+        return 0.0
     if isinstance(value.array, nd.NDArray):
-        if value.array.size == 0:
-            return True
-        big = float(nd.abs(value.array).max().asscalar())
-    else:
-        if value.array.size == 0:
-            return True
-        big = float(np.abs(value.array.astype(np.float64)).max())
-    return big < 1 if dtype.kind == 'i' else big <= 1
+        return float(nd.abs(value.array).max().asscalar())
+    return float(np.abs(value.array.astype(np.float64)).max())
+
+
+def _at_most_one(largest, dtype):
+    """True when multiplying by a value whose largest ``|entry|`` is ``largest`` cannot
+    overflow (``<= 1``; for a signed integer dtype ``< 1``, since ``-1 * min`` wraps around)."""
+    return largest < 1 if dtype.kind == 'i' else largest <= 1
+
+
+def _needs_check(param, value):
+    """The largest ``|entry|`` of ``value`` when ``param * value`` could overflow, else None."""
+    dtype = np.dtype(param.dtype)
+    if dtype.kind not in 'fiu':
+        return None
+    largest = _largest(value)
+    return None if _at_most_one(largest, dtype) else largest
+
+
+def _start_sumsq(param):
+    """Start the sum of squares of every replica on its own device (one BLAS pass each); the
+    NDArrays returned are read later, so that all of them run before the first is waited on."""
+    if np.dtype(param.dtype) not in _DOT_DTYPES:
+        return None
+    with autograd.pause():
+        return [_sumsq(arr) for arr in _internals.raw_data(param)]
+
+
+def _sumsq(arr):
+    """Start ``sum(arr ** 2)`` on ``arr``'s device. A weight in MKLDNN's blocked layout (after
+    a predict-mode forward) is copied first: a copy comes out in the default layout several
+    times faster than the reorder that reshaping the blocked array runs."""
+    flat = (arr.copy() if _internals.is_blocked_layout(arr) else arr).reshape((-1,))
+    return nd.dot(flat, flat)
+
+
+def _products_finite(param, sums, largest):
+    """True when ``norm(w) * largest`` stays below the dtype's largest finite number on every
+    replica (``sums`` from ``_start_sumsq``): then no product ``w * value`` can overflow, and
+    the exact host check is not needed."""
+    dtype = np.dtype(param.dtype)
+    size = _internals.raw_data(param)[0].size
+    worst = max(norm_bound(float(s.asscalar()), size, dtype) for s in sums)
+    # |w * m| <= norm(w) * largest <= max, and rounding to nearest never passes a
+    # representable bound; inf (no bound, NaN or inf in w) fails this test.
+    return worst * largest <= float(np.finfo(dtype).max)
+
+
+class _Pending(NamedTuple):
+    name: str
+    param: gluon.Parameter
+    value: Value
+    largest: float
+    sums: Optional[List[nd.NDArray]]
+
+
+def check_products(steps, what):
+    """``check_product`` for every ``(name, param, Value)`` of ``steps``. The device passes
+    that bound the products are all started before the first result is read, so they run
+    back to back in MXNet's engine instead of one round trip per parameter."""
+    pending = []
+    for name, param, value in steps:
+        largest = _needs_check(param, value)
+        if largest is not None:
+            pending.append(_Pending(name, param, value, largest, _start_sumsq(param)))
+    for one in pending:
+        if one.sums is None or not _products_finite(one.param, one.sums, one.largest):
+            _exact_check(one.name, one.param, one.value, what)
 
 
 def check_product(name, param, value, what, also=None):
@@ -161,9 +290,15 @@ def check_product(name, param, value, what, also=None):
     place) is representable on every replica: a product of finite fp16 numbers can overflow
     to inf, and an integer product can wrap around. Entries whose factors are already
     non-finite are not counted (nothing new is made non-finite)."""
+    if also is None:
+        check_products([(name, param, value)], what)
+    elif _needs_check(param, value) is not None:
+        _exact_check(name, param, value, what, also)
+
+
+def _exact_check(name, param, value, what, also=None):
+    """The entry-wise check behind ``check_product``, on host copies of every replica."""
     dtype = np.dtype(param.dtype)
-    if dtype.kind not in 'fiu' or _at_most_one(value, dtype):
-        return
     factor = _numpy_value(value, dtype)
     with autograd.pause():
         olds = [arr.asnumpy() for arr in _internals.raw_data(param)]
@@ -193,18 +328,18 @@ def multiply(arr, value):
     if value.scalar is not None:
         arr *= value.scalar
     elif value.full:
-        nd.elemwise_mul(arr, value.on(arr.context), out=arr)
+        nd.elemwise_mul(arr, value.on_shared(arr.context), out=arr)
     else:
-        nd.broadcast_mul(arr, value.on(arr.context), out=arr)
+        nd.broadcast_mul(arr, value.on_shared(arr.context), out=arr)
 
 
 def assign(arr, value):
     if value.scalar is not None:
         arr[:] = value.scalar
     elif value.full:
-        value.on(arr.context).copyto(arr)
+        value.on_shared(arr.context).copyto(arr)
     else:
-        nd.broadcast_to(value.on(arr.context), shape=arr.shape, out=arr)
+        nd.broadcast_to(value.on_shared(arr.context), shape=arr.shape, out=arr)
 
 
 def trainers_of(params, trainer):
@@ -243,7 +378,10 @@ def plan(net, key, value, what, allow_nonfinite):
     steps, seen = [], {}
     params = all_params(net)
     for one_key, one_value in pairs:
-        for name, param in select(params, one_key).items():
+        # match, not select: params is already validated, and select would check all of
+        # it again for every key (quadratic in a dict of one value per parameter)
+        for name in match(params, one_key):
+            param = params[name]
             if name in seen:
                 raise SurgeryValueError(
                     "Parameter '%s' is selected by both %r and %r; give each parameter one %s."

@@ -38,7 +38,7 @@ from .errors import (
     SurgeryValueError,
     and_more,
 )
-from .select import MASK_SUFFIX, all_params, mask_names, select, unmasked
+from .select import MASK_SUFFIX, all_params, mask_names, match, select, unmasked
 from .surgery import assign_params
 
 __all__ = ['apply_mask', 'get_mask', 'masked', 'remove_mask', 'save_masks', 'load_masks',
@@ -343,16 +343,41 @@ def _multiply_value(arr, value):
         arr *= factor
 
 
+def _arrays_from_host(value, dtype, contexts):
+    """A full-shape numpy value as one NDArray of ``dtype`` per context, or None for any
+    other value. The host array is read in place (the pruning core's bool masks as uint8,
+    without a conversion pass); any conversion to ``dtype`` runs on each device, in
+    parallel, from a copy a quarter the size for a bool mask into float32."""
+    if not (value.full and isinstance(value.array, np.ndarray) and value.array.size):
+        return None
+    host = value.array
+    if host.dtype == np.bool_:
+        host = host.view(np.uint8)
+    # from_numpy marks what it is given read-only (a view keeps the caller's array as it
+    # was) and keeps it alive while the copies read it
+    src = nd.from_numpy(np.ascontiguousarray(host).view(), zero_copy=True)
+    arrays = []
+    for ctx in contexts:
+        near = src if ctx == src.context else src.copyto(ctx)
+        arrays.append(near.astype(dtype) if near is src or near.dtype != dtype else near)
+    return arrays
+
+
 def _new_mask_param(name, param, mode, contexts, value):
-    mask = Parameter(name + MASK_SUFFIX, grad_req='null', shape=param.shape,
-                     dtype=UPDATE_MASK_DTYPE if mode == 'update' else param.dtype,
+    """The mask Parameter of ``param``, on ``contexts``. Returns it and whether it already
+    holds ``value`` (made from it with one copy per context), else it holds ones."""
+    dtype = np.dtype(UPDATE_MASK_DTYPE if mode == 'update' else param.dtype)
+    mask = Parameter(name + MASK_SUFFIX, grad_req='null', shape=param.shape, dtype=dtype,
                      init=mx.init.One(), differentiable=False)
     _internals.mark_mask_param(mask)
     with autograd.pause():
-        # a full-shape value is written over it right away: fill with the cheapest
-        # initialiser (the mask's own init, ones, stays for initialize(force_reinit=True))
-        mask.initialize(init=mx.init.Zero() if value.full else None, ctx=contexts)
-    return mask
+        arrays = _arrays_from_host(value, dtype, contexts)
+        if arrays is None:
+            mask.initialize(ctx=contexts)
+        else:
+            # the mask's own init (ones) stays for initialize(force_reinit=True)
+            _internals.initialize_with(mask, arrays, contexts)
+    return mask, arrays is not None
 
 
 def _trainers(params, trainer):
@@ -511,7 +536,10 @@ def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
     found = OrderedDict()
     index = _owner_index(net)
     for one_key in (list(key) if isinstance(key, dict) else [key]):
-        for name, param in select(view, one_key).items():
+        # match, not select: view is already validated, and select would check all of it
+        # again for every key (quadratic in a list of one key per parameter)
+        for name in match(view, one_key):
+            param = view[name]
             if name not in found:
                 found[name] = _owners_checked(net, name, param, params,
                                               modes.get(name, 'graph') if modes else mode,
@@ -519,7 +547,8 @@ def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
     if trusted is not None:
         for name in trusted:
             ensure_usable(view[name])
-        planned = [(name, view[name], Value(array=trusted[name], full=True))
+        # binary: no entry above 1, so no product with it can overflow (no check pass)
+        planned = [(name, view[name], Value(array=trusted[name], full=True, largest=1.0))
                    for name in trusted]
     else:
         planned = plan(view, key, mask, 'mask', allow_nonfinite=False)
@@ -548,6 +577,7 @@ def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
     # Everything is validated: from here on nothing raises for the user's input.
     names = [step[0] for step in steps]
     graph_changed = False
+    from_host = []
     steps.reverse()
     while steps:
         # popped, so that each mask's per-context copies are freed once it is written
@@ -563,12 +593,15 @@ def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
                 write = _write_value  # the core's masks already hold the old zeros
             _internals.write_replicas(target, lambda arr, v=value, w=write: w(arr, v))
         else:
-            target = _new_mask_param(name, param, step_mode, _internals.context_list(param),
-                                     value)
+            target, written = _new_mask_param(name, param, step_mode,
+                                              _internals.context_list(param), value)
+            if written:
+                from_host.append(target)
             old = _internals.raw_data(existing) if existing is not None else None
             with autograd.pause():
                 for i, arr in enumerate(_internals.raw_data(target)):
-                    _write_value(arr, value)
+                    if not written:
+                        _write_value(arr, value)
                     if old is not None and combine == 'multiply':
                         _internals.multiply_inplace(arr, old[i].astype(arr.dtype, copy=False))
             for blk, attr in owners:
@@ -589,6 +622,10 @@ def _apply_masks(net, key, mask, *, combine, mode, trainer=None, trusted=None):
             # stay so (the conv now sees only weight * mask) and cost a reorder in every step.
             restore_default_layout(param)
         _internals.zero_states_under(trainers, param, target)
+    for target in from_host:
+        # the copies may read the caller's numpy array in place: done before it may change
+        for arr in _internals.raw_data(target):
+            arr.wait_to_read()
     for t in trainers:
         mine = [p for p in updated if _internals.trainer_index(t, p) is not None]
         if mine:

@@ -3,7 +3,7 @@ from typing import Any, List, Optional
 
 from . import _internals, distributed
 from ._checks import check_flag
-from ._values import assign, check_product, multiply, plan, trainers_of
+from ._values import assign, check_products, multiply, plan, trainers_of
 
 __all__ = ['assign_params', 'set_params']
 
@@ -13,8 +13,7 @@ def _run(net, key, value, what, write, trainer, allow_nonfinite):
     steps = plan(net, key, value, what, allow_nonfinite)
     if write is multiply and not allow_nonfinite:
         # Finite factors can still overflow (fp16) or wrap around (integers).
-        for name, param, prepared in steps:
-            check_product(name, param, prepared, what)
+        check_products(steps, what)
     params = [param for _, param, _ in steps]
     trainers = trainers_of(params, trainer)
     for t in trainers:
@@ -33,6 +32,12 @@ def _run(net, key, value, what, write, trainer, allow_nonfinite):
             # an update-mode mask keeps the stored weight at zero under it
             _internals.write_replicas(param, lambda arr, m=mask: _internals.multiply_inplace(
                 arr, _internals.mask_on(m, arr.context)))
+    for _, param, prepared in steps:
+        if prepared.shared:
+            # the writes read the caller's numpy array in place: they must be done before
+            # the caller may change it
+            for arr in _internals.raw_data(param):
+                arr.wait_to_read()
     for t in trainers:
         _internals.sync_trainer(t, params)
     return [name for name, _, _ in steps]

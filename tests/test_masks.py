@@ -839,3 +839,25 @@ def test_check_params_compares_mask_replicas():
     problems = ps.check_params(net)
     assert [(p.name, p.context, p.code) for p in problems] == [
         ('net_dense0_weight_mask', mx.cpu(1), 'replicas-diverged')]
+
+
+@pytest.mark.parametrize('mode', ['graph', 'update'])
+@pytest.mark.parametrize('n_ctx', [1, 2])
+def test_new_mask_from_a_numpy_array_reads_it_before_returning(n_ctx, mode):
+    # A new mask is copied from the caller's numpy array in place (no temporary per
+    # context): the copies are done before the call returns, and the array stays the
+    # caller's (writable, unchanged).
+    ctxs = CTXS[n_ctx]
+    net = nn.Dense(3, in_units=4, prefix='fc_')
+    net.initialize(mx.init.One(), ctx=ctxs)
+    keep = (np.arange(12).reshape(3, 4) % 3 != 0).astype(np.float32)
+    ps.apply_mask(net, 'fc_weight', keep, mode=mode)
+    assert keep.flags.writeable
+    keep[:] = 7   # a later change of the caller's array must not reach the mask
+    expected = (np.arange(12).reshape(3, 4) % 3 != 0)
+    mask = net.collect_params()['fc_weight_mask']
+    for ctx, arr in zip(ctxs, mask.list_data()):
+        assert arr.context == ctx
+        np.testing.assert_array_equal(arr.asnumpy(), expected.astype(arr.dtype))
+    for arr in net.weight.list_data():
+        np.testing.assert_array_equal(arr.asnumpy(), expected if mode == 'update' else 1)

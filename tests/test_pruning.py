@@ -204,3 +204,84 @@ def test_state_dict_checks_the_schedule():
     assert plain.state_dict()['schedule'] is None
     plain.load_state_dict(state)
     assert plain.pruned_steps == [0]
+
+
+# --------------------------------------------------------------------------- the pruning call's
+# own passes (issue 20): what it skips, and that what it writes is the same on every context
+
+@pytest.mark.parametrize('mode', ['graph', 'update'])
+def test_new_masks_made_from_the_core_masks_without_a_fill(ctxs, mode, monkeypatch):
+    # A new mask Parameter is made straight from the core's mask: no initializer pass (the
+    # fill that was written over right away), one copy per context.
+    net = conv_net(ctxs, False)
+    net(images().as_in_context(ctxs[0]))
+    weights = {n: p.data(ctxs[0]).asnumpy() for n, p in ps.select(net, WEIGHTS).items()}
+    expected = ps.magnitude_masks(weights, 0.5, scope='global')
+
+    def no_fill(self, *args):
+        raise AssertionError('an initializer ran for a mask that is written right away')
+    monkeypatch.setattr(mx.init.Zero, '_init_weight', no_fill)
+    monkeypatch.setattr(mx.init.One, '_init_weight', no_fill)
+    ps.prune_magnitude(net, WEIGHTS, 0.5, scope='global', mode=mode)
+    monkeypatch.undo()
+    params = net.collect_params()
+    for name, keep in expected.items():
+        mask = params[name + '_mask']
+        assert mask.dtype == (np.uint8 if mode == 'update' else np.float32)
+        assert mask.list_ctx() == ctxs
+        for i, arr in enumerate(mask.list_data()):
+            assert arr.context == ctxs[i]
+            np.testing.assert_array_equal(arr.asnumpy(), keep.astype(arr.dtype))
+            if mode == 'update':   # the stored weight is zeroed under the mask
+                np.testing.assert_array_equal(params[name].list_data()[i].asnumpy(),
+                                              weights[name] * keep)
+        # the mask's own init (ones) is still what a re-initialisation gives
+        mask.initialize(ctx=ctxs, force_reinit=True)
+        assert all((arr.asnumpy() == 1).all() for arr in mask.list_data())
+
+
+def test_core_masks_are_not_scanned_for_overflow(ctxs, monkeypatch):
+    # The core's masks are binary: no entry above 1, so the overflow check needs no pass
+    # over them to find their largest entry.
+    from paramsurgery import _values
+    net = conv_net(ctxs, False)
+    net(images().as_in_context(ctxs[0]))
+
+    real = _values._largest
+
+    def scan(value):
+        # a value whose largest entry is not known yet costs a pass over it
+        assert value.largest is not None, 'a binary core mask was scanned for its largest'
+        return real(value)
+    monkeypatch.setattr(_values, '_largest', scan)
+    ps.prune_magnitude(net, WEIGHTS, 0.5, scope='global', mode='update')
+    ps.prune_magnitude(net, WEIGHTS, 0.5, scope='global')   # switches mode, combines
+    monkeypatch.undo()
+    total = sum(p.shape and int(np.prod(p.shape)) for p in ps.select(net, WEIGHTS).values())
+    zeros = sum(int((effective(net, n, i) == 0).sum()) for n in ps.select(net, WEIGHTS)
+                for i in range(len(ctxs)))
+    first = int(np.floor(0.5 * total + 0.5))
+    assert zeros == len(ctxs) * (first + int(np.floor(0.5 * (total - first) + 0.5)))
+
+
+def test_a_list_key_is_not_validated_once_per_entry(monkeypatch):
+    # one key per weight: the selection is validated once, not once per key
+    import sys
+    select_module = sys.modules['paramsurgery.select']   # ps.select is the function
+    net = nn.HybridSequential(prefix='deep_')
+    with net.name_scope():
+        for _ in range(10):
+            net.add(nn.Dense(3, in_units=3))
+    net.initialize(mx.init.Xavier())
+    calls = []
+    real = select_module.all_params
+
+    def counted(where):
+        calls.append(1)
+        return real(where)
+    names = list(ps.select(net, WEIGHTS))
+    monkeypatch.setattr(select_module, 'all_params', counted)
+    ps.prune_magnitude(net, names, 0.5, scope='global')
+    monkeypatch.undo()
+    # a fixed number of validations (the call's own reads), whatever the number of keys
+    assert len(calls) <= 4, len(calls)

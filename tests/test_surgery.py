@@ -115,6 +115,174 @@ def test_integer_parameter_keeps_dtype():
         ps.set_params({'counts': p}, 'counts', 0.5)
 
 
+# ----------------------------------------------------------------------------- overflow check
+
+def _big_param(ctxs, dtype, big, name='big'):
+    """A parameter holding ``big`` (near the dtype's largest finite number) among ones."""
+    p = gluon.Parameter(name, shape=(2, 3), dtype=dtype, init=mx.init.One())
+    p.initialize(ctx=ctxs)
+    with autograd.pause():
+        for arr in p.list_data():
+            arr[0, 0] = big
+    return p
+
+
+def _count_exact_checks(monkeypatch):
+    from paramsurgery import _values
+    calls = []
+    exact = _values._exact_check
+
+    def counting(name, *args, **kwargs):
+        calls.append(name)
+        return exact(name, *args, **kwargs)
+    monkeypatch.setattr(_values, '_exact_check', counting)
+    return calls
+
+
+@pytest.mark.parametrize('dtype, big', [('float32', 3e38), ('float64', 1.5e308)])
+def test_overflow_bound_fails_but_every_product_is_finite(ctxs, dtype, big, monkeypatch):
+    # norm(w) * max|m| = big * 2 exceeds the largest finite number, so the device bound
+    # cannot prove the products finite; the big entry is halved, so none overflows
+    calls = _count_exact_checks(monkeypatch)
+    p = _big_param(ctxs, dtype, big)
+    before = all_replicas(p)
+    mult = np.full((2, 3), 2.0, dtype=dtype)
+    mult[0, 0] = 0.5
+    ps.assign_params({'big': p}, 'big', mult)
+    assert calls == ['big']
+    for old, new in zip(before, all_replicas(p)):
+        assert np.isfinite(new).all()
+        np.testing.assert_array_equal(new, old * mult)   # exact: products of powers of two
+
+
+@pytest.mark.parametrize('dtype, big', [('float32', 3e38), ('float64', 1.5e308)])
+def test_overflow_bound_fails_and_a_product_overflows(ctxs, dtype, big, monkeypatch):
+    calls = _count_exact_checks(monkeypatch)
+    p = _big_param(ctxs, dtype, big)
+    before = all_replicas(p)
+    with pytest.raises(ps.SurgeryValueError,
+                       match=r"Parameter 'big' on cpu\(0\): multiplying by the multiplier "
+                             r"would overflow in 1 entry .*first at index \(0, 0\)"):
+        ps.assign_params({'big': p}, 'big', np.full((2, 3), 2.0, dtype=dtype))
+    assert calls == ['big']
+    assert_same_bits({'big': before}, {'big': all_replicas(p)})
+
+
+def test_overflow_only_on_the_second_replica_is_refused(monkeypatch):
+    # the bound is taken per replica: a safe first replica must not vouch for the second
+    p = _big_param(TWO, 'float32', 1.0)
+    with autograd.pause():
+        p.list_data()[1][1, 2] = 3e38
+    before = all_replicas(p)
+    with pytest.raises(ps.SurgeryValueError, match=r"'big' on cpu\(1\).*index \(1, 2\)"):
+        ps.assign_params({'big': p}, 'big', 2.0)
+    assert_same_bits({'big': before}, {'big': all_replicas(p)})
+
+
+def test_overflow_bound_spares_the_exact_check(ctxs, monkeypatch):
+    # ordinary weights times 4: the device bound proves every product finite
+    calls = _count_exact_checks(monkeypatch)
+    net = make_mlp(ctxs)
+    before = snapshot(net)
+    ps.assign_params(net, '.*', 4.0)
+    assert calls == []
+    for name, olds in before.items():
+        for old, new in zip(olds, all_replicas(net.collect_params()[name])):
+            np.testing.assert_array_equal(new, old * 4)
+
+
+def test_nonfinite_weight_entries_are_not_counted_as_overflow(ctxs):
+    # NaN and inf in the weight make the bound unknown; the exact check passes them over
+    p = _big_param(ctxs, 'float32', np.nan)
+    with autograd.pause():
+        for arr in p.list_data():
+            arr[1, 1] = np.inf
+    ps.assign_params({'big': p}, 'big', 1e30)
+    for new in all_replicas(p):
+        assert np.isnan(new[0, 0]) and new[1, 1] == np.inf
+        np.testing.assert_array_equal(np.delete(new.ravel(), [0, 4]), 1e30)
+
+
+def _no_product_pass(monkeypatch):
+    """Make any pass over the weights for the overflow check fail the test."""
+    from paramsurgery import _values
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('a pass over the weights ran for the overflow check')
+    monkeypatch.setattr(_values, '_start_sumsq', refuse)
+    monkeypatch.setattr(_values, '_exact_check', refuse)
+
+
+@pytest.mark.parametrize('dtype, mult', [
+    ('float32', [[1.0, -1.0, 0.5], [0.0, -0.25, 1.0]]),
+    ('float64', [[-1.0, 1.0, 1.0], [0.125, 0.0, -1.0]]),
+    ('int32', [[0, 0, 0], [0, 0, 0]]),
+    ('uint8', [[1, 0, 1], [1, 1, 0]]),
+])
+def test_multiplier_at_most_one_needs_no_pass_over_the_weights(ctxs, dtype, mult, monkeypatch):
+    # |w * m| <= |w| when max|m| <= 1 (< 1 for a signed integer, since -1 * min wraps):
+    # no product can overflow where w is finite, so neither the device bound nor the host
+    # check runs; the largest |entry| is the exact one validation found
+    p = gluon.Parameter('p', shape=(2, 3), dtype=dtype, init=mx.init.Constant(3))
+    p.initialize(ctx=ctxs)
+    before = all_replicas(p)
+    _no_product_pass(monkeypatch)
+    ps.assign_params({'p': p}, 'p', np.array(mult, dtype=dtype))
+    for old, new in zip(before, all_replicas(p)):
+        np.testing.assert_array_equal(new, old * np.array(mult, dtype=dtype))
+
+
+def test_multiplier_at_most_one_keeps_nonfinite_weights_as_the_exact_check_does(
+        ctxs, monkeypatch):
+    # NaN and inf in w are not the multiplier's doing: inf * 0 = NaN and NaN * 1 are let
+    # through, exactly as the entry-wise check lets them (it counts only finite factors)
+    p = _big_param(ctxs, 'float32', np.nan)
+    with autograd.pause():
+        for arr in p.list_data():
+            arr[1, 1] = np.inf
+    mult = np.array([[1.0, 0.5, 0.5], [0.5, 0.0, -1.0]], dtype=np.float32)
+    from paramsurgery import _values
+    steps = _values.plan({'big': p}, 'big', mult, 'multiplier', False)
+    _values._exact_check(*steps[0], 'multiplier')   # the host check accepts it too
+    _no_product_pass(monkeypatch)
+    ps.assign_params({'big': p}, 'big', mult)
+    for new in all_replicas(p):
+        assert np.isnan(new[0, 0]) and np.isnan(new[1, 1])
+        np.testing.assert_array_equal(np.delete(new.ravel(), [0, 4]), [0.5, 0.5, 0.5, -1.0])
+
+
+def test_multiplier_one_on_a_signed_integer_is_still_checked(ctxs):
+    # -1 * int32 min wraps around: max|m| = 1 is no proof for a signed integer
+    p = gluon.Parameter('p', shape=(2,), dtype='int32', init=mx.init.Constant(5))
+    p.initialize(ctx=ctxs)
+    with autograd.pause():
+        for arr in p.list_data():
+            arr[0] = np.iinfo(np.int32).min
+    before = all_replicas(p)
+    with pytest.raises(ps.SurgeryValueError, match=r"Parameter 'p' on cpu\(0\).*wrap|overflow"):
+        ps.assign_params({'p': p}, 'p', np.array([-1, 1], dtype=np.int32))
+    assert_same_bits({'p': before}, {'p': all_replicas(p)})
+
+
+def test_numpy_value_is_read_in_place_but_left_untouched(ctxs, hybridize):
+    # on CPU contexts the multiplier is read without a copy; the call must still finish
+    # reading it before returning, and leave the caller's array writable
+    net = make_mlp(ctxs, hybridize)
+    before = snapshot(net)
+    mult = np.linspace(0.5, 1.5, 20, dtype=np.float32).reshape(5, 4)
+    value = np.arange(5, dtype=np.float32).reshape(5, 1)
+    ps.assign_params(net, 'mlp_dense0_weight', mult)
+    ps.set_params(net, 'mlp_dense0_bias', value.ravel())
+    assert mult.flags.writeable and value.flags.writeable
+    expected = mult.copy()
+    mult[:] = 100
+    value[:] = 100
+    for old, new in zip(before['mlp_dense0_weight'], all_replicas(net[0].weight)):
+        np.testing.assert_array_equal(new, old * expected)
+    for new in all_replicas(net[0].bias):
+        np.testing.assert_array_equal(new, np.arange(5))
+
+
 # ----------------------------------------------------------------------------- autograd
 
 def test_inside_record_then_backward_and_step(ctxs, hybridize):
