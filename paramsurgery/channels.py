@@ -439,11 +439,12 @@ def _build(net, shapes) -> ChannelGraph:
     def fresh(node_id, reason, out_index=0):
         shape = trace.shape(node_id, out_index)
         if shape is None or len(shape) < 2:
-            return None
+            # nothing downstream can be followed, but a layer reading it still starts a group
+            node = nodes[node_id]
+            what = ("the input '%s'" % node['name'] if node['op'] == 'null' else
+                    "the output of %s ('%s')" % (node['op'], node['name']))
+            return _Lost('reads %s, which has no channel axis (shape %s)' % (what, shape))
         return [(spaces.new(shape[1], node_id, nodes[node_id]['name'], reason), 0, 1)]
-
-    def param_of(entry):
-        return param_src.get(entry[0])
 
     def n_outputs(name):
         return sum(1 for k in range(64) if '%s_output%d' % (name, k) in trace.shapes) or 1
@@ -477,65 +478,19 @@ def _build(net, shapes) -> ChannelGraph:
             for k in range(n_outputs(name)):
                 layout[(nid, k)] = lost
             continue
-        known = all(s is not None for s in in_segs)
         out = unknown
         why = "passes the operator %s ('%s') that the tracer does not know" % (op, name)
         if not inputs:
             layout[(nid, 0)] = fresh(nid, "made by the operator %s ('%s')" % (op, name))
             continue
-        if not known:
-            out = unknown
-        elif op in ('Convolution',):
-            out = _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of)
-        elif op == 'FullyConnected':
-            out = _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of)
-        elif op in ('BatchNorm', 'BatchNormWithReLU', '_contrib_BatchNormWithReLU') \
-                and len(data) == 1:
-            axis = int(attrs.get('axis', 1))
-            ndim = len(trace.shape(data[0][0], data[0][1]) or ())
-            if axis in (1, 1 - ndim) and len(inputs) == 5 and \
-                    all(pid in param_src for pid, _, _ in inputs[1:]):
-                roles = ('bn_gamma', 'bn_beta', 'bn_mean', 'bn_var')
-                for (pid, _, _), role in zip(inputs[1:], roles):
-                    for sp, off, st in in_segs[0]:
-                        spaces.add(sp, param_src[pid], 0, off, st, role)
-                out = in_segs[0]
-            elif axis not in (1, 1 - ndim):
-                why = ("passes the BatchNorm '%s' over axis %d: the tracer follows channels "
-                       "on axis 1 only" % (name, axis))
-        elif op in _PASSTHROUGH and len(data) == 1 and len(inputs) == 1:
-            out = in_segs[0]
-            if attrs.get('layout', 'None') not in _CHANNEL_FIRST:
-                # e.g. Pooling(layout='NHWC') on NCHW data pools across the channels
-                out = _Lost("passes the operator %s ('%s') with layout='%s', which does not "
-                            "keep the channels on axis 1 (the tracer follows layouts %s)"
-                            % (op, name, attrs['layout'], ', '.join(_CHANNEL_FIRST[1:])))
+        rule = _OPERATORS.get(op)
+        if rule is not None and all(s is not None for s in in_segs):
+            out = rule.handler(_Node(trace, spaces, nid, node, attrs, data, in_segs,
+                                     param_src, layout))
+            if isinstance(out, _Blocked):
+                why, out = out.reason, unknown
+            elif isinstance(out, _Lost):
                 block_all(data, out.reason)
-        elif op == 'LeakyReLU' and len(data) == 1:
-            out = _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src)
-        elif op in _RESHAPES and len(data) == 1 and len(inputs) == 1:
-            # (N, C, ...) -> (N, C, ...) with the same number of entries per channel: each
-            # channel keeps its block of entries (e.g. SE's (N, C) -> (N, C, 1, 1)).
-            a, b = trace.shape(*data[0]), trace.shape(nid)
-            if a and b and len(a) >= 2 and len(b) >= 2 and a[:2] == b[:2] and \
-                    all(st == 1 for _, _, st in in_segs[0]):
-                out = in_segs[0]
-        elif op in _REDUCTIONS and len(data) == 1 and len(inputs) == 1:
-            # reducing spatial axes only keeps every channel where it was
-            shape = trace.shape(*data[0]) or ()
-            axes = _axes(attrs.get('axis'), len(shape))
-            if axes and min(axes) >= 2 and attrs.get('exclude', 'False') in ('False', '0') \
-                    and all(st == 1 for _, _, st in in_segs[0]):
-                out = in_segs[0]
-        elif op == 'Flatten' and len(data) == 1:
-            shape = trace.shape(*data[0])
-            mult = int(np.prod(shape[2:])) if shape and len(shape) > 2 else 1
-            out = [(sp, off * mult, st * mult) for sp, off, st in in_segs[0]]
-        elif op in ('Concat', 'concat') and len(data) == len(inputs):
-            out = _concat(trace, attrs, data, in_segs)
-        elif op in _ELEMENTWISE:
-            out, why = _elementwise(trace, spaces, nid, node, data, in_segs, inputs,
-                                    param_src, why)
         if out is unknown:
             block_all(data, why)
             for k in range(n_outputs(name)):
@@ -561,33 +516,150 @@ def _axes(text, ndim):
     return [int(a) % ndim for a in value] if ndim else []
 
 
-def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
-    inputs = node['inputs']
+# --------------------------------------------------------------------------- operators
+#
+# One handler per operator kind, behind one interface: ``handler(node) -> layout`` where
+# ``node`` is a :class:`_Node` and the layout returned is the output's list of ``(space,
+# offset, stride)`` along axis 1, ``_UNKNOWN`` (not followed: the inputs' channels are
+# blocked with the generic reason), a :class:`_Blocked` (not followed, with that reason) or a
+# :class:`_Lost` (the output's axis 1 holds no channels). ``_OPERATORS`` maps operator names
+# to :class:`_Rule` rows; docs/shrink.md's operator table is generated from it.
+
+
+class _Node(NamedTuple):
+    """What an operator handler sees of one graph node."""
+    trace: Any          # _Trace: the graph and the inferred shapes
+    spaces: Any         # _Spaces: the channel spaces found so far
+    nid: int            # the node's index in the graph
+    node: dict          # the node's JSON (op, name, inputs)
+    attrs: dict         # its attributes, as strings
+    data: list          # its data inputs: (node id, output index)
+    in_segs: list       # the layout of each data input
+    param_src: dict     # node id -> the parameter that node stands for
+    layout: dict        # (node id, output) -> layout, for the tensors traced so far
+
+    @property
+    def name(self):
+        return self.node['name']
+
+    def param(self, k):
+        """The parameter behind input ``k`` of the node, or None."""
+        inputs = self.node['inputs']
+        return self.param_src.get(inputs[k][0]) if len(inputs) > k else None
+
+    def in_shape(self, k=0):
+        return self.trace.shape(*self.data[k]) if len(self.data) > k else None
+
+    def out_shape(self):
+        return self.trace.shape(self.nid)
+
+    def only_input(self):
+        """True when the node reads one tensor and no parameter."""
+        return len(self.data) == 1 and len(self.node['inputs']) == 1
+
+
+class _Blocked(NamedTuple):
+    """A handler's answer for a node it does not follow, with the reason."""
+    reason: str
+
+
+class _Rule(NamedTuple):
+    """A row of the operator table."""
+    handler: Callable[[_Node], Any]
+    channels: str       # what the operator does with channels (docs/shrink.md's table)
+
+
+def _flag(attrs, key, default='False'):
+    return attrs.get(key, default) in ('True', 'true', '1')
+
+
+def _tuple_attr(text):
+    """An attribute such as '(0, 0, 1, 1)' or '(None, 2)' as a list (None kept)."""
+    if text in (None, 'None', ''):
+        return []
+    try:
+        value = json.loads(text.replace('(', '[').replace(')', ']').replace('None', 'null')
+                           .replace(',]', ']'))
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else [value]
+
+
+def _passthrough(n):
+    if not n.only_input():
+        return _UNKNOWN
+    if n.attrs.get('layout', 'None') not in _CHANNEL_FIRST:
+        # e.g. Pooling(layout='NHWC') on NCHW data pools across the channels
+        return _Lost("passes the operator %s ('%s') with layout='%s', which does not keep the "
+                     "channels on axis 1 (the tracer follows layouts %s)"
+                     % (n.node['op'], n.name, n.attrs['layout'], ', '.join(_CHANNEL_FIRST[1:])))
+    return n.in_segs[0]
+
+
+def _first_input(n):
+    """Channel i of the first input is channel i of the output; the other inputs give a
+    shape only (``like=`` tensors)."""
+    a, b = n.in_shape(), n.out_shape()
+    if not n.data or a is None or b is None or len(a) < 2 or len(b) < 2 or a[1] != b[1] or \
+            len(n.data) != len(n.node['inputs']):
+        return _UNKNOWN
+    return n.in_segs[0]
+
+
+def _batchnorm(n):
+    inputs = n.node['inputs']
+    axis = int(n.attrs.get('axis', 1))
+    ndim = len(n.in_shape() or ())
+    if len(n.data) != 1:
+        return _UNKNOWN
+    if axis not in (1, 1 - ndim):
+        return _Blocked("passes the BatchNorm '%s' over axis %d: the tracer follows channels "
+                        "on axis 1 only" % (n.name, axis))
+    if len(inputs) != 5 or not all(pid in n.param_src for pid, _, _ in inputs[1:]):
+        return _UNKNOWN
+    roles = ('bn_gamma', 'bn_beta', 'bn_mean', 'bn_var')
+    for (pid, _, _), role in zip(inputs[1:], roles):
+        for sp, off, st in n.in_segs[0]:
+            n.spaces.add(sp, n.param_src[pid], 0, off, st, role)
+    return n.in_segs[0]
+
+
+def _layernorm(n):
+    axis = int(n.attrs.get('axis', -1))
+    ndim = len(n.in_shape() or ())
+    if ndim and axis % ndim >= 2:
+        # normalising over spatial axes keeps every channel apart: gamma and beta are not
+        # per channel, so nothing follows the channels but the tensor
+        return n.in_segs[0] if len(n.data) == 1 else _UNKNOWN
+    return _Blocked("passes the LayerNorm '%s', which normalises over axis %d: removing a "
+                    "channel changes the mean and variance of every other one, so these "
+                    "channels cannot be removed exactly" % (n.name, axis))
+
+
+def _conv(n):
+    attrs = n.attrs
     layout = attrs.get('layout', 'None')
-    weight = param_of(inputs[1]) if len(inputs) > 1 else None
-    no_bias = attrs.get('no_bias', 'False') in ('True', 'true', '1')
-    bias = param_of(inputs[2]) if not no_bias and len(inputs) > 2 else None
-    if len(data) != 1 or weight is None or (not no_bias and bias is None):
+    weight = n.param(1)
+    no_bias = _flag(attrs, 'no_bias')
+    bias = None if no_bias else n.param(2)
+    if len(n.data) != 1 or weight is None or (not no_bias and bias is None):
         return _UNKNOWN
     groups = int(attrs.get('num_group', 1))
     filters = int(attrs['num_filter'])
-    in_shape = trace.shape(*data[0])
+    in_shape = n.in_shape()
+    spaces = n.spaces
     if layout not in _CHANNEL_FIRST:
         return _unfollowed(
-            spaces, nid, weight, bias, filters, in_segs[0], in_shape[layout.index('C')],
+            spaces, n.nid, weight, bias, filters, n.in_segs[0], in_shape[layout.index('C')],
             "'%s' is a Convolution with layout='%s': the tracer follows channels on axis 1 "
-            "(layouts %s) only" % (node['name'], layout, ', '.join(_CHANNEL_FIRST[1:])))
+            "(layouts %s) only" % (n.name, layout, ', '.join(_CHANNEL_FIRST[1:])))
     channels = in_shape[1]
-    segs = in_segs[0]
+    segs = n.in_segs[0]
     if groups == 1:
         for sp, off, st in segs:
             spaces.add(sp, weight, 1, off, st, 'input')
-        out = spaces.new(filters, nid, weight)
-        spaces.producers[out].append(weight)
-        spaces.add(out, weight, 0, 0, 1, 'weight')
-        if bias is not None:
-            spaces.add(out, bias, 0, 0, 1, 'bias')
-        return [(out, 0, 1)]
+        out = spaces.new(filters, n.nid, weight)
+        return _produced(spaces, out, weight, bias)
     if groups == channels == filters:
         # depthwise: output channel i reads input channel i only
         for sp, off, st in segs:
@@ -595,12 +667,68 @@ def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
             if bias is not None:
                 spaces.add(sp, bias, 0, off, st, 'bias')
         return segs
-    reason = ("passes the grouped Convolution '%s' (num_group=%d), whose groups would no "
-              "longer split the channels evenly" % (node['name'], groups))
-    for sp, _, _ in segs:
-        spaces.block(sp, reason)
-    out = spaces.new(filters, nid, weight, reason)
-    return _produced(spaces, out, weight, bias)
+    return _grouped_conv(n, weight, bias, groups, channels, filters, segs)
+
+
+def _grouped_conv(n, weight, bias, groups, channels, filters, segs):
+    """A grouped convolution keeps ``num_group``: its channels are removed in equal numbers
+    from every group. A group of the tracer is then a position within a convolution group:
+    channel ``i`` is channel ``j * size + i`` of every convolution group ``j``."""
+    spaces = n.spaces
+    per_in, per_out = channels // groups, filters // groups
+    tied = _tied_input(n, segs, groups, channels)
+    if isinstance(tied, str):
+        for sp, _, _ in segs:
+            spaces.block(sp, tied)
+    else:
+        spaces.add(tied, weight, 1, 0, 1, 'input')
+    out = spaces.new(per_out, n.nid, weight)
+    spaces.producers[out].append(weight)
+    for j in range(groups):
+        spaces.add(out, weight, 0, j * per_out, 1, 'weight')
+        if bias is not None:
+            spaces.add(out, bias, 0, j * per_out, 1, 'bias')
+    del per_in
+    return [(out, j * per_out, 1) for j in range(groups)]
+
+
+def _tied_input(n, segs, groups, channels):
+    """The space of the positions within a group of a grouped convolution's input, tying
+    channel ``i`` of every group (folding the producer's space when it is one whole space),
+    or the reason it cannot."""
+    spaces = n.spaces
+    per = channels // groups
+    roots = {spaces.find(sp) for sp, _, _ in segs}
+    if per == 1:
+        return ("feeds the grouped Convolution '%s' (num_group=%d), each of whose groups reads "
+                "a single channel" % (n.name, groups))
+    if len(roots) == 1 and len(segs) == groups and \
+            [(off, st) for _, off, st in segs] == [(j * per, 1) for j in range(groups)] and \
+            spaces.size[next(iter(roots))] == per:
+        return next(iter(roots))           # already positions (a grouped layer before)
+    if len(segs) == 1 and segs[0][1:] == (0, 1) and spaces.size[spaces.find(segs[0][0])] == \
+            channels:
+        root = spaces.find(segs[0][0])
+        _fold(n, root, groups)
+        return root
+    return ("feeds the grouped Convolution '%s' (num_group=%d) with channels that do not "
+            "split into its groups the same way" % (n.name, groups))
+
+
+def _fold(n, root, groups):
+    """Make space ``root`` (``C`` channels) the ``C / groups`` positions within a group:
+    every member and every tensor layout holding it now holds one slice per group."""
+    spaces = n.spaces
+    per = spaces.size[root] // groups
+    spaces.size[root] = per
+    spaces.members[root] = [(p, ax, off + j * per * st, st, role)
+                            for p, ax, off, st, role in spaces.members[root]
+                            for j in range(groups)]
+    for key, segs in n.layout.items():
+        if isinstance(segs, list) and any(spaces.find(sp) == root for sp, _, _ in segs):
+            n.layout[key] = [one for sp, off, st in segs for one in (
+                [(sp, off + j * per * st, st) for j in range(groups)]
+                if spaces.find(sp) == root else [(sp, off, st)])]
 
 
 def _unfollowed(spaces, nid, weight, bias, size, segs, in_channels, reason):
@@ -626,96 +754,263 @@ def _produced(spaces, out, weight, bias):
     return [(out, 0, 1)]
 
 
-def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
-    inputs = node['inputs']
-    weight = param_of(inputs[1]) if len(inputs) > 1 else None
-    no_bias = attrs.get('no_bias', 'False') in ('True', 'true', '1')
-    bias = param_of(inputs[2]) if not no_bias and len(inputs) > 2 else None
-    flatten = attrs.get('flatten', 'True') in ('True', 'true', '1')
-    shape = trace.shape(*data[0])
-    if len(data) != 1 or weight is None or (not no_bias and bias is None) or shape is None:
+def _dense(n):
+    attrs = n.attrs
+    weight = n.param(1)
+    no_bias = _flag(attrs, 'no_bias')
+    bias = None if no_bias else n.param(2)
+    flatten = _flag(attrs, 'flatten', 'True')
+    shape = n.in_shape()
+    if len(n.data) != 1 or weight is None or (not no_bias and bias is None) or shape is None:
         return _UNKNOWN
     if len(shape) > 2 and not flatten:
         return _unfollowed(
-            spaces, nid, weight, bias, int(attrs['num_hidden']), in_segs[0], shape[-1],
+            n.spaces, n.nid, weight, bias, int(attrs['num_hidden']), n.in_segs[0], shape[-1],
             "'%s' is a FullyConnected (Dense) with flatten=False on a rank-%d input: it reads "
             "the last axis, and the tracer follows channels on axis 1 only"
-            % (node['name'], len(shape)))
+            % (n.name, len(shape)))
     mult = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    for sp, off, st in in_segs[0]:
-        spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
-    out = spaces.new(int(attrs['num_hidden']), nid, weight)
-    return _produced(spaces, out, weight, bias)
+    for sp, off, st in n.in_segs[0]:
+        n.spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
+    out = n.spaces.new(int(attrs['num_hidden']), n.nid, weight)
+    return _produced(n.spaces, out, weight, bias)
 
 
-def _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src):
-    act = attrs.get('act_type', 'leaky')
-    if act != 'prelu':
-        return in_segs[0] if len(inputs) == 1 else _UNKNOWN
-    if len(inputs) != 2 or inputs[1][0] not in param_src:
+def _leaky(n):
+    if len(n.data) != 1:
         return _UNKNOWN
-    gamma = param_src[inputs[1][0]]
-    gshape = trace.all_params[gamma].shape
+    inputs = n.node['inputs']
+    if n.attrs.get('act_type', 'leaky') != 'prelu':
+        return n.in_segs[0] if len(inputs) == 1 else _UNKNOWN
+    gamma = n.param(1)
+    if len(inputs) != 2 or gamma is None:
+        return _UNKNOWN
+    gshape = n.trace.all_params[gamma].shape
     if gshape and int(np.prod(gshape)) > 1:
-        for sp, off, st in in_segs[0]:
-            spaces.add(sp, gamma, 0, off, st, 'scale')
-    return in_segs[0]
+        for sp, off, st in n.in_segs[0]:
+            n.spaces.add(sp, gamma, 0, off, st, 'scale')
+    return n.in_segs[0]
 
 
-def _concat(trace, attrs, data, in_segs):
-    dim = int(attrs.get('dim', 1))
-    shape0 = trace.shape(*data[0])
-    if shape0 is None or dim not in (1, 1 - len(shape0)):
+def _reshape(n):
+    # (N, C, ...) -> (N, C, ...) with the same number of entries per channel: each channel
+    # keeps its block of entries (e.g. SE's (N, C) -> (N, C, 1, 1)).
+    a, b = n.in_shape(), n.out_shape()
+    if n.only_input() and a and b and len(a) >= 2 and len(b) >= 2 and a[:2] == b[:2] and \
+            all(st == 1 for _, _, st in n.in_segs[0]):
+        return n.in_segs[0]
+    return _Blocked("passes the %s '%s', which reshapes %s into %s: the channel axis is not "
+                    "kept" % (n.node['op'], n.name, a, b))
+
+
+def _reduction(n):
+    # reducing spatial axes only keeps every channel where it was
+    shape = n.in_shape() or ()
+    axes = _axes(n.attrs.get('axis'), len(shape))
+    if n.only_input() and axes and min(axes) >= 2 and not _flag(n.attrs, 'exclude') and \
+            all(st == 1 for _, _, st in n.in_segs[0]):
+        return n.in_segs[0]
+    return _Blocked("passes the %s '%s' over axes %s, which reduces the channel axis"
+                    % (n.node['op'], n.name, axes or 'all'))
+
+
+def _along_axis(n, axis, what):
+    """An operator acting along one axis: it keeps channels when that axis is spatial."""
+    ndim = len(n.in_shape() or ())
+    if not n.only_input() or not ndim:
         return _UNKNOWN
+    if axis % ndim >= 2:
+        return n.in_segs[0]
+    return _Blocked("passes the %s '%s' %s axis %d, which %s" % (
+        n.node['op'], n.name, what, axis, 'mixes the channels' if axis % ndim == 1
+        else 'mixes the samples of the batch'))
+
+
+def _softmax(n):
+    return _along_axis(n, int(n.attrs.get('axis', -1)), 'over')
+
+
+def _slice_axis(n):
+    return _along_axis(n, int(n.attrs.get('axis')), 'along')
+
+
+def _slice(n):
+    begin, end = _tuple_attr(n.attrs.get('begin')), _tuple_attr(n.attrs.get('end'))
+    step = _tuple_attr(n.attrs.get('step')) or []
+    a, b = n.in_shape(), n.out_shape()
+    if not n.only_input() or begin is None or end is None or step is None or not a or \
+            len(a) < 2:
+        return _UNKNOWN
+    whole = (len(begin) < 2 or begin[1] in (None, 0)) and \
+        (len(end) < 2 or end[1] in (None, a[1])) and (len(step) < 2 or step[1] in (None, 1))
+    if whole and b and b[1] == a[1]:
+        return n.in_segs[0]
+    return _Blocked("passes the slice '%s' (begin=%s, end=%s), which slices the channel "
+                    "axis" % (n.name, n.attrs.get('begin'), n.attrs.get('end')))
+
+
+def _slice_like(n):
+    axes = _tuple_attr(n.attrs.get('axes', '()'))
+    ndim = len(n.in_shape() or ())
+    if axes and ndim and all(int(a) % ndim >= 2 for a in axes) and len(n.data) == 2 and \
+            len(n.node['inputs']) == 2:
+        return n.in_segs[0]
+    return _Blocked("passes the slice_like '%s' with axes=%s, which may slice the channel axis "
+                    "(give axes=(2, 3) to crop spatial axes only)"
+                    % (n.name, n.attrs.get('axes', '()')))
+
+
+def _pad(n):
+    width = _tuple_attr(n.attrs.get('pad_width'))
+    if not n.only_input() or not width:
+        return _UNKNOWN
+    if any(width[:4]):
+        return _Blocked("passes the Pad '%s' with pad_width=%s, which pads the batch or channel "
+                        "axis" % (n.name, n.attrs.get('pad_width')))
+    return n.in_segs[0]
+
+
+def _upsampling(n):
+    if n.attrs.get('sample_type', 'nearest') != 'nearest' or int(n.attrs.get('num_args', 1)) \
+            != 1:
+        return _Blocked("passes the UpSampling '%s' (sample_type=%s, num_args=%s): the tracer "
+                        "follows nearest upsampling of one tensor" % (
+                            n.name, n.attrs.get('sample_type', 'nearest'),
+                            n.attrs.get('num_args', 1)))
+    return _passthrough(n)
+
+
+def _transpose(n):
+    axes = _tuple_attr(n.attrs.get('axes', '()'))
+    if n.only_input() and axes and len(axes) >= 2 and axes[:2] == [0, 1]:
+        return n.in_segs[0]
+    return _Blocked("passes the transpose '%s' (axes=%s), which moves the channel axis"
+                    % (n.name, n.attrs.get('axes', '()')))
+
+
+def _swapaxis(n):
+    ndim = len(n.in_shape() or ())
+    dims = {int(n.attrs.get('dim1', 0)) % ndim, int(n.attrs.get('dim2', 0)) % ndim} \
+        if ndim else {0}
+    if n.only_input() and (min(dims) >= 2 or len(dims) == 1):
+        return n.in_segs[0]
+    return _Blocked("passes the SwapAxis '%s' (dim1=%s, dim2=%s), which moves the channel "
+                    "axis" % (n.name, n.attrs.get('dim1', 0), n.attrs.get('dim2', 0)))
+
+
+def _flatten(n):
+    if len(n.data) != 1:
+        return _UNKNOWN
+    shape = n.in_shape()
+    mult = int(np.prod(shape[2:])) if shape and len(shape) > 2 else 1
+    return [(sp, off * mult, st * mult) for sp, off, st in n.in_segs[0]]
+
+
+def _concat(n):
+    dim = int(n.attrs.get('dim', 1))
+    shape0 = n.in_shape()
+    if len(n.data) != len(n.node['inputs']) or shape0 is None:
+        return _UNKNOWN
+    if dim not in (1, 1 - len(shape0)):
+        return _Blocked("passes the Concat '%s' along axis %d: the tracer follows channels on "
+                        "axis 1 only" % (n.name, dim))
     out, base = [], 0
-    for entry, segs in zip(data, in_segs):
+    for entry, segs in zip(n.data, n.in_segs):
         out.extend((sp, base + off, st) for sp, off, st in segs)
-        base += trace.shape(*entry)[1]
+        base += n.trace.shape(*entry)[1]
     return out
 
 
-def _elementwise(trace, spaces, nid, node, data, in_segs, inputs, param_src, why):
+def _elementwise(n):
+    trace, spaces, data, in_segs = n.trace, n.spaces, n.data, n.in_segs
     shapes = [trace.shape(*e) for e in data]
-    out_shape = trace.shape(nid)
+    out_shape = n.out_shape()
     if out_shape is None or len(out_shape) < 2 or any(s is None for s in shapes):
-        return _UNKNOWN, why
+        return _UNKNOWN
     channels = out_shape[1]
     # Parameters combined with the tensor (a per-channel scale or shift): members on axis 1.
-    for pid, _, _ in inputs:
-        if pid not in param_src:
+    for pid, _, _ in n.node['inputs']:
+        if pid not in n.param_src:
             continue
         pshape = trace.shape(pid)     # a variable, or weight * mask
         if pshape is None or len(pshape) != len(out_shape):
-            return _UNKNOWN, why
+            return _UNKNOWN
         if pshape[1] == channels and channels > 1:
             for entry, segs in zip(data, in_segs):
                 if trace.shape(*entry)[1] == channels:
                     for sp, off, st in segs:
-                        spaces.add(sp, param_src[pid], 1, off, st, 'scale')
+                        spaces.add(sp, n.param_src[pid], 1, off, st, 'scale')
                     break
     full = [(e, s, segs) for e, s, segs in zip(data, shapes, in_segs)
             if len(s) == len(out_shape) and s[1] == channels]
     others = [s for s in shapes if not (len(s) == len(out_shape) and s[1] == channels)]
     if not full or any(len(s) == len(out_shape) and s[1] != 1 for s in others) or \
             any(len(s) != len(out_shape) for s in others):
-        return _UNKNOWN, why
+        return _UNKNOWN
     if channels == 1 and len(full) < len(data):
-        return _UNKNOWN, why
+        return _UNKNOWN
     first = full[0][2]
     for _, _, segs in full[1:]:
         if [(o, st) for _, o, st in segs] != [(o, st) for _, o, st in first] or \
                 [spaces.size[spaces.find(sp)] for sp, _, _ in segs] != \
                 [spaces.size[spaces.find(sp)] for sp, _, _ in first]:
-            reason = ("meets channels of a different concatenation in %s ('%s')"
-                      % (node['op'], node['name']))
+            reason = ("meets channels laid out differently (another concatenation or grouping) "
+                      "in %s ('%s')" % (n.node['op'], n.name))
             for _, _, s in full:
                 for sp, _, _ in s:
                     spaces.block(sp, reason)
-            return _UNKNOWN, reason
+            return _Blocked(reason)
     for _, _, segs in full[1:]:
         for (a, _, _), (b, _, _) in zip(first, segs):
             spaces.union(a, b)
-    return first, why
+    return first
+
+
+_PASS = 'channel i in is channel i out'
+_SPATIAL = 'channel i in is channel i out (spatial axes only)'
+_OPERATORS = {}
+_OPERATORS.update({op: _Rule(_passthrough, _PASS + ' (layouts with C on axis 1)')
+                   for op in sorted(_PASSTHROUGH)})
+_OPERATORS.update({op: _Rule(_elementwise, 'joins the channels of its inputs (one group); a '
+                             'per-channel parameter is a member')
+                   for op in sorted(_ELEMENTWISE)})
+_OPERATORS.update({op: _Rule(_reshape, 'follows when the batch and channel axes are kept and '
+                             'each channel keeps its entries')
+                   for op in sorted(_RESHAPES)})
+_OPERATORS.update({op: _Rule(_reduction, 'follows when it reduces axes >= 2 only')
+                   for op in sorted(_REDUCTIONS)})
+_OPERATORS.update({
+    'Convolution': _Rule(_conv, 'starts a group (weight rows, bias); reads its input through '
+                         'weight columns; depthwise: one group in and out; grouped: a group '
+                         'is a position within every convolution group (num_group kept)'),
+    'FullyConnected': _Rule(_dense, 'starts a group (weight rows, bias); reads its input '
+                            'through weight columns (H*W per channel after Flatten)'),
+    'BatchNorm': _Rule(_batchnorm, 'gamma, beta, running mean and variance are members'),
+    'BatchNormWithReLU': _Rule(_batchnorm, 'as BatchNorm'),
+    '_contrib_BatchNormWithReLU': _Rule(_batchnorm, 'as BatchNorm'),
+    'LayerNorm': _Rule(_layernorm, 'blocks the channels it normalises over (not removable '
+                       'exactly); normalising over axes >= 2 follows'),
+    'LeakyReLU': _Rule(_leaky, _PASS + '; PReLU alpha is a member'),
+    'Flatten': _Rule(_flatten, 'channel i becomes H*W consecutive features'),
+    'Concat': _Rule(_concat, 'places the groups of its inputs at offsets (axis 1)'),
+    'concat': _Rule(_concat, 'as Concat'),
+    'Pad': _Rule(_pad, _SPATIAL),
+    'UpSampling': _Rule(_upsampling, _SPATIAL + '; nearest, one input'),
+    '_contrib_BilinearResize2D': _Rule(_first_input, _SPATIAL),
+    '_contrib_AdaptiveAvgPooling2D': _Rule(_passthrough, _SPATIAL),
+    'ones_like': _Rule(_passthrough, _PASS + ' (the values do not depend on the input)'),
+    'zeros_like': _Rule(_passthrough, _PASS + ' (the values do not depend on the input)'),
+    'slice_axis': _Rule(_slice_axis, _SPATIAL),
+    'slice': _Rule(_slice, 'follows when the channel axis is not sliced'),
+    'slice_like': _Rule(_slice_like, 'follows with axes >= 2 (the second input gives a '
+                        'shape only)'),
+    'Crop': _Rule(_first_input, _SPATIAL + ' (the second input gives a shape only)'),
+    'softmax': _Rule(_softmax, 'follows over an axis >= 2'),
+    'log_softmax': _Rule(_softmax, 'follows over an axis >= 2'),
+    'transpose': _Rule(_transpose, 'follows when axes 0 and 1 stay in place'),
+    'SwapAxis': _Rule(_swapaxis, 'follows when it swaps axes >= 2'),
+    'swapaxes': _Rule(_swapaxis, 'as SwapAxis'),
+})
 
 
 def _groups(trace, spaces, layout):

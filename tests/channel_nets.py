@@ -139,8 +139,124 @@ class HardCoded(gluon.HybridBlock):
         return self.out(self.pool(F.relu(self.bn(x))))
 
 
+class ResNeXt(gluon.HybridBlock):
+    """A ResNeXt bottleneck as gluoncv writes it: 1x1, grouped 3x3 (num_group=4), 1x1, with a
+    projection shortcut; then a second grouped convolution reading the first's groups."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.stem = conv_bn(8)
+            self.body = nn.HybridSequential()
+            self.body.add(conv_bn(8, kernel=1), conv_bn(8, groups=4),
+                          nn.Conv2D(12, 1, use_bias=False), nn.BatchNorm())
+            self.down = nn.HybridSequential()
+            self.down.add(nn.Conv2D(12, 1, use_bias=False), nn.BatchNorm())
+            self.grouped = nn.Conv2D(8, 3, padding=1, groups=4)
+            self.again = nn.Conv2D(8, 3, padding=1, groups=4)
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(3)
+
+    def hybrid_forward(self, F, x):
+        x = self.stem(x)
+        x = F.relu(self.body(x) + self.down(x))
+        return self.out(self.pool(F.relu(self.again(F.relu(self.grouped(x))))))
+
+
+class GluoncvSE(gluon.HybridBlock):
+    """gluoncv's squeeze-and-excitation: contrib adaptive pooling, 1x1 convolutions, sigmoid,
+    broadcast_mul."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = conv_bn(8)
+            self.se = nn.HybridSequential()
+            self.se.add(nn.Conv2D(4, 1), nn.Activation('relu'), nn.Conv2D(8, 1),
+                        nn.Activation('sigmoid'))
+            self.b = conv_bn(6)
+            self.out = nn.Dense(2)
+
+    def hybrid_forward(self, F, x):
+        x = self.a(x)
+        w = self.se(F.contrib.AdaptiveAvgPooling2D(x, output_size=1))
+        x = self.b(F.broadcast_mul(x, w))
+        return self.out(F.contrib.AdaptiveAvgPooling2D(x, output_size=2))
+
+
+class XceptionBlock(gluon.HybridBlock):
+    """xception's separable convolution with gluoncv's fixed padding: F.pad, depthwise 3x3
+    without padding, BatchNorm, pointwise 1x1."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = conv_bn(8)
+            self.dw = nn.Conv2D(8, 3, groups=8, use_bias=False)
+            self.dw_bn = nn.BatchNorm()
+            self.pw = conv_bn(6, kernel=1)
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(3)
+
+    def hybrid_forward(self, F, x):
+        x = F.pad(self.a(x), mode='constant', constant_value=0,
+                  pad_width=(0, 0, 0, 0, 1, 1, 1, 1))
+        return self.out(self.pool(self.pw(F.relu(self.dw_bn(self.dw(x))))))
+
+
+class HRFusion(gluon.HybridBlock):
+    """HRNet's fusion: a low-resolution branch, 1x1 conv + BatchNorm, nearest UpSampling,
+    added to the high-resolution branch; and the reverse path with a strided convolution."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.high = conv_bn(6)
+            self.low = conv_bn(8, strides=2)
+            self.up = nn.HybridSequential()
+            self.up.add(nn.Conv2D(6, 1, use_bias=False), nn.BatchNorm())
+            self.down = nn.HybridSequential()
+            self.down.add(nn.Conv2D(8, 3, strides=2, padding=1, use_bias=False),
+                          nn.BatchNorm())
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(2)
+
+    def hybrid_forward(self, F, x):
+        high, low = self.high(x), self.low(x)
+        fused_high = F.relu(high + F.UpSampling(self.up(low), scale=2, sample_type='nearest'))
+        fused_low = F.relu(low + self.down(high))
+        up = F.UpSampling(fused_low, scale=2, sample_type='nearest')
+        return self.out(self.pool(F.concat(fused_high, up, dim=1)))
+
+
+class FCNHead(gluon.HybridBlock):
+    """An FCN-style head on a backbone: bilinear resize, residual attention's
+    ``(1 + mask) * trunk`` with ones_like, spatial slices and a spatial transpose."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.trunk = conv_bn(8)
+            self.mask = nn.HybridSequential()
+            self.mask.add(nn.Conv2D(8, 1), nn.Activation('sigmoid'))
+            self.head = conv_bn(6)
+            self.cls = nn.Conv2D(3, 1)
+
+    def hybrid_forward(self, F, x):
+        trunk = self.trunk(x)
+        m = self.mask(F.contrib.BilinearResize2D(trunk, height=16, width=16))
+        y = F.broadcast_mul(F.ones_like(m) + m,
+                            F.contrib.BilinearResize2D(trunk, height=16, width=16))
+        y = F.slice_axis(y, axis=2, begin=1, end=None)
+        y = F.slice(y, begin=(None, None, None, 1), end=(None, None, None, None))
+        y = F.transpose(self.head(y), axes=(0, 1, 3, 2))
+        return F.contrib.BilinearResize2D(self.cls(y), height=8, width=8)
+
+
 USER_NETS = {'chain': Chain, 'residual': Residual, 'concat': Concat, 'depthwise': Depthwise,
-             'flatten_dense': FlattenDense, 'se': SqueezeExcite}
+             'flatten_dense': FlattenDense, 'se': SqueezeExcite, 'resnext': ResNeXt,
+             'gluoncv_se': GluoncvSE, 'xception': XceptionBlock, 'hrnet': HRFusion,
+             'fcn': FCNHead}
 
 
 def build(kind, ctxs, seed=0, init=None):

@@ -104,26 +104,69 @@ def test_unknown_operator_is_not_prunable_and_named():
             with self.name_scope():
                 self.a = nn.Conv2D(4, 3)
                 self.b = nn.Conv2D(4, 3)
+                self.c = nn.Conv2D(5, 1)
                 self.out = nn.Dense(2)
 
         def hybrid_forward(self, F, x):
-            x = F.softmax(self.a(x), axis=1)
-            return self.out(self.b(x))
+            x = F.LRN(self.a(x), nsize=3)
+            x = F.softmax(self.b(x), axis=1)
+            return self.out(self.c(x))
 
     graph = ps.trace_channels(Odd(prefix='odd_'), (1, 3, 8, 8))
     g = graph['odd_conv0_weight']
     assert not g.prunable
-    assert 'softmax' in g.reason and "the tracer does not know" in g.reason
-    assert graph['odd_conv1_weight'].prunable
+    assert g.reason == "passes the operator LRN ('odd_lrn0') that the tracer does not know"
+    # a known operator that cannot keep the channels apart says why, naming itself
+    assert graph['odd_conv1_weight'].reason == \
+        "passes the softmax 'odd_softmax0' over axis 1, which mixes the channels"
+    # the layers after them still start groups of their own
+    assert graph['odd_conv2_weight'].prunable
 
 
-def test_grouped_convolution_is_not_prunable():
+def test_an_unknown_operator_blocks_only_the_channels_through_it():
+    """An operator whose output has no channel axis (rank 1) used to leave the next layers
+    untraced, their reasons naming the wrong operator; a layer after it starts its own group."""
+    class Rank1(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.a = nn.Conv2D(4, 3)
+                self.b = nn.Dense(6, flatten=False)
+                self.c = nn.Dense(3)
+                self.out = nn.Dense(2)
+
+        def hybrid_forward(self, F, x):
+            y = F.reshape(self.a(x), shape=(-1,))        # rank 1: no channel axis
+            y = F.expand_dims(self.b(y), axis=0)
+            return self.out(F.relu(self.c(y)))
+
+    graph = ps.trace_channels(Rank1(prefix='r_'), (1, 3, 8, 8))
+    assert graph['r_conv0_weight'].reason == (
+        "passes the Reshape 'r_reshape0', which reshapes (1, 4, 6, 6) into (144,): the "
+        "channel axis is not kept")
+    # the dense layer reading the rank-1 tensor is a group of its own, blocked by what
+    # really blocks it
+    assert graph['r_dense0_weight'].reason.startswith("passes the expand_dims 'r_expand_dims0'")
+    assert graph['r_dense1_weight'].prunable
+    assert "the tracer does not know" not in str(graph)
+
+
+def test_grouped_convolution_keeps_num_group():
     net = nn.HybridSequential(prefix='g_')
     with net.name_scope():
-        net.add(nn.Conv2D(8, 3), nn.Conv2D(4, 3, groups=2), nn.Dense(2))
+        net.add(nn.Conv2D(8, 3), nn.BatchNorm(), nn.Conv2D(6, 3, groups=2), nn.Dense(2))
     graph = ps.trace_channels(net, (1, 3, 8, 8))
-    assert not graph['g_conv0_weight'].prunable
-    assert 'num_group=2' in graph['g_conv0_weight'].reason
+    first = graph['g_conv0_weight']
+    # position i within a group of 4: channels i and 4 + i of every member
+    assert first.prunable and first.size == 4
+    assert ('g_conv0_weight', 0, 0, 1) in first.members
+    assert ('g_conv0_weight', 0, 4, 1) in first.members
+    assert ('g_batchnorm0_gamma', 0, 4, 1) in first.members
+    assert ('g_conv1_weight', 1, 0, 1) in first.members      # the weight's (8 / 2) columns
+    second = graph['g_conv1_weight']
+    assert second.size == 3 and second.prunable
+    assert {('g_conv1_weight', 0, 0, 1), ('g_conv1_weight', 0, 3, 1), ('g_conv1_bias', 0, 3, 1),
+            ('g_dense0_weight', 1, 0, 16), ('g_dense0_weight', 1, 48, 16)} <= set(second.members)
 
 
 def test_plain_block_and_bad_shapes():
