@@ -608,3 +608,64 @@ def test_update_mode_channel_masks_shrink_and_keep_training(ctxs):
             assert not w.asnumpy()[z].any()   # every masked entry stays exactly 0
     assert not weight.data().asnumpy()[0].any()
     assert ps.check_params(net) == []
+
+
+# --------------------------------------------------------------------------- coverage (issue 21)
+
+COVERAGE = ['resnext', 'gluoncv_se', 'xception', 'hrnet', 'fcn']
+
+
+@pytest.mark.parametrize('kind', COVERAGE)
+def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs, tmp_path):
+    """Grouped convolutions, gluoncv SE, padded separable, upsample fusion and an FCN head
+    with bilinear resize, ones_like and spatial slices: every group not reaching an output is
+    prunable, halved; shrunk == masked while training goes on; export and apply_plan."""
+    x = batch(n=4)
+    nets, trainers = [], []
+    for _ in range(2):
+        net = build(kind, ctxs, seed=5)
+        net.hybridize()
+        warm_up(net, x, ctxs)
+        ps.prune_channels(net, 0.5, inputs=x)
+        trainer = gluon.Trainer(net.collect_params(), 'sgd',
+                                {'learning_rate': 0.05, 'momentum': 0.9, 'wd': 0})
+        step(net, trainer, x, ctxs)
+        nets.append(net)
+        trainers.append(trainer)
+    masked, shrunk = nets
+    graph = ps.trace_channels(shrunk, x)
+    blocked = [g for g in graph if not g.prunable]
+    assert all(g.name == 'data' or 'reaches the net output' in g.reason for g in blocked), \
+        [g.reason for g in blocked]
+    sizes = {g.name: g.size for g in graph.prunable}
+    macs = ps.count_ops(shrunk, x)[0]
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    assert {k: len(v) for k, v in plan.kept.items()} == {
+        k: n - int(np.floor(0.5 * n + 0.5)) for k, n in sizes.items()}
+    assert ps.count_ops(shrunk, x)[0] < macs / 2
+    for blk in _internals.walk_blocks(shrunk):
+        if isinstance(blk, nn.Conv2D) and blk._kwargs['num_group'] > 1:
+            groups = blk._kwargs['num_group']
+            assert groups == blk._channels or (groups == 4 and blk.weight.shape[0] == 4)
+    for i in range(3):
+        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs))
+        assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True))
+        step(masked, trainers[0], x + i, ctxs)
+        step(shrunk, trainers[1], x + i, ctxs)
+    assert ps.check_params(shrunk) == []
+    # export (masks in the graph) and apply_plan + load_parameters (masks baked); files hold
+    # the mean over contexts of the running statistics, so every context gets that first
+    shrunk.save_parameters(str(tmp_path / 'mean.params'))
+    shrunk.load_parameters(str(tmp_path / 'mean.params'), ctx=ctxs)
+    ref = outputs(shrunk, x, ONE)
+    prefix = str(tmp_path / kind)
+    shrunk.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    assert_close(ref, outputs(loaded, x, ONE))
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'net.params'))
+    fresh = USER_NETS[kind](prefix=kind + '_')
+    ps.apply_plan(fresh, plan)
+    fresh.load_parameters(str(tmp_path / 'net.params'))
+    fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE))
