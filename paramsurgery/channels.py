@@ -77,6 +77,13 @@ class _Lost(NamedTuple):
     reason: str
 
 
+class _Last(NamedTuple):
+    """The layout of a tensor of rank > 2 whose channels are on its last axis (the features of
+    a Dense with flatten=False: ``(batch, tokens, units)``), followed through the operators
+    whose row of the operator table says so."""
+    segs: list
+
+
 # --------------------------------------------------------------------------- public types
 
 class ChannelGroup:
@@ -433,6 +440,7 @@ def _build(net, shapes) -> ChannelGraph:
     def block_all(entries, reason):
         for entry in entries:
             segs = segs_of(entry)
+            segs = segs.segs if isinstance(segs, _Last) else segs
             for sp, _, _ in (segs if isinstance(segs, list) else ()):
                 spaces.block(sp, reason)
 
@@ -484,6 +492,11 @@ def _build(net, shapes) -> ChannelGraph:
             layout[(nid, 0)] = fresh(nid, "made by the operator %s ('%s')" % (op, name))
             continue
         rule = _OPERATORS.get(op)
+        if rule is not None and not rule.last and any(isinstance(s, _Last) for s in in_segs):
+            rule, why = None, (
+                "passes the operator %s ('%s') with its channels on the last axis (after a "
+                "Dense with flatten=False): the tracer follows them through activations, "
+                "elementwise operators and dense layers only" % (op, name))
         if rule is not None and all(s is not None for s in in_segs):
             out = rule.handler(_Node(trace, spaces, nid, node, attrs, data, in_segs,
                                      param_src, layout))
@@ -493,6 +506,13 @@ def _build(net, shapes) -> ChannelGraph:
                 block_all(data, out.reason)
         if out is unknown:
             block_all(data, why)
+            shape = trace.shape(nid)
+            if n_outputs(name) == 1 and shape and len(shape) > 2 and any(
+                    isinstance(s, _Last) and trace.shape(*e) == shape
+                    for s, e in zip(in_segs, data)):
+                # channels on the last axis in and out (LayerNorm): the reason follows them
+                layout[(nid, 0)] = _Last([(spaces.new(shape[-1], nid, name, why), 0, 1)])
+                continue
             for k in range(n_outputs(name)):
                 layout[(nid, k)] = fresh(nid, why, k)
         else:
@@ -567,6 +587,7 @@ class _Rule(NamedTuple):
     """A row of the operator table."""
     handler: Callable[[_Node], Any]
     channels: str       # what the operator does with channels (docs/shrink.md's table)
+    last: bool = False  # whether it also follows channels on the last axis (_Last)
 
 
 def _flag(attrs, key, default='False'):
@@ -588,6 +609,8 @@ def _tuple_attr(text):
 def _passthrough(n):
     if not n.only_input():
         return _UNKNOWN
+    if isinstance(n.in_segs[0], _Last):
+        return n.in_segs[0]
     if n.attrs.get('layout', 'None') not in _CHANNEL_FIRST:
         # e.g. Pooling(layout='NHWC') on NCHW data pools across the channels
         return _Lost("passes the operator %s ('%s') with layout='%s', which does not keep the "
@@ -627,7 +650,7 @@ def _batchnorm(n):
 def _layernorm(n):
     axis = int(n.attrs.get('axis', -1))
     ndim = len(n.in_shape() or ())
-    if ndim and axis % ndim >= 2:
+    if ndim and axis % ndim >= 2 and not isinstance(n.in_segs[0], _Last):
         # normalising over spatial axes keeps every channel apart: gamma and beta are not
         # per channel, so nothing follows the channels but the tensor
         return n.in_segs[0] if len(n.data) == 1 else _UNKNOWN
@@ -763,17 +786,31 @@ def _dense(n):
     shape = n.in_shape()
     if len(n.data) != 1 or weight is None or (not no_bias and bias is None) or shape is None:
         return _UNKNOWN
-    if len(shape) > 2 and not flatten:
-        return _unfollowed(
-            n.spaces, n.nid, weight, bias, int(attrs['num_hidden']), n.in_segs[0], shape[-1],
-            "'%s' is a FullyConnected (Dense) with flatten=False on a rank-%d input: it reads "
-            "the last axis, and the tracer follows channels on axis 1 only"
-            % (n.name, len(shape)))
-    mult = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    for sp, off, st in n.in_segs[0]:
-        n.spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
-    out = n.spaces.new(int(attrs['num_hidden']), n.nid, weight)
-    return _produced(n.spaces, out, weight, bias)
+    segs, units = n.in_segs[0], int(attrs['num_hidden'])
+    if isinstance(segs, _Last) and flatten:
+        # (N, T, C) flattened: channel c is feature t * C + c for every t
+        rows = int(np.prod(shape[1:-1]))
+        for sp, off, st in segs.segs:
+            for t in range(rows):
+                n.spaces.add(sp, weight, 1, t * shape[-1] + off, st, 'input')
+    elif isinstance(segs, _Last):
+        for sp, off, st in segs.segs:
+            n.spaces.add(sp, weight, 1, off, st, 'input')
+    elif len(shape) > 2 and not flatten:
+        # it reads the last axis, which holds no channel the tracer followed
+        for sp, _, _ in segs:
+            n.spaces.block(sp, "'%s' is a FullyConnected (Dense) with flatten=False on a "
+                               "rank-%d input: it reads the last axis, not these channels on "
+                               "axis 1" % (n.name, len(shape)))
+            if not n.spaces.members[n.spaces.find(sp)] and len(segs) == 1:
+                # a data input or an unknown operator's output: its count is the one read
+                n.spaces.size[n.spaces.find(sp)] = int(shape[-1])
+    else:
+        mult = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+        for sp, off, st in segs:
+            n.spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
+    out = _produced(n.spaces, n.spaces.new(units, n.nid, weight), weight, bias)
+    return _Last(out) if len(shape) > 2 and not flatten else out
 
 
 def _leaky(n):
@@ -782,6 +819,9 @@ def _leaky(n):
     inputs = n.node['inputs']
     if n.attrs.get('act_type', 'leaky') != 'prelu':
         return n.in_segs[0] if len(inputs) == 1 else _UNKNOWN
+    if isinstance(n.in_segs[0], _Last):
+        return _Blocked("passes the PReLU '%s', whose alpha is per channel on axis 1, with "
+                        "its channels on the last axis" % n.name)
     gamma = n.param(1)
     if len(inputs) != 2 or gamma is None:
         return _UNKNOWN
@@ -925,6 +965,8 @@ def _elementwise(n):
     trace, spaces, data, in_segs = n.trace, n.spaces, n.data, n.in_segs
     shapes = [trace.shape(*e) for e in data]
     out_shape = n.out_shape()
+    if any(isinstance(s, _Last) for s in in_segs):
+        return _elementwise_last(n, shapes, out_shape)
     if out_shape is None or len(out_shape) < 2 or any(s is None for s in shapes):
         return _UNKNOWN
     channels = out_shape[1]
@@ -966,13 +1008,40 @@ def _elementwise(n):
     return first
 
 
+def _elementwise_last(n, shapes, out_shape):
+    """Elementwise operators on channels on the last axis (a transformer's residual add):
+    every input holds the same channels, or broadcasts one value over them."""
+    spaces = n.spaces
+    full = [segs for segs, shape in zip(n.in_segs, shapes) if shape == out_shape]
+    if len(n.data) != len(n.node['inputs']) or not full or any(
+            shape != out_shape and (shape is None or shape[-1] != 1) for shape in shapes):
+        return _UNKNOWN
+    if not all(isinstance(segs, _Last) for segs in full):
+        reason = ("meets, in %s ('%s'), a tensor of the same shape whose last axis holds no "
+                  "channel the tracer follows" % (n.node['op'], n.name))
+        for segs in full:
+            for sp, _, _ in (segs.segs if isinstance(segs, _Last) else segs):
+                spaces.block(sp, reason)
+        return _Blocked(reason)
+    first = full[0].segs
+    for segs in full[1:]:
+        if [(o, st) for _, o, st in segs.segs] != [(o, st) for _, o, st in first] or \
+                [spaces.size[spaces.find(sp)] for sp, _, _ in segs.segs] != \
+                [spaces.size[spaces.find(sp)] for sp, _, _ in first]:
+            return _Blocked("meets channels laid out differently in %s ('%s')"
+                            % (n.node['op'], n.name))
+        for (a, _, _), (b, _, _) in zip(first, segs.segs):
+            spaces.union(a, b)
+    return full[0]
+
+
 _PASS = 'channel i in is channel i out'
 _SPATIAL = 'channel i in is channel i out (spatial axes only)'
 _OPERATORS = {}
-_OPERATORS.update({op: _Rule(_passthrough, _PASS + ' (layouts with C on axis 1)')
-                   for op in sorted(_PASSTHROUGH)})
+_OPERATORS.update({op: _Rule(_passthrough, _PASS, last=True) for op in sorted(_PASSTHROUGH)})
+_OPERATORS['Pooling'] = _Rule(_passthrough, _PASS + ' (layouts with C on axis 1)')
 _OPERATORS.update({op: _Rule(_elementwise, 'joins the channels of its inputs (one group); a '
-                             'per-channel parameter is a member')
+                             'per-channel parameter is a member', last=True)
                    for op in sorted(_ELEMENTWISE)})
 _OPERATORS.update({op: _Rule(_reshape, 'follows when the batch and channel axes are kept and '
                              'each channel keeps its entries')
@@ -984,13 +1053,15 @@ _OPERATORS.update({
                          'weight columns; depthwise: one group in and out; grouped: a group '
                          'is a position within every convolution group (num_group kept)'),
     'FullyConnected': _Rule(_dense, 'starts a group (weight rows, bias); reads its input '
-                            'through weight columns (H*W per channel after Flatten)'),
+                            'through weight columns (H*W per channel after Flatten); '
+                            'flatten=False on rank > 2: the last axis', last=True),
     'BatchNorm': _Rule(_batchnorm, 'gamma, beta, running mean and variance are members'),
     'BatchNormWithReLU': _Rule(_batchnorm, 'as BatchNorm'),
     '_contrib_BatchNormWithReLU': _Rule(_batchnorm, 'as BatchNorm'),
     'LayerNorm': _Rule(_layernorm, 'blocks the channels it normalises over (not removable '
-                       'exactly); normalising over axes >= 2 follows'),
-    'LeakyReLU': _Rule(_leaky, _PASS + '; PReLU alpha is a member'),
+                       'exactly); normalising over axes >= 2 follows', last=True),
+    'LeakyReLU': _Rule(_leaky, _PASS + ' (gelu, elu, ...); PReLU alpha is a member',
+                       last=True),
     'Flatten': _Rule(_flatten, 'channel i becomes H*W consecutive features'),
     'Concat': _Rule(_concat, 'places the groups of its inputs at offsets (axis 1)'),
     'concat': _Rule(_concat, 'as Concat'),

@@ -253,6 +253,40 @@ class FCNHead(gluon.HybridBlock):
         return F.contrib.BilinearResize2D(self.cls(y), height=8, width=8)
 
 
+class BertLayer(gluon.HybridBlock):
+    """A BERT encoder layer written the way gluonnlp writes it: query/key/value projections
+    (Dense, flatten=False), heads split by reshape + transpose into the batch axis, batch_dot
+    and softmax, the output projection, residual adds with LayerNorm, and a GELU
+    feed-forward block. Inputs are ``(batch, tokens, units)``."""
+
+    def __init__(self, units=16, hidden=32, heads=4, **kwargs):
+        super().__init__(**kwargs)
+        self._heads = heads
+        with self.name_scope():
+            self.proj_query = nn.Dense(units, flatten=False)
+            self.proj_key = nn.Dense(units, flatten=False)
+            self.proj_value = nn.Dense(units, flatten=False)
+            self.proj_out = nn.Dense(units, flatten=False)
+            self.ln1 = nn.LayerNorm()
+            self.ffn_1 = nn.Dense(hidden, flatten=False)
+            self.gelu = nn.GELU()
+            self.ffn_2 = nn.Dense(units, flatten=False)
+            self.ln2 = nn.LayerNorm()
+
+    def _split(self, F, x):
+        x = F.transpose(F.reshape(x, shape=(0, 0, self._heads, -1)), axes=(0, 2, 1, 3))
+        return F.reshape(x, shape=(-1, 0, 0), reverse=True)
+
+    def hybrid_forward(self, F, x):
+        q, k, v = (self._split(F, p(x)) for p in (self.proj_query, self.proj_key,
+                                                   self.proj_value))
+        att = F.softmax(F.batch_dot(q, k, transpose_b=True) * 0.5, axis=-1)
+        ctx = F.reshape(F.batch_dot(att, v), shape=(-4, -1, self._heads, 0, 0))
+        ctx = F.reshape(F.transpose(ctx, axes=(0, 2, 1, 3)), shape=(0, 0, -1))
+        x = self.ln1(x + self.proj_out(ctx))
+        return self.ln2(x + self.ffn_2(self.gelu(self.ffn_1(x))))
+
+
 USER_NETS = {'chain': Chain, 'residual': Residual, 'concat': Concat, 'depthwise': Depthwise,
              'flatten_dense': FlattenDense, 'se': SqueezeExcite, 'resnext': ResNeXt,
              'gluoncv_se': GluoncvSE, 'xception': XceptionBlock, 'hrnet': HRFusion,

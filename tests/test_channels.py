@@ -532,20 +532,26 @@ def test_pooling_with_a_channel_last_layout_blocks_its_channels(ctxs, hybrid):
     assert_computes(net, x, ctxs, masked)
 
 
-def test_dense_flatten_false_on_rank_3_says_what_is_not_supported():
+def test_dense_flatten_false_follows_the_last_axis():
+    """Dense(flatten=False) on rank 3 reads and writes the last axis: its units are a group
+    (a transformer's feed-forward hidden units); a Dense flattening it reads each unit at
+    every token."""
     net = nn.HybridSequential(prefix='seq_')
     with net.name_scope():
-        net.add(nn.Dense(6, flatten=False), nn.Dense(4, flatten=False), nn.Dense(5),
-                nn.Dense(2))
+        net.add(nn.Dense(6, flatten=False), nn.Activation('relu'), nn.Dense(4, flatten=False),
+                nn.Dense(5), nn.Dense(2))
     graph = ps.trace_channels(net, (1, 7, 8))
     assert [(g.name, g.size, g.prunable) for g in graph.groups] == [
-        ('data', 8, False), ('seq_dense0_weight', 6, False), ('seq_dense1_weight', 4, False),
+        ('data', 8, False), ('seq_dense0_weight', 6, True), ('seq_dense1_weight', 4, True),
         ('seq_dense2_weight', 5, True), ('seq_dense3_weight', 2, False)]
-    assert graph['seq_dense0_weight'].reason == (
+    assert graph['data'].reason == 'data input; ' + (
         "'seq_dense0_fwd' is a FullyConnected (Dense) with flatten=False on a rank-3 input: "
-        "it reads the last axis, and the tracer follows channels on axis 1 only")
-    assert members(graph, 'seq_dense0_weight') == {'seq_dense0_weight': (0, 0, 1),
-                                                   'seq_dense0_bias': (0, 0, 1)}
+        "it reads the last axis, not these channels on axis 1")
+    assert graph['seq_dense0_weight'].members == [
+        ('seq_dense0_weight', 0, 0, 1), ('seq_dense0_bias', 0, 0, 1),
+        ('seq_dense1_weight', 1, 0, 1)]
+    assert graph['seq_dense1_weight'].members[2:] == [
+        ('seq_dense2_weight', 1, 4 * t, 1) for t in range(7)]
     assert 'does not know' not in str(graph)
 
 

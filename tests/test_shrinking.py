@@ -669,3 +669,52 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
     fresh.load_parameters(str(tmp_path / 'net.params'))
     fresh.hybridize()
     assert_close(ref, outputs(fresh, x, ONE))
+
+
+def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize, tmp_path):
+    """A gluonnlp-style encoder layer: the feed-forward hidden units are one group (Dense
+    rows and bias, the second Dense's columns) and shrink exactly; the model dimension that
+    LayerNorm normalises is not prunable and says so; masked == shrunk in both modes, with
+    a Trainer, and after apply_plan + load_parameters."""
+    from channel_nets import BertLayer
+    x = mx.nd.array(np.random.RandomState(4).uniform(-1, 1, size=(4, 5, 16)))
+    nets, trainers = [], []
+    for _ in range(2):
+        net = BertLayer(prefix='bert_')
+        mx.random.seed(2)
+        net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
+        if hybridize:
+            net.hybridize()
+        net(x.as_in_context(ctxs[0]))
+        graph = ps.trace_channels(net, x)
+        assert [g.name for g in graph.prunable] == ['bert_dense4_weight']
+        ffn = graph['bert_dense4_weight']
+        assert ffn.members == [('bert_dense4_weight', 0, 0, 1), ('bert_dense4_bias', 0, 0, 1),
+                               ('bert_dense5_weight', 1, 0, 1)]
+        assert "passes the LayerNorm 'bert_layernorm0_layernorm0', which normalises over " \
+            "axis -1" in graph['bert_dense5_weight'].reason
+        assert "Reshape ('bert_reshape0')" in graph['bert_dense0_weight'].reason
+        assert ps.prune_channels(net, 0.5, inputs=x) == ['bert_dense4_weight']
+        trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
+        step(net, trainer, x, ctxs)
+        nets.append(net)
+        trainers.append(trainer)
+    masked, shrunk = nets
+    macs = ps.count_ops(shrunk, x)[0]
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    assert shrunk.ffn_1._units == 16 and shrunk.ffn_2._in_units == 16
+    assert shrunk.ffn_2.weight.shape == (16, 16)
+    # 5 tokens: the feed-forward block (2 * 16 * 32 per token) loses half its MACs
+    assert ps.count_ops(shrunk, x)[0] == macs - 5 * 16 * 32
+    for i in range(3):
+        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs))
+        assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True))
+        step(masked, trainers[0], x + i, ctxs)
+        step(shrunk, trainers[1], x + i, ctxs)
+    ref = outputs(shrunk, x, ONE)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'bert.params'))
+    fresh = BertLayer(prefix='bert_')
+    ps.apply_plan(fresh, plan)
+    fresh.load_parameters(str(tmp_path / 'bert.params'))
+    assert_close(ref, outputs(fresh, x, ONE))
