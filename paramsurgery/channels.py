@@ -77,11 +77,19 @@ class _Lost(NamedTuple):
     reason: str
 
 
-class _Last(NamedTuple):
-    """The layout of a tensor of rank > 2 whose channels are on its last axis (the features of
-    a Dense with flatten=False: ``(batch, tokens, units)``), followed through the operators
-    whose row of the operator table says so."""
+class _Along(NamedTuple):
+    """The layout of a tensor whose channels are on another axis than 1: the last axis (the
+    features of a Dense with flatten=False: ``(batch, tokens, units)``), the heads axis of
+    ``(batch, tokens, heads, head units)``, or the batch axis into which attention heads are
+    merged (``(batch * heads, tokens, head units)``: index ``b * inner + h``). Followed
+    through the operators whose row of the operator table says so."""
     segs: list
+    axis: int = -1      # the channel axis (negative: from the end)
+    inner: int = 1      # on a merged axis, the number of channel positions per outer index
+
+    def at(self, ndim):
+        """The channel axis, from the front."""
+        return self.axis % ndim
 
 
 # --------------------------------------------------------------------------- public types
@@ -440,7 +448,7 @@ def _build(net, shapes) -> ChannelGraph:
     def block_all(entries, reason):
         for entry in entries:
             segs = segs_of(entry)
-            segs = segs.segs if isinstance(segs, _Last) else segs
+            segs = segs.segs if isinstance(segs, _Along) else segs
             for sp, _, _ in (segs if isinstance(segs, list) else ()):
                 spaces.block(sp, reason)
 
@@ -492,7 +500,7 @@ def _build(net, shapes) -> ChannelGraph:
             layout[(nid, 0)] = fresh(nid, "made by the operator %s ('%s')" % (op, name))
             continue
         rule = _OPERATORS.get(op)
-        if rule is not None and not rule.last and any(isinstance(s, _Last) for s in in_segs):
+        if rule is not None and not rule.last and any(isinstance(s, _Along) for s in in_segs):
             rule, why = None, (
                 "passes the operator %s ('%s') with its channels on the last axis (after a "
                 "Dense with flatten=False): the tracer follows them through activations, "
@@ -508,10 +516,10 @@ def _build(net, shapes) -> ChannelGraph:
             block_all(data, why)
             shape = trace.shape(nid)
             if n_outputs(name) == 1 and shape and len(shape) > 2 and any(
-                    isinstance(s, _Last) and trace.shape(*e) == shape
+                    isinstance(s, _Along) and trace.shape(*e) == shape
                     for s, e in zip(in_segs, data)):
                 # channels on the last axis in and out (LayerNorm): the reason follows them
-                layout[(nid, 0)] = _Last([(spaces.new(shape[-1], nid, name, why), 0, 1)])
+                layout[(nid, 0)] = _Along([(spaces.new(shape[-1], nid, name, why), 0, 1)])
                 continue
             for k in range(n_outputs(name)):
                 layout[(nid, k)] = fresh(nid, why, k)
@@ -587,7 +595,7 @@ class _Rule(NamedTuple):
     """A row of the operator table."""
     handler: Callable[[_Node], Any]
     channels: str       # what the operator does with channels (docs/shrink.md's table)
-    last: bool = False  # whether it also follows channels on the last axis (_Last)
+    last: bool = False  # whether it also follows channels on the last axis (_Along)
 
 
 def _flag(attrs, key, default='False'):
@@ -609,7 +617,7 @@ def _tuple_attr(text):
 def _passthrough(n):
     if not n.only_input():
         return _UNKNOWN
-    if isinstance(n.in_segs[0], _Last):
+    if isinstance(n.in_segs[0], _Along):
         return n.in_segs[0]
     if n.attrs.get('layout', 'None') not in _CHANNEL_FIRST:
         # e.g. Pooling(layout='NHWC') on NCHW data pools across the channels
@@ -650,7 +658,7 @@ def _batchnorm(n):
 def _layernorm(n):
     axis = int(n.attrs.get('axis', -1))
     ndim = len(n.in_shape() or ())
-    if ndim and axis % ndim >= 2 and not isinstance(n.in_segs[0], _Last):
+    if ndim and axis % ndim >= 2 and not isinstance(n.in_segs[0], _Along):
         # normalising over spatial axes keeps every channel apart: gamma and beta are not
         # per channel, so nothing follows the channels but the tensor
         return n.in_segs[0] if len(n.data) == 1 else _UNKNOWN
@@ -747,11 +755,30 @@ def _fold(n, root, groups):
     spaces.members[root] = [(p, ax, off + j * per * st, st, role)
                             for p, ax, off, st, role in spaces.members[root]
                             for j in range(groups)]
-    for key, segs in n.layout.items():
-        if isinstance(segs, list) and any(spaces.find(sp) == root for sp, _, _ in segs):
-            n.layout[key] = [one for sp, off, st in segs for one in (
-                [(sp, off + j * per * st, st) for j in range(groups)]
-                if spaces.find(sp) == root else [(sp, off, st)])]
+    _relayout(n, root, lambda sp, off, st: [(sp, off + j * per * st, st)
+                                            for j in range(groups)])
+
+
+def _coarsen(n, root, per):
+    """Make space ``root`` (``C`` channels) ``C / per`` channels of ``per`` entries each (an
+    attention head of ``per`` units): every member and tensor layout holding it follows."""
+    spaces = n.spaces
+    spaces.size[root] //= per
+    spaces.members[root] = [(p, ax, off, st * per, role)
+                            for p, ax, off, st, role in spaces.members[root]]
+    _relayout(n, root, lambda sp, off, st: [(sp, off, st * per)])
+
+
+def _relayout(n, root, change):
+    """Rewrite every traced tensor's segments of space ``root`` with ``change``."""
+    find = n.spaces.find
+    for key, segs in list(n.layout.items()):
+        inner = segs.segs if isinstance(segs, _Along) else segs
+        if not isinstance(inner, list) or not any(find(sp) == root for sp, _, _ in inner):
+            continue
+        new = [one for sp, off, st in inner for one in (
+            change(sp, off, st) if find(sp) == root else [(sp, off, st)])]
+        n.layout[key] = segs._replace(segs=new) if isinstance(segs, _Along) else new
 
 
 def _unfollowed(spaces, nid, weight, bias, size, segs, in_channels, reason):
@@ -787,13 +814,16 @@ def _dense(n):
     if len(n.data) != 1 or weight is None or (not no_bias and bias is None) or shape is None:
         return _UNKNOWN
     segs, units = n.in_segs[0], int(attrs['num_hidden'])
-    if isinstance(segs, _Last) and flatten:
+    if isinstance(segs, _Along) and (segs.at(len(shape)) != len(shape) - 1 or segs.inner != 1):
+        return _Blocked("passes the Dense '%s' with its channels on axis %d of %s, not the "
+                        "last" % (n.name, segs.at(len(shape)), shape))
+    if isinstance(segs, _Along) and flatten:
         # (N, T, C) flattened: channel c is feature t * C + c for every t
         rows = int(np.prod(shape[1:-1]))
         for sp, off, st in segs.segs:
             for t in range(rows):
                 n.spaces.add(sp, weight, 1, t * shape[-1] + off, st, 'input')
-    elif isinstance(segs, _Last):
+    elif isinstance(segs, _Along):
         for sp, off, st in segs.segs:
             n.spaces.add(sp, weight, 1, off, st, 'input')
     elif len(shape) > 2 and not flatten:
@@ -810,7 +840,7 @@ def _dense(n):
         for sp, off, st in segs:
             n.spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
     out = _produced(n.spaces, n.spaces.new(units, n.nid, weight), weight, bias)
-    return _Last(out) if len(shape) > 2 and not flatten else out
+    return _Along(out) if len(shape) > 2 and not flatten else out
 
 
 def _leaky(n):
@@ -819,7 +849,7 @@ def _leaky(n):
     inputs = n.node['inputs']
     if n.attrs.get('act_type', 'leaky') != 'prelu':
         return n.in_segs[0] if len(inputs) == 1 else _UNKNOWN
-    if isinstance(n.in_segs[0], _Last):
+    if isinstance(n.in_segs[0], _Along):
         return _Blocked("passes the PReLU '%s', whose alpha is per channel on axis 1, with "
                         "its channels on the last axis" % n.name)
     gamma = n.param(1)
@@ -836,11 +866,46 @@ def _reshape(n):
     # (N, C, ...) -> (N, C, ...) with the same number of entries per channel: each channel
     # keeps its block of entries (e.g. SE's (N, C) -> (N, C, 1, 1)).
     a, b = n.in_shape(), n.out_shape()
-    if n.only_input() and a and b and len(a) >= 2 and len(b) >= 2 and a[:2] == b[:2] and \
-            all(st == 1 for _, _, st in n.in_segs[0]):
-        return n.in_segs[0]
+    segs = n.in_segs[0] if n.in_segs else None
+    if n.only_input() and a and b and isinstance(segs, _Along):
+        out = _reshape_along(n, segs, tuple(a), tuple(b))
+        if out is not None:
+            return out
+    elif n.only_input() and a and b and len(a) >= 2 and len(b) >= 2 and a[:2] == b[:2] and \
+            all(st == 1 for _, _, st in segs):
+        return segs
+    elif n.only_input() and a and b and len(a) >= 3 and b == (a[0] * a[1],) + a[2:]:
+        # (N, H, ...) -> (N * H, ...): attention heads merged into the batch axis
+        return _Along(segs, 0, a[1])
     return _Blocked("passes the %s '%s', which reshapes %s into %s: the channel axis is not "
                     "kept" % (n.node['op'], n.name, a, b))
+
+
+def _reshape_along(n, segs, a, b):
+    """The reshapes of multi-head attention, on channels off axis 1, or None."""
+    c = segs.at(len(a))
+    if c == 0 and segs.inner > 1 and b == (a[0] // segs.inner, segs.inner) + a[1:]:
+        return list(segs.segs)                     # (N * H, ...) -> (N, H, ...)
+    if segs.inner != 1:
+        return None
+    if c == len(a) - 1 and len(b) == len(a) + 1 and b[:-2] == a[:-1] and \
+            b[-2] * b[-1] == a[-1]:
+        # (..., H * D) -> (..., H, D): a channel becomes a head of D units
+        per = b[-1]
+        if all(off % per == 0 and st % per == 0 for _, off, st in segs.segs):
+            return _Along([(sp, off // per, st // per) for sp, off, st in segs.segs], -2)
+        roots = {n.spaces.find(sp) for sp, _, _ in segs.segs}
+        if len(segs.segs) == 1 and segs.segs[0][1:] == (0, 1) and \
+                n.spaces.size[roots.pop()] == a[-1]:
+            root = n.spaces.find(segs.segs[0][0])
+            _coarsen(n, root, per)
+            return _Along([(segs.segs[0][0], 0, 1)], -2)
+        return None
+    if c == len(a) - 2 and b == a[:-2] + (a[-2] * a[-1],):
+        # (..., H, D) -> (..., H * D): a head is D consecutive units
+        per = a[-1]
+        return _Along([(sp, off * per, st * per) for sp, off, st in segs.segs], -1)
+    return None
 
 
 def _reduction(n):
@@ -859,8 +924,11 @@ def _along_axis(n, axis, what):
     ndim = len(n.in_shape() or ())
     if not n.only_input() or not ndim:
         return _UNKNOWN
-    if axis % ndim >= 2:
-        return n.in_segs[0]
+    segs = n.in_segs[0]
+    if isinstance(segs, _Along) and axis % ndim != segs.at(ndim):
+        return segs
+    if not isinstance(segs, _Along) and axis % ndim >= 2:
+        return segs
     return _Blocked("passes the %s '%s' %s axis %d, which %s" % (
         n.node['op'], n.name, what, axis, 'mixes the channels' if axis % ndim == 1
         else 'mixes the samples of the batch'))
@@ -922,8 +990,16 @@ def _upsampling(n):
 
 def _transpose(n):
     axes = _tuple_attr(n.attrs.get('axes', '()'))
-    if n.only_input() and axes and len(axes) >= 2 and axes[:2] == [0, 1]:
-        return n.in_segs[0]
+    segs = n.in_segs[0] if n.in_segs else None
+    ndim = len(n.in_shape() or ())
+    if n.only_input() and axes and len(axes) == ndim and ndim >= 2 and \
+            (not isinstance(segs, _Along) or segs.inner == 1):
+        at = axes.index(segs.at(ndim) if isinstance(segs, _Along) else 1)
+        inner = segs.segs if isinstance(segs, _Along) else segs
+        if at == 1:
+            return inner
+        if at != 0:
+            return _Along(inner, at - ndim)
     return _Blocked("passes the transpose '%s' (axes=%s), which moves the channel axis"
                     % (n.name, n.attrs.get('axes', '()')))
 
@@ -936,6 +1012,24 @@ def _swapaxis(n):
         return n.in_segs[0]
     return _Blocked("passes the SwapAxis '%s' (dim1=%s, dim2=%s), which moves the channel "
                     "axis" % (n.name, n.attrs.get('dim1', 0), n.attrs.get('dim2', 0)))
+
+
+def _batch_dot(n):
+    """Attention's batch_dot on heads merged into the batch axis: head h of one input meets
+    head h of the other, so their channels are the same channels."""
+    if len(n.data) != 2 or len(n.node['inputs']) != 2:
+        return _UNKNOWN
+    a, b = n.in_segs
+    if isinstance(a, _Along) and isinstance(b, _Along) and a.at(3) == b.at(3) == 0 and \
+            a.inner == b.inner > 1 and len(n.in_shape(0)) == len(n.in_shape(1)) == 3:
+        if [(o, st) for _, o, st in a.segs] == [(o, st) for _, o, st in b.segs] and \
+                [n.spaces.size[n.spaces.find(sp)] for sp, _, _ in a.segs] == \
+                [n.spaces.size[n.spaces.find(sp)] for sp, _, _ in b.segs]:
+            for (x, _, _), (y, _, _) in zip(a.segs, b.segs):
+                n.spaces.union(x, y)
+            return a
+    return _Blocked("passes the batch_dot '%s', which the tracer follows on attention heads "
+                    "merged into the batch axis only" % n.name)
 
 
 def _flatten(n):
@@ -965,7 +1059,7 @@ def _elementwise(n):
     trace, spaces, data, in_segs = n.trace, n.spaces, n.data, n.in_segs
     shapes = [trace.shape(*e) for e in data]
     out_shape = n.out_shape()
-    if any(isinstance(s, _Last) for s in in_segs):
+    if any(isinstance(s, _Along) for s in in_segs):
         return _elementwise_last(n, shapes, out_shape)
     if out_shape is None or len(out_shape) < 2 or any(s is None for s in shapes):
         return _UNKNOWN
@@ -1016,11 +1110,11 @@ def _elementwise_last(n, shapes, out_shape):
     if len(n.data) != len(n.node['inputs']) or not full or any(
             shape != out_shape and (shape is None or shape[-1] != 1) for shape in shapes):
         return _UNKNOWN
-    if not all(isinstance(segs, _Last) for segs in full):
+    if not all(isinstance(segs, _Along) for segs in full):
         reason = ("meets, in %s ('%s'), a tensor of the same shape whose last axis holds no "
                   "channel the tracer follows" % (n.node['op'], n.name))
         for segs in full:
-            for sp, _, _ in (segs.segs if isinstance(segs, _Last) else segs):
+            for sp, _, _ in (segs.segs if isinstance(segs, _Along) else segs):
                 spaces.block(sp, reason)
         return _Blocked(reason)
     first = full[0].segs
@@ -1044,7 +1138,9 @@ _OPERATORS.update({op: _Rule(_elementwise, 'joins the channels of its inputs (on
                              'per-channel parameter is a member', last=True)
                    for op in sorted(_ELEMENTWISE)})
 _OPERATORS.update({op: _Rule(_reshape, 'follows when the batch and channel axes are kept and '
-                             'each channel keeps its entries')
+                             'each channel keeps its entries, and the reshapes that split a '
+                             'last axis into attention heads, merge heads into the batch axis '
+                             'and back', last=True)
                    for op in sorted(_RESHAPES)})
 _OPERATORS.update({op: _Rule(_reduction, 'follows when it reduces axes >= 2 only')
                    for op in sorted(_REDUCTIONS)})
@@ -1076,9 +1172,13 @@ _OPERATORS.update({
     'slice_like': _Rule(_slice_like, 'follows with axes >= 2 (the second input gives a '
                         'shape only)'),
     'Crop': _Rule(_first_input, _SPATIAL + ' (the second input gives a shape only)'),
-    'softmax': _Rule(_softmax, 'follows over an axis >= 2'),
-    'log_softmax': _Rule(_softmax, 'follows over an axis >= 2'),
-    'transpose': _Rule(_transpose, 'follows when axes 0 and 1 stay in place'),
+    'softmax': _Rule(_softmax, 'follows over any axis but the channel axis (and the batch)',
+                     last=True),
+    'log_softmax': _Rule(_softmax, 'as softmax', last=True),
+    'transpose': _Rule(_transpose, 'moves the channel axis where the axes say (not into the '
+                       'batch axis)', last=True),
+    'batch_dot': _Rule(_batch_dot, 'joins the attention heads of its two inputs (heads merged '
+                       'into the batch axis)', last=True),
     'SwapAxis': _Rule(_swapaxis, 'follows when it swaps axes >= 2'),
     'swapaxes': _Rule(_swapaxis, 'as SwapAxis'),
 })
