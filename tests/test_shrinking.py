@@ -726,11 +726,11 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
     """Grouped convolutions, gluoncv SE, padded separable, upsample fusion and an FCN head
     with bilinear resize, ones_like and spatial slices: every group not reaching an output is
     prunable, halved; shrunk == masked while training goes on; export and apply_plan."""
-    x = batch(n=4)
     nets, trainers = [], []
     for _ in range(2):
         net = build(kind, ctxs, seed=5)
         net.hybridize()
+        x = in_float64(net, batch(n=4))
         warm_up(net, x, ctxs)
         ps.prune_channels(net, 0.5, inputs=x)
         trainer = gluon.Trainer(net.collect_params(), 'sgd',
@@ -754,8 +754,9 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
             groups = blk._kwargs['num_group']
             assert groups == blk._channels or (groups == 4 and blk.weight.shape[0] == 4)
     for i in range(3):
-        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs))
-        assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True))
+        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs), FLOAT64)
+        assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True),
+                     FLOAT64)
         step(masked, trainers[0], x + i, ctxs)
         step(shrunk, trainers[1], x + i, ctxs)
     assert ps.check_params(shrunk) == []
@@ -767,14 +768,15 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
     prefix = str(tmp_path / kind)
     shrunk.export(prefix)
     loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
-    assert_close(ref, outputs(loaded, x, ONE))
+    assert_close(ref, outputs(loaded, x, ONE), FLOAT32)
     ps.remove_mask(shrunk, ps.masked(shrunk))
     shrunk.save_parameters(str(tmp_path / 'net.params'))
     fresh = USER_NETS[kind](prefix=kind + '_')
     ps.apply_plan(fresh, plan)
+    fresh.cast('float64')
     fresh.load_parameters(str(tmp_path / 'net.params'))
     fresh.hybridize()
-    assert_close(ref, outputs(fresh, x, ONE))
+    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
 
 
 def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize, tmp_path):
@@ -792,7 +794,8 @@ def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize
         if hybridize:
             net.hybridize()
         net(x.as_in_context(ctxs[0]))
-        graph = ps.trace_channels(net, x)
+        xs = in_float64(net, x)
+        graph = ps.trace_channels(net, xs)
         assert [g.name for g in graph.prunable] == ['bert_dense0_weight', 'bert_dense4_weight']
         heads = graph['bert_dense0_weight']    # whole heads: q, k, v rows, out columns
         assert heads.size == 4 and {m for m in heads.members if m[1] == 1} == {
@@ -803,13 +806,14 @@ def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize
                                ('bert_dense5_weight', 1, 0, 1)]
         assert "passes the LayerNorm 'bert_layernorm0_layernorm0', which normalises over " \
             "axis -1" in graph['bert_dense5_weight'].reason
-        assert ps.prune_channels(net, 0.5, inputs=x, key='bert_dense4_weight') == \
+        assert ps.prune_channels(net, 0.5, inputs=xs, key='bert_dense4_weight') == \
             ['bert_dense4_weight']
         trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
-        step(net, trainer, x, ctxs)
+        step(net, trainer, xs, ctxs)
         nets.append(net)
         trainers.append(trainer)
     masked, shrunk = nets
+    x = xs
     macs = ps.count_ops(shrunk, x)[0]
     plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
     assert shrunk.ffn_1._units == 16 and shrunk.ffn_2._in_units == 16
@@ -817,8 +821,9 @@ def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize
     # 5 tokens: the feed-forward block (2 * 16 * 32 per token) loses half its MACs
     assert ps.count_ops(shrunk, x)[0] == macs - 5 * 16 * 32
     for i in range(3):
-        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs))
-        assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True))
+        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs), FLOAT64)
+        assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True),
+                     FLOAT64)
         step(masked, trainers[0], x + i, ctxs)
         step(shrunk, trainers[1], x + i, ctxs)
     ref = outputs(shrunk, x, ONE)
@@ -826,5 +831,6 @@ def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize
     shrunk.save_parameters(str(tmp_path / 'bert.params'))
     fresh = BertLayer(prefix='bert_')
     ps.apply_plan(fresh, plan)
+    fresh.cast('float64')
     fresh.load_parameters(str(tmp_path / 'bert.params'))
-    assert_close(ref, outputs(fresh, x, ONE))
+    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
