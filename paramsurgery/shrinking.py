@@ -31,6 +31,7 @@ from .channels import (
     _flat_outputs,
     _input_shapes,
     _require_hybrid,
+    shrink_rule_of,
 )
 from .errors import (
     ParameterStateError,
@@ -226,6 +227,26 @@ def _owner_blocks(net):
     return owners
 
 
+def _run_rules(net, kept):
+    """Call the shrink rule of every block whose parameters (or its children's) changed
+    shape (``kept``: parameter name -> {axis: kept indices}); None, or what went wrong."""
+    for blk in _internals.walk_blocks(net):
+        rule = shrink_rule_of(blk)
+        if rule is None:
+            continue
+        mine = {name: kept[name] for name in blk.collect_params() if name in kept}
+        if not mine:
+            continue
+        try:
+            rule(blk, mine)
+        except Exception as err:  # pylint: disable=broad-except
+            return ("The shrink rule %s registered for %s raised %s on block '%s': %s."
+                    % (getattr(rule, '__name__', repr(rule)), type(blk).__name__,
+                       type(err).__name__, blk.name, str(err).splitlines()[0] if str(err)
+                       else ''))
+    return None
+
+
 def _trainers(net, trainer, touched):
     if trainer is not None and not isinstance(trainer, gluon.Trainer):
         raise SurgeryTypeError('trainer must be a gluon.Trainer or None, got %s.'
@@ -383,9 +404,11 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
             _internals.set_param_arrays(param, shape, arrays)
         for blk in blocks.values():
             _internals.resize_block(blk, depthwise[id(blk)])
+        problem = _run_rules(net, {name: {axis: np.flatnonzero(keep)
+                                          for axis, keep in axis_keeps.items()}
+                                   for name, axis_keeps in keeps.items()})
         _internals.clear_cached_graphs(net)
-        problem = None
-        for ctx, ref in zip(ctxs, before):
+        for ctx, ref in zip(ctxs if problem is None else (), before):
             try:
                 after = _forward(net, batches, ctx)
             except Exception as err:  # pylint: disable=broad-except
@@ -400,7 +423,10 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
                 _update_trainer(t, changes)
     if problem is not None:
         transaction.rollback()
-        if problem.startswith('The shrunk net fails'):
+        if problem.startswith('The shrink rule'):
+            fix = ('Fix the rule (see docs/shrink.md#blocks-with-their-own-channel-counts) or '
+                   'leave that block\'s channels unmasked (prune_channels with key=).')
+        elif problem.startswith('The shrunk net fails'):
             fix = ('Make the layer take its channel counts from its attributes (channels, '
                    'in_channels, units) or from its parameters instead of constants, or '
                    'leave its channels unmasked (prune_channels with key=).')
@@ -642,7 +668,11 @@ def apply_plan(net, plan: Union[ShrinkPlan, str, 'os.PathLike']) -> List[str]:
             blocks[id(blk)] = blk
     depthwise = {id(b): _internals.is_conv(b) and _internals.is_depthwise(b)
                  for b in blocks.values()}
-    with autograd.pause():
+    # only the counts are known here: the rules see the leading indices
+    rule_kept = {param.name: {axis: np.arange(n) for axis, (o, n) in
+                              enumerate(zip(param.shape, new)) if o != n}
+                 for _, param, new in changed}
+    with Transaction(net, values=False), autograd.pause():
         for _, param, new in changed:
             data = _internals.raw_data(param)
             if data is None or _internals.is_deferred(param):
@@ -654,7 +684,11 @@ def apply_plan(net, plan: Union[ShrinkPlan, str, 'os.PathLike']) -> List[str]:
             keep = tuple(slice(0, n) for n in new)
             arrays = [nd.array(a.asnumpy()[keep], ctx=a.context, dtype=a.dtype) for a in data]
             _internals.set_param_arrays(param, new, arrays)
-    for blk in blocks.values():
-        _internals.resize_block(blk, depthwise[id(blk)])
+        for blk in blocks.values():
+            _internals.resize_block(blk, depthwise[id(blk)])
+        problem = _run_rules(net, rule_kept)
+        if problem is not None:
+            raise ShrinkError(problem + ' Nothing was changed. Fix the rule (see '
+                              'docs/shrink.md#blocks-with-their-own-channel-counts).')
     _internals.clear_cached_graphs(net)
     return [s for s, _, _ in changed]

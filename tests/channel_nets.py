@@ -287,6 +287,68 @@ class BertLayer(gluon.HybridBlock):
         return self.ln2(x + self.ffn_2(self.gelu(self.ffn_1(x))))
 
 
+class MultiHeadAttentionCell(gluon.HybridBlock):
+    """gluonnlp 0.10's MultiHeadAttentionCell over a scaled DotProductAttentionCell, written
+    as gluonnlp writes it (self-attention, no mask): the head count and the units live in
+    attributes that hybrid_forward reads (see :func:`attention_rule`)."""
+
+    def __init__(self, units, num_heads, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self._num_heads = num_heads
+        self._query_units = self._key_units = self._value_units = units
+        with self.name_scope():
+            self.proj_query = nn.Dense(units, flatten=False, prefix='query_')
+            self.proj_key = nn.Dense(units, flatten=False, prefix='key_')
+            self.proj_value = nn.Dense(units, flatten=False, prefix='value_')
+            self._dropout_layer = nn.Dropout(dropout)
+
+    def _heads(self, F, x):
+        # (batch, tokens, units) -> (batch * heads, tokens, units / heads)
+        x = F.transpose(x.reshape(shape=(0, 0, self._num_heads, -1)), axes=(0, 2, 1, 3))
+        return x.reshape(shape=(-1, 0, 0), reverse=True)
+
+    def hybrid_forward(self, F, x):
+        query = F.contrib.div_sqrt_dim(self._heads(F, self.proj_query(x)))
+        key = self._heads(F, self.proj_key(x))
+        att = F.softmax(F.batch_dot(query, key, transpose_b=True), axis=-1)
+        att = att.reshape(shape=(-1, self._num_heads, 0, 0), reverse=True)
+        att = self._dropout_layer(att).reshape(shape=(-1, 0, 0), reverse=True)
+        context = F.batch_dot(att, self._heads(F, self.proj_value(x)))
+        context = context.reshape(shape=(-1, self._num_heads, 0, 0), reverse=True)
+        return F.transpose(context, axes=(0, 2, 1, 3)).reshape(shape=(0, 0, -1))
+
+
+def attention_rule(cell, kept):
+    """The shrink rule of :class:`MultiHeadAttentionCell`: whole heads were removed, so the
+    head count is the new number of query rows over the (unchanged) units per head."""
+    per_head = cell._query_units // cell._num_heads
+    units = cell.proj_query.weight.shape[0]
+    cell._num_heads = units // per_head
+    cell._query_units = cell._key_units = cell._value_units = units
+
+
+class EncoderLayer(gluon.HybridBlock):
+    """gluonnlp's BERTEncoderCell: the attention cell, the output projection, a residual
+    add and LayerNorm, and the position-wise feed-forward block (dense, GELU, dense,
+    residual add, LayerNorm). Inputs are ``(batch, tokens, units)``; BERT-base is
+    ``units=768, hidden=3072, heads=12``."""
+
+    def __init__(self, units=16, hidden=32, heads=4, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.attention_cell = MultiHeadAttentionCell(units, heads, prefix='attention_')
+            self.proj = nn.Dense(units, flatten=False, prefix='proj_')
+            self.layer_norm = nn.LayerNorm(prefix='ln_')
+            self.ffn_1 = nn.Dense(hidden, flatten=False, prefix='ffn_1_')
+            self.activation = nn.GELU()
+            self.ffn_2 = nn.Dense(units, flatten=False, prefix='ffn_2_')
+            self.ffn_layer_norm = nn.LayerNorm(prefix='ffn_ln_')
+
+    def hybrid_forward(self, F, x):
+        x = self.layer_norm(x + self.proj(self.attention_cell(x)))
+        return self.ffn_layer_norm(x + self.ffn_2(self.activation(self.ffn_1(x))))
+
+
 USER_NETS = {'chain': Chain, 'residual': Residual, 'concat': Concat, 'depthwise': Depthwise,
              'flatten_dense': FlattenDense, 'se': SqueezeExcite, 'resnext': ResNeXt,
              'gluoncv_se': GluoncvSE, 'xception': XceptionBlock, 'hrnet': HRFusion,

@@ -603,3 +603,56 @@ def test_batchnorm_over_another_axis_says_so():
         "passes the BatchNorm 'bn_batchnorm0_fwd' over axis 3: the tracer follows channels on "
         "axis 1 only")
     assert graph['bn_conv1_weight'].prunable
+
+
+# --------------------------------------------------------------------------- shrink rules
+
+def test_attention_heads_are_prunable_only_under_a_shrink_rule():
+    """Heads split by a reshape whose head count is a block attribute: not prunable (the
+    reason names the reshape, the block and the fix) until a rule is registered for the
+    block's class; a subclass inherits the rule, None removes it."""
+    from channel_nets import EncoderLayer, MultiHeadAttentionCell, attention_rule
+    x = (2, 5, 16)
+    name = 'enc_attention_query_weight'
+
+    class Cell(MultiHeadAttentionCell):
+        pass
+
+    def traced():
+        net = EncoderLayer(prefix='enc_')
+        with net.name_scope():
+            net.attention_cell = Cell(16, 4, prefix='attention_')
+        return ps.trace_channels(net, x)[name]
+
+    plain = ps.trace_channels(EncoderLayer(prefix='enc_'), x)[name]
+    assert not plain.prunable and plain.size == 4
+    assert plain.reason.startswith(
+        "splits its channels into attention heads in the reshape 'enc_attention_reshape0' of "
+        "MultiHeadAttentionCell 'enc_attention'")
+    try:
+        ps.register_shrink_rule(MultiHeadAttentionCell, attention_rule)
+        group = ps.trace_channels(EncoderLayer(prefix='enc_'), x)[name]
+        assert group.prunable and group.reason == ''
+        assert group.members == plain.members
+        assert traced().prunable                      # the subclass inherits the rule
+        ps.register_shrink_rule(Cell, None)           # nothing registered for Cell itself
+        assert traced().prunable
+    finally:
+        ps.register_shrink_rule(MultiHeadAttentionCell, None)
+    assert not ps.trace_channels(EncoderLayer(prefix='enc_'), x)[name].prunable
+    assert not traced().prunable
+
+
+@pytest.mark.parametrize('block_class, rule, text', [
+    (nn.Dense(2), print, 'block_class must be a subclass of gluon.Block'),
+    (int, print, 'block_class must be a subclass of gluon.Block'),
+    ('Dense', print, 'block_class must be a subclass of gluon.Block'),
+    (nn.Dense, 'rule', 'rule must be a callable rule\\(block, kept\\) or None'),
+    (nn.Dense, 3, 'rule must be a callable'),
+])
+def test_register_shrink_rule_bad_arguments(block_class, rule, text):
+    from paramsurgery.channels import _SHRINK_RULES
+    before = dict(_SHRINK_RULES)
+    with pytest.raises(ps.SurgeryTypeError, match=text):
+        ps.register_shrink_rule(block_class, rule)
+    assert dict(_SHRINK_RULES) == before

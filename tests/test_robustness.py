@@ -623,6 +623,11 @@ BAD = {
             e.net, ps.ShrinkPlan({}, {'0.weight': (9, 9)})), ps.ShrinkError),
         ('a missing file', lambda e: ps.apply_plan(e.net, e.f('none.json')), VE),
     ],
+    'register_shrink_rule': [
+        ('a block instance', lambda e: ps.register_shrink_rule(e.net, print), TE),
+        ('not a Block class', lambda e: ps.register_shrink_rule(dict, print), TE),
+        ('rule a str', lambda e: ps.register_shrink_rule(nn.Dense, 'rule'), TE),
+    ],
     'check_trainer': [
         ('a str', lambda e: ps.check_trainer('sgd'), TE),
         ('a net', lambda e: ps.check_trainer(e.net), TE),

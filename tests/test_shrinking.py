@@ -721,6 +721,29 @@ def test_update_mode_channel_masks_shrink_and_keep_training(ctxs):
 COVERAGE = ['resnext', 'gluoncv_se', 'xception', 'hrnet', 'fcn']
 
 
+def train_alike(masked, shrunk, trainers, x, ctxs, steps):
+    """Shrunk == masked (FLOAT64) in predict and train mode, before each of ``steps``
+    training steps of both nets."""
+    for i in range(steps):
+        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs), FLOAT64)
+        assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True),
+                     FLOAT64)
+        step(masked, trainers[0], x + i, ctxs)
+        step(shrunk, trainers[1], x + i, ctxs)
+
+
+def token_layer(make, x, ctxs, hybridize):
+    """The transformer layer ``make()`` initialised deterministically on ``ctxs``, in
+    float64 (see FLOAT64), and ``x`` in float64."""
+    net = make()
+    mx.random.seed(2)
+    net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    net(x.as_in_context(ctxs[0]))
+    return net, in_float64(net, x)
+
+
 @pytest.mark.parametrize('kind', COVERAGE)
 def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs, tmp_path):
     """Grouped convolutions, gluoncv SE, padded separable, upsample fusion and an FCN head
@@ -753,12 +776,7 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
         if isinstance(blk, nn.Conv2D) and blk._kwargs['num_group'] > 1:
             groups = blk._kwargs['num_group']
             assert groups == blk._channels or (groups == 4 and blk.weight.shape[0] == 4)
-    for i in range(3):
-        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs), FLOAT64)
-        assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True),
-                     FLOAT64)
-        step(masked, trainers[0], x + i, ctxs)
-        step(shrunk, trainers[1], x + i, ctxs)
+    train_alike(masked, shrunk, trainers, x, ctxs, steps=3)
     assert ps.check_params(shrunk) == []
     # export (masks in the graph) and apply_plan + load_parameters (masks baked); files hold
     # the mean over contexts of the running statistics, so every context gets that first
@@ -788,19 +806,19 @@ def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize
     x = mx.nd.array(np.random.RandomState(4).uniform(-1, 1, size=(4, 5, 16)))
     nets, trainers = [], []
     for _ in range(2):
-        net = BertLayer(prefix='bert_')
-        mx.random.seed(2)
-        net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
-        if hybridize:
-            net.hybridize()
-        net(x.as_in_context(ctxs[0]))
-        xs = in_float64(net, x)
+        net, xs = token_layer(lambda: BertLayer(prefix='bert_'), x, ctxs, hybridize)
         graph = ps.trace_channels(net, xs)
-        assert [g.name for g in graph.prunable] == ['bert_dense0_weight', 'bert_dense4_weight']
+        assert [g.name for g in graph.prunable] == ['bert_dense4_weight']
         heads = graph['bert_dense0_weight']    # whole heads: q, k, v rows, out columns
         assert heads.size == 4 and {m for m in heads.members if m[1] == 1} == {
             ('bert_dense3_weight', 1, 0, 4)}
         assert ('bert_dense2_weight', 0, 0, 4) in heads.members
+        # the head count is BertLayer's own attribute, and no rule updates it
+        assert heads.reason == (
+            "splits its channels into attention heads in the reshape 'bert_reshape0' of "
+            "BertLayer 'bert', whose head count shrink cannot update: register a rule with "
+            "ps.register_shrink_rule(BertLayer, rule) "
+            "(docs/shrink.md#blocks-with-their-own-channel-counts)")
         ffn = graph['bert_dense4_weight']
         assert ffn.members == [('bert_dense4_weight', 0, 0, 1), ('bert_dense4_bias', 0, 0, 1),
                                ('bert_dense5_weight', 1, 0, 1)]
@@ -820,12 +838,7 @@ def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize
     assert shrunk.ffn_2.weight.shape == (16, 16)
     # 5 tokens: the feed-forward block (2 * 16 * 32 per token) loses half its MACs
     assert ps.count_ops(shrunk, x)[0] == macs - 5 * 16 * 32
-    for i in range(3):
-        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs), FLOAT64)
-        assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True),
-                     FLOAT64)
-        step(masked, trainers[0], x + i, ctxs)
-        step(shrunk, trainers[1], x + i, ctxs)
+    train_alike(masked, shrunk, trainers, x, ctxs, steps=3)
     ref = outputs(shrunk, x, ONE)
     ps.remove_mask(shrunk, ps.masked(shrunk))
     shrunk.save_parameters(str(tmp_path / 'bert.params'))
@@ -834,3 +847,111 @@ def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize
     fresh.cast('float64')
     fresh.load_parameters(str(tmp_path / 'bert.params'))
     assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
+
+
+@pytest.fixture
+def attention_rules():
+    """The shrink rule of the gluonnlp-style attention cell, registered for one test."""
+    from channel_nets import MultiHeadAttentionCell, attention_rule
+    ps.register_shrink_rule(MultiHeadAttentionCell, attention_rule)
+    yield
+    ps.register_shrink_rule(MultiHeadAttentionCell, None)
+
+
+def test_bert_base_encoder_layer_half_the_heads_and_units(ctxs, hybridize, attention_rules,
+                                                          tmp_path):
+    """A BERT-base-shaped encoder layer (768 units, 12 heads, 3072 feed-forward units) written
+    as gluonnlp writes it: half the heads (q, k, v rows and the output projection's columns,
+    the cell's head count through its rule) and half the feed-forward units removed; 2x
+    fewer MACs; shrunk == masked in float64 (FLOAT64: LayerNorm divides by the deviation of
+    768 values, a smaller growth than train-mode BatchNorm's) before and while training;
+    apply_plan + load_parameters rebuild it with the head count."""
+    from channel_nets import EncoderLayer
+    x = mx.nd.array(np.random.RandomState(4).uniform(-1, 1, size=(4, 5, 768)))
+    nets, trainers = [], []
+    for _ in range(2):
+        net, xs = token_layer(lambda: EncoderLayer(768, 3072, 12, prefix='enc_'), x, ctxs, hybridize)
+        graph = ps.trace_channels(net, xs)
+        assert [(g.name, g.size) for g in graph.prunable] == [
+            ('enc_attention_query_weight', 12), ('enc_ffn_1_weight', 3072)]
+        assert ps.prune_channels(net, 0.5, inputs=xs) == ['enc_attention_query_weight',
+                                                          'enc_ffn_1_weight']
+        trainer = gluon.Trainer(net.collect_params(), 'sgd',
+                                {'learning_rate': 0.01, 'momentum': 0.9})
+        step(net, trainer, xs, ctxs)
+        nets.append(net)
+        trainers.append(trainer)
+    masked, shrunk = nets
+    x = xs
+    macs = ps.count_ops(shrunk, x)[0]
+    before = {n: p.data(ctxs[0]).asnumpy() for n, p in masked.collect_params().items()}
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    heads = plan.kept['enc_attention_query_weight']
+    assert len(heads) == 6 and len(plan.kept['enc_ffn_1_weight']) == 1536
+    cell = shrunk.attention_cell
+    assert cell._num_heads == 6 and cell._query_units == cell._value_units == 384
+    rows = (64 * np.asarray(heads)[:, None] + np.arange(64)).ravel()   # whole heads of 64
+    for name in ('query', 'key', 'value'):
+        weight = getattr(cell, 'proj_' + name).weight
+        assert weight.shape == (384, 768)
+        np.testing.assert_array_equal(weight.data(ctxs[0]).asnumpy(),
+                                      before['enc_attention_%s_weight' % name][rows])
+    np.testing.assert_array_equal(shrunk.proj.weight.data(ctxs[0]).asnumpy(),
+                                  before['enc_proj_weight'][:, rows])
+    assert shrunk.ffn_1.weight.shape == (1536, 768) and shrunk.ffn_2.weight.shape == (768, 1536)
+    # every counted layer lost half its rows or columns: exactly half the MACs
+    assert ps.count_ops(shrunk, x)[0] * 2 == macs
+    train_alike(masked, shrunk, trainers, x, ctxs, steps=2)
+    assert ps.check_params(shrunk) == []
+    ref = outputs(shrunk, x, ONE)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'enc.params'))
+    fresh = EncoderLayer(768, 3072, 12, prefix='enc_')
+    ps.apply_plan(fresh, plan)
+    assert fresh.attention_cell._num_heads == 6
+    fresh.cast('float64')
+    fresh.load_parameters(str(tmp_path / 'enc.params'))
+    if hybridize:
+        fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
+
+
+def test_a_failing_shrink_rule_changes_nothing(ctxs, tmp_path):
+    """A rule that raises: shrink and apply_plan raise ShrinkError naming the rule and the
+    block, with every parameter, block attribute and the Trainer as they were."""
+    from channel_nets import EncoderLayer, MultiHeadAttentionCell, attention_rule
+
+    def broken(cell, kept):
+        cell._num_heads = 1      # a change the rollback must undo
+        raise ValueError('no heads here')
+
+    x = mx.nd.array(np.random.RandomState(4).uniform(-1, 1, size=(2, 3, 16)))
+    ps.register_shrink_rule(MultiHeadAttentionCell, attention_rule)
+    try:
+        net = EncoderLayer(prefix='enc_')
+        net.initialize(mx.init.Xavier(), ctx=ctxs)
+        ps.prune_channels(net, 0.5, inputs=x)
+        trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                              'momentum': 0.9})
+        step(net, trainer, x, ctxs)
+        ps.register_shrink_rule(MultiHeadAttentionCell, broken)
+        before = snapshot(net)
+        state = trainer_state(trainer)
+        with pytest.raises(ps.ShrinkError, match="The shrink rule broken registered for "
+                           "MultiHeadAttentionCell raised ValueError on block 'enc_attention': "
+                           "no heads here"):
+            ps.shrink(net, inputs=x, trainer=trainer)
+        assert_same_bits(before, snapshot(net))
+        assert net.attention_cell._num_heads == 4
+        assert trainer_state(trainer) == state
+        ps.register_shrink_rule(MultiHeadAttentionCell, attention_rule)
+        plan = ps.shrink(net, inputs=x, trainer=trainer)
+        ps.register_shrink_rule(MultiHeadAttentionCell, broken)
+        fresh = EncoderLayer(prefix='enc_')
+        shapes = {n: p.shape for n, p in fresh.collect_params().items()}
+        with pytest.raises(ps.ShrinkError, match='The shrink rule broken .* no heads here'):
+            ps.apply_plan(fresh, plan)
+        assert {n: p.shape for n, p in fresh.collect_params().items()} == shapes
+        assert fresh.attention_cell._num_heads == 4 and fresh.proj._in_units == 0
+    finally:
+        ps.register_shrink_rule(MultiHeadAttentionCell, None)
