@@ -519,9 +519,23 @@ def is_depthwise(block):
     return groups > 1 and groups == block._channels
 
 
+def is_deconv(block):
+    from mxnet.gluon.nn.conv_layers import _Conv
+    return isinstance(block, _Conv) and block._op_name == 'Deconvolution'
+
+
 def resize_block(block, depthwise):
     """Make a Gluon layer's channel counts agree with its (already resized) parameters."""
-    if is_conv(block):
+    if is_deconv(block):
+        # the weight of a transposed convolution is (in, out / groups, kernel...)
+        shape = block._reg_params['weight'].shape
+        if depthwise:
+            block._kwargs['num_group'] = shape[0]
+        block._channels = shape[1] * block._kwargs.get('num_group', 1)
+        block._kwargs['num_filter'] = block._channels
+        if block._in_channels:
+            block._in_channels = shape[0]
+    elif is_conv(block):
         shape = block._reg_params['weight'].shape
         block._channels = shape[0]
         block._kwargs['num_filter'] = shape[0]

@@ -436,7 +436,8 @@ class _Spaces:
 
 
 def _build(net, shapes) -> ChannelGraph:
-    trace = _Trace(net, shapes)
+    with real_deconvolution():     # the graph of what the net computes, not the stand-in
+        trace = _Trace(net, shapes)
     nodes = trace.nodes
     spaces = _Spaces()
     param_names = set(trace.all_params)
@@ -707,6 +708,44 @@ def _conv(n):
                 spaces.add(sp, bias, 0, off, st, 'bias')
         return segs
     return _grouped_conv(n, weight, bias, groups, channels, filters, segs)
+
+
+def _deconv(n):
+    """A transposed convolution: its weight is ``(in, out / groups, kernel...)``, so it reads
+    its input through weight rows and makes its output channels along weight axis 1."""
+    attrs = n.attrs
+    weight = n.param(1)
+    no_bias = _flag(attrs, 'no_bias', 'True')
+    bias = None if no_bias else n.param(2)
+    if len(n.data) != 1 or weight is None or (not no_bias and bias is None):
+        return _UNKNOWN
+    if attrs.get('layout', 'None') not in _CHANNEL_FIRST:
+        return _Blocked("passes the Deconvolution '%s' with layout='%s': the tracer follows "
+                        "channels on axis 1 only" % (n.name, attrs['layout']))
+    groups, filters = int(attrs.get('num_group', 1)), int(attrs['num_filter'])
+    channels, segs, spaces = n.in_shape()[1], n.in_segs[0], n.spaces
+    if groups > 1 and groups == channels == filters:
+        for sp, off, st in segs:       # depthwise: output channel i reads input channel i
+            spaces.add(sp, weight, 0, off, st, 'depthwise')
+            if bias is not None:
+                spaces.add(sp, bias, 0, off, st, 'bias')
+        return segs
+    if groups > 1:
+        for sp, _, _ in segs:
+            spaces.block(sp, "feeds the grouped Deconvolution '%s' (num_group=%d), which the "
+                             "tracer follows depthwise only" % (n.name, groups))
+        out = spaces.new(filters, n.nid, weight, "made by the grouped Deconvolution '%s' "
+                         "(num_group=%d), which the tracer follows depthwise only"
+                         % (n.name, groups))
+        return [(out, 0, 1)]
+    for sp, off, st in segs:
+        spaces.add(sp, weight, 0, off, st, 'input')
+    out = spaces.new(filters, n.nid, weight)
+    spaces.producers[out].append(weight)
+    spaces.add(out, weight, 1, 0, 1, 'weight')
+    if bias is not None:
+        spaces.add(out, bias, 0, 0, 1, 'bias')
+    return [(out, 0, 1)]
 
 
 def _grouped_conv(n, weight, bias, groups, channels, filters, segs):
@@ -1158,6 +1197,8 @@ _OPERATORS.update({
     'Convolution': _Rule(_conv, 'starts a group (weight rows, bias); reads its input through '
                          'weight columns; depthwise: one group in and out; grouped: a group '
                          'is a position within every convolution group (num_group kept)'),
+    'Deconvolution': _Rule(_deconv, 'starts a group (weight axis 1, bias); reads its input '
+                           'through weight axis 0; depthwise: one group in and out'),
     'FullyConnected': _Rule(_dense, 'starts a group (weight rows, bias); reads its input '
                             'through weight columns (H*W per channel after Flatten); '
                             'flatten=False on rank > 2: the last axis', last=True),

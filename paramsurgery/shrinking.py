@@ -218,6 +218,13 @@ def _slice_state(state, old_shape, keeps, cache):
     return state
 
 
+def _depthwise(blocks):
+    """``{id(block): whether it is a depthwise (transposed) convolution}``, read before the
+    blocks are resized."""
+    return {id(b): (_internals.is_conv(b) or _internals.is_deconv(b)) and
+            _internals.is_depthwise(b) for b in blocks}
+
+
 def _owner_blocks(net):
     """``{id(param): [block, ...]}`` for every registered parameter."""
     owners = {}
@@ -392,8 +399,7 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
     for param, _, _, _ in changes:
         for blk in owners.get(id(param), ()):
             blocks[id(blk)] = blk
-    depthwise = {id(b): _internals.is_conv(b) and _internals.is_depthwise(b)
-                 for b in blocks.values()}
+    depthwise = _depthwise(blocks.values())
     # The masked net's arrays, for the diagnosis of a shrunk net that computes otherwise.
     saved_params = [(p, _internals.param_arrays_state(p)) for p, _, _, _ in changes]
     # All or nothing, the Trainers included: shrink replaces arrays and states with new ones
@@ -666,8 +672,7 @@ def apply_plan(net, plan: Union[ShrinkPlan, str, 'os.PathLike']) -> List[str]:
     for _, param, _ in changed:
         for blk in owners.get(id(param), ()):
             blocks[id(blk)] = blk
-    depthwise = {id(b): _internals.is_conv(b) and _internals.is_depthwise(b)
-                 for b in blocks.values()}
+    depthwise = _depthwise(blocks.values())
     # only the counts are known here: the rules see the leading indices
     rule_kept = {param.name: {axis: np.arange(n) for axis, (o, n) in
                               enumerate(zip(param.shape, new)) if o != n}

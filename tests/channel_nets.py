@@ -287,6 +287,25 @@ class BertLayer(gluon.HybridBlock):
         return self.ln2(x + self.ffn_2(self.gelu(self.ffn_1(x))))
 
 
+class Deconv(gluon.HybridBlock):
+    """simple_pose_resnet's head: strided transposed convolutions (weight ``(in, out, k, k)``)
+    with BatchNorm, a depthwise transposed convolution, a 1x1 output convolution."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.stem = conv_bn(8)
+            self.up1 = nn.Conv2DTranspose(6, 4, strides=2, padding=1, use_bias=False)
+            self.bn = nn.BatchNorm()
+            self.dw = nn.Conv2DTranspose(6, 3, padding=1, groups=6, in_channels=6)
+            self.up2 = nn.Conv2DTranspose(5, 4, strides=2, padding=1)
+            self.head = nn.Conv2D(3, 1)
+
+    def hybrid_forward(self, F, x):
+        x = self.dw(F.relu(self.bn(self.up1(self.stem(x)))))
+        return self.head(F.relu(self.up2(x)))
+
+
 class MultiHeadAttentionCell(gluon.HybridBlock):
     """gluonnlp 0.10's MultiHeadAttentionCell over a scaled DotProductAttentionCell, written
     as gluonnlp writes it (self-attention, no mask): the head count and the units live in
@@ -352,7 +371,7 @@ class EncoderLayer(gluon.HybridBlock):
 USER_NETS = {'chain': Chain, 'residual': Residual, 'concat': Concat, 'depthwise': Depthwise,
              'flatten_dense': FlattenDense, 'se': SqueezeExcite, 'resnext': ResNeXt,
              'gluoncv_se': GluoncvSE, 'xception': XceptionBlock, 'hrnet': HRFusion,
-             'fcn': FCNHead}
+             'fcn': FCNHead, 'deconv': Deconv}
 
 
 def build(kind, ctxs, seed=0, init=None):

@@ -718,7 +718,7 @@ def test_update_mode_channel_masks_shrink_and_keep_training(ctxs):
 
 # --------------------------------------------------------------------------- coverage (issue 21)
 
-COVERAGE = ['resnext', 'gluoncv_se', 'xception', 'hrnet', 'fcn']
+COVERAGE = ['resnext', 'gluoncv_se', 'xception', 'hrnet', 'fcn', 'deconv']
 
 
 def train_alike(masked, shrunk, trainers, x, ctxs, steps):
@@ -955,3 +955,31 @@ def test_a_failing_shrink_rule_changes_nothing(ctxs, tmp_path):
         assert fresh.attention_cell._num_heads == 4 and fresh.proj._in_units == 0
     finally:
         ps.register_shrink_rule(MultiHeadAttentionCell, None)
+
+
+def test_transposed_convolutions_resized_on_both_channel_axes(ctxs, hybridize):
+    """A transposed convolution's weight is (in, out / groups, k, k): shrink keeps the rows
+    of the kept input channels and the columns of the kept output channels, and the block's
+    counts follow (a depthwise one keeps groups == channels); shrunk == masked."""
+    net = build('deconv', ctxs)
+    if hybridize:
+        net.hybridize()
+    x = in_float64(net, batch())
+    graph = ps.trace_channels(net, x)
+    up1 = graph['deconv_conv1_weight']          # up1's outputs, through bn and dw, into up2
+    assert ('deconv_conv1_weight', 1, 0, 1) in up1.members
+    assert ('deconv_conv2_weight', 0, 0, 1) in up1.members      # depthwise: one axis
+    assert ('deconv_conv3_weight', 0, 0, 1) in up1.members      # up2 reads through rows
+    assert ('deconv_conv3_weight', 1, 0, 1) in graph['deconv_conv3_weight'].members
+    plan, (ref, got), (ref_train, got_train) = masked_vs_shrunk(net, x, ctxs)
+    assert_close(ref, got, FLOAT64)
+    assert_close(ref_train, got_train, FLOAT64)
+    stem, mid, out = (plan.kept[n] for n in ('deconv_conv0_weight', 'deconv_conv1_weight',
+                                             'deconv_conv3_weight'))
+    assert (len(stem), len(mid), len(out)) == (4, 3, 2)
+    assert net.up1.weight.shape == (4, 3, 4, 4) and net.up1._channels == 3
+    assert net.up1._kwargs['num_filter'] == 3
+    assert net.dw.weight.shape == (3, 1, 3, 3) and net.dw._kwargs['num_group'] == 3
+    assert net.dw._channels == net.dw._in_channels == 3
+    assert net.up2.weight.shape == (3, 2, 4, 4) and net.up2._kwargs['num_filter'] == 2
+    assert net.head._in_channels == 2
