@@ -113,13 +113,16 @@ def _rewrite(graph_json, new_shapes):
             if node['name'] in new_shapes and '__shape__' in attrs:
                 attrs['__shape__'] = str(tuple(new_shapes[node['name']]))
             continue
-        if node['op'] not in ('Convolution', 'Deconvolution', 'FullyConnected') or \
-                len(node['inputs']) < 2:
+        if node['op'] not in ('Convolution', 'Deconvolution', 'FullyConnected',
+                              'Embedding') or len(node['inputs']) < 2:
             continue
         weight = source(node['inputs'][1])
         if weight not in new_shapes:
             continue
         shape = new_shapes[weight]
+        if node['op'] == 'Embedding':
+            attrs['output_dim'] = str(shape[1])
+            continue
         if node['op'] == 'FullyConnected':
             attrs['num_hidden'] = str(shape[0])
             continue

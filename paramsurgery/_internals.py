@@ -489,6 +489,11 @@ def is_dense(block):
     return isinstance(block, Dense)
 
 
+def is_embedding(block):
+    from mxnet.gluon.nn import Embedding
+    return isinstance(block, Embedding)
+
+
 def is_batchnorm(block):
     from mxnet.gluon.nn.basic_layers import _BatchNorm
     return isinstance(block, _BatchNorm)
@@ -552,6 +557,8 @@ def resize_block(block, depthwise):
             block._in_units = shape[1]
     elif is_batchnorm(block):
         block.in_channels = block._reg_params['gamma'].shape[0]
+    elif is_embedding(block):
+        block._kwargs['output_dim'] = block._reg_params['weight'].shape[1]
 
 
 def kvstore_of(trainer):

@@ -494,8 +494,9 @@ def _build(net, shapes) -> ChannelGraph:
         data = data_inputs(node)
         in_segs = [segs_of(e) for e in data]
         lost = next((s for s in in_segs if isinstance(s, _Lost)), None)
-        if lost is not None and op in ('Convolution', 'FullyConnected'):
-            # the input's channels cannot be followed, its own output channels can
+        if lost is not None and op in ('Convolution', 'FullyConnected', 'RNN'):
+            # the input's channels cannot be followed, its own output channels can (an
+            # RNN's weights are one flat vector of reshaped parameters: a Lost input)
             in_segs = [[] if isinstance(s, _Lost) else s for s in in_segs]
         elif lost is not None:
             block_all(data, lost.reason)
@@ -909,6 +910,38 @@ def _leaky(n):
     return n.in_segs[0]
 
 
+def _embedding(n):
+    """An embedding's output channels are the columns of its ``(vocabulary, dim)`` weight,
+    on the last axis; the indices it reads hold no channels."""
+    weight = n.param(1)
+    shape = n.out_shape()
+    if len(n.data) != 1 or weight is None or not shape:
+        return _UNKNOWN
+    out = n.spaces.new(shape[-1], n.nid, weight)
+    n.spaces.producers[out].append(weight)
+    n.spaces.add(out, weight, 1, 0, 1, 'weight')
+    return _Along([(out, 0, 1)])
+
+
+def _rnn(n):
+    """The fused RNN operator (Gluon's rnn.LSTM, GRU, RNN layers): its weights are one flat
+    vector concatenated from every gate's reshaped parameters, so neither its input
+    features nor its hidden units are followed; both get a reason that names it."""
+    mode = n.attrs.get('mode', 'rnn')
+    what = "the RNN operator '%s' (mode=%s), whose weights are slices of one flat parameter " \
+           "vector: the tracer does not remove %s" % (n.name, mode, '%s')
+    for segs in n.in_segs:
+        for sp, _, _ in (segs.segs if isinstance(segs, _Along) else segs):
+            n.spaces.block(sp, 'feeds ' + what % 'the input features of an RNN')
+    shape = n.out_shape()
+    if not shape:
+        return _UNKNOWN
+    kind = {'lstm': 'an LSTM', 'gru': 'a GRU'}.get(mode, 'an RNN')
+    out = n.spaces.new(shape[-1], n.nid, n.name, 'are the hidden units of ' + what % (
+        'the hidden units of %s' % kind))
+    return _Along([(out, 0, 1)])
+
+
 def _reshape(n):
     # (N, C, ...) -> (N, C, ...) with the same number of entries per channel: each channel
     # keeps its block of entries (e.g. SE's (N, C) -> (N, C, 1, 1)).
@@ -1057,8 +1090,19 @@ def _swapaxis(n):
     ndim = len(n.in_shape() or ())
     dims = {int(n.attrs.get('dim1', 0)) % ndim, int(n.attrs.get('dim2', 0)) % ndim} \
         if ndim else {0}
-    if n.only_input() and (min(dims) >= 2 or len(dims) == 1):
-        return n.in_segs[0]
+    segs = n.in_segs[0] if n.in_segs else None
+    if n.only_input() and isinstance(segs, _Along) and segs.inner == 1:
+        at = segs.at(ndim)
+        if at not in dims or len(dims) == 1:
+            return segs          # e.g. an RNN layer's NTC <-> TNC swap of batch and time
+        to = (dims - {at}).pop()
+        if to == 1:
+            return segs.segs
+        if to != 0:
+            return segs._replace(axis=to - ndim)
+    elif n.only_input() and not isinstance(segs, _Along) and (min(dims) >= 2 or
+                                                                 len(dims) == 1):
+        return segs
     return _Blocked("passes the SwapAxis '%s' (dim1=%s, dim2=%s), which moves the channel "
                     "axis" % (n.name, n.attrs.get('dim1', 0), n.attrs.get('dim2', 0)))
 
@@ -1230,8 +1274,13 @@ _OPERATORS.update({
                        'batch axis)', last=True),
     'batch_dot': _Rule(_batch_dot, 'joins the attention heads of its two inputs (heads merged '
                        'into the batch axis)', last=True),
-    'SwapAxis': _Rule(_swapaxis, 'follows when it swaps axes >= 2'),
-    'swapaxes': _Rule(_swapaxis, 'as SwapAxis'),
+    'SwapAxis': _Rule(_swapaxis, 'follows when it swaps axes >= 2, or moves channels off '
+                      'axis 1 onto another axis but the batch axis', last=True),
+    'swapaxes': _Rule(_swapaxis, 'as SwapAxis', last=True),
+    'Embedding': _Rule(_embedding, 'starts a group on the last axis (weight columns); the '
+                       'indices it reads hold no channels'),
+    'RNN': _Rule(_rnn, 'blocks its input features and its hidden units (one flat weight '
+                 'vector: LSTM/GRU hidden units are not prunable)', last=True),
 })
 
 

@@ -2,7 +2,7 @@
 tests/test_channels.py and tests/test_shrink.py."""
 import mxnet as mx
 from mxnet import gluon
-from mxnet.gluon import nn
+from mxnet.gluon import nn, rnn
 
 
 def conv_bn(channels, kernel=3, **kwargs):
@@ -304,6 +304,23 @@ class Deconv(gluon.HybridBlock):
     def hybrid_forward(self, F, x):
         x = self.dw(F.relu(self.bn(self.up1(self.stem(x)))))
         return self.head(F.relu(self.up2(x)))
+
+
+class LanguageModel(gluon.HybridBlock):
+    """gluonnlp's RNN language model: embedding, a projection, a fused LSTM or GRU layer
+    (rnn.LSTM, rnn.GRU: one flat weight vector), the decoder. Inputs are token indices
+    ``(batch, tokens)``."""
+
+    def __init__(self, mode='lstm', vocab=50, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.embedding = nn.Embedding(vocab, 8)
+            self.proj = nn.Dense(6, flatten=False)
+            self.encoder = (rnn.LSTM if mode == 'lstm' else rnn.GRU)(10, layout='NTC')
+            self.decoder = nn.Dense(vocab, flatten=False)
+
+    def hybrid_forward(self, F, x):
+        return self.decoder(self.encoder(self.proj(self.embedding(x))))
 
 
 class MultiHeadAttentionCell(gluon.HybridBlock):

@@ -732,6 +732,13 @@ def train_alike(masked, shrunk, trainers, x, ctxs, steps):
         step(shrunk, trainers[1], x + i, ctxs)
 
 
+def stepped_trainer(net, x, ctxs, optimizer, settings):
+    """A Trainer on ``net`` that has stepped once on ``x`` (it holds optimizer states)."""
+    trainer = gluon.Trainer(net.collect_params(), optimizer, settings)
+    step(net, trainer, x, ctxs)
+    return trainer
+
+
 def token_layer(make, x, ctxs, hybridize):
     """The transformer layer ``make()`` initialised deterministically on ``ctxs``, in
     float64 (see FLOAT64), and ``x`` in float64."""
@@ -756,11 +763,9 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
         x = in_float64(net, batch(n=4))
         warm_up(net, x, ctxs)
         ps.prune_channels(net, 0.5, inputs=x)
-        trainer = gluon.Trainer(net.collect_params(), 'sgd',
-                                {'learning_rate': 0.05, 'momentum': 0.9, 'wd': 0})
-        step(net, trainer, x, ctxs)
         nets.append(net)
-        trainers.append(trainer)
+        trainers.append(stepped_trainer(net, x, ctxs, 'sgd', {'learning_rate': 0.05,
+                                                             'momentum': 0.9, 'wd': 0}))
     masked, shrunk = nets
     graph = ps.trace_channels(shrunk, x)
     blocked = [g for g in graph if not g.prunable]
@@ -826,10 +831,8 @@ def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize
             "axis -1" in graph['bert_dense5_weight'].reason
         assert ps.prune_channels(net, 0.5, inputs=xs, key='bert_dense4_weight') == \
             ['bert_dense4_weight']
-        trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
-        step(net, trainer, xs, ctxs)
         nets.append(net)
-        trainers.append(trainer)
+        trainers.append(stepped_trainer(net, xs, ctxs, 'adam', {'learning_rate': 0.01}))
     masked, shrunk = nets
     x = xs
     macs = ps.count_ops(shrunk, x)[0]
@@ -870,17 +873,16 @@ def test_bert_base_encoder_layer_half_the_heads_and_units(ctxs, hybridize, atten
     x = mx.nd.array(np.random.RandomState(4).uniform(-1, 1, size=(4, 5, 768)))
     nets, trainers = [], []
     for _ in range(2):
-        net, xs = token_layer(lambda: EncoderLayer(768, 3072, 12, prefix='enc_'), x, ctxs, hybridize)
+        net, xs = token_layer(lambda: EncoderLayer(768, 3072, 12, prefix='enc_'), x, ctxs,
+                              hybridize)
         graph = ps.trace_channels(net, xs)
         assert [(g.name, g.size) for g in graph.prunable] == [
             ('enc_attention_query_weight', 12), ('enc_ffn_1_weight', 3072)]
         assert ps.prune_channels(net, 0.5, inputs=xs) == ['enc_attention_query_weight',
                                                           'enc_ffn_1_weight']
-        trainer = gluon.Trainer(net.collect_params(), 'sgd',
-                                {'learning_rate': 0.01, 'momentum': 0.9})
-        step(net, trainer, xs, ctxs)
         nets.append(net)
-        trainers.append(trainer)
+        trainers.append(stepped_trainer(net, xs, ctxs, 'sgd', {'learning_rate': 0.01,
+                                                              'momentum': 0.9}))
     masked, shrunk = nets
     x = xs
     macs = ps.count_ops(shrunk, x)[0]
@@ -983,3 +985,49 @@ def test_transposed_convolutions_resized_on_both_channel_axes(ctxs, hybridize):
     assert net.dw._channels == net.dw._in_channels == 3
     assert net.up2.weight.shape == (3, 2, 4, 4) and net.up2._kwargs['num_filter'] == 2
     assert net.head._in_channels == 2
+
+
+@pytest.mark.parametrize('mode', ['lstm', 'gru'])
+def test_language_model_embedding_shrinks_rnn_says_why(ctxs, hybridize, mode, tmp_path):
+    """An RNN language model: the embedding's dimension is a group (weight columns, the
+    projection's columns) that shrinks exactly; what feeds the fused RNN and its hidden units
+    are not prunable, and the reasons name the RNN operator; training goes on."""
+    from channel_nets import LanguageModel
+    # indices below 49: train_alike steps on tokens + 1 too
+    tokens = mx.nd.array(np.random.RandomState(0).randint(0, 49, size=(4, 5)))
+    nets, trainers = [], []
+    for _ in range(2):
+        net = LanguageModel(mode, prefix='lm_')
+        mx.random.seed(3)
+        net.initialize(mx.init.Xavier(), ctx=ctxs)
+        if hybridize:
+            net.hybridize()
+        net(tokens.as_in_context(ctxs[0]))
+        net.cast('float64')
+        graph = ps.trace_channels(net, tokens)
+        assert [g.name for g in graph.prunable] == ['lm_embedding0_weight']
+        what = ("the RNN operator 'lm_%s0_rnn0' (mode=%s), whose weights are slices of one "
+                "flat parameter vector: the tracer does not remove " % (mode, mode))
+        assert graph['lm_dense0_weight'].reason == \
+            'feeds ' + what + 'the input features of an RNN'
+        hidden = graph['lm_%s0_rnn0' % mode]
+        assert hidden.size == 10 and hidden.members == [('lm_dense1_weight', 1, 0, 1)]
+        assert hidden.reason == 'are the hidden units of ' + what + \
+            'the hidden units of %s' % ('an LSTM' if mode == 'lstm' else 'a GRU')
+        assert ps.prune_channels(net, 0.5, inputs=tokens) == ['lm_embedding0_weight']
+        nets.append(net)
+        trainers.append(stepped_trainer(net, tokens, ctxs, 'sgd', {'learning_rate': 0.1,
+                                                                  'momentum': 0.9}))
+    masked, shrunk = nets
+    plan = ps.shrink(shrunk, inputs=tokens, trainer=trainers[1])
+    assert shrunk.embedding.weight.shape == (50, 4) and shrunk.proj.weight.shape == (6, 4)
+    assert shrunk.embedding._kwargs['output_dim'] == 4
+    train_alike(masked, shrunk, trainers, tokens, ctxs, steps=2)
+    ref = outputs(shrunk, tokens, ONE)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'lm.params'))
+    fresh = LanguageModel(mode, prefix='lm_')
+    ps.apply_plan(fresh, plan)
+    fresh.cast('float64')
+    fresh.load_parameters(str(tmp_path / 'lm.params'))
+    assert_close(ref, outputs(fresh, tokens, ONE), FLOAT32)
