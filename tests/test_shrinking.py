@@ -163,7 +163,9 @@ def test_fully_masked_group_keeps_one_channel():
 
 def step(net, trainer, x, ctxs):
     with autograd.record():
-        losses = [(net(part) ** 2).mean() for part in split(x, ctxs)]
+        # (a tuple of outputs: gluoncv's segmentation nets add an auxiliary head)
+        losses = [sum((y ** 2).mean() for y in (out if isinstance(out, tuple) else (out,)))
+                  for out in (net(part) for part in split(x, ctxs))]
     autograd.backward(losses)
     trainer.step(x.shape[0])
 
@@ -1031,3 +1033,43 @@ def test_language_model_embedding_shrinks_rnn_says_why(ctxs, hybridize, mode, tm
     fresh.cast('float64')
     fresh.load_parameters(str(tmp_path / 'lm.params'))
     assert_close(ref, outputs(fresh, tokens, ONE), FLOAT32)
+
+
+# --------------------------------------------------------------------------- gluoncv (optional)
+
+# net -> (input shape, the MACs ratio at 0.5 it must reach). Halving every group's channels
+# divides a layer's MACs by 4 (2 in, 2 out); 3x leaves room for the layers whose inputs or
+# outputs cannot shrink (the stem reads the image, the classifier writes the classes).
+GLUONCV = {
+    'resnext50_32x4d': ((1, 3, 64, 64), 3), 'se_resnet50_v2': ((1, 3, 64, 64), 3),
+    'xception': ((1, 3, 96, 96), 3), 'hrnet_w18_small_v1_c': ((1, 3, 64, 64), 3),
+    'fcn_resnet50_voc': ((1, 3, 64, 64), 3), 'simple_pose_resnet18_v1b': ((1, 3, 128, 96), 3),
+    'mobilenetv3_large': ((1, 3, 64, 64), 3), 'residualattentionnet56': ((1, 3, 224, 224), 3),
+}
+
+
+@pytest.mark.gluoncv
+@pytest.mark.parametrize('name', sorted(GLUONCV))
+def test_gluoncv_nets_shrink_and_keep_training(name):
+    """gluoncv 0.10.5's real nets (pretrained=False): prune_channels(0.5) + shrink, whose
+    check compares the shrunk and the masked outputs (float32, its own bound), then a
+    training step goes on with the same Trainer on two contexts."""
+    from gluoncv import model_zoo as gz
+    shape, target = GLUONCV[name]
+    kwargs = {'pretrained_base': False} if name.split('_')[0] in ('fcn', 'simple') else {}
+    mx.random.seed(0)
+    net = gz.get_model(name, pretrained=False, **kwargs)
+    # (fcn initialises its backbone on cpu(0) when it builds it)
+    net.initialize(mx.init.Xavier(), ctx=TWO, force_reinit=True)
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=(4,) + shape[1:]))
+    net(x[:1].as_in_context(TWO[0]))
+    macs = ps.count_ops(net, shape)[0]
+    ps.prune_channels(net, 0.5, inputs=shape)
+    trainer = stepped_trainer(net, x, TWO, 'sgd', {'learning_rate': 0.01, 'momentum': 0.9})
+    ps.shrink(net, inputs=x[:2], trainer=trainer)
+    assert macs / ps.count_ops(net, shape)[0] >= target
+    before = snapshot(net)
+    step(net, trainer, x, TWO)
+    after = snapshot(net)
+    assert any(a.tobytes() != b.tobytes() for n in before for a, b in zip(before[n], after[n]))
+    assert ps.check_params(net) == []
