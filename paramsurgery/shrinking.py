@@ -280,9 +280,11 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
 
     Every channel of a prunable group (see :func:`trace_channels`) whose maskable members
     are all masked to zero is removed from every member (BatchNorm running statistics
-    follow). The blocks keep their classes: ``Conv2D`` and the like get ``channels``,
-    ``in_channels`` and, depthwise, ``groups`` updated, ``Dense`` ``units`` and
-    ``in_units``, ``BatchNorm`` ``in_channels``. Masks of what remains are kept, sliced.
+    follow). The blocks keep their classes: ``Conv2D``, ``Conv2DTranspose`` and the like
+    get ``channels``, ``in_channels`` and, depthwise, ``groups`` updated, ``Dense``
+    ``units`` and ``in_units``, ``BatchNorm`` ``in_channels``, ``Embedding`` its output
+    dimension; a block with a rule registered by :func:`register_shrink_rule` (an attention
+    cell's head count) is updated by it. Masks of what remains are kept, sliced.
     Parameters keep their identity (a Trainer built earlier keeps them).
 
     All or nothing: before anything is committed, the shrunk net's output on ``inputs`` (in
