@@ -53,7 +53,7 @@ _EXPORTS = {
     'schedules': ['ConstantSparsity', 'PolynomialDecay'],
     'report': ['SparsityReport', 'sparsity_report', 'arrays_report'],
     'channels': ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'count_ops',
-                 'prune_channels'],
+                 'prune_channels', 'register_shrink_rule'],
     'shrinking': ['shrink', 'ShrinkPlan', 'apply_plan'],
     'analysis': ['sensitivity', 'SensitivityReport'],
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],

@@ -113,20 +113,27 @@ def _rewrite(graph_json, new_shapes):
             if node['name'] in new_shapes and '__shape__' in attrs:
                 attrs['__shape__'] = str(tuple(new_shapes[node['name']]))
             continue
-        if node['op'] not in ('Convolution', 'FullyConnected') or len(node['inputs']) < 2:
+        if node['op'] not in ('Convolution', 'Deconvolution', 'FullyConnected',
+                              'Embedding') or len(node['inputs']) < 2:
             continue
         weight = source(node['inputs'][1])
         if weight not in new_shapes:
             continue
         shape = new_shapes[weight]
+        if node['op'] == 'Embedding':
+            attrs['output_dim'] = str(shape[1])
+            continue
         if node['op'] == 'FullyConnected':
             attrs['num_hidden'] = str(shape[0])
             continue
         old_filters = int(attrs['num_filter'])
         groups = int(attrs.get('num_group', '1'))
-        attrs['num_filter'] = str(shape[0])
         if groups > 1 and groups == old_filters:          # depthwise: one group a channel
-            attrs['num_group'] = str(shape[0])
+            groups = shape[0]
+            attrs['num_group'] = str(groups)
+        # a transposed convolution's weight is (in, out / groups, kernel...)
+        attrs['num_filter'] = str(shape[1] * groups if node['op'] == 'Deconvolution'
+                                  else shape[0])
     return json.dumps(graph)
 
 

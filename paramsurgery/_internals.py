@@ -507,6 +507,11 @@ def is_dense(block):
     return isinstance(block, Dense)
 
 
+def is_embedding(block):
+    from mxnet.gluon.nn import Embedding
+    return isinstance(block, Embedding)
+
+
 def is_batchnorm(block):
     from mxnet.gluon.nn.basic_layers import _BatchNorm
     return isinstance(block, _BatchNorm)
@@ -537,9 +542,23 @@ def is_depthwise(block):
     return groups > 1 and groups == block._channels
 
 
+def is_deconv(block):
+    from mxnet.gluon.nn.conv_layers import _Conv
+    return isinstance(block, _Conv) and block._op_name == 'Deconvolution'
+
+
 def resize_block(block, depthwise):
     """Make a Gluon layer's channel counts agree with its (already resized) parameters."""
-    if is_conv(block):
+    if is_deconv(block):
+        # the weight of a transposed convolution is (in, out / groups, kernel...)
+        shape = block._reg_params['weight'].shape
+        if depthwise:
+            block._kwargs['num_group'] = shape[0]
+        block._channels = shape[1] * block._kwargs.get('num_group', 1)
+        block._kwargs['num_filter'] = block._channels
+        if block._in_channels:
+            block._in_channels = shape[0]
+    elif is_conv(block):
         shape = block._reg_params['weight'].shape
         block._channels = shape[0]
         block._kwargs['num_filter'] = shape[0]
@@ -556,6 +575,8 @@ def resize_block(block, depthwise):
             block._in_units = shape[1]
     elif is_batchnorm(block):
         block.in_channels = block._reg_params['gamma'].shape[0]
+    elif is_embedding(block):
+        block._kwargs['output_dim'] = block._reg_params['weight'].shape[1]
 
 
 def kvstore_of(trainer):

@@ -16,7 +16,7 @@ import json
 import math
 import numbers
 from collections import OrderedDict
-from typing import Any, Callable, List, Mapping, NamedTuple, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Tuple, Union
 
 import mxnet as mx
 import numpy as np
@@ -30,7 +30,8 @@ from .masks import _check_mode, apply_mask, get_mask, masked, unmasked_params
 from .pruning_core import _check_amount, prune_count
 from .select import mask_names, select
 
-__all__ = ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'prune_channels', 'count_ops']
+__all__ = ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'prune_channels', 'count_ops',
+           'register_shrink_rule']
 
 _IMPORTANCES = ('l1', 'l2', 'bn_gamma', 'taylor')
 _SCOPES = ('layer', 'global')
@@ -47,7 +48,7 @@ _PASSTHROUGH = {
     '_mul_scalar', '_div_scalar', '_plus_scalar', '_minus_scalar', '_rminus_scalar',
     '_rdiv_scalar', '_power_scalar', '_maximum_scalar', '_minimum_scalar', 'mish',
     'sign', 'round', 'floor', 'ceil', 'log', 'log1p', 'expm1', 'cos', 'sin', 'cbrt',
-    'rsqrt', 'gelu', 'selu', 'elu',
+    'rsqrt', 'gelu', 'selu', 'elu', '_contrib_div_sqrt_dim',
 }
 # What an operator handler returns when it cannot follow the channels.
 _UNKNOWN = ('unknown',)
@@ -76,6 +77,21 @@ class _Lost(NamedTuple):
     channel-last Pooling, a Dense with flatten=False on rank > 2): nothing downstream is
     followed, and a Convolution or Dense reading it starts a group of its own."""
     reason: str
+
+
+class _Along(NamedTuple):
+    """The layout of a tensor whose channels are on another axis than 1: the last axis (the
+    features of a Dense with flatten=False: ``(batch, tokens, units)``), the heads axis of
+    ``(batch, tokens, heads, head units)``, or the batch axis into which attention heads are
+    merged (``(batch * heads, tokens, head units)``: index ``b * inner + h``). Followed
+    through the operators whose row of the operator table says so."""
+    segs: list
+    axis: int = -1      # the channel axis (negative: from the end)
+    inner: int = 1      # on a merged axis, the number of channel positions per outer index
+
+    def at(self, ndim):
+        """The channel axis, from the front."""
+        return self.axis % ndim
 
 
 # --------------------------------------------------------------------------- public types
@@ -119,6 +135,8 @@ class ChannelGroup:
     >>> len(group.members), len(group.maskable)    # running statistics carry no mask
     (7, 5)
     """
+
+    _heads = ()     # the reshapes that split these channels into attention heads
 
     def __init__(self, name, size, members, roles, prunable, reason, producers):
         self.name = name
@@ -372,6 +390,7 @@ class _Spaces:
     def __init__(self):
         self.parent, self.size, self.members, self.reasons = [], [], [], []
         self.first, self.name, self.producers = [], [], []
+        self.heads = []     # the reshapes that split a space's channels into attention heads
 
     def new(self, size, node, name, reason=''):
         self.parent.append(len(self.parent))
@@ -381,6 +400,7 @@ class _Spaces:
         self.first.append(node)
         self.name.append(name)
         self.producers.append([])
+        self.heads.append([])
         return len(self.parent) - 1
 
     def find(self, s):
@@ -404,6 +424,7 @@ class _Spaces:
         self.members[a].extend(self.members[b])
         self.reasons[a].extend(self.reasons[b])
         self.producers[a].extend(self.producers[b])
+        self.heads[a].extend(self.heads[b])
         self.first[a] = min(self.first[a], self.first[b])
         return a
 
@@ -415,7 +436,8 @@ class _Spaces:
 
 
 def _build(net, shapes) -> ChannelGraph:
-    trace = _Trace(net, shapes)
+    with real_deconvolution():     # the graph of what the net computes, not the stand-in
+        trace = _Trace(net, shapes)
     nodes = trace.nodes
     spaces = _Spaces()
     param_names = set(trace.all_params)
@@ -434,17 +456,19 @@ def _build(net, shapes) -> ChannelGraph:
     def block_all(entries, reason):
         for entry in entries:
             segs = segs_of(entry)
+            segs = segs.segs if isinstance(segs, _Along) else segs
             for sp, _, _ in (segs if isinstance(segs, list) else ()):
                 spaces.block(sp, reason)
 
     def fresh(node_id, reason, out_index=0):
         shape = trace.shape(node_id, out_index)
         if shape is None or len(shape) < 2:
-            return None
+            # nothing downstream can be followed, but a layer reading it still starts a group
+            node = nodes[node_id]
+            what = ("the input '%s'" % node['name'] if node['op'] == 'null' else
+                    "the output of %s ('%s')" % (node['op'], node['name']))
+            return _Lost('reads %s, which has no channel axis (shape %s)' % (what, shape))
         return [(spaces.new(shape[1], node_id, nodes[node_id]['name'], reason), 0, 1)]
-
-    def param_of(entry):
-        return param_src.get(entry[0])
 
     def n_outputs(name):
         return sum(1 for k in range(64) if '%s_output%d' % (name, k) in trace.shapes) or 1
@@ -470,75 +494,42 @@ def _build(net, shapes) -> ChannelGraph:
         data = data_inputs(node)
         in_segs = [segs_of(e) for e in data]
         lost = next((s for s in in_segs if isinstance(s, _Lost)), None)
-        if lost is not None and op in ('Convolution', 'FullyConnected'):
-            # the input's channels cannot be followed, its own output channels can
+        if lost is not None and op in ('Convolution', 'FullyConnected', 'RNN'):
+            # the input's channels cannot be followed, its own output channels can (an
+            # RNN's weights are one flat vector of reshaped parameters: a Lost input)
             in_segs = [[] if isinstance(s, _Lost) else s for s in in_segs]
         elif lost is not None:
             block_all(data, lost.reason)
             for k in range(n_outputs(name)):
                 layout[(nid, k)] = lost
             continue
-        known = all(s is not None for s in in_segs)
         out = unknown
         why = "passes the operator %s ('%s') that the tracer does not know" % (op, name)
         if not inputs:
             layout[(nid, 0)] = fresh(nid, "made by the operator %s ('%s')" % (op, name))
             continue
-        if not known:
-            out = unknown
-        elif op in ('Convolution',):
-            out = _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of)
-        elif op == 'FullyConnected':
-            out = _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of)
-        elif op in ('BatchNorm', 'BatchNormWithReLU', '_contrib_BatchNormWithReLU') \
-                and len(data) == 1:
-            axis = int(attrs.get('axis', 1))
-            ndim = len(trace.shape(data[0][0], data[0][1]) or ())
-            if axis in (1, 1 - ndim) and len(inputs) == 5 and \
-                    all(pid in param_src for pid, _, _ in inputs[1:]):
-                roles = ('bn_gamma', 'bn_beta', 'bn_mean', 'bn_var')
-                for (pid, _, _), role in zip(inputs[1:], roles):
-                    for sp, off, st in in_segs[0]:
-                        spaces.add(sp, param_src[pid], 0, off, st, role)
-                out = in_segs[0]
-            elif axis not in (1, 1 - ndim):
-                why = ("passes the BatchNorm '%s' over axis %d: the tracer follows channels "
-                       "on axis 1 only" % (name, axis))
-        elif op in _PASSTHROUGH and len(data) == 1 and len(inputs) == 1:
-            out = in_segs[0]
-            if attrs.get('layout', 'None') not in _CHANNEL_FIRST:
-                # e.g. Pooling(layout='NHWC') on NCHW data pools across the channels
-                out = _Lost("passes the operator %s ('%s') with layout='%s', which does not "
-                            "keep the channels on axis 1 (the tracer follows layouts %s)"
-                            % (op, name, attrs['layout'], ', '.join(_CHANNEL_FIRST[1:])))
+        rule = _OPERATORS.get(op)
+        if rule is not None and not rule.last and any(isinstance(s, _Along) for s in in_segs):
+            rule, why = None, (
+                "passes the operator %s ('%s') with its channels on the last axis (after a "
+                "Dense with flatten=False): the tracer follows them through activations, "
+                "elementwise operators and dense layers only" % (op, name))
+        if rule is not None and all(s is not None for s in in_segs):
+            out = rule.handler(_Node(trace, spaces, nid, node, attrs, data, in_segs,
+                                     param_src, layout))
+            if isinstance(out, _Blocked):
+                why, out = out.reason, unknown
+            elif isinstance(out, _Lost):
                 block_all(data, out.reason)
-        elif op == 'LeakyReLU' and len(data) == 1:
-            out = _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src)
-        elif op in _RESHAPES and len(data) == 1 and len(inputs) == 1:
-            # (N, C, ...) -> (N, C, ...) with the same number of entries per channel: each
-            # channel keeps its block of entries (e.g. SE's (N, C) -> (N, C, 1, 1)).
-            a, b = trace.shape(*data[0]), trace.shape(nid)
-            if a and b and len(a) >= 2 and len(b) >= 2 and a[:2] == b[:2] and \
-                    all(st == 1 for _, _, st in in_segs[0]):
-                out = in_segs[0]
-        elif op in _REDUCTIONS and len(data) == 1 and len(inputs) == 1:
-            # reducing spatial axes only keeps every channel where it was
-            shape = trace.shape(*data[0]) or ()
-            axes = _axes(attrs.get('axis'), len(shape))
-            if axes and min(axes) >= 2 and attrs.get('exclude', 'False') in ('False', '0') \
-                    and all(st == 1 for _, _, st in in_segs[0]):
-                out = in_segs[0]
-        elif op == 'Flatten' and len(data) == 1:
-            shape = trace.shape(*data[0])
-            mult = int(np.prod(shape[2:])) if shape and len(shape) > 2 else 1
-            out = [(sp, off * mult, st * mult) for sp, off, st in in_segs[0]]
-        elif op in ('Concat', 'concat') and len(data) == len(inputs):
-            out = _concat(trace, attrs, data, in_segs)
-        elif op in _ELEMENTWISE:
-            out, why = _elementwise(trace, spaces, nid, node, data, in_segs, inputs,
-                                    param_src, why)
         if out is unknown:
             block_all(data, why)
+            shape = trace.shape(nid)
+            if n_outputs(name) == 1 and shape and len(shape) > 2 and any(
+                    isinstance(s, _Along) and trace.shape(*e) == shape
+                    for s, e in zip(in_segs, data)):
+                # channels on the last axis in and out (LayerNorm): the reason follows them
+                layout[(nid, 0)] = _Along([(spaces.new(shape[-1], nid, name, why), 0, 1)])
+                continue
             for k in range(n_outputs(name)):
                 layout[(nid, k)] = fresh(nid, why, k)
         else:
@@ -547,6 +538,7 @@ def _build(net, shapes) -> ChannelGraph:
         block_all([head], "reaches the net output ('%s')" % nodes[head[0]]['name'])
     graph = _groups(trace, spaces, layout)
     graph._param_nodes = set(param_src)   # nodes that compute parameters (weight * mask)
+    _check_head_rules(net, graph)
     return graph
 
 
@@ -562,33 +554,153 @@ def _axes(text, ndim):
     return [int(a) % ndim for a in value] if ndim else []
 
 
-def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
-    inputs = node['inputs']
+# --------------------------------------------------------------------------- operators
+#
+# One handler per operator kind, behind one interface: ``handler(node) -> layout`` where
+# ``node`` is a :class:`_Node` and the layout returned is the output's list of ``(space,
+# offset, stride)`` along axis 1, ``_UNKNOWN`` (not followed: the inputs' channels are
+# blocked with the generic reason), a :class:`_Blocked` (not followed, with that reason) or a
+# :class:`_Lost` (the output's axis 1 holds no channels). ``_OPERATORS`` maps operator names
+# to :class:`_Rule` rows; docs/shrink.md's operator table is generated from it.
+
+
+class _Node(NamedTuple):
+    """What an operator handler sees of one graph node."""
+    trace: Any          # _Trace: the graph and the inferred shapes
+    spaces: Any         # _Spaces: the channel spaces found so far
+    nid: int            # the node's index in the graph
+    node: dict          # the node's JSON (op, name, inputs)
+    attrs: dict         # its attributes, as strings
+    data: list          # its data inputs: (node id, output index)
+    in_segs: list       # the layout of each data input
+    param_src: dict     # node id -> the parameter that node stands for
+    layout: dict        # (node id, output) -> layout, for the tensors traced so far
+
+    @property
+    def name(self):
+        return self.node['name']
+
+    def param(self, k):
+        """The parameter behind input ``k`` of the node, or None."""
+        inputs = self.node['inputs']
+        return self.param_src.get(inputs[k][0]) if len(inputs) > k else None
+
+    def in_shape(self, k=0):
+        return self.trace.shape(*self.data[k]) if len(self.data) > k else None
+
+    def out_shape(self):
+        return self.trace.shape(self.nid)
+
+    def only_input(self):
+        """True when the node reads one tensor and no parameter."""
+        return len(self.data) == 1 and len(self.node['inputs']) == 1
+
+
+class _Blocked(NamedTuple):
+    """A handler's answer for a node it does not follow, with the reason."""
+    reason: str
+
+
+class _Rule(NamedTuple):
+    """A row of the operator table."""
+    handler: Callable[[_Node], Any]
+    channels: str       # what the operator does with channels (docs/shrink.md's table)
+    last: bool = False  # whether it also follows channels on the last axis (_Along)
+
+
+def _flag(attrs, key, default='False'):
+    return attrs.get(key, default) in ('True', 'true', '1')
+
+
+def _tuple_attr(text):
+    """An attribute such as '(0, 0, 1, 1)' or '(None, 2)' as a list (None kept)."""
+    if text in (None, 'None', ''):
+        return []
+    try:
+        value = json.loads(text.replace('(', '[').replace(')', ']').replace('None', 'null')
+                           .replace(',]', ']'))
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else [value]
+
+
+def _passthrough(n):
+    if not n.only_input():
+        return _UNKNOWN
+    if isinstance(n.in_segs[0], _Along):
+        return n.in_segs[0]
+    if n.attrs.get('layout', 'None') not in _CHANNEL_FIRST:
+        # e.g. Pooling(layout='NHWC') on NCHW data pools across the channels
+        return _Lost("passes the operator %s ('%s') with layout='%s', which does not keep the "
+                     "channels on axis 1 (the tracer follows layouts %s)"
+                     % (n.node['op'], n.name, n.attrs['layout'], ', '.join(_CHANNEL_FIRST[1:])))
+    return n.in_segs[0]
+
+
+def _first_input(n):
+    """Channel i of the first input is channel i of the output; the other inputs give a
+    shape only (``like=`` tensors)."""
+    a, b = n.in_shape(), n.out_shape()
+    if not n.data or a is None or b is None or len(a) < 2 or len(b) < 2 or a[1] != b[1] or \
+            len(n.data) != len(n.node['inputs']):
+        return _UNKNOWN
+    return n.in_segs[0]
+
+
+def _batchnorm(n):
+    inputs = n.node['inputs']
+    axis = int(n.attrs.get('axis', 1))
+    ndim = len(n.in_shape() or ())
+    if len(n.data) != 1:
+        return _UNKNOWN
+    if axis not in (1, 1 - ndim):
+        return _Blocked("passes the BatchNorm '%s' over axis %d: the tracer follows channels "
+                        "on axis 1 only" % (n.name, axis))
+    if len(inputs) != 5 or not all(pid in n.param_src for pid, _, _ in inputs[1:]):
+        return _UNKNOWN
+    roles = ('bn_gamma', 'bn_beta', 'bn_mean', 'bn_var')
+    for (pid, _, _), role in zip(inputs[1:], roles):
+        for sp, off, st in n.in_segs[0]:
+            n.spaces.add(sp, n.param_src[pid], 0, off, st, role)
+    return n.in_segs[0]
+
+
+def _layernorm(n):
+    axis = int(n.attrs.get('axis', -1))
+    ndim = len(n.in_shape() or ())
+    if ndim and axis % ndim >= 2 and not isinstance(n.in_segs[0], _Along):
+        # normalising over spatial axes keeps every channel apart: gamma and beta are not
+        # per channel, so nothing follows the channels but the tensor
+        return n.in_segs[0] if len(n.data) == 1 else _UNKNOWN
+    return _Blocked("passes the LayerNorm '%s', which normalises over axis %d: removing a "
+                    "channel changes the mean and variance of every other one, so these "
+                    "channels cannot be removed exactly" % (n.name, axis))
+
+
+def _conv(n):
+    attrs = n.attrs
     layout = attrs.get('layout', 'None')
-    weight = param_of(inputs[1]) if len(inputs) > 1 else None
-    no_bias = attrs.get('no_bias', 'False') in ('True', 'true', '1')
-    bias = param_of(inputs[2]) if not no_bias and len(inputs) > 2 else None
-    if len(data) != 1 or weight is None or (not no_bias and bias is None):
+    weight = n.param(1)
+    no_bias = _flag(attrs, 'no_bias')
+    bias = None if no_bias else n.param(2)
+    if len(n.data) != 1 or weight is None or (not no_bias and bias is None):
         return _UNKNOWN
     groups = int(attrs.get('num_group', 1))
     filters = int(attrs['num_filter'])
-    in_shape = trace.shape(*data[0])
+    in_shape = n.in_shape()
+    spaces = n.spaces
     if layout not in _CHANNEL_FIRST:
         return _unfollowed(
-            spaces, nid, weight, bias, filters, in_segs[0], in_shape[layout.index('C')],
+            spaces, n.nid, weight, bias, filters, n.in_segs[0], in_shape[layout.index('C')],
             "'%s' is a Convolution with layout='%s': the tracer follows channels on axis 1 "
-            "(layouts %s) only" % (node['name'], layout, ', '.join(_CHANNEL_FIRST[1:])))
+            "(layouts %s) only" % (n.name, layout, ', '.join(_CHANNEL_FIRST[1:])))
     channels = in_shape[1]
-    segs = in_segs[0]
+    segs = n.in_segs[0]
     if groups == 1:
         for sp, off, st in segs:
             spaces.add(sp, weight, 1, off, st, 'input')
-        out = spaces.new(filters, nid, weight)
-        spaces.producers[out].append(weight)
-        spaces.add(out, weight, 0, 0, 1, 'weight')
-        if bias is not None:
-            spaces.add(out, bias, 0, 0, 1, 'bias')
-        return [(out, 0, 1)]
+        out = spaces.new(filters, n.nid, weight)
+        return _produced(spaces, out, weight, bias)
     if groups == channels == filters:
         # depthwise: output channel i reads input channel i only
         for sp, off, st in segs:
@@ -596,12 +708,125 @@ def _conv(trace, spaces, nid, node, attrs, data, in_segs, param_of):
             if bias is not None:
                 spaces.add(sp, bias, 0, off, st, 'bias')
         return segs
-    reason = ("passes the grouped Convolution '%s' (num_group=%d), whose groups would no "
-              "longer split the channels evenly" % (node['name'], groups))
-    for sp, _, _ in segs:
-        spaces.block(sp, reason)
-    out = spaces.new(filters, nid, weight, reason)
-    return _produced(spaces, out, weight, bias)
+    return _grouped_conv(n, weight, bias, groups, channels, filters, segs)
+
+
+def _deconv(n):
+    """A transposed convolution: its weight is ``(in, out / groups, kernel...)``, so it reads
+    its input through weight rows and makes its output channels along weight axis 1."""
+    attrs = n.attrs
+    weight = n.param(1)
+    no_bias = _flag(attrs, 'no_bias', 'True')
+    bias = None if no_bias else n.param(2)
+    if len(n.data) != 1 or weight is None or (not no_bias and bias is None):
+        return _UNKNOWN
+    if attrs.get('layout', 'None') not in _CHANNEL_FIRST:
+        return _Blocked("passes the Deconvolution '%s' with layout='%s': the tracer follows "
+                        "channels on axis 1 only" % (n.name, attrs['layout']))
+    groups, filters = int(attrs.get('num_group', 1)), int(attrs['num_filter'])
+    channels, segs, spaces = n.in_shape()[1], n.in_segs[0], n.spaces
+    if groups > 1 and groups == channels == filters:
+        for sp, off, st in segs:       # depthwise: output channel i reads input channel i
+            spaces.add(sp, weight, 0, off, st, 'depthwise')
+            if bias is not None:
+                spaces.add(sp, bias, 0, off, st, 'bias')
+        return segs
+    if groups > 1:
+        for sp, _, _ in segs:
+            spaces.block(sp, "feeds the grouped Deconvolution '%s' (num_group=%d), which the "
+                             "tracer follows depthwise only" % (n.name, groups))
+        out = spaces.new(filters, n.nid, weight, "made by the grouped Deconvolution '%s' "
+                         "(num_group=%d), which the tracer follows depthwise only"
+                         % (n.name, groups))
+        return [(out, 0, 1)]
+    for sp, off, st in segs:
+        spaces.add(sp, weight, 0, off, st, 'input')
+    out = spaces.new(filters, n.nid, weight)
+    spaces.producers[out].append(weight)
+    spaces.add(out, weight, 1, 0, 1, 'weight')
+    if bias is not None:
+        spaces.add(out, bias, 0, 0, 1, 'bias')
+    return [(out, 0, 1)]
+
+
+def _grouped_conv(n, weight, bias, groups, channels, filters, segs):
+    """A grouped convolution keeps ``num_group``: its channels are removed in equal numbers
+    from every group. A group of the tracer is then a position within a convolution group:
+    channel ``i`` is channel ``j * size + i`` of every convolution group ``j``."""
+    spaces = n.spaces
+    per_in, per_out = channels // groups, filters // groups
+    tied = _tied_input(n, segs, groups, channels)
+    if isinstance(tied, str):
+        for sp, _, _ in segs:
+            spaces.block(sp, tied)
+    else:
+        spaces.add(tied, weight, 1, 0, 1, 'input')
+    out = spaces.new(per_out, n.nid, weight)
+    spaces.producers[out].append(weight)
+    for j in range(groups):
+        spaces.add(out, weight, 0, j * per_out, 1, 'weight')
+        if bias is not None:
+            spaces.add(out, bias, 0, j * per_out, 1, 'bias')
+    del per_in
+    return [(out, j * per_out, 1) for j in range(groups)]
+
+
+def _tied_input(n, segs, groups, channels):
+    """The space of the positions within a group of a grouped convolution's input, tying
+    channel ``i`` of every group (folding the producer's space when it is one whole space),
+    or the reason it cannot."""
+    spaces = n.spaces
+    per = channels // groups
+    roots = {spaces.find(sp) for sp, _, _ in segs}
+    if per == 1:
+        return ("feeds the grouped Convolution '%s' (num_group=%d), each of whose groups reads "
+                "a single channel" % (n.name, groups))
+    if len(roots) == 1 and len(segs) == groups and \
+            [(off, st) for _, off, st in segs] == [(j * per, 1) for j in range(groups)] and \
+            spaces.size[next(iter(roots))] == per:
+        return next(iter(roots))           # already positions (a grouped layer before)
+    if len(segs) == 1 and segs[0][1:] == (0, 1) and spaces.size[spaces.find(segs[0][0])] == \
+            channels:
+        root = spaces.find(segs[0][0])
+        _fold(n, root, groups)
+        return root
+    return ("feeds the grouped Convolution '%s' (num_group=%d) with channels that do not "
+            "split into its groups the same way" % (n.name, groups))
+
+
+def _fold(n, root, groups):
+    """Make space ``root`` (``C`` channels) the ``C / groups`` positions within a group:
+    every member and every tensor layout holding it now holds one slice per group."""
+    spaces = n.spaces
+    per = spaces.size[root] // groups
+    spaces.size[root] = per
+    spaces.members[root] = [(p, ax, off + j * per * st, st, role)
+                            for p, ax, off, st, role in spaces.members[root]
+                            for j in range(groups)]
+    _relayout(n, root, lambda sp, off, st: [(sp, off + j * per * st, st)
+                                            for j in range(groups)])
+
+
+def _coarsen(n, root, per):
+    """Make space ``root`` (``C`` channels) ``C / per`` channels of ``per`` entries each (an
+    attention head of ``per`` units): every member and tensor layout holding it follows."""
+    spaces = n.spaces
+    spaces.size[root] //= per
+    spaces.members[root] = [(p, ax, off, st * per, role)
+                            for p, ax, off, st, role in spaces.members[root]]
+    _relayout(n, root, lambda sp, off, st: [(sp, off, st * per)])
+
+
+def _relayout(n, root, change):
+    """Rewrite every traced tensor's segments of space ``root`` with ``change``."""
+    find = n.spaces.find
+    for key, segs in list(n.layout.items()):
+        inner = segs.segs if isinstance(segs, _Along) else segs
+        if not isinstance(inner, list) or not any(find(sp) == root for sp, _, _ in inner):
+            continue
+        new = [one for sp, off, st in inner for one in (
+            change(sp, off, st) if find(sp) == root else [(sp, off, st)])]
+        n.layout[key] = segs._replace(segs=new) if isinstance(segs, _Along) else new
 
 
 def _unfollowed(spaces, nid, weight, bias, size, segs, in_channels, reason):
@@ -627,96 +852,436 @@ def _produced(spaces, out, weight, bias):
     return [(out, 0, 1)]
 
 
-def _dense(trace, spaces, nid, node, attrs, data, in_segs, param_of):
-    inputs = node['inputs']
-    weight = param_of(inputs[1]) if len(inputs) > 1 else None
-    no_bias = attrs.get('no_bias', 'False') in ('True', 'true', '1')
-    bias = param_of(inputs[2]) if not no_bias and len(inputs) > 2 else None
-    flatten = attrs.get('flatten', 'True') in ('True', 'true', '1')
-    shape = trace.shape(*data[0])
-    if len(data) != 1 or weight is None or (not no_bias and bias is None) or shape is None:
+def _dense(n):
+    attrs = n.attrs
+    weight = n.param(1)
+    no_bias = _flag(attrs, 'no_bias')
+    bias = None if no_bias else n.param(2)
+    flatten = _flag(attrs, 'flatten', 'True')
+    shape = n.in_shape()
+    if len(n.data) != 1 or weight is None or (not no_bias and bias is None) or shape is None:
         return _UNKNOWN
-    if len(shape) > 2 and not flatten:
-        return _unfollowed(
-            spaces, nid, weight, bias, int(attrs['num_hidden']), in_segs[0], shape[-1],
-            "'%s' is a FullyConnected (Dense) with flatten=False on a rank-%d input: it reads "
-            "the last axis, and the tracer follows channels on axis 1 only"
-            % (node['name'], len(shape)))
-    mult = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    for sp, off, st in in_segs[0]:
-        spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
-    out = spaces.new(int(attrs['num_hidden']), nid, weight)
-    return _produced(spaces, out, weight, bias)
+    segs, units = n.in_segs[0], int(attrs['num_hidden'])
+    if isinstance(segs, _Along) and (segs.at(len(shape)) != len(shape) - 1 or segs.inner != 1):
+        return _Blocked("passes the Dense '%s' with its channels on axis %d of %s, not the "
+                        "last" % (n.name, segs.at(len(shape)), shape))
+    if isinstance(segs, _Along) and flatten:
+        # (N, T, C) flattened: channel c is feature t * C + c for every t
+        rows = int(np.prod(shape[1:-1]))
+        for sp, off, st in segs.segs:
+            for t in range(rows):
+                n.spaces.add(sp, weight, 1, t * shape[-1] + off, st, 'input')
+    elif isinstance(segs, _Along):
+        for sp, off, st in segs.segs:
+            n.spaces.add(sp, weight, 1, off, st, 'input')
+    elif len(shape) > 2 and not flatten:
+        # it reads the last axis, which holds no channel the tracer followed
+        for sp, _, _ in segs:
+            n.spaces.block(sp, "'%s' is a FullyConnected (Dense) with flatten=False on a "
+                               "rank-%d input: it reads the last axis, not these channels on "
+                               "axis 1" % (n.name, len(shape)))
+            if not n.spaces.members[n.spaces.find(sp)] and len(segs) == 1:
+                # a data input or an unknown operator's output: its count is the one read
+                n.spaces.size[n.spaces.find(sp)] = int(shape[-1])
+    else:
+        mult = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+        for sp, off, st in segs:
+            n.spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
+    out = _produced(n.spaces, n.spaces.new(units, n.nid, weight), weight, bias)
+    return _Along(out) if len(shape) > 2 and not flatten else out
 
 
-def _leaky(trace, spaces, node, attrs, data, in_segs, inputs, param_src):
-    act = attrs.get('act_type', 'leaky')
-    if act != 'prelu':
-        return in_segs[0] if len(inputs) == 1 else _UNKNOWN
-    if len(inputs) != 2 or inputs[1][0] not in param_src:
+def _leaky(n):
+    if len(n.data) != 1:
         return _UNKNOWN
-    gamma = param_src[inputs[1][0]]
-    gshape = trace.all_params[gamma].shape
+    inputs = n.node['inputs']
+    if n.attrs.get('act_type', 'leaky') != 'prelu':
+        return n.in_segs[0] if len(inputs) == 1 else _UNKNOWN
+    if isinstance(n.in_segs[0], _Along):
+        return _Blocked("passes the PReLU '%s', whose alpha is per channel on axis 1, with "
+                        "its channels on the last axis" % n.name)
+    gamma = n.param(1)
+    if len(inputs) != 2 or gamma is None:
+        return _UNKNOWN
+    gshape = n.trace.all_params[gamma].shape
     if gshape and int(np.prod(gshape)) > 1:
-        for sp, off, st in in_segs[0]:
-            spaces.add(sp, gamma, 0, off, st, 'scale')
-    return in_segs[0]
+        for sp, off, st in n.in_segs[0]:
+            n.spaces.add(sp, gamma, 0, off, st, 'scale')
+    return n.in_segs[0]
 
 
-def _concat(trace, attrs, data, in_segs):
-    dim = int(attrs.get('dim', 1))
-    shape0 = trace.shape(*data[0])
-    if shape0 is None or dim not in (1, 1 - len(shape0)):
+def _embedding(n):
+    """An embedding's output channels are the columns of its ``(vocabulary, dim)`` weight,
+    on the last axis; the indices it reads hold no channels."""
+    weight = n.param(1)
+    shape = n.out_shape()
+    if len(n.data) != 1 or weight is None or not shape:
         return _UNKNOWN
+    out = n.spaces.new(shape[-1], n.nid, weight)
+    n.spaces.producers[out].append(weight)
+    n.spaces.add(out, weight, 1, 0, 1, 'weight')
+    return _Along([(out, 0, 1)])
+
+
+def _rnn(n):
+    """The fused RNN operator (Gluon's rnn.LSTM, GRU, RNN layers): its weights are one flat
+    vector concatenated from every gate's reshaped parameters, so neither its input
+    features nor its hidden units are followed; both get a reason that names it."""
+    mode = n.attrs.get('mode', 'rnn')
+    what = "the RNN operator '%s' (mode=%s), whose weights are slices of one flat parameter " \
+           "vector: the tracer does not remove %s" % (n.name, mode, '%s')
+    for segs in n.in_segs:
+        for sp, _, _ in (segs.segs if isinstance(segs, _Along) else segs):
+            n.spaces.block(sp, 'feeds ' + what % 'the input features of an RNN')
+    shape = n.out_shape()
+    if not shape:
+        return _UNKNOWN
+    kind = {'lstm': 'an LSTM', 'gru': 'a GRU'}.get(mode, 'an RNN')
+    out = n.spaces.new(shape[-1], n.nid, n.name, 'are the hidden units of ' + what % (
+        'the hidden units of %s' % kind))
+    return _Along([(out, 0, 1)])
+
+
+def _reshape(n):
+    # (N, C, ...) -> (N, C, ...) with the same number of entries per channel: each channel
+    # keeps its block of entries (e.g. SE's (N, C) -> (N, C, 1, 1)).
+    a, b = n.in_shape(), n.out_shape()
+    segs = n.in_segs[0] if n.in_segs else None
+    if n.only_input() and a and b and isinstance(segs, _Along):
+        out = _reshape_along(n, segs, tuple(a), tuple(b))
+        if out is not None:
+            return out
+    elif n.only_input() and a and b and len(a) >= 2 and len(b) >= 2 and a[:2] == b[:2] and \
+            all(st == 1 for _, _, st in segs):
+        return segs
+    elif n.only_input() and a and b and len(a) >= 3 and b == (a[0] * a[1],) + a[2:]:
+        # (N, H, ...) -> (N * H, ...): attention heads merged into the batch axis
+        return _Along(segs, 0, a[1])
+    return _Blocked("passes the %s '%s', which reshapes %s into %s: the channel axis is not "
+                    "kept" % (n.node['op'], n.name, a, b))
+
+
+def _reshape_along(n, segs, a, b):
+    """The reshapes of multi-head attention, on channels off axis 1, or None."""
+    c = segs.at(len(a))
+    if c == 0 and segs.inner > 1 and b == (a[0] // segs.inner, segs.inner) + a[1:]:
+        return list(segs.segs)                     # (N * H, ...) -> (N, H, ...)
+    if segs.inner != 1:
+        return None
+    if c == len(a) - 1 and len(b) == len(a) + 1 and b[:-2] == a[:-1] and \
+            b[-2] * b[-1] == a[-1]:
+        # (..., H * D) -> (..., H, D): a channel becomes a head of D units
+        per = b[-1]
+        for sp, _, _ in segs.segs:
+            n.spaces.heads[n.spaces.find(sp)].append(n.name)
+        if all(off % per == 0 and st % per == 0 for _, off, st in segs.segs):
+            return _Along([(sp, off // per, st // per) for sp, off, st in segs.segs], -2)
+        roots = {n.spaces.find(sp) for sp, _, _ in segs.segs}
+        if len(segs.segs) == 1 and segs.segs[0][1:] == (0, 1) and \
+                n.spaces.size[roots.pop()] == a[-1]:
+            root = n.spaces.find(segs.segs[0][0])
+            _coarsen(n, root, per)
+            return _Along([(segs.segs[0][0], 0, 1)], -2)
+        return None
+    if c == len(a) - 2 and b == a[:-2] + (a[-2] * a[-1],):
+        # (..., H, D) -> (..., H * D): a head is D consecutive units
+        per = a[-1]
+        return _Along([(sp, off * per, st * per) for sp, off, st in segs.segs], -1)
+    return None
+
+
+def _reduction(n):
+    # reducing spatial axes only keeps every channel where it was
+    shape = n.in_shape() or ()
+    axes = _axes(n.attrs.get('axis'), len(shape))
+    if n.only_input() and axes and min(axes) >= 2 and not _flag(n.attrs, 'exclude') and \
+            all(st == 1 for _, _, st in n.in_segs[0]):
+        return n.in_segs[0]
+    return _Blocked("passes the %s '%s' over axes %s, which reduces the channel axis"
+                    % (n.node['op'], n.name, axes or 'all'))
+
+
+def _along_axis(n, axis, what):
+    """An operator acting along one axis: it keeps channels when that axis is spatial."""
+    ndim = len(n.in_shape() or ())
+    if not n.only_input() or not ndim:
+        return _UNKNOWN
+    segs = n.in_segs[0]
+    if isinstance(segs, _Along) and axis % ndim != segs.at(ndim):
+        return segs
+    if not isinstance(segs, _Along) and axis % ndim >= 2:
+        return segs
+    return _Blocked("passes the %s '%s' %s axis %d, which %s" % (
+        n.node['op'], n.name, what, axis, 'mixes the channels' if axis % ndim == 1
+        else 'mixes the samples of the batch'))
+
+
+def _softmax(n):
+    return _along_axis(n, int(n.attrs.get('axis', -1)), 'over')
+
+
+def _slice_axis(n):
+    return _along_axis(n, int(n.attrs.get('axis')), 'along')
+
+
+def _slice(n):
+    begin, end = _tuple_attr(n.attrs.get('begin')), _tuple_attr(n.attrs.get('end'))
+    step = _tuple_attr(n.attrs.get('step')) or []
+    a, b = n.in_shape(), n.out_shape()
+    if not n.only_input() or begin is None or end is None or step is None or not a or \
+            len(a) < 2:
+        return _UNKNOWN
+    whole = (len(begin) < 2 or begin[1] in (None, 0)) and \
+        (len(end) < 2 or end[1] in (None, a[1])) and (len(step) < 2 or step[1] in (None, 1))
+    if whole and b and b[1] == a[1]:
+        return n.in_segs[0]
+    return _Blocked("passes the slice '%s' (begin=%s, end=%s), which slices the channel "
+                    "axis" % (n.name, n.attrs.get('begin'), n.attrs.get('end')))
+
+
+def _slice_like(n):
+    axes = _tuple_attr(n.attrs.get('axes', '()'))
+    ndim = len(n.in_shape() or ())
+    if axes and ndim and all(int(a) % ndim >= 2 for a in axes) and len(n.data) == 2 and \
+            len(n.node['inputs']) == 2:
+        return n.in_segs[0]
+    return _Blocked("passes the slice_like '%s' with axes=%s, which may slice the channel axis "
+                    "(give axes=(2, 3) to crop spatial axes only)"
+                    % (n.name, n.attrs.get('axes', '()')))
+
+
+def _pad(n):
+    width = _tuple_attr(n.attrs.get('pad_width'))
+    if not n.only_input() or not width:
+        return _UNKNOWN
+    if any(width[:4]):
+        return _Blocked("passes the Pad '%s' with pad_width=%s, which pads the batch or channel "
+                        "axis" % (n.name, n.attrs.get('pad_width')))
+    return n.in_segs[0]
+
+
+def _upsampling(n):
+    if n.attrs.get('sample_type', 'nearest') != 'nearest' or int(n.attrs.get('num_args', 1)) \
+            != 1:
+        return _Blocked("passes the UpSampling '%s' (sample_type=%s, num_args=%s): the tracer "
+                        "follows nearest upsampling of one tensor" % (
+                            n.name, n.attrs.get('sample_type', 'nearest'),
+                            n.attrs.get('num_args', 1)))
+    return _passthrough(n)
+
+
+def _transpose(n):
+    axes = _tuple_attr(n.attrs.get('axes', '()'))
+    segs = n.in_segs[0] if n.in_segs else None
+    ndim = len(n.in_shape() or ())
+    if n.only_input() and axes and len(axes) == ndim and ndim >= 2 and \
+            (not isinstance(segs, _Along) or segs.inner == 1):
+        at = axes.index(segs.at(ndim) if isinstance(segs, _Along) else 1)
+        inner = segs.segs if isinstance(segs, _Along) else segs
+        if at == 1:
+            return inner
+        if at != 0:
+            return _Along(inner, at - ndim)
+    return _Blocked("passes the transpose '%s' (axes=%s), which moves the channel axis"
+                    % (n.name, n.attrs.get('axes', '()')))
+
+
+def _swapaxis(n):
+    ndim = len(n.in_shape() or ())
+    dims = {int(n.attrs.get('dim1', 0)) % ndim, int(n.attrs.get('dim2', 0)) % ndim} \
+        if ndim else {0}
+    segs = n.in_segs[0] if n.in_segs else None
+    if n.only_input() and isinstance(segs, _Along) and segs.inner == 1:
+        at = segs.at(ndim)
+        if at not in dims or len(dims) == 1:
+            return segs          # e.g. an RNN layer's NTC <-> TNC swap of batch and time
+        to = (dims - {at}).pop()
+        if to == 1:
+            return segs.segs
+        if to != 0:
+            return segs._replace(axis=to - ndim)
+    elif n.only_input() and not isinstance(segs, _Along) and (min(dims) >= 2 or
+                                                                 len(dims) == 1):
+        return segs
+    return _Blocked("passes the SwapAxis '%s' (dim1=%s, dim2=%s), which moves the channel "
+                    "axis" % (n.name, n.attrs.get('dim1', 0), n.attrs.get('dim2', 0)))
+
+
+def _batch_dot(n):
+    """Attention's batch_dot on heads merged into the batch axis: head h of one input meets
+    head h of the other, so their channels are the same channels."""
+    if len(n.data) != 2 or len(n.node['inputs']) != 2:
+        return _UNKNOWN
+    a, b = n.in_segs
+    if isinstance(a, _Along) and isinstance(b, _Along) and a.at(3) == b.at(3) == 0 and \
+            a.inner == b.inner > 1 and len(n.in_shape(0)) == len(n.in_shape(1)) == 3:
+        if [(o, st) for _, o, st in a.segs] == [(o, st) for _, o, st in b.segs] and \
+                [n.spaces.size[n.spaces.find(sp)] for sp, _, _ in a.segs] == \
+                [n.spaces.size[n.spaces.find(sp)] for sp, _, _ in b.segs]:
+            for (x, _, _), (y, _, _) in zip(a.segs, b.segs):
+                n.spaces.union(x, y)
+            return a
+    return _Blocked("passes the batch_dot '%s', which the tracer follows on attention heads "
+                    "merged into the batch axis only" % n.name)
+
+
+def _flatten(n):
+    if len(n.data) != 1:
+        return _UNKNOWN
+    shape = n.in_shape()
+    mult = int(np.prod(shape[2:])) if shape and len(shape) > 2 else 1
+    return [(sp, off * mult, st * mult) for sp, off, st in n.in_segs[0]]
+
+
+def _concat(n):
+    dim = int(n.attrs.get('dim', 1))
+    shape0 = n.in_shape()
+    if len(n.data) != len(n.node['inputs']) or shape0 is None:
+        return _UNKNOWN
+    if dim not in (1, 1 - len(shape0)):
+        return _Blocked("passes the Concat '%s' along axis %d: the tracer follows channels on "
+                        "axis 1 only" % (n.name, dim))
     out, base = [], 0
-    for entry, segs in zip(data, in_segs):
+    for entry, segs in zip(n.data, n.in_segs):
         out.extend((sp, base + off, st) for sp, off, st in segs)
-        base += trace.shape(*entry)[1]
+        base += n.trace.shape(*entry)[1]
     return out
 
 
-def _elementwise(trace, spaces, nid, node, data, in_segs, inputs, param_src, why):
+def _elementwise(n):
+    trace, spaces, data, in_segs = n.trace, n.spaces, n.data, n.in_segs
     shapes = [trace.shape(*e) for e in data]
-    out_shape = trace.shape(nid)
+    out_shape = n.out_shape()
+    if any(isinstance(s, _Along) for s in in_segs):
+        return _elementwise_last(n, shapes, out_shape)
     if out_shape is None or len(out_shape) < 2 or any(s is None for s in shapes):
-        return _UNKNOWN, why
+        return _UNKNOWN
     channels = out_shape[1]
     # Parameters combined with the tensor (a per-channel scale or shift): members on axis 1.
-    for pid, _, _ in inputs:
-        if pid not in param_src:
+    for pid, _, _ in n.node['inputs']:
+        if pid not in n.param_src:
             continue
         pshape = trace.shape(pid)     # a variable, or weight * mask
         if pshape is None or len(pshape) != len(out_shape):
-            return _UNKNOWN, why
+            return _UNKNOWN
         if pshape[1] == channels and channels > 1:
             for entry, segs in zip(data, in_segs):
                 if trace.shape(*entry)[1] == channels:
                     for sp, off, st in segs:
-                        spaces.add(sp, param_src[pid], 1, off, st, 'scale')
+                        spaces.add(sp, n.param_src[pid], 1, off, st, 'scale')
                     break
     full = [(e, s, segs) for e, s, segs in zip(data, shapes, in_segs)
             if len(s) == len(out_shape) and s[1] == channels]
     others = [s for s in shapes if not (len(s) == len(out_shape) and s[1] == channels)]
     if not full or any(len(s) == len(out_shape) and s[1] != 1 for s in others) or \
             any(len(s) != len(out_shape) for s in others):
-        return _UNKNOWN, why
+        return _UNKNOWN
     if channels == 1 and len(full) < len(data):
-        return _UNKNOWN, why
+        return _UNKNOWN
     first = full[0][2]
     for _, _, segs in full[1:]:
         if [(o, st) for _, o, st in segs] != [(o, st) for _, o, st in first] or \
                 [spaces.size[spaces.find(sp)] for sp, _, _ in segs] != \
                 [spaces.size[spaces.find(sp)] for sp, _, _ in first]:
-            reason = ("meets channels of a different concatenation in %s ('%s')"
-                      % (node['op'], node['name']))
+            reason = ("meets channels laid out differently (another concatenation or grouping) "
+                      "in %s ('%s')" % (n.node['op'], n.name))
             for _, _, s in full:
                 for sp, _, _ in s:
                     spaces.block(sp, reason)
-            return _UNKNOWN, reason
+            return _Blocked(reason)
     for _, _, segs in full[1:]:
         for (a, _, _), (b, _, _) in zip(first, segs):
             spaces.union(a, b)
-    return first, why
+    return first
+
+
+def _elementwise_last(n, shapes, out_shape):
+    """Elementwise operators on channels on the last axis (a transformer's residual add):
+    every input holds the same channels, or broadcasts one value over them."""
+    spaces = n.spaces
+    full = [segs for segs, shape in zip(n.in_segs, shapes) if shape == out_shape]
+    if len(n.data) != len(n.node['inputs']) or not full or any(
+            shape != out_shape and (shape is None or shape[-1] != 1) for shape in shapes):
+        return _UNKNOWN
+    if not all(isinstance(segs, _Along) for segs in full):
+        reason = ("meets, in %s ('%s'), a tensor of the same shape whose last axis holds no "
+                  "channel the tracer follows" % (n.node['op'], n.name))
+        for segs in full:
+            for sp, _, _ in (segs.segs if isinstance(segs, _Along) else segs):
+                spaces.block(sp, reason)
+        return _Blocked(reason)
+    first = full[0].segs
+    for segs in full[1:]:
+        if [(o, st) for _, o, st in segs.segs] != [(o, st) for _, o, st in first] or \
+                [spaces.size[spaces.find(sp)] for sp, _, _ in segs.segs] != \
+                [spaces.size[spaces.find(sp)] for sp, _, _ in first]:
+            return _Blocked("meets channels laid out differently in %s ('%s')"
+                            % (n.node['op'], n.name))
+        for (a, _, _), (b, _, _) in zip(first, segs.segs):
+            spaces.union(a, b)
+    return full[0]
+
+
+_PASS = 'channel i in is channel i out'
+_SPATIAL = 'channel i in is channel i out (spatial axes only)'
+_OPERATORS = {}
+_OPERATORS.update({op: _Rule(_passthrough, _PASS, last=True) for op in sorted(_PASSTHROUGH)})
+_OPERATORS['Pooling'] = _Rule(_passthrough, _PASS + ' (layouts with C on axis 1)')
+_OPERATORS.update({op: _Rule(_elementwise, 'joins the channels of its inputs (one group); a '
+                             'per-channel parameter is a member', last=True)
+                   for op in sorted(_ELEMENTWISE)})
+_OPERATORS.update({op: _Rule(_reshape, 'follows when the batch and channel axes are kept and '
+                             'each channel keeps its entries, and the reshapes that split a '
+                             'last axis into attention heads, merge heads into the batch axis '
+                             'and back', last=True)
+                   for op in sorted(_RESHAPES)})
+_OPERATORS.update({op: _Rule(_reduction, 'follows when it reduces axes >= 2 only')
+                   for op in sorted(_REDUCTIONS)})
+_OPERATORS.update({
+    'Convolution': _Rule(_conv, 'starts a group (weight rows, bias); reads its input through '
+                         'weight columns; depthwise: one group in and out; grouped: a group '
+                         'is a position within every convolution group (num_group kept)'),
+    'Deconvolution': _Rule(_deconv, 'starts a group (weight axis 1, bias); reads its input '
+                           'through weight axis 0; depthwise: one group in and out'),
+    'FullyConnected': _Rule(_dense, 'starts a group (weight rows, bias); reads its input '
+                            'through weight columns (H*W per channel after Flatten); '
+                            'flatten=False on rank > 2: the last axis', last=True),
+    'BatchNorm': _Rule(_batchnorm, 'gamma, beta, running mean and variance are members'),
+    'BatchNormWithReLU': _Rule(_batchnorm, 'as BatchNorm'),
+    '_contrib_BatchNormWithReLU': _Rule(_batchnorm, 'as BatchNorm'),
+    'LayerNorm': _Rule(_layernorm, 'blocks the channels it normalises over (not removable '
+                       'exactly); normalising over axes >= 2 follows', last=True),
+    'LeakyReLU': _Rule(_leaky, _PASS + ' (gelu, elu, ...); PReLU alpha is a member',
+                       last=True),
+    'Flatten': _Rule(_flatten, 'channel i becomes H*W consecutive features'),
+    'Concat': _Rule(_concat, 'places the groups of its inputs at offsets (axis 1)'),
+    'concat': _Rule(_concat, 'as Concat'),
+    'Pad': _Rule(_pad, _SPATIAL),
+    'UpSampling': _Rule(_upsampling, _SPATIAL + '; nearest, one input'),
+    '_contrib_BilinearResize2D': _Rule(_first_input, _SPATIAL),
+    '_contrib_AdaptiveAvgPooling2D': _Rule(_passthrough, _SPATIAL),
+    'ones_like': _Rule(_passthrough, _PASS + ' (the values do not depend on the input)'),
+    'zeros_like': _Rule(_passthrough, _PASS + ' (the values do not depend on the input)'),
+    'slice_axis': _Rule(_slice_axis, _SPATIAL),
+    'slice': _Rule(_slice, 'follows when the channel axis is not sliced'),
+    'slice_like': _Rule(_slice_like, 'follows with axes >= 2 (the second input gives a '
+                        'shape only)'),
+    'Crop': _Rule(_first_input, _SPATIAL + ' (the second input gives a shape only)'),
+    'softmax': _Rule(_softmax, 'follows over any axis but the channel axis (and the batch)',
+                     last=True),
+    'log_softmax': _Rule(_softmax, 'as softmax', last=True),
+    'transpose': _Rule(_transpose, 'moves the channel axis where the axes say (not into the '
+                       'batch axis)', last=True),
+    'batch_dot': _Rule(_batch_dot, 'joins the attention heads of its two inputs (heads merged '
+                       'into the batch axis)', last=True),
+    'SwapAxis': _Rule(_swapaxis, 'follows when it swaps axes >= 2, or moves channels off '
+                      'axis 1 onto another axis but the batch axis', last=True),
+    'swapaxes': _Rule(_swapaxis, 'as SwapAxis', last=True),
+    'Embedding': _Rule(_embedding, 'starts a group on the last axis (weight columns); the '
+                       'indices it reads hold no channels'),
+    'RNN': _Rule(_rnn, 'blocks its input features and its hidden units (one flat weight '
+                 'vector: LSTM/GRU hidden units are not prunable)', last=True),
+})
 
 
 def _groups(trace, spaces, layout):
@@ -759,8 +1324,10 @@ def _groups(trace, spaces, layout):
         producers = sorted(OrderedDict.fromkeys(spaces.producers[r]),
                            key=lambda n: var_index.get(n, len(trace.nodes)))
         name = producers[0] if producers else spaces.name[r]
-        groups.append(ChannelGroup(name, size, members, roles, not reasons,
-                                   '; '.join(reasons), producers))
+        group = ChannelGroup(name, size, members, roles, not reasons, '; '.join(reasons),
+                             producers)
+        group._heads = list(OrderedDict.fromkeys(spaces.heads[r]))
+        groups.append(group)
     index = {r: i for i, r in enumerate(roots)}
     tensors = {}
     for key, segs in layout.items():
@@ -777,6 +1344,149 @@ def _groups(trace, spaces, layout):
     graph = ChannelGraph(groups, trace.input_names, trace)
     graph._layout = tensors   # (node, output) -> [(group index, offset, stride)] on axis 1
     return graph
+
+
+# --------------------------------------------------------------------------- shrink rules
+
+_SHRINK_RULES = OrderedDict()   # block class -> rule(block, kept)
+
+
+def register_shrink_rule(block_class: type,
+                         rule: Union[Callable[[Any, Dict[str, Dict[int, np.ndarray]]], None],
+                                     None]) -> None:
+    """Tell :func:`shrink` how to update a block whose channel counts live in attributes.
+
+    The generic resize updates Gluon's own layers (``channels``, ``units``, ...). A block
+    of your own may keep a count in an attribute that only its author knows, such as the
+    head count of an attention cell, read in ``hybrid_forward`` to split heads with a
+    reshape. After :func:`shrink` (or :func:`apply_plan`) has sliced the parameters of
+    such a block and its children, it calls ``rule(block, kept)`` so that the block's
+    attributes match the new shapes. The tracer splits channels into attention heads only
+    inside a block that has a rule (the block or an enclosing one): other head groups are
+    not prunable, and their reason says to register one. See
+    docs/shrink.md#blocks-with-their-own-channel-counts.
+
+    Parameters
+    ----------
+    block_class : type
+        A subclass of ``gluon.Block``. The rule applies to its instances and to those of
+        its subclasses (the most derived registered class wins).
+    rule : callable or None
+        ``rule(block, kept)``, called once per shrink for every instance whose parameters
+        (its own or its children's) changed shape, after the parameters and Gluon's layers
+        are resized and before the all-or-nothing check. ``kept`` maps the full name of
+        each such parameter to ``{axis: kept indices}`` (numpy int arrays); in
+        :func:`apply_plan` only the counts are known, and the indices given are the leading
+        ones. The rule changes the block's attributes (its return value is ignored); an
+        exception in it makes the shrink fail with nothing changed. None removes the rule
+        of ``block_class``.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``block_class`` is not a subclass of ``gluon.Block``, or ``rule`` is neither
+        callable nor None.
+
+    Examples
+    --------
+    An attention cell written the way gluonnlp writes it (heads split by reshape,
+    ``batch_dot``, merged back), followed by the output projection:
+
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet import gluon
+    >>> from mxnet.gluon import nn
+    >>> class MultiHeadAttentionCell(gluon.HybridBlock):
+    ...     def __init__(self, units, num_heads, **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self._units, self._num_heads = units, num_heads
+    ...         with self.name_scope():
+    ...             self.proj_query = nn.Dense(units, flatten=False, prefix='query_')
+    ...             self.proj_key = nn.Dense(units, flatten=False, prefix='key_')
+    ...             self.proj_value = nn.Dense(units, flatten=False, prefix='value_')
+    ...     def _split(self, x):    # (batch, tokens, units) -> (batch * heads, tokens, units/heads)
+    ...         x = x.reshape(shape=(0, 0, self._num_heads, -1)).transpose(axes=(0, 2, 1, 3))
+    ...         return x.reshape(shape=(-1, 0, 0), reverse=True)
+    ...     def hybrid_forward(self, F, x):
+    ...         q, k, v = (self._split(p(x)) for p in (self.proj_query, self.proj_key,
+    ...                                                self.proj_value))
+    ...         att = F.softmax(F.batch_dot(q, k, transpose_b=True), axis=-1)
+    ...         out = F.batch_dot(att, v).reshape(shape=(-1, self._num_heads, 0, 0),
+    ...                                           reverse=True)
+    ...         return out.transpose(axes=(0, 2, 1, 3)).reshape(shape=(0, 0, -1))
+    >>> net = nn.HybridSequential(prefix='net_')
+    >>> with net.name_scope():
+    ...     net.add(MultiHeadAttentionCell(8, 4, prefix='att_'),
+    ...             nn.Dense(8, flatten=False, prefix='out_'))
+    >>> x = mx.nd.random.uniform(shape=(2, 5, 8))
+    >>> ps.trace_channels(net, x)['net_att_query_weight'].reason
+    "splits its channels into attention heads in the reshape 'net_att_reshape0' of MultiHeadAttentionCell 'net_att', whose head count shrink cannot update: register a rule with ps.register_shrink_rule(MultiHeadAttentionCell, rule) (docs/shrink.md#blocks-with-their-own-channel-counts)"
+    >>> def attention_rule(cell, kept):
+    ...     per_head = cell._units // cell._num_heads
+    ...     cell._units = cell.proj_query.weight.shape[0]
+    ...     cell._num_heads = cell._units // per_head
+    >>> ps.register_shrink_rule(MultiHeadAttentionCell, attention_rule)
+    >>> group = ps.trace_channels(net, x)['net_att_query_weight']
+    >>> group.size, group.prunable      # 4 heads of 2 units: q, k, v rows, out columns
+    (4, True)
+    >>> net.initialize()
+    >>> ps.prune_channels(net, 0.5, inputs=x)
+    ['net_att_query_weight']
+    >>> masked_out = net(x)
+    >>> plan = ps.shrink(net, inputs=x)
+    >>> net[0]._num_heads, net[0].proj_value, net[1]
+    (2, Dense(8 -> 4, linear), Dense(4 -> 8, linear))
+    >>> (net(x) - masked_out).abs().max().asscalar() < 1e-5
+    True
+    """
+    if not isinstance(block_class, type) or not issubclass(block_class, gluon.Block):
+        raise SurgeryTypeError(
+            'register_shrink_rule(block_class, rule): block_class must be a subclass of '
+            'gluon.Block (the class, not an instance), got %r.' % (block_class,))
+    if rule is None:
+        _SHRINK_RULES.pop(block_class, None)
+        return
+    if not callable(rule):
+        raise SurgeryTypeError(
+            "register_shrink_rule(%s, rule): rule must be a callable rule(block, kept) or None "
+            "(to remove the rule), got %s." % (block_class.__name__, type(rule).__name__))
+    _SHRINK_RULES[block_class] = rule
+
+
+def shrink_rule_of(block):
+    """The rule registered for ``block``'s class or its nearest registered base, or None."""
+    for cls in type(block).__mro__:
+        if cls in _SHRINK_RULES:
+            return _SHRINK_RULES[cls]
+    return None
+
+
+def _enclosing_blocks(blocks, node_name):
+    """The blocks whose name scope made ``node_name``, innermost first."""
+    hits = [b for b in blocks if b.prefix and node_name.startswith(b.prefix)]
+    return sorted(hits, key=lambda b: -len(b.prefix))
+
+
+def _check_head_rules(net, graph):
+    """Attention heads shrink exactly only when their block's head count follows: a group
+    split into heads outside every block with a shrink rule is not prunable."""
+    heads = [g for g in graph.groups if g.prunable and g._heads]
+    if not heads:
+        return
+    blocks = _internals.walk_blocks(net)
+    for g in heads:
+        for node in g._heads:
+            around = _enclosing_blocks(blocks, node)
+            if any(shrink_rule_of(b) is not None for b in around):
+                continue
+            owner = around[0] if around else net
+            g.prunable = False
+            g.reason = (
+                "splits its channels into attention heads in the reshape '%s' of %s '%s', "
+                "whose head count shrink cannot update: register a rule with "
+                "ps.register_shrink_rule(%s, rule) "
+                "(docs/shrink.md#blocks-with-their-own-channel-counts)"
+                % (node, type(owner).__name__, owner.name, type(owner).__name__))
+            break
 
 
 # --------------------------------------------------------------------------- public API

@@ -31,6 +31,7 @@ from .channels import (
     _flat_outputs,
     _input_shapes,
     _require_hybrid,
+    shrink_rule_of,
 )
 from .errors import (
     ParameterStateError,
@@ -238,6 +239,13 @@ def _slice_state(state, old_shape, keeps, cache):
     return state
 
 
+def _depthwise(blocks):
+    """``{id(block): whether it is a depthwise (transposed) convolution}``, read before the
+    blocks are resized."""
+    return {id(b): (_internals.is_conv(b) or _internals.is_deconv(b)) and
+            _internals.is_depthwise(b) for b in blocks}
+
+
 def _owner_blocks(net):
     """``{id(param): [block, ...]}`` for every registered parameter."""
     owners = {}
@@ -245,6 +253,26 @@ def _owner_blocks(net):
         for param in _internals.block_params(blk).values():
             owners.setdefault(id(param), []).append(blk)
     return owners
+
+
+def _run_rules(net, kept):
+    """Call the shrink rule of every block whose parameters (or its children's) changed
+    shape (``kept``: parameter name -> {axis: kept indices}); None, or what went wrong."""
+    for blk in _internals.walk_blocks(net):
+        rule = shrink_rule_of(blk)
+        if rule is None:
+            continue
+        mine = {name: kept[name] for name in blk.collect_params() if name in kept}
+        if not mine:
+            continue
+        try:
+            rule(blk, mine)
+        except Exception as err:  # pylint: disable=broad-except
+            return ("The shrink rule %s registered for %s raised %s on block '%s': %s."
+                    % (getattr(rule, '__name__', repr(rule)), type(blk).__name__,
+                       type(err).__name__, blk.name, str(err).splitlines()[0] if str(err)
+                       else ''))
+    return None
 
 
 def _trainers(net, trainer, touched):
@@ -273,9 +301,11 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
 
     Every channel of a prunable group (see :func:`trace_channels`) whose maskable members
     are all masked to zero is removed from every member (BatchNorm running statistics
-    follow). The blocks keep their classes: ``Conv2D`` and the like get ``channels``,
-    ``in_channels`` and, depthwise, ``groups`` updated, ``Dense`` ``units`` and
-    ``in_units``, ``BatchNorm`` ``in_channels``. Masks of what remains are kept, sliced.
+    follow). The blocks keep their classes: ``Conv2D``, ``Conv2DTranspose`` and the like
+    get ``channels``, ``in_channels`` and, depthwise, ``groups`` updated, ``Dense``
+    ``units`` and ``in_units``, ``BatchNorm`` ``in_channels``, ``Embedding`` its output
+    dimension; a block with a rule registered by :func:`register_shrink_rule` (an attention
+    cell's head count) is updated by it. Masks of what remains are kept, sliced.
     Parameters keep their identity (a Trainer built earlier keeps them).
 
     All or nothing: before anything is committed, the shrunk net's output on ``inputs`` (in
@@ -392,8 +422,7 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
     for param, _, _, _ in changes:
         for blk in owners.get(id(param), ()):
             blocks[id(blk)] = blk
-    depthwise = {id(b): _internals.is_conv(b) and _internals.is_depthwise(b)
-                 for b in blocks.values()}
+    depthwise = _depthwise(blocks.values())
     # The masked net's arrays, for the diagnosis of a shrunk net that computes otherwise.
     saved_params = [(p, _internals.param_arrays_state(p)) for p, _, _, _ in changes]
     # All or nothing, the Trainers included: shrink replaces arrays and states with new ones
@@ -404,9 +433,11 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
             _internals.set_param_arrays(param, shape, arrays)
         for blk in blocks.values():
             _internals.resize_block(blk, depthwise[id(blk)])
+        problem = _run_rules(net, {name: {axis: np.flatnonzero(keep)
+                                          for axis, keep in axis_keeps.items()}
+                                   for name, axis_keeps in keeps.items()})
         _internals.clear_cached_graphs(net)
-        problem = None
-        for ctx, ref in zip(ctxs, before):
+        for ctx, ref in zip(ctxs if problem is None else (), before):
             try:
                 after = _forward(net, batches, ctx)
             except Exception as err:  # pylint: disable=broad-except
@@ -421,7 +452,10 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
                 _update_trainer(t, changes)
     if problem is not None:
         transaction.rollback()
-        if problem.startswith('The shrunk net fails'):
+        if problem.startswith('The shrink rule'):
+            fix = ('Fix the rule (see docs/shrink.md#blocks-with-their-own-channel-counts) or '
+                   'leave that block\'s channels unmasked (prune_channels with key=).')
+        elif problem.startswith('The shrunk net fails'):
             fix = ('Make the layer take its channel counts from its attributes (channels, '
                    'in_channels, units) or from its parameters instead of constants, or '
                    'leave its channels unmasked (prune_channels with key=).')
@@ -663,9 +697,12 @@ def apply_plan(net, plan: Union[ShrinkPlan, str, 'os.PathLike']) -> List[str]:
     for _, param, _ in changed:
         for blk in owners.get(id(param), ()):
             blocks[id(blk)] = blk
-    depthwise = {id(b): _internals.is_conv(b) and _internals.is_depthwise(b)
-                 for b in blocks.values()}
-    with autograd.pause():
+    depthwise = _depthwise(blocks.values())
+    # only the counts are known here: the rules see the leading indices
+    rule_kept = {param.name: {axis: np.arange(n) for axis, (o, n) in
+                              enumerate(zip(param.shape, new)) if o != n}
+                 for _, param, new in changed}
+    with Transaction(net, values=False), autograd.pause():
         for _, param, new in changed:
             data = _internals.raw_data(param)
             if data is None or _internals.is_deferred(param):
@@ -677,7 +714,11 @@ def apply_plan(net, plan: Union[ShrinkPlan, str, 'os.PathLike']) -> List[str]:
             keep = tuple(slice(0, n) for n in new)
             arrays = [nd.array(a.asnumpy()[keep], ctx=a.context, dtype=a.dtype) for a in data]
             _internals.set_param_arrays(param, new, arrays)
-    for blk in blocks.values():
-        _internals.resize_block(blk, depthwise[id(blk)])
+        for blk in blocks.values():
+            _internals.resize_block(blk, depthwise[id(blk)])
+        problem = _run_rules(net, rule_kept)
+        if problem is not None:
+            raise ShrinkError(problem + ' Nothing was changed. Fix the rule (see '
+                              'docs/shrink.md#blocks-with-their-own-channel-counts).')
     _internals.clear_cached_graphs(net)
     return [s for s, _, _ in changed]

@@ -2,7 +2,7 @@
 tests/test_channels.py and tests/test_shrink.py."""
 import mxnet as mx
 from mxnet import gluon
-from mxnet.gluon import nn
+from mxnet.gluon import nn, rnn
 
 
 def conv_bn(channels, kernel=3, **kwargs):
@@ -139,8 +139,256 @@ class HardCoded(gluon.HybridBlock):
         return self.out(self.pool(F.relu(self.bn(x))))
 
 
+class ResNeXt(gluon.HybridBlock):
+    """A ResNeXt bottleneck as gluoncv writes it: 1x1, grouped 3x3 (num_group=4), 1x1, with a
+    projection shortcut; then a second grouped convolution reading the first's groups."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.stem = conv_bn(8)
+            self.body = nn.HybridSequential()
+            self.body.add(conv_bn(8, kernel=1), conv_bn(8, groups=4),
+                          nn.Conv2D(12, 1, use_bias=False), nn.BatchNorm())
+            self.down = nn.HybridSequential()
+            self.down.add(nn.Conv2D(12, 1, use_bias=False), nn.BatchNorm())
+            self.grouped = nn.Conv2D(8, 3, padding=1, groups=4)
+            self.again = nn.Conv2D(8, 3, padding=1, groups=4)
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(3)
+
+    def hybrid_forward(self, F, x):
+        x = self.stem(x)
+        x = F.relu(self.body(x) + self.down(x))
+        return self.out(self.pool(F.relu(self.again(F.relu(self.grouped(x))))))
+
+
+class GluoncvSE(gluon.HybridBlock):
+    """gluoncv's squeeze-and-excitation: contrib adaptive pooling, 1x1 convolutions, sigmoid,
+    broadcast_mul."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = conv_bn(8)
+            self.se = nn.HybridSequential()
+            self.se.add(nn.Conv2D(4, 1), nn.Activation('relu'), nn.Conv2D(8, 1),
+                        nn.Activation('sigmoid'))
+            self.b = conv_bn(6)
+            self.out = nn.Dense(2)
+
+    def hybrid_forward(self, F, x):
+        x = self.a(x)
+        w = self.se(F.contrib.AdaptiveAvgPooling2D(x, output_size=1))
+        x = self.b(F.broadcast_mul(x, w))
+        return self.out(F.contrib.AdaptiveAvgPooling2D(x, output_size=2))
+
+
+class XceptionBlock(gluon.HybridBlock):
+    """xception's separable convolution with gluoncv's fixed padding: F.pad, depthwise 3x3
+    without padding, BatchNorm, pointwise 1x1."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = conv_bn(8)
+            self.dw = nn.Conv2D(8, 3, groups=8, use_bias=False)
+            self.dw_bn = nn.BatchNorm()
+            self.pw = conv_bn(6, kernel=1)
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(3)
+
+    def hybrid_forward(self, F, x):
+        x = F.pad(self.a(x), mode='constant', constant_value=0,
+                  pad_width=(0, 0, 0, 0, 1, 1, 1, 1))
+        return self.out(self.pool(self.pw(F.relu(self.dw_bn(self.dw(x))))))
+
+
+class HRFusion(gluon.HybridBlock):
+    """HRNet's fusion: a low-resolution branch, 1x1 conv + BatchNorm, nearest UpSampling,
+    added to the high-resolution branch; and the reverse path with a strided convolution."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.high = conv_bn(6)
+            self.low = conv_bn(8, strides=2)
+            self.up = nn.HybridSequential()
+            self.up.add(nn.Conv2D(6, 1, use_bias=False), nn.BatchNorm())
+            self.down = nn.HybridSequential()
+            self.down.add(nn.Conv2D(8, 3, strides=2, padding=1, use_bias=False),
+                          nn.BatchNorm())
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(2)
+
+    def hybrid_forward(self, F, x):
+        high, low = self.high(x), self.low(x)
+        fused_high = F.relu(high + F.UpSampling(self.up(low), scale=2, sample_type='nearest'))
+        fused_low = F.relu(low + self.down(high))
+        up = F.UpSampling(fused_low, scale=2, sample_type='nearest')
+        return self.out(self.pool(F.concat(fused_high, up, dim=1)))
+
+
+class FCNHead(gluon.HybridBlock):
+    """An FCN-style head on a backbone: bilinear resize, residual attention's
+    ``(1 + mask) * trunk`` with ones_like, spatial slices and a spatial transpose."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.trunk = conv_bn(8)
+            self.mask = nn.HybridSequential()
+            self.mask.add(nn.Conv2D(8, 1), nn.Activation('sigmoid'))
+            self.head = conv_bn(6)
+            self.cls = nn.Conv2D(3, 1)
+
+    def hybrid_forward(self, F, x):
+        trunk = self.trunk(x)
+        m = self.mask(F.contrib.BilinearResize2D(trunk, height=16, width=16))
+        y = F.broadcast_mul(F.ones_like(m) + m,
+                            F.contrib.BilinearResize2D(trunk, height=16, width=16))
+        y = F.slice_axis(y, axis=2, begin=1, end=None)
+        y = F.slice(y, begin=(None, None, None, 1), end=(None, None, None, None))
+        y = F.transpose(self.head(y), axes=(0, 1, 3, 2))
+        return F.contrib.BilinearResize2D(self.cls(y), height=8, width=8)
+
+
+class BertLayer(gluon.HybridBlock):
+    """A BERT encoder layer written the way gluonnlp writes it: query/key/value projections
+    (Dense, flatten=False), heads split by reshape + transpose into the batch axis, batch_dot
+    and softmax, the output projection, residual adds with LayerNorm, and a GELU
+    feed-forward block. Inputs are ``(batch, tokens, units)``."""
+
+    def __init__(self, units=16, hidden=32, heads=4, **kwargs):
+        super().__init__(**kwargs)
+        self._heads = heads
+        with self.name_scope():
+            self.proj_query = nn.Dense(units, flatten=False)
+            self.proj_key = nn.Dense(units, flatten=False)
+            self.proj_value = nn.Dense(units, flatten=False)
+            self.proj_out = nn.Dense(units, flatten=False)
+            self.ln1 = nn.LayerNorm()
+            self.ffn_1 = nn.Dense(hidden, flatten=False)
+            self.gelu = nn.GELU()
+            self.ffn_2 = nn.Dense(units, flatten=False)
+            self.ln2 = nn.LayerNorm()
+
+    def _split(self, F, x):
+        x = F.transpose(F.reshape(x, shape=(0, 0, self._heads, -1)), axes=(0, 2, 1, 3))
+        return F.reshape(x, shape=(-1, 0, 0), reverse=True)
+
+    def hybrid_forward(self, F, x):
+        q, k, v = (self._split(F, p(x)) for p in (self.proj_query, self.proj_key,
+                                                   self.proj_value))
+        att = F.softmax(F.batch_dot(q, k, transpose_b=True) * 0.5, axis=-1)
+        ctx = F.reshape(F.batch_dot(att, v), shape=(-4, -1, self._heads, 0, 0))
+        ctx = F.reshape(F.transpose(ctx, axes=(0, 2, 1, 3)), shape=(0, 0, -1))
+        x = self.ln1(x + self.proj_out(ctx))
+        return self.ln2(x + self.ffn_2(self.gelu(self.ffn_1(x))))
+
+
+class Deconv(gluon.HybridBlock):
+    """simple_pose_resnet's head: strided transposed convolutions (weight ``(in, out, k, k)``)
+    with BatchNorm, a depthwise transposed convolution, a 1x1 output convolution."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.stem = conv_bn(8)
+            self.up1 = nn.Conv2DTranspose(6, 4, strides=2, padding=1, use_bias=False)
+            self.bn = nn.BatchNorm()
+            self.dw = nn.Conv2DTranspose(6, 3, padding=1, groups=6, in_channels=6)
+            self.up2 = nn.Conv2DTranspose(5, 4, strides=2, padding=1)
+            self.head = nn.Conv2D(3, 1)
+
+    def hybrid_forward(self, F, x):
+        x = self.dw(F.relu(self.bn(self.up1(self.stem(x)))))
+        return self.head(F.relu(self.up2(x)))
+
+
+class LanguageModel(gluon.HybridBlock):
+    """gluonnlp's RNN language model: embedding, a projection, a fused LSTM or GRU layer
+    (rnn.LSTM, rnn.GRU: one flat weight vector), the decoder. Inputs are token indices
+    ``(batch, tokens)``."""
+
+    def __init__(self, mode='lstm', vocab=50, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.embedding = nn.Embedding(vocab, 8)
+            self.proj = nn.Dense(6, flatten=False)
+            self.encoder = (rnn.LSTM if mode == 'lstm' else rnn.GRU)(10, layout='NTC')
+            self.decoder = nn.Dense(vocab, flatten=False)
+
+    def hybrid_forward(self, F, x):
+        return self.decoder(self.encoder(self.proj(self.embedding(x))))
+
+
+class MultiHeadAttentionCell(gluon.HybridBlock):
+    """gluonnlp 0.10's MultiHeadAttentionCell over a scaled DotProductAttentionCell, written
+    as gluonnlp writes it (self-attention, no mask): the head count and the units live in
+    attributes that hybrid_forward reads (see :func:`attention_rule`)."""
+
+    def __init__(self, units, num_heads, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self._num_heads = num_heads
+        self._query_units = self._key_units = self._value_units = units
+        with self.name_scope():
+            self.proj_query = nn.Dense(units, flatten=False, prefix='query_')
+            self.proj_key = nn.Dense(units, flatten=False, prefix='key_')
+            self.proj_value = nn.Dense(units, flatten=False, prefix='value_')
+            self._dropout_layer = nn.Dropout(dropout)
+
+    def _heads(self, F, x):
+        # (batch, tokens, units) -> (batch * heads, tokens, units / heads)
+        x = F.transpose(x.reshape(shape=(0, 0, self._num_heads, -1)), axes=(0, 2, 1, 3))
+        return x.reshape(shape=(-1, 0, 0), reverse=True)
+
+    def hybrid_forward(self, F, x):
+        query = F.contrib.div_sqrt_dim(self._heads(F, self.proj_query(x)))
+        key = self._heads(F, self.proj_key(x))
+        att = F.softmax(F.batch_dot(query, key, transpose_b=True), axis=-1)
+        att = att.reshape(shape=(-1, self._num_heads, 0, 0), reverse=True)
+        att = self._dropout_layer(att).reshape(shape=(-1, 0, 0), reverse=True)
+        context = F.batch_dot(att, self._heads(F, self.proj_value(x)))
+        context = context.reshape(shape=(-1, self._num_heads, 0, 0), reverse=True)
+        return F.transpose(context, axes=(0, 2, 1, 3)).reshape(shape=(0, 0, -1))
+
+
+def attention_rule(cell, kept):
+    """The shrink rule of :class:`MultiHeadAttentionCell`: whole heads were removed, so the
+    head count is the new number of query rows over the (unchanged) units per head."""
+    per_head = cell._query_units // cell._num_heads
+    units = cell.proj_query.weight.shape[0]
+    cell._num_heads = units // per_head
+    cell._query_units = cell._key_units = cell._value_units = units
+
+
+class EncoderLayer(gluon.HybridBlock):
+    """gluonnlp's BERTEncoderCell: the attention cell, the output projection, a residual
+    add and LayerNorm, and the position-wise feed-forward block (dense, GELU, dense,
+    residual add, LayerNorm). Inputs are ``(batch, tokens, units)``; BERT-base is
+    ``units=768, hidden=3072, heads=12``."""
+
+    def __init__(self, units=16, hidden=32, heads=4, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.attention_cell = MultiHeadAttentionCell(units, heads, prefix='attention_')
+            self.proj = nn.Dense(units, flatten=False, prefix='proj_')
+            self.layer_norm = nn.LayerNorm(prefix='ln_')
+            self.ffn_1 = nn.Dense(hidden, flatten=False, prefix='ffn_1_')
+            self.activation = nn.GELU()
+            self.ffn_2 = nn.Dense(units, flatten=False, prefix='ffn_2_')
+            self.ffn_layer_norm = nn.LayerNorm(prefix='ffn_ln_')
+
+    def hybrid_forward(self, F, x):
+        x = self.layer_norm(x + self.proj(self.attention_cell(x)))
+        return self.ffn_layer_norm(x + self.ffn_2(self.activation(self.ffn_1(x))))
+
+
 USER_NETS = {'chain': Chain, 'residual': Residual, 'concat': Concat, 'depthwise': Depthwise,
-             'flatten_dense': FlattenDense, 'se': SqueezeExcite}
+             'flatten_dense': FlattenDense, 'se': SqueezeExcite, 'resnext': ResNeXt,
+             'gluoncv_se': GluoncvSE, 'xception': XceptionBlock, 'hrnet': HRFusion,
+             'fcn': FCNHead, 'deconv': Deconv}
 
 
 def build(kind, ctxs, seed=0, init=None):

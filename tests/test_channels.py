@@ -104,26 +104,69 @@ def test_unknown_operator_is_not_prunable_and_named():
             with self.name_scope():
                 self.a = nn.Conv2D(4, 3)
                 self.b = nn.Conv2D(4, 3)
+                self.c = nn.Conv2D(5, 1)
                 self.out = nn.Dense(2)
 
         def hybrid_forward(self, F, x):
-            x = F.softmax(self.a(x), axis=1)
-            return self.out(self.b(x))
+            x = F.LRN(self.a(x), nsize=3)
+            x = F.softmax(self.b(x), axis=1)
+            return self.out(self.c(x))
 
     graph = ps.trace_channels(Odd(prefix='odd_'), (1, 3, 8, 8))
     g = graph['odd_conv0_weight']
     assert not g.prunable
-    assert 'softmax' in g.reason and "the tracer does not know" in g.reason
-    assert graph['odd_conv1_weight'].prunable
+    assert g.reason == "passes the operator LRN ('odd_lrn0') that the tracer does not know"
+    # a known operator that cannot keep the channels apart says why, naming itself
+    assert graph['odd_conv1_weight'].reason == \
+        "passes the softmax 'odd_softmax0' over axis 1, which mixes the channels"
+    # the layers after them still start groups of their own
+    assert graph['odd_conv2_weight'].prunable
 
 
-def test_grouped_convolution_is_not_prunable():
+def test_an_unknown_operator_blocks_only_the_channels_through_it():
+    """An operator whose output has no channel axis (rank 1) used to leave the next layers
+    untraced, their reasons naming the wrong operator; a layer after it starts its own group."""
+    class Rank1(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.a = nn.Conv2D(4, 3)
+                self.b = nn.Dense(6, flatten=False)
+                self.c = nn.Dense(3)
+                self.out = nn.Dense(2)
+
+        def hybrid_forward(self, F, x):
+            y = F.reshape(self.a(x), shape=(-1,))        # rank 1: no channel axis
+            y = F.expand_dims(self.b(y), axis=0)
+            return self.out(F.relu(self.c(y)))
+
+    graph = ps.trace_channels(Rank1(prefix='r_'), (1, 3, 8, 8))
+    assert graph['r_conv0_weight'].reason == (
+        "passes the Reshape 'r_reshape0', which reshapes (1, 4, 6, 6) into (144,): the "
+        "channel axis is not kept")
+    # the dense layer reading the rank-1 tensor is a group of its own, blocked by what
+    # really blocks it
+    assert graph['r_dense0_weight'].reason.startswith("passes the expand_dims 'r_expand_dims0'")
+    assert graph['r_dense1_weight'].prunable
+    assert "the tracer does not know" not in str(graph)
+
+
+def test_grouped_convolution_keeps_num_group():
     net = nn.HybridSequential(prefix='g_')
     with net.name_scope():
-        net.add(nn.Conv2D(8, 3), nn.Conv2D(4, 3, groups=2), nn.Dense(2))
+        net.add(nn.Conv2D(8, 3), nn.BatchNorm(), nn.Conv2D(6, 3, groups=2), nn.Dense(2))
     graph = ps.trace_channels(net, (1, 3, 8, 8))
-    assert not graph['g_conv0_weight'].prunable
-    assert 'num_group=2' in graph['g_conv0_weight'].reason
+    first = graph['g_conv0_weight']
+    # position i within a group of 4: channels i and 4 + i of every member
+    assert first.prunable and first.size == 4
+    assert ('g_conv0_weight', 0, 0, 1) in first.members
+    assert ('g_conv0_weight', 0, 4, 1) in first.members
+    assert ('g_batchnorm0_gamma', 0, 4, 1) in first.members
+    assert ('g_conv1_weight', 1, 0, 1) in first.members      # the weight's (8 / 2) columns
+    second = graph['g_conv1_weight']
+    assert second.size == 3 and second.prunable
+    assert {('g_conv1_weight', 0, 0, 1), ('g_conv1_weight', 0, 3, 1), ('g_conv1_bias', 0, 3, 1),
+            ('g_dense0_weight', 1, 0, 16), ('g_dense0_weight', 1, 48, 16)} <= set(second.members)
 
 
 def test_plain_block_and_bad_shapes():
@@ -512,20 +555,26 @@ def test_pooling_with_a_channel_last_layout_blocks_its_channels(ctxs, hybrid):
     assert_computes(net, x, ctxs, masked)
 
 
-def test_dense_flatten_false_on_rank_3_says_what_is_not_supported():
+def test_dense_flatten_false_follows_the_last_axis():
+    """Dense(flatten=False) on rank 3 reads and writes the last axis: its units are a group
+    (a transformer's feed-forward hidden units); a Dense flattening it reads each unit at
+    every token."""
     net = nn.HybridSequential(prefix='seq_')
     with net.name_scope():
-        net.add(nn.Dense(6, flatten=False), nn.Dense(4, flatten=False), nn.Dense(5),
-                nn.Dense(2))
+        net.add(nn.Dense(6, flatten=False), nn.Activation('relu'), nn.Dense(4, flatten=False),
+                nn.Dense(5), nn.Dense(2))
     graph = ps.trace_channels(net, (1, 7, 8))
     assert [(g.name, g.size, g.prunable) for g in graph.groups] == [
-        ('data', 8, False), ('seq_dense0_weight', 6, False), ('seq_dense1_weight', 4, False),
+        ('data', 8, False), ('seq_dense0_weight', 6, True), ('seq_dense1_weight', 4, True),
         ('seq_dense2_weight', 5, True), ('seq_dense3_weight', 2, False)]
-    assert graph['seq_dense0_weight'].reason == (
+    assert graph['data'].reason == 'data input; ' + (
         "'seq_dense0_fwd' is a FullyConnected (Dense) with flatten=False on a rank-3 input: "
-        "it reads the last axis, and the tracer follows channels on axis 1 only")
-    assert members(graph, 'seq_dense0_weight') == {'seq_dense0_weight': (0, 0, 1),
-                                                   'seq_dense0_bias': (0, 0, 1)}
+        "it reads the last axis, not these channels on axis 1")
+    assert graph['seq_dense0_weight'].members == [
+        ('seq_dense0_weight', 0, 0, 1), ('seq_dense0_bias', 0, 0, 1),
+        ('seq_dense1_weight', 1, 0, 1)]
+    assert graph['seq_dense1_weight'].members[2:] == [
+        ('seq_dense2_weight', 1, 4 * t, 1) for t in range(7)]
     assert 'does not know' not in str(graph)
 
 
@@ -554,3 +603,56 @@ def test_batchnorm_over_another_axis_says_so():
         "passes the BatchNorm 'bn_batchnorm0_fwd' over axis 3: the tracer follows channels on "
         "axis 1 only")
     assert graph['bn_conv1_weight'].prunable
+
+
+# --------------------------------------------------------------------------- shrink rules
+
+def test_attention_heads_are_prunable_only_under_a_shrink_rule():
+    """Heads split by a reshape whose head count is a block attribute: not prunable (the
+    reason names the reshape, the block and the fix) until a rule is registered for the
+    block's class; a subclass inherits the rule, None removes it."""
+    from channel_nets import EncoderLayer, MultiHeadAttentionCell, attention_rule
+    x = (2, 5, 16)
+    name = 'enc_attention_query_weight'
+
+    class Cell(MultiHeadAttentionCell):
+        pass
+
+    def traced():
+        net = EncoderLayer(prefix='enc_')
+        with net.name_scope():
+            net.attention_cell = Cell(16, 4, prefix='attention_')
+        return ps.trace_channels(net, x)[name]
+
+    plain = ps.trace_channels(EncoderLayer(prefix='enc_'), x)[name]
+    assert not plain.prunable and plain.size == 4
+    assert plain.reason.startswith(
+        "splits its channels into attention heads in the reshape 'enc_attention_reshape0' of "
+        "MultiHeadAttentionCell 'enc_attention'")
+    try:
+        ps.register_shrink_rule(MultiHeadAttentionCell, attention_rule)
+        group = ps.trace_channels(EncoderLayer(prefix='enc_'), x)[name]
+        assert group.prunable and group.reason == ''
+        assert group.members == plain.members
+        assert traced().prunable                      # the subclass inherits the rule
+        ps.register_shrink_rule(Cell, None)           # nothing registered for Cell itself
+        assert traced().prunable
+    finally:
+        ps.register_shrink_rule(MultiHeadAttentionCell, None)
+    assert not ps.trace_channels(EncoderLayer(prefix='enc_'), x)[name].prunable
+    assert not traced().prunable
+
+
+@pytest.mark.parametrize('block_class, rule, text', [
+    (nn.Dense(2), print, 'block_class must be a subclass of gluon.Block'),
+    (int, print, 'block_class must be a subclass of gluon.Block'),
+    ('Dense', print, 'block_class must be a subclass of gluon.Block'),
+    (nn.Dense, 'rule', 'rule must be a callable rule\\(block, kept\\) or None'),
+    (nn.Dense, 3, 'rule must be a callable'),
+])
+def test_register_shrink_rule_bad_arguments(block_class, rule, text):
+    from paramsurgery.channels import _SHRINK_RULES
+    before = dict(_SHRINK_RULES)
+    with pytest.raises(ps.SurgeryTypeError, match=text):
+        ps.register_shrink_rule(block_class, rule)
+    assert dict(_SHRINK_RULES) == before

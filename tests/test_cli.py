@@ -551,3 +551,32 @@ def test_compact_and_expand_bad_input_exit_2_without_output(saved, tmp_path, cap
         code, out, err = run(argv, capsys)
         assert code == 2 and message in err and 'Traceback' not in err, (argv, err)
     assert os.listdir(tmp_path) == ['text.params']
+def test_shrink_an_exported_model_with_transposed_convolutions(tmp_path, capsys):
+    """A transposed convolution's num_filter is rewritten from its weight's axis 1 (and a
+    depthwise one's num_group): the exported shrink equals prune_channels + shrink."""
+    from channel_nets import Deconv, batch
+    net = Deconv(prefix='deconv_')
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    x = batch()
+    net(x)
+    prefix = str(tmp_path / 'model')
+    net.export(prefix)
+    code, _, err = run(['shrink', prefix + '-symbol.json', prefix + '-0000.params',
+                        '--input-shape', '1,3,8,8', '--amount', '0.5', '-o',
+                        str(tmp_path / 'small')], capsys)
+    assert code == 0, err
+    ps.prune_channels(net, 0.5, inputs=(1, 3, 8, 8))
+    ps.shrink(net, inputs=(1, 3, 8, 8))
+    small = ps.load_exported(str(tmp_path / 'small-symbol.json'), 'data',
+                             str(tmp_path / 'small-0000.params'))
+    nodes = json.load(open(str(tmp_path / 'small-symbol.json')))['nodes']
+    deconvs = [n['attrs'] for n in nodes if n['op'] == 'Deconvolution']
+    assert [(a['num_filter'], a['num_group']) for a in deconvs] == [('3', '1'), ('3', '3'),
+                                                                    ('2', '1')]
+    assert ps.count_ops(small, (1, 3, 8, 8)) == ps.count_ops(net, (1, 3, 8, 8))
+    # the same float32 weights and arithmetic: shrink's own check bound holds
+    with mx.autograd.predict_mode():
+        ref, got = net(x).asnumpy(), small(x).asnumpy()
+    assert np.abs(ref - got).max() <= 1e-4 * np.abs(ref).max()

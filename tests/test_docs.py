@@ -112,3 +112,13 @@ def test_no_user_facing_text_cites_the_internal_contract():
              for path in _user_facing_files()
              for number, line in enumerate(open(path), 1) if cites.search(line)]
     assert found == []
+
+
+def test_shrink_operator_table_is_generated_from_the_tracer():
+    # as for docs/api: the script must import this checkout's package
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT, os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep))
+    done = subprocess.run([sys.executable, os.path.join(DOCS, 'gen_operators.py'), '--check'],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, 'run python docs/gen_operators.py: ' + done.stdout + \
+        done.stderr

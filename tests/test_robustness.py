@@ -747,6 +747,11 @@ BAD = {
         ('another architecture', lambda e: ps.load_compact(e.half, e.compact), VE),
         ('other shapes', lambda e: ps.load_compact(e.net, e.f('wider.compact')), VE),
     ],
+    'register_shrink_rule': [
+        ('a block instance', lambda e: ps.register_shrink_rule(e.net, print), TE),
+        ('not a Block class', lambda e: ps.register_shrink_rule(dict, print), TE),
+        ('rule a str', lambda e: ps.register_shrink_rule(nn.Dense, 'rule'), TE),
+    ],
     'check_trainer': [
         ('a str', lambda e: ps.check_trainer('sgd'), TE),
         ('a net', lambda e: ps.check_trainer(e.net), TE),

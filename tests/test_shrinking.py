@@ -163,7 +163,9 @@ def test_fully_masked_group_keeps_one_channel():
 
 def step(net, trainer, x, ctxs):
     with autograd.record():
-        losses = [(net(part) ** 2).mean() for part in split(x, ctxs)]
+        # (a tuple of outputs: gluoncv's segmentation nets add an auxiliary head)
+        losses = [sum((y ** 2).mean() for y in (out if isinstance(out, tuple) else (out,)))
+                  for out in (net(part) for part in split(x, ctxs))]
     autograd.backward(losses)
     trainer.step(x.shape[0])
 
@@ -725,4 +727,361 @@ def test_update_mode_channel_masks_shrink_and_keep_training(ctxs):
         for w, z in zip(weight.list_data(), zeros):
             assert not w.asnumpy()[z].any()   # every masked entry stays exactly 0
     assert not weight.data().asnumpy()[0].any()
+    assert ps.check_params(net) == []
+
+
+# --------------------------------------------------------------------------- coverage (issue 21)
+
+COVERAGE = ['resnext', 'gluoncv_se', 'xception', 'hrnet', 'fcn', 'deconv']
+
+
+def train_alike(masked, shrunk, trainers, x, ctxs, steps):
+    """Shrunk == masked (FLOAT64) in predict and train mode, before each of ``steps``
+    training steps of both nets."""
+    for i in range(steps):
+        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs), FLOAT64)
+        assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True),
+                     FLOAT64)
+        step(masked, trainers[0], x + i, ctxs)
+        step(shrunk, trainers[1], x + i, ctxs)
+
+
+def stepped_trainer(net, x, ctxs, optimizer, settings):
+    """A Trainer on ``net`` that has stepped once on ``x`` (it holds optimizer states)."""
+    trainer = gluon.Trainer(net.collect_params(), optimizer, settings)
+    step(net, trainer, x, ctxs)
+    return trainer
+
+
+def token_layer(make, x, ctxs, hybridize):
+    """The transformer layer ``make()`` initialised deterministically on ``ctxs``, in
+    float64 (see FLOAT64), and ``x`` in float64."""
+    net = make()
+    mx.random.seed(2)
+    net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    net(x.as_in_context(ctxs[0]))
+    return net, in_float64(net, x)
+
+
+@pytest.mark.parametrize('kind', COVERAGE)
+def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs, tmp_path):
+    """Grouped convolutions, gluoncv SE, padded separable, upsample fusion and an FCN head
+    with bilinear resize, ones_like and spatial slices: every group not reaching an output is
+    prunable, halved; shrunk == masked while training goes on; export and apply_plan."""
+    nets, trainers = [], []
+    for _ in range(2):
+        net = build(kind, ctxs, seed=5)
+        net.hybridize()
+        x = in_float64(net, batch(n=4))
+        warm_up(net, x, ctxs)
+        ps.prune_channels(net, 0.5, inputs=x)
+        nets.append(net)
+        trainers.append(stepped_trainer(net, x, ctxs, 'sgd', {'learning_rate': 0.05,
+                                                             'momentum': 0.9, 'wd': 0}))
+    masked, shrunk = nets
+    graph = ps.trace_channels(shrunk, x)
+    blocked = [g for g in graph if not g.prunable]
+    assert all(g.name == 'data' or 'reaches the net output' in g.reason for g in blocked), \
+        [g.reason for g in blocked]
+    sizes = {g.name: g.size for g in graph.prunable}
+    macs = ps.count_ops(shrunk, x)[0]
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    assert {k: len(v) for k, v in plan.kept.items()} == {
+        k: n - int(np.floor(0.5 * n + 0.5)) for k, n in sizes.items()}
+    assert ps.count_ops(shrunk, x)[0] < macs / 2
+    for blk in _internals.walk_blocks(shrunk):
+        if isinstance(blk, nn.Conv2D) and blk._kwargs['num_group'] > 1:
+            groups = blk._kwargs['num_group']
+            assert groups == blk._channels or (groups == 4 and blk.weight.shape[0] == 4)
+    train_alike(masked, shrunk, trainers, x, ctxs, steps=3)
+    assert ps.check_params(shrunk) == []
+    # export (masks in the graph) and apply_plan + load_parameters (masks baked); files hold
+    # the mean over contexts of the running statistics, so every context gets that first
+    shrunk.save_parameters(str(tmp_path / 'mean.params'))
+    shrunk.load_parameters(str(tmp_path / 'mean.params'), ctx=ctxs)
+    ref = outputs(shrunk, x, ONE)
+    prefix = str(tmp_path / kind)
+    shrunk.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    assert_close(ref, outputs(loaded, x, ONE), FLOAT32)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'net.params'))
+    fresh = USER_NETS[kind](prefix=kind + '_')
+    ps.apply_plan(fresh, plan)
+    fresh.cast('float64')
+    fresh.load_parameters(str(tmp_path / 'net.params'))
+    fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
+
+
+def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize, tmp_path):
+    """A gluonnlp-style encoder layer: the feed-forward hidden units are one group (Dense
+    rows and bias, the second Dense's columns) and shrink exactly; the model dimension that
+    LayerNorm normalises is not prunable and says so; masked == shrunk in both modes, with
+    a Trainer, and after apply_plan + load_parameters."""
+    from channel_nets import BertLayer
+    x = mx.nd.array(np.random.RandomState(4).uniform(-1, 1, size=(4, 5, 16)))
+    nets, trainers = [], []
+    for _ in range(2):
+        net, xs = token_layer(lambda: BertLayer(prefix='bert_'), x, ctxs, hybridize)
+        graph = ps.trace_channels(net, xs)
+        assert [g.name for g in graph.prunable] == ['bert_dense4_weight']
+        heads = graph['bert_dense0_weight']    # whole heads: q, k, v rows, out columns
+        assert heads.size == 4 and {m for m in heads.members if m[1] == 1} == {
+            ('bert_dense3_weight', 1, 0, 4)}
+        assert ('bert_dense2_weight', 0, 0, 4) in heads.members
+        # the head count is BertLayer's own attribute, and no rule updates it
+        assert heads.reason == (
+            "splits its channels into attention heads in the reshape 'bert_reshape0' of "
+            "BertLayer 'bert', whose head count shrink cannot update: register a rule with "
+            "ps.register_shrink_rule(BertLayer, rule) "
+            "(docs/shrink.md#blocks-with-their-own-channel-counts)")
+        ffn = graph['bert_dense4_weight']
+        assert ffn.members == [('bert_dense4_weight', 0, 0, 1), ('bert_dense4_bias', 0, 0, 1),
+                               ('bert_dense5_weight', 1, 0, 1)]
+        assert "passes the LayerNorm 'bert_layernorm0_layernorm0', which normalises over " \
+            "axis -1" in graph['bert_dense5_weight'].reason
+        assert ps.prune_channels(net, 0.5, inputs=xs, key='bert_dense4_weight') == \
+            ['bert_dense4_weight']
+        nets.append(net)
+        trainers.append(stepped_trainer(net, xs, ctxs, 'adam', {'learning_rate': 0.01}))
+    masked, shrunk = nets
+    x = xs
+    macs = ps.count_ops(shrunk, x)[0]
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    assert shrunk.ffn_1._units == 16 and shrunk.ffn_2._in_units == 16
+    assert shrunk.ffn_2.weight.shape == (16, 16)
+    # 5 tokens: the feed-forward block (2 * 16 * 32 per token) loses half its MACs
+    assert ps.count_ops(shrunk, x)[0] == macs - 5 * 16 * 32
+    train_alike(masked, shrunk, trainers, x, ctxs, steps=3)
+    ref = outputs(shrunk, x, ONE)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'bert.params'))
+    fresh = BertLayer(prefix='bert_')
+    ps.apply_plan(fresh, plan)
+    fresh.cast('float64')
+    fresh.load_parameters(str(tmp_path / 'bert.params'))
+    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
+
+
+@pytest.fixture
+def attention_rules():
+    """The shrink rule of the gluonnlp-style attention cell, registered for one test."""
+    from channel_nets import MultiHeadAttentionCell, attention_rule
+    ps.register_shrink_rule(MultiHeadAttentionCell, attention_rule)
+    yield
+    ps.register_shrink_rule(MultiHeadAttentionCell, None)
+
+
+def test_bert_base_encoder_layer_half_the_heads_and_units(ctxs, hybridize, attention_rules,
+                                                          tmp_path):
+    """A BERT-base-shaped encoder layer (768 units, 12 heads, 3072 feed-forward units) written
+    as gluonnlp writes it: half the heads (q, k, v rows and the output projection's columns,
+    the cell's head count through its rule) and half the feed-forward units removed; 2x
+    fewer MACs; shrunk == masked in float64 (FLOAT64: LayerNorm divides by the deviation of
+    768 values, a smaller growth than train-mode BatchNorm's) before and while training;
+    apply_plan + load_parameters rebuild it with the head count."""
+    from channel_nets import EncoderLayer
+    x = mx.nd.array(np.random.RandomState(4).uniform(-1, 1, size=(4, 5, 768)))
+    nets, trainers = [], []
+    for _ in range(2):
+        net, xs = token_layer(lambda: EncoderLayer(768, 3072, 12, prefix='enc_'), x, ctxs,
+                              hybridize)
+        graph = ps.trace_channels(net, xs)
+        assert [(g.name, g.size) for g in graph.prunable] == [
+            ('enc_attention_query_weight', 12), ('enc_ffn_1_weight', 3072)]
+        assert ps.prune_channels(net, 0.5, inputs=xs) == ['enc_attention_query_weight',
+                                                          'enc_ffn_1_weight']
+        nets.append(net)
+        trainers.append(stepped_trainer(net, xs, ctxs, 'sgd', {'learning_rate': 0.01,
+                                                              'momentum': 0.9}))
+    masked, shrunk = nets
+    x = xs
+    macs = ps.count_ops(shrunk, x)[0]
+    before = {n: p.data(ctxs[0]).asnumpy() for n, p in masked.collect_params().items()}
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    heads = plan.kept['enc_attention_query_weight']
+    assert len(heads) == 6 and len(plan.kept['enc_ffn_1_weight']) == 1536
+    cell = shrunk.attention_cell
+    assert cell._num_heads == 6 and cell._query_units == cell._value_units == 384
+    rows = (64 * np.asarray(heads)[:, None] + np.arange(64)).ravel()   # whole heads of 64
+    for name in ('query', 'key', 'value'):
+        weight = getattr(cell, 'proj_' + name).weight
+        assert weight.shape == (384, 768)
+        np.testing.assert_array_equal(weight.data(ctxs[0]).asnumpy(),
+                                      before['enc_attention_%s_weight' % name][rows])
+    np.testing.assert_array_equal(shrunk.proj.weight.data(ctxs[0]).asnumpy(),
+                                  before['enc_proj_weight'][:, rows])
+    assert shrunk.ffn_1.weight.shape == (1536, 768) and shrunk.ffn_2.weight.shape == (768, 1536)
+    # every counted layer lost half its rows or columns: exactly half the MACs
+    assert ps.count_ops(shrunk, x)[0] * 2 == macs
+    train_alike(masked, shrunk, trainers, x, ctxs, steps=2)
+    assert ps.check_params(shrunk) == []
+    ref = outputs(shrunk, x, ONE)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'enc.params'))
+    fresh = EncoderLayer(768, 3072, 12, prefix='enc_')
+    ps.apply_plan(fresh, plan)
+    assert fresh.attention_cell._num_heads == 6
+    fresh.cast('float64')
+    fresh.load_parameters(str(tmp_path / 'enc.params'))
+    if hybridize:
+        fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
+
+
+def test_a_failing_shrink_rule_changes_nothing(ctxs, tmp_path):
+    """A rule that raises: shrink and apply_plan raise ShrinkError naming the rule and the
+    block, with every parameter, block attribute and the Trainer as they were."""
+    from channel_nets import EncoderLayer, MultiHeadAttentionCell, attention_rule
+
+    def broken(cell, kept):
+        cell._num_heads = 1      # a change the rollback must undo
+        raise ValueError('no heads here')
+
+    x = mx.nd.array(np.random.RandomState(4).uniform(-1, 1, size=(2, 3, 16)))
+    ps.register_shrink_rule(MultiHeadAttentionCell, attention_rule)
+    try:
+        net = EncoderLayer(prefix='enc_')
+        net.initialize(mx.init.Xavier(), ctx=ctxs)
+        ps.prune_channels(net, 0.5, inputs=x)
+        trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                              'momentum': 0.9})
+        step(net, trainer, x, ctxs)
+        ps.register_shrink_rule(MultiHeadAttentionCell, broken)
+        before = snapshot(net)
+        state = trainer_state(trainer)
+        with pytest.raises(ps.ShrinkError, match="The shrink rule broken registered for "
+                           "MultiHeadAttentionCell raised ValueError on block 'enc_attention': "
+                           "no heads here"):
+            ps.shrink(net, inputs=x, trainer=trainer)
+        assert_same_bits(before, snapshot(net))
+        assert net.attention_cell._num_heads == 4
+        assert trainer_state(trainer) == state
+        ps.register_shrink_rule(MultiHeadAttentionCell, attention_rule)
+        plan = ps.shrink(net, inputs=x, trainer=trainer)
+        ps.register_shrink_rule(MultiHeadAttentionCell, broken)
+        fresh = EncoderLayer(prefix='enc_')
+        shapes = {n: p.shape for n, p in fresh.collect_params().items()}
+        with pytest.raises(ps.ShrinkError, match='The shrink rule broken .* no heads here'):
+            ps.apply_plan(fresh, plan)
+        assert {n: p.shape for n, p in fresh.collect_params().items()} == shapes
+        assert fresh.attention_cell._num_heads == 4 and fresh.proj._in_units == 0
+    finally:
+        ps.register_shrink_rule(MultiHeadAttentionCell, None)
+
+
+def test_transposed_convolutions_resized_on_both_channel_axes(ctxs, hybridize):
+    """A transposed convolution's weight is (in, out / groups, k, k): shrink keeps the rows
+    of the kept input channels and the columns of the kept output channels, and the block's
+    counts follow (a depthwise one keeps groups == channels); shrunk == masked."""
+    net = build('deconv', ctxs)
+    if hybridize:
+        net.hybridize()
+    x = in_float64(net, batch())
+    graph = ps.trace_channels(net, x)
+    up1 = graph['deconv_conv1_weight']          # up1's outputs, through bn and dw, into up2
+    assert ('deconv_conv1_weight', 1, 0, 1) in up1.members
+    assert ('deconv_conv2_weight', 0, 0, 1) in up1.members      # depthwise: one axis
+    assert ('deconv_conv3_weight', 0, 0, 1) in up1.members      # up2 reads through rows
+    assert ('deconv_conv3_weight', 1, 0, 1) in graph['deconv_conv3_weight'].members
+    plan, (ref, got), (ref_train, got_train) = masked_vs_shrunk(net, x, ctxs)
+    assert_close(ref, got, FLOAT64)
+    assert_close(ref_train, got_train, FLOAT64)
+    stem, mid, out = (plan.kept[n] for n in ('deconv_conv0_weight', 'deconv_conv1_weight',
+                                             'deconv_conv3_weight'))
+    assert (len(stem), len(mid), len(out)) == (4, 3, 2)
+    assert net.up1.weight.shape == (4, 3, 4, 4) and net.up1._channels == 3
+    assert net.up1._kwargs['num_filter'] == 3
+    assert net.dw.weight.shape == (3, 1, 3, 3) and net.dw._kwargs['num_group'] == 3
+    assert net.dw._channels == net.dw._in_channels == 3
+    assert net.up2.weight.shape == (3, 2, 4, 4) and net.up2._kwargs['num_filter'] == 2
+    assert net.head._in_channels == 2
+
+
+@pytest.mark.parametrize('mode', ['lstm', 'gru'])
+def test_language_model_embedding_shrinks_rnn_says_why(ctxs, hybridize, mode, tmp_path):
+    """An RNN language model: the embedding's dimension is a group (weight columns, the
+    projection's columns) that shrinks exactly; what feeds the fused RNN and its hidden units
+    are not prunable, and the reasons name the RNN operator; training goes on."""
+    from channel_nets import LanguageModel
+    # indices below 49: train_alike steps on tokens + 1 too
+    tokens = mx.nd.array(np.random.RandomState(0).randint(0, 49, size=(4, 5)))
+    nets, trainers = [], []
+    for _ in range(2):
+        net = LanguageModel(mode, prefix='lm_')
+        mx.random.seed(3)
+        net.initialize(mx.init.Xavier(), ctx=ctxs)
+        if hybridize:
+            net.hybridize()
+        net(tokens.as_in_context(ctxs[0]))
+        net.cast('float64')
+        graph = ps.trace_channels(net, tokens)
+        assert [g.name for g in graph.prunable] == ['lm_embedding0_weight']
+        what = ("the RNN operator 'lm_%s0_rnn0' (mode=%s), whose weights are slices of one "
+                "flat parameter vector: the tracer does not remove " % (mode, mode))
+        assert graph['lm_dense0_weight'].reason == \
+            'feeds ' + what + 'the input features of an RNN'
+        hidden = graph['lm_%s0_rnn0' % mode]
+        assert hidden.size == 10 and hidden.members == [('lm_dense1_weight', 1, 0, 1)]
+        assert hidden.reason == 'are the hidden units of ' + what + \
+            'the hidden units of %s' % ('an LSTM' if mode == 'lstm' else 'a GRU')
+        assert ps.prune_channels(net, 0.5, inputs=tokens) == ['lm_embedding0_weight']
+        nets.append(net)
+        trainers.append(stepped_trainer(net, tokens, ctxs, 'sgd', {'learning_rate': 0.1,
+                                                                  'momentum': 0.9}))
+    masked, shrunk = nets
+    plan = ps.shrink(shrunk, inputs=tokens, trainer=trainers[1])
+    assert shrunk.embedding.weight.shape == (50, 4) and shrunk.proj.weight.shape == (6, 4)
+    assert shrunk.embedding._kwargs['output_dim'] == 4
+    train_alike(masked, shrunk, trainers, tokens, ctxs, steps=2)
+    ref = outputs(shrunk, tokens, ONE)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'lm.params'))
+    fresh = LanguageModel(mode, prefix='lm_')
+    ps.apply_plan(fresh, plan)
+    fresh.cast('float64')
+    fresh.load_parameters(str(tmp_path / 'lm.params'))
+    assert_close(ref, outputs(fresh, tokens, ONE), FLOAT32)
+
+
+# --------------------------------------------------------------------------- gluoncv (optional)
+
+# net -> (input shape, the MACs ratio at 0.5 it must reach). Halving every group's channels
+# divides a layer's MACs by 4 (2 in, 2 out); 3x leaves room for the layers whose inputs or
+# outputs cannot shrink (the stem reads the image, the classifier writes the classes).
+GLUONCV = {
+    'resnext50_32x4d': ((1, 3, 64, 64), 3), 'se_resnet50_v2': ((1, 3, 64, 64), 3),
+    'xception': ((1, 3, 96, 96), 3), 'hrnet_w18_small_v1_c': ((1, 3, 64, 64), 3),
+    'fcn_resnet50_voc': ((1, 3, 64, 64), 3), 'simple_pose_resnet18_v1b': ((1, 3, 128, 96), 3),
+    'mobilenetv3_large': ((1, 3, 64, 64), 3), 'residualattentionnet56': ((1, 3, 224, 224), 3),
+}
+
+
+@pytest.mark.gluoncv
+@pytest.mark.parametrize('name', sorted(GLUONCV))
+def test_gluoncv_nets_shrink_and_keep_training(name):
+    """gluoncv 0.10.5's real nets (pretrained=False): prune_channels(0.5) + shrink, whose
+    check compares the shrunk and the masked outputs (float32, its own bound), then a
+    training step goes on with the same Trainer on two contexts."""
+    from gluoncv import model_zoo as gz
+    shape, target = GLUONCV[name]
+    kwargs = {'pretrained_base': False} if name.split('_')[0] in ('fcn', 'simple') else {}
+    mx.random.seed(0)
+    net = gz.get_model(name, pretrained=False, **kwargs)
+    # (fcn initialises its backbone on cpu(0) when it builds it)
+    net.initialize(mx.init.Xavier(), ctx=TWO, force_reinit=True)
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=(4,) + shape[1:]))
+    net(x[:1].as_in_context(TWO[0]))
+    macs = ps.count_ops(net, shape)[0]
+    ps.prune_channels(net, 0.5, inputs=shape)
+    trainer = stepped_trainer(net, x, TWO, 'sgd', {'learning_rate': 0.01, 'momentum': 0.9})
+    ps.shrink(net, inputs=x[:2], trainer=trainer)
+    assert macs / ps.count_ops(net, shape)[0] >= target
+    before = snapshot(net)
+    step(net, trainer, x, TWO)
+    after = snapshot(net)
+    assert any(a.tobytes() != b.tobytes() for n in before for a, b in zip(before[n], after[n]))
     assert ps.check_params(net) == []
