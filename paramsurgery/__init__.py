@@ -20,6 +20,7 @@ The layers, each importing only from the ones above it::
     _deconv, _layout, _masked_forward -> masks    masks in the forward graph
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
     channels -> shrinking, _exported channel groups, channel pruning; structural shrink
+    latency                          latency measured on a runtime (mxnet, mkldnn, onnxruntime)
     report, analysis                 sparsity reports; sensitivity analysis and budgets
     cli, demo                        the command line and the demo
 """
@@ -54,6 +55,7 @@ _EXPORTS = {
     'analysis': ['sensitivity', 'SensitivityReport'],
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
     'distributed': ['check_trainer', 'init_kvstore'],
+    'latency': ['measure_latency', 'Latency'],
 }
 
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -630,6 +630,16 @@ BAD = {
     'init_kvstore': [
         ('None', lambda e: ps.init_kvstore(None), TE),
     ],
+    'measure_latency': [
+        ('a plain Block', lambda e: ps.measure_latency(nn.Block(), inputs=(1, 3)), TE),
+        ("runtime='x'", lambda e: ps.measure_latency(e.net, inputs=(1, 3), runtime='x'), VE),
+        ('repeats 0', lambda e: ps.measure_latency(e.net, inputs=(1, 3), repeats=0), VE),
+        ('repeats 2.5', lambda e: ps.measure_latency(e.net, inputs=(1, 3), repeats=2.5), TE),
+        ('warmup -1', lambda e: ps.measure_latency(e.net, inputs=(1, 3), warmup=-1), VE),
+        ('threads True', lambda e: ps.measure_latency(e.net, inputs=(1, 3), threads=True), TE),
+        ('threads 0', lambda e: ps.measure_latency(e.net, inputs=(1, 3), threads=0), VE),
+        ('shape does not run', lambda e: ps.measure_latency(e.net, inputs=(1, 5)), VE),
+    ],
 }
 
 # Public names that take no arguments to get wrong, and why.
@@ -640,6 +650,7 @@ NOT_CALLABLE = dict(
         ('Problem', 'a NamedTuple of check_params results, built by paramsurgery'),
         ('ChannelGraph', 'the result of trace_channels, built by paramsurgery'),
         ('ChannelGroup', 'a member of ChannelGraph.groups, built by paramsurgery'),
+        ('Latency', 'a NamedTuple of measure_latency results, built by paramsurgery'),
     ])
 
 CASES = [pytest.param(name, label, call, error, id='%s-%s' % (name, label))

@@ -1,0 +1,91 @@
+"""measure_latency: the runtimes run, the net is left exactly as it was, the statistics."""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon import nn
+
+import paramsurgery as ps
+from paramsurgery import latency
+
+CTXS = [[mx.cpu(0)], [mx.cpu(0), mx.cpu(1)]]
+
+
+def _net(ctx, hybridize):
+    net = nn.HybridSequential(prefix='net_')
+    with net.name_scope():
+        net.add(nn.Conv2D(8, 3, in_channels=3), nn.BatchNorm(in_channels=8),
+                nn.Activation('relu'), nn.GlobalAvgPool2D(), nn.Dense(2, in_units=8))
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    if hybridize:
+        net.hybridize()
+    return net
+
+
+def _state(net, x):
+    params = {n: [a.asnumpy().copy() for a in p.list_data()]
+              for n, p in net.collect_params().items()}
+    with mx.autograd.predict_mode():
+        out = net(x).asnumpy()
+    return params, out
+
+
+@pytest.mark.parametrize('runtime', latency.RUNTIMES)
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_runtime_runs_and_leaves_the_net_as_it_was(runtime, ctx, hybridize):
+    net = _net(ctx, hybridize)
+    ps.apply_mask(net, {'net_conv0_weight': np.ones((8, 3, 3, 3))})
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)), ctx=ctx[0])
+    before, out_before = _state(net, x)
+    masks_before = {n: m.asnumpy() for n, m in ps.get_mask(net, ps.masked(net)).items()}
+    lat = ps.measure_latency(net, inputs=x, runtime=runtime, repeats=3, warmup=1, threads=1)
+    assert lat.runtime == runtime and lat.shapes == ((2, 3, 8, 8),)
+    assert lat.threads == 1 and lat.repeats == 3
+    assert 0 < lat.p10 <= lat.median <= lat.p90
+    after, out_after = _state(net, x)
+    assert before.keys() == after.keys()
+    for name in before:   # bit for bit, every replica
+        for a, b in zip(before[name], after[name]):
+            assert np.array_equal(a, b), name
+    # same arithmetic before and after, so equal bit for bit
+    assert np.array_equal(out_before, out_after)
+    masks_after = {n: m.asnumpy() for n, m in ps.get_mask(net, ps.masked(net)).items()}
+    assert masks_before.keys() == masks_after.keys()
+    assert all(np.array_equal(masks_before[n], masks_after[n]) for n in masks_before)
+
+
+def test_statistics_come_from_the_samples(monkeypatch):
+    samples = iter([0.5, 0.1, 0.3, 0.2, 0.4])
+    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: next(samples))
+    net = _net([mx.cpu(0)], False)
+    lat = ps.measure_latency(net, inputs=(1, 3, 8, 8), repeats=5, threads=2)
+    assert lat.median == pytest.approx(0.3, rel=1e-12)   # numpy percentile, exact inputs
+    assert lat.p10 == pytest.approx(0.14, rel=1e-12)
+    assert lat.p90 == pytest.approx(0.46, rel=1e-12)
+    assert lat.threads == 2
+
+
+def test_timer_sees_the_nets_parameters(monkeypatch):
+    seen = []
+    monkeypatch.setattr(latency, '_TIMER',
+                        lambda runtime, variant: seen.append(variant) or 1.0)
+    net = _net([mx.cpu(0), mx.cpu(1)], True)
+    ps.measure_latency(net, inputs=(1, 3, 8, 8), runtime='mkldnn', repeats=1)
+    arrays = seen[0].arrays
+    assert np.array_equal(arrays['net_conv0_weight'],
+                          net.collect_params()['net_conv0_weight'].data(mx.cpu(0)).asnumpy())
+    assert seen[0].shapes == ((1, 3, 8, 8),)
+
+
+def test_missing_onnxruntime_is_a_typed_error(monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def no_ort(name, *args, **kwargs):
+        if name == 'onnxruntime':
+            raise ImportError('no onnxruntime')
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, '__import__', no_ort)
+    with pytest.raises(ps.MissingDependencyError, match=r"\[onnx\]"):
+        ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8),
+                           runtime='onnxruntime')
