@@ -8,23 +8,24 @@ Every public name is importable from here (``import paramsurgery as ps``). The m
 loaded on first use, so that the parts that need no MXNet (``paramsurgery.errors``,
 ``paramsurgery.pruning_core``, ``paramsurgery.schedules``) import without it.
 
-The layers, each importing only from the ones above it::
+The layers, each importing only from the ones above it (and, within a line, ``a -> b``:
+``b`` imports ``a``); ``tests/test_layers.py`` checks this against the real imports::
 
-    errors, _checks, _files          exceptions, argument checks, atomic files (no MXNet)
+    errors -> _checks, _files        exceptions; argument checks, atomic files (no MXNet)
     pruning_core, schedules          exact masks from numpy arrays, schedules (no MXNet)
     select                           keys, and the mask-name rule
     _internals                       every private MXNet attribute, and nothing else
     access, distributed              context-safe access; Trainer and kvstore checks
     _snapshot                        one transaction over a net and its Trainers
     _values -> surgery               the value plan; assign_params, set_params
-    _deconv, _layout, _masked_forward -> masks    masks in the forward graph
+    _deconv, _layout -> _masked_forward -> masks    masks in the forward graph
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
-    channels -> shrinking, _exported channel groups, channel pruning; structural shrink
+    channels -> shrinking, _exported    channel groups and pruning; structural shrink
     latency                          latency measured on a runtime (mxnet, mkldnn, onnxruntime)
-    report, analysis                 sparsity reports; sensitivity analysis and budgets
-    cli, demo                        the command line and the demo
+    report -> analysis               sparsity reports; sensitivity analysis and budgets
+    demo -> cli                      the demo and the command line
 """
-import importlib
+import importlib as _importlib
 
 # Bound now: the submodule of the same name would otherwise shadow the function.
 from .select import select  # noqa: F401  (listed in __all__ below)
@@ -67,7 +68,7 @@ def __getattr__(name):
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError("module 'paramsurgery' has no attribute %r" % name)
-    value = getattr(importlib.import_module('.' + module, __name__), name)
+    value = getattr(_importlib.import_module('.' + module, __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -9,6 +9,8 @@ is therefore computed as the equivalent Convolution (zeros inserted between inpu
 padded, kernel flipped and its in/out channels swapped), whose backward handles computed
 weights. Same values and gradients; it costs about stride**ndim times the multiply-adds.
 """
+import contextlib
+
 import mxnet as mx
 
 from . import _internals
@@ -16,6 +18,23 @@ from . import _internals
 __all__ = []
 
 _MKLDNN = None
+#: >0 while a symbolic trace that only infers shapes runs (see :func:`real_deconvolution`).
+_REAL = 0
+
+
+@contextlib.contextmanager
+def real_deconvolution():
+    """Trace masked transposed convolutions as the Deconvolution they are.
+
+    The stand-in Convolution is only needed for a backward; a trace that infers shapes
+    and counts multiply-adds would otherwise count the stand-in's (about stride**ndim
+    times more)."""
+    global _REAL  # pylint: disable=global-statement
+    _REAL += 1
+    try:
+        yield
+    finally:
+        _REAL -= 1
 
 
 def mkldnn_enabled():
@@ -42,7 +61,7 @@ def transposed_conv_layout(block):
 
 
 def needs_deconv_workaround(block):
-    return is_transposed_conv(block) and mkldnn_enabled()
+    return not _REAL and is_transposed_conv(block) and mkldnn_enabled()
 
 
 class DeconvAsConv:

@@ -30,8 +30,8 @@ from .channels import (
     count_ops,
 )
 from .errors import ShrinkError
-from .masks import load_exported
-from .pruning_core import prune_count
+from .masks import _quiet_input_types, load_exported
+from .pruning_core import _check_amount
 from .select import MASK_SUFFIX
 
 __all__ = []
@@ -137,7 +137,7 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
     ``shapes`` is a list of input shapes (one per data input). Raises ``ShrinkError`` when
     the shrunk model does not compute what the masked original computes.
     """
-    prune_count(amount, 1 << 62, what='channels')   # type, NaN, sign, float > 1: first
+    _check_amount(amount, what='channels')   # type, NaN, sign, float > 1: first
     round_to = _check_round_to(round_to)
     block = _load(symbol_file, param_file, len(shapes))
     graph = _build(block, shapes)
@@ -189,8 +189,9 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
             new_shapes[name] = value.shape
         arrays[('aux:' if name in aux else 'arg:') + name] = mx.nd.array(value, dtype=value.dtype)
     symbol_json = _rewrite(symbol.tojson(), new_shapes)
-    shrunk = gluon.SymbolBlock(mx.sym.load_json(symbol_json),
-                               [mx.sym.var(n) for n in _input_names(len(shapes))])
+    with _quiet_input_types():
+        shrunk = gluon.SymbolBlock(mx.sym.load_json(symbol_json),
+                                   [mx.sym.var(n) for n in _input_names(len(shapes))])
     shrunk_params = shrunk.collect_params()
     for key, value in arrays.items():
         shrunk_params[key.split(':', 1)[1]]._load_init(value, mx.cpu())

@@ -191,7 +191,10 @@ def _reason(err):
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     lines = [line for line in lines if not line.startswith(('Stack trace', '[bt]', 'File "'))]
     text = lines[-1] if lines else ''
-    return '%s: %s' % (type(err).__name__, text[:200]) if text else type(err).__name__
+    kind = type(err).__name__
+    if text.startswith(kind + ':'):   # MXNet's last line names the type already
+        text = text[len(kind) + 1:].strip()
+    return '%s: %s' % (kind, text[:200]) if text else kind
 
 
 # What a damaged or wrong-format file raises while being parsed (numpy, zipfile, json,

@@ -176,7 +176,8 @@ def sync_trainer(trainer, params):
         return
     pending = set(id(p) for p in trainer._params_to_init)
     keyed = [(trainer_index(trainer, p), p) for p in params if id(p) not in pending]
-    keyed = [(idx, p) for idx, p in keyed if idx is not None]
+    # masks never reach the kvstore (see _watching_init_kvstore): nothing there to overwrite
+    keyed = [(idx, p) for idx, p in keyed if idx is not None and not is_mask_param(p)]
     if not keyed:
         return
     on_kvstore = kvstore is not None and update_on_kvstore
@@ -587,12 +588,14 @@ def reinit_trainer_kvstore(trainer):
 # - weight Parameter: ``_paramsurgery_update_mask`` (its mask Parameter), ``_set_trainer``
 #   (the hook), ``_paramsurgery_trainers`` (weak references to Trainers built on it since);
 # - mask Parameter: ``_paramsurgery_copies`` (copies on contexts it does not live on, e.g. a
-#   GPU kvstore's merge buffer on ``cpu_pinned``);
+#   GPU kvstore's merge buffer on ``cpu_pinned``), ``_paramsurgery_is_mask`` and
+#   ``_set_trainer`` (a Trainer built on the mask is watched, so it never reaches a kvstore);
 # - Trainer: ``_init_kvstore`` (the watch).
 
 _UPDATE_MASK = '_paramsurgery_update_mask'
 _TRAINERS = '_paramsurgery_trainers'
 _COPIES = '_paramsurgery_copies'
+_IS_MASK = '_paramsurgery_is_mask'
 
 #: Optimizers that leave an entry at exactly zero when its weight, gradient and state are
 #: zero (checked for each in tests/test_mask_modes.py, with weight decay, momentum, gradient
@@ -757,7 +760,29 @@ def _refuse_at_kvstore_creation(trainer):
 def _watching_init_kvstore(self):
     _refuse_at_kvstore_creation(self)
     type(self)._init_kvstore(self)
+    # the next thing every step runs is _init_params, which hands each listed parameter to
+    # the kvstore: a dist kvstore's server dies on a uint8 update-mode mask, and no mask is
+    # trainable state (paramsurgery writes every replica itself)
+    self._params_to_init = [p for p in self._params_to_init if not is_mask_param(p)]
     enforce_masks(self)
+
+
+def _watching_mask_set_trainer(self, trainer):
+    type(self)._set_trainer(self, trainer)
+    if trainer is not None:
+        watch_trainer(trainer)
+
+
+def mark_mask_param(mask):
+    """Mark ``mask`` (a mask Parameter, either mode) so that every Trainer built on it is
+    watched and keeps it out of its kvstore."""
+    mask.__dict__[_IS_MASK] = True
+    mask.__dict__['_set_trainer'] = types.MethodType(_watching_mask_set_trainer, mask)
+
+
+def is_mask_param(param):
+    """True for a Parameter marked by :func:`mark_mask_param`."""
+    return bool(param.__dict__.get(_IS_MASK, False))
 
 
 def watch_trainer(trainer):

@@ -168,7 +168,8 @@ def check_params(net, key=None) -> List[Problem]:
         ``wrong-context`` (an entry lives on another context), ``not-a-leaf`` (an entry is
         not an autograd variable), ``grad-missing`` (grad_req is not 'null' but a gradient
         buffer is missing), ``replicas-diverged`` (copies of a trainable parameter or a
-        mask differ between contexts), ``mask-not-enforced`` (an update-mode mask whose
+        mask differ between contexts; parameters with grad_req 'null', such as BatchNorm's
+        running statistics, are per context and not compared), ``mask-not-enforced`` (an update-mode mask whose
         masked entries are not zero in the stored weight, or which a Trainer of the
         parameter would not keep at zero: a dist kvstore updating on its servers, an
         Updater replaced after the mask).

@@ -31,7 +31,7 @@ from ._snapshot import Transaction
 from .errors import FileFormatError, SurgeryTypeError, SurgeryValueError
 from .masks import _owner_index, _owners_checked, apply_mask, get_mask, masked, unmasked_params
 from .pruning import _apply as _apply_pruning_masks
-from .pruning_core import magnitude_masks, prune_count
+from .pruning_core import _check_amount, magnitude_masks
 from .report import pyplot, save_figure
 from .select import all_params, select
 
@@ -545,7 +545,7 @@ def _amounts(amounts):
                                 'amounts=[0.25, 0.5] (see docs/pruning.md#how-much-amount).'
                                 % (amounts,))
     for amount in amounts:
-        prune_count(amount, 1 << 62)     # type, bool, NaN, sign, a float above 1
+        _check_amount(amount)     # type, bool, NaN, sign, a float above 1
     if len(set(amounts)) != len(amounts):
         raise SurgeryValueError('amounts has repeated values: %r.' % (list(amounts),))
     return tuple(amounts)
@@ -556,7 +556,8 @@ def _progress(total):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc='sensitivity', unit='trial', leave=False)
+    # disable=None: no bar unless stderr is a terminal (no carriage returns in a log)
+    return tqdm(total=total, desc='sensitivity', unit='trial', leave=False, disable=None)
 
 
 class _WeightUnits:

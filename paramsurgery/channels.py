@@ -23,10 +23,11 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from . import _internals
+from ._deconv import real_deconvolution
 from .access import replicas
 from .errors import SelectionError, SurgeryTypeError, SurgeryValueError, and_more
 from .masks import _check_mode, apply_mask, get_mask, masked, unmasked_params
-from .pruning_core import prune_count
+from .pruning_core import _check_amount, prune_count
 from .select import mask_names, select
 
 __all__ = ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'prune_channels', 'count_ops']
@@ -865,12 +866,13 @@ def _check_owners(net, graph):
 def count_ops(net, *inputs) -> Tuple[int, int]:
     """Multiply-accumulates for one sample and learnable parameters of ``net``.
 
-    MACs count the Convolution and FullyConnected layers only (a convolution: output
-    elements times input channels per group times kernel size; bias additions are not
-    counted); the batch size divides out. Parameters count Convolution and FullyConnected
-    weights and biases and BatchNorm gamma and beta, each shared parameter once; running
-    statistics and masks are not counted (a masked weight counts in full: shrink it to make
-    it smaller).
+    MACs count the Convolution, Deconvolution (transposed convolution) and FullyConnected
+    layers only (a convolution: output elements times input channels per group times kernel
+    size; a transposed one: input elements times output channels per group times kernel
+    size, masked or not; bias additions are not counted); the batch size divides out.
+    Parameters count the weights and biases of those layers and BatchNorm gamma and beta,
+    each shared parameter once; running statistics and masks are not counted (a masked
+    weight counts in full: shrink it to make it smaller).
 
     Parameters
     ----------
@@ -894,7 +896,8 @@ def count_ops(net, *inputs) -> Tuple[int, int]:
     """
     _require_hybrid(net, 'count_ops')
     shapes = _input_shapes(_positional(inputs), 'inputs')
-    trace = _Trace(net, shapes)
+    with real_deconvolution():
+        trace = _Trace(net, shapes)
     return _count(trace)
 
 
@@ -912,11 +915,11 @@ def _op_counts(trace):
 
     for nid, node in enumerate(nodes):
         op = node['op']
-        if op not in ('Convolution', 'FullyConnected', 'BatchNorm', 'BatchNormWithReLU',
-                      '_contrib_BatchNormWithReLU'):
+        if op not in ('Convolution', 'Deconvolution', 'FullyConnected', 'BatchNorm',
+                      'BatchNormWithReLU', '_contrib_BatchNormWithReLU'):
             continue
         inputs = node['inputs']
-        if op in ('Convolution', 'FullyConnected'):
+        if op in ('Convolution', 'Deconvolution', 'FullyConnected'):
             wname = src(inputs[1])
             wshape = trace.shapes.get(wname)
             out = trace.shape(nid)
@@ -924,6 +927,13 @@ def _op_counts(trace):
                 continue
             if op == 'Convolution':
                 layer = int(np.prod(out[1:], dtype=np.int64)) * int(np.prod(wshape[1:]))
+            elif op == 'Deconvolution':
+                # every input element meets (output channels per group) x kernel weights;
+                # the weight is (in channels, out channels per group, kernel...)
+                data = trace.shape(*inputs[0][:2])
+                if data is None:
+                    continue
+                layer = int(np.prod(data[1:], dtype=np.int64)) * int(np.prod(wshape[1:]))
             else:
                 rows = int(np.prod(out[1:-1], dtype=np.int64)) if len(out) > 2 else 1
                 layer = rows * int(np.prod(wshape))
@@ -967,7 +977,8 @@ def _check_round_to(round_to):
 
 
 def _kept_count(kept, alive, round_to):
-    """The number of channels kept after rounding (section 9 of the API contract)."""
+    """The number of channels kept after rounding (``round_to``: the nearest multiple, at
+    least one multiple, at most what is alive, at least one channel)."""
     if round_to > 1:
         kept = int(math.floor(kept / round_to + 0.5)) * round_to
         kept = max(kept, round_to)
@@ -1076,10 +1087,10 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     net : HybridBlock
         An initialised network.
     amount : int or float
-        Section 7's rules: a float in [0, 1] is the fraction of each group's channels still
-        unmasked (``floor(amount * n + 0.5)``), an int a count. With ``scope='global'``
-        the same rule applies to the channels of all selected groups together. At least one
-        channel of every group is kept.
+        As in docs/pruning.md#how-much-amount: a float in [0, 1] is the fraction of each
+        group's channels still unmasked (``floor(amount * n + 0.5)``), an int a count. With
+        ``scope='global'`` the same rule applies to the channels of all selected groups
+        together. At least one channel of every group is kept.
     inputs : NDArray or tuple of int or list of them
         A batch (or its shape) per data input, to trace the net.
     key : str or Parameter or list or callable, default None
@@ -1114,9 +1125,9 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     SurgeryTypeError
         ``net`` is not a HybridBlock, or a wrong argument type.
     SurgeryValueError
-        A bad ``amount`` (section 7), ``scope``, ``round_to`` or ``importance``; the key
-        selects no prunable group (the message says why each selected one is not); a group
-        without a BatchNorm with ``'bn_gamma'``.
+        A bad ``amount`` (docs/pruning.md#how-much-amount), ``scope``, ``round_to`` or
+        ``importance``; the key selects no prunable group (the message says why each
+        selected one is not); a group without a BatchNorm with ``'bn_gamma'``.
     SelectionError
         ``key`` selects no parameter.
 
@@ -1149,7 +1160,7 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
             % (', '.join(repr(i) for i in _IMPORTANCES), importance))
     round_to = _check_round_to(round_to)
     for one in (amount.values() if isinstance(amount, Mapping) else [amount]):
-        prune_count(one, 1 << 62, what='channels')   # type, NaN, sign, float > 1
+        _check_amount(one, what='channels')   # type, NaN, sign, float > 1
     shapes = _input_shapes(inputs)
     graph = _build(net, shapes)
     _check_owners(net, graph)

@@ -72,6 +72,23 @@ def _amount(text):
         raise argparse.ArgumentTypeError('--amount must be a number, got %r' % text) from None
 
 
+# A whole number in this range where a fraction is usual is most likely a percentage.
+_PERCENT_LIKE = range(2, 101)
+
+
+def _check_count(args, unit, per):
+    """Refuse ``--amount N`` for N in 2..100 unless ``--count`` says a count is meant."""
+    amount = args.amount
+    is_count = isinstance(amount, int)
+    if args.count and not is_count:
+        raise UsageError('--count says --amount is a count, got %r: pass a whole number, or a '
+                         'fraction without --count' % amount)
+    if is_count and amount in _PERCENT_LIKE and not args.count:
+        raise UsageError('--amount %d prunes %d %s %s, not %d%%: did you mean --amount %s? '
+                         'To prune %d %s %s, add --count (docs/cli.md#amounts-fractions-and-counts)'
+                         % (amount, amount, unit, per, amount, amount / 100, amount, unit, per))
+
+
 def _inspect(args) -> int:
     arrays = _load(args.file)
     names = _keys(arrays, args.key, lambda n, a: True) if args.key else None
@@ -82,6 +99,7 @@ def _inspect(args) -> int:
 
 def _prune(args) -> int:
     import mxnet as mx
+    _check_count(args, 'entries', 'in all' if args.scope == 'global' else 'per array')
     check_path('-o/--output', args.output, write=True)  # before any work
     source = os.path.abspath(args.file)
     target = os.path.abspath(args.output)
@@ -130,8 +148,28 @@ def _shape(text):
     return dims
 
 
+def _check_inputs(symbol, given):
+    """One ``--input-shape`` per data input of the exported model (``export()`` names them
+    ``data`` or ``data0``, ``data1``, ...), said as such rather than as an unreadable model."""
+    import mxnet as mx
+
+    from .channels import _input_names
+    try:
+        inputs = mx.sym.load(symbol).list_inputs()
+    except mx.base.MXNetError:
+        return   # a damaged file: the loader reports it with the parameter file
+    data = [n for n in inputs if re.fullmatch(r'data\d*', n)]
+    count = len(given) if given else 1
+    if data and sorted(data) != sorted(_input_names(count)):
+        raise UsageError(
+            '%s has %d data input%s (%s): give one --input-shape per input, got %s'
+            % (symbol, len(data), 's' if len(data) > 1 else '', ', '.join(data),
+               '%d' % len(given) if given else 'none (the default is one input, 1,3,224,224)'))
+
+
 def _shrink(args) -> int:
     from . import _exported
+    _check_count(args, 'channels', 'in all' if args.scope == 'global' else 'per group')
     symbol = check_path('SYMBOL', args.symbol)
     params = check_path('PARAMS', args.params)
     prefix = os.fspath(args.output)
@@ -142,6 +180,7 @@ def _shrink(args) -> int:
     for target in targets:
         check_path('-o', target, write=True)
     shapes = args.input_shape or [(1, 3, 224, 224)]
+    _check_inputs(symbol, args.input_shape)
     result = _exported.shrink_exported(symbol, params, shapes, args.amount,
                                        importance=args.importance, scope=args.scope,
                                        round_to=args.round_to)
@@ -170,8 +209,10 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     parser = argparse.ArgumentParser(
         prog=PROG, description='Safe parameter surgery for MXNet Gluon networks.')
+    parser.add_argument('--version', action='version', version='%s %s' % (PROG, __version__))
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
 
@@ -194,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument('-o', '--output', metavar='OUT.params', required=True,
                        help='where to write (the input is overwritten only if named here)')
     prune.add_argument('--amount', type=_amount, required=True,
-                       help='a fraction in [0, 1] of the entries (0.9) or a count (1000)')
+                       help='a fraction in [0, 1] of the entries (0.9) or a count (1000); '
+                            'a whole number from 2 to 100 needs --count')
+    prune.add_argument('--count', action='store_true',
+                       help='--amount is a count of entries (allows --amount 2 to 100, which '
+                            'are refused without it as probable percentages)')
     prune.add_argument('--scope', choices=['layer', 'global'], default='layer',
                        help='rank each array separately (layer) or all together (global)')
     prune.add_argument('--key', metavar='REGEX', help='arrays to prune (from the start)')
@@ -221,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                              '(repeat for several inputs; default 1,3,224,224)')
     shrink.add_argument('--amount', type=_amount, required=True,
                         help='a fraction in [0, 1] of the channels of each group (0.5) or a '
-                             'count')
+                             'count; a whole number from 2 to 100 needs --count')
+    shrink.add_argument('--count', action='store_true',
+                        help='--amount is a count of channels per group (allows --amount 2 '
+                             'to 100, which are refused without it as probable percentages)')
     shrink.add_argument('--importance', choices=['l1', 'l2'], default='l2',
                         help='rank channels by the L1 or L2 norm of their slices (default l2)')
     shrink.add_argument('--scope', choices=['layer', 'global'], default='layer',

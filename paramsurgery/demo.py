@@ -216,8 +216,7 @@ def channel_act(args, dense_params, train, valid, test, tqdm, sensitivity_plot=N
     prune_channels(net, plan, inputs=INPUT, round_to=ROUND_TO)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 1e-3})
-    bar = tqdm(total=args.channel_epochs * len(train), desc='channels: fine-tuning',
-               disable=args.quiet, file=sys.stdout, leave=False)
+    bar = _bar(tqdm, args, args.channel_epochs * len(train), 'channels: fine-tuning')
     for _ in range(args.channel_epochs):
         _epoch(net, trainer, train, loss_fn, bar)
         bar.set_postfix(valid_acc='%.3f' % accuracy(net, x_valid, y_valid))
@@ -243,6 +242,13 @@ def channel_act(args, dense_params, train, valid, test, tqdm, sensitivity_plot=N
         print('%-26s %12s %12s %8s' % (name, a, b, '' if ratio is None else '%.2fx' % ratio))
     return {'shrunk_acc': shrunk_acc, 'macs_ratio': dense_macs / macs,
             'speedup': dense_time / shrunk_time, 'plan': plan, 'report': report}
+
+
+def _bar(tqdm, args, total, desc):
+    # disable=None: no bar unless stdout is a terminal, so a log or a pipe gets no carriage
+    # returns (tqdm redraws its line with them)
+    return tqdm(total=total, desc=desc, disable=True if args.quiet else None, file=sys.stdout,
+                leave=False)
 
 
 class _Silent:
@@ -321,8 +327,7 @@ def run(args: Optional[argparse.Namespace] = None) -> dict:
     net = build_net(args.seed)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 2e-3})
-    bar = tqdm(total=args.epochs * len(train), desc='dense training', disable=args.quiet,
-               file=sys.stdout, leave=False)
+    bar = _bar(tqdm, args, args.epochs * len(train), 'dense training')
     best, best_params = -1.0, None
     for _ in range(args.epochs):
         _epoch(net, trainer, train, loss_fn, bar)
@@ -344,8 +349,7 @@ def run(args: Optional[argparse.Namespace] = None) -> dict:
                                frequency=max(1, steps_per_epoch // 2))
     pruner = Pruner(net, PRUNED, schedule, scope='global')
     trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 1e-3})
-    bar = tqdm(total=total, desc='pruning + fine-tuning', disable=args.quiet, file=sys.stdout,
-               leave=False)
+    bar = _bar(tqdm, args, total, 'pruning + fine-tuning')
     step = 0
     for _ in range(args.prune_epochs):
         step = _epoch(net, trainer, train, loss_fn, bar, pruner, step)

@@ -92,9 +92,9 @@ class SamplerTypeError(ParamSurgeryError, TypeError, ValueError):
     """A sampler argument has the wrong type (a ``bool``, ``str`` or ``None`` as a size, an
     ``exclude`` that is not a :class:`paramsurgery.SubsetRandomSampler`).
 
-    It is also a ``ValueError`` because the API contract promises ``ValueError`` for every
-    bad size, while Python's own convention for a wrong type is ``TypeError``: catching
-    either works.
+    It is also a ``ValueError`` because every bad size raises a ``ValueError``
+    (docs/samplers.md), while Python's own convention for a wrong type is ``TypeError``:
+    catching either works.
     """
 
 

@@ -7,6 +7,7 @@ gradient that reaches the stored weight is ``mask * dL/dW_effective``, the weigh
 leaf variable the Trainer updates (no stale gradient), and ``export()`` carries the mask.
 See ``docs/masks.md``.
 """
+import contextlib
 import inspect
 import io
 import json
@@ -346,6 +347,7 @@ def _new_mask_param(name, param, mode, contexts, value):
     mask = Parameter(name + MASK_SUFFIX, grad_req='null', shape=param.shape,
                      dtype=UPDATE_MASK_DTYPE if mode == 'update' else param.dtype,
                      init=mx.init.One(), differentiable=False)
+    _internals.mark_mask_param(mask)
     with autograd.pause():
         # a full-shape value is written over it right away: fill with the cheapest
         # initialiser (the mask's own init, ones, stays for initialize(force_reinit=True))
@@ -964,6 +966,9 @@ def load_masks(net, path: str, *, combine: str = 'replace', mode: Optional[str] 
         ``SurgeryValueError`` too); nothing changed.
     SurgeryValueError
         A shape that does not match, a missing file, a folder.
+    ParameterStateError
+        A parameter's shape is not known yet (deferred initialisation: run one forward
+        first) or it was never initialised.
     SurgeryTypeError
         ``path`` is not a ``str`` or ``os.PathLike`` (an ``int`` is not a file descriptor
         here).
@@ -1010,6 +1015,9 @@ def load_masks(net, path: str, *, combine: str = 'replace', mode: Optional[str] 
                 "(structural names: %s%s). Load it into a net of the same architecture."
                 % (path, skey, ', '.join(list(by_key)[:5]), ', ...' if len(by_key) > 5 else ''))
         if tuple(values.shape) != tuple(param.shape):
+            # a shape still deferred ((4, 0)) is not another architecture: say to run a forward
+            if not param.shape or not all(d > 0 for d in param.shape):
+                ensure_usable(param)
             raise SurgeryValueError(
                 "The mask file '%s' has a mask of shape %s for '%s' but Parameter '%s' has "
                 "shape %s. Load it into a net of the same architecture."
@@ -1019,6 +1027,16 @@ def load_masks(net, path: str, *, combine: str = 'replace', mode: Optional[str] 
     if not plan:
         return []
     return _apply_masks(net, plan, None, combine=combine, mode=modes)
+
+
+@contextlib.contextmanager
+def _quiet_input_types():
+    """Silence MXNet's "Cannot decide type for the following arguments ... data: None",
+    which every ``SymbolBlock`` built from a symbol warns: an input's dtype is only known at
+    the first forward, which is fine, and the warning only alarms users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Cannot decide type', category=UserWarning)
+        yield
 
 
 def load_exported(symbol_file: str, input_names, param_file: Optional[str] = None,
@@ -1105,7 +1123,8 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
     fix = ('Export the network again with net.export(prefix) and pass prefix + '
            "'-symbol.json' and prefix + '-0000.params'.")
     with reading([symbol_file] if param_file is None else [symbol_file, param_file],
-                 'exported model (symbol JSON and parameter file written by export())', fix):
+                 'exported model (symbol JSON and parameter file written by export())', fix), \
+            _quiet_input_types():
         block = SymbolBlock.imports(symbol_file, input_names, param_file, ctx, **kwargs)
     params = block.collect_params()
     for param in params.values():
@@ -1115,6 +1134,7 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
             param.shape = _internals.raw_data(param)[0].shape
     for name in mask_names(params):
         params[name].grad_req = 'null'
+        _internals.mark_mask_param(params[name])
     return block
 
 

@@ -122,9 +122,9 @@ def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer'
     SelectionError
         ``key`` selects nothing.
     SurgeryTypeError, SurgeryValueError
-        A bad ``amount`` (section 7 of the API: ``bool``, NaN, negative, a float above 1, a
-        count above the entries left), bad options, or a parameter that cannot take a mask
-        (see :func:`apply_mask`).
+        A bad ``amount`` (docs/pruning.md#how-much-amount: ``bool``, NaN, negative, a float
+        above 1, a count above the entries left), bad options, or a parameter that cannot
+        take a mask (see :func:`apply_mask`).
     ParameterStateError
         A selected parameter is not initialised yet (run one forward first).
 
@@ -193,9 +193,9 @@ def prune_random(net, key, amount: Union[int, float], *, seed: Any = None,
     SelectionError
         ``key`` selects nothing.
     SurgeryTypeError, SurgeryValueError
-        A bad ``amount`` (section 7 of the API: ``bool``, NaN, negative, a float above 1, a
-        count above the entries left), bad options, or a parameter that cannot take a mask
-        (see :func:`apply_mask`).
+        A bad ``amount`` (docs/pruning.md#how-much-amount: ``bool``, NaN, negative, a float
+        above 1, a count above the entries left), bad options, or a parameter that cannot
+        take a mask (see :func:`apply_mask`).
     ParameterStateError
         A selected parameter is not initialised yet (run one forward first).
 
@@ -256,9 +256,9 @@ def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm
     SelectionError
         ``key`` selects nothing.
     SurgeryTypeError, SurgeryValueError
-        A bad ``amount`` (section 7 of the API: ``bool``, NaN, negative, a float above 1, a
-        count above the entries left), bad options, or a parameter that cannot take a mask
-        (see :func:`apply_mask`).
+        A bad ``amount`` (docs/pruning.md#how-much-amount: ``bool``, NaN, negative, a float
+        above 1, a count above the entries left), bad options, or a parameter that cannot
+        take a mask (see :func:`apply_mask`).
     ParameterStateError
         A selected parameter is not initialised yet (run one forward first).
 
@@ -314,9 +314,9 @@ def prune_custom(net, key, mask: Any, *, mode: str = 'graph') -> List[str]:
     SelectionError
         ``key`` selects nothing.
     SurgeryTypeError, SurgeryValueError
-        A bad ``amount`` (section 7 of the API: ``bool``, NaN, negative, a float above 1, a
-        count above the entries left), bad options, or a parameter that cannot take a mask
-        (see :func:`apply_mask`).
+        A bad ``amount`` (docs/pruning.md#how-much-amount: ``bool``, NaN, negative, a float
+        above 1, a count above the entries left), bad options, or a parameter that cannot
+        take a mask (see :func:`apply_mask`).
     ParameterStateError
         A selected parameter is not initialised yet (run one forward first).
 

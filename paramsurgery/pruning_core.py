@@ -89,12 +89,32 @@ def prune_count(amount: Union[int, float], n: int, *, what: str = 'entries',
     paramsurgery.errors.SurgeryValueError: amount=50.0 is a float above 1; a float is a
     fraction of the 10 entries still unmasked. Did you mean amount=0.5 (amount/100)? ...
     """
-    at = ' in %s' % where if where else ''
     if not _is_int(n):
         raise SurgeryTypeError('n (the number of candidates) must be an int, got %s %r.'
                                % (type(n).__name__, n))
     if n < 0:
         raise SurgeryValueError('n (the number of candidates) must be >= 0, got %d.' % n)
+    value = _check_amount(amount, what=what, where=where, n=n)
+    if _is_int(value):
+        if value > n:
+            raise SurgeryValueError(
+                'amount=%d asks to prune %d %s but only %d %s %s still unmasked%s. Pass at '
+                'most %d, or a float in [0, 1] for a fraction.'
+                % (value, value, what, n, what, 'is' if n == 1 else 'are', _at(where), n))
+        return value
+    return int(math.floor(value * n + 0.5))
+
+
+def _at(where):
+    return ' in %s' % where if where else ''
+
+
+def _check_amount(amount: Any, *, what: str = 'entries', where: str = '',
+                 n: Optional[int] = None) -> Union[int, float]:
+    """``amount`` as an int (a count) or a float in [0, 1], checked for type, bool, NaN,
+    sign and a float above 1 before the number of candidates is known (``n``, when it is,
+    is quoted in the float-above-1 message). Raises as :func:`prune_count` does."""
+    at = _at(where)
     if isinstance(amount, (bool, np.bool_)):
         raise SurgeryTypeError(
             'amount=%r is a bool; pass a float in [0, 1] (fraction of the %s still unmasked%s) '
@@ -103,11 +123,6 @@ def prune_count(amount: Union[int, float], n: int, *, what: str = 'entries',
         count = int(amount)
         if count < 0:
             raise SurgeryValueError('amount=%d is negative; a count must be >= 0.' % count)
-        if count > n:
-            raise SurgeryValueError(
-                'amount=%d asks to prune %d %s but only %d %s %s still unmasked%s. Pass at '
-                'most %d, or a float in [0, 1] for a fraction.'
-                % (count, count, what, n, what, 'is' if n == 1 else 'are', at, n))
         return count
     if not _is_real(amount):
         raise SurgeryTypeError(
@@ -122,10 +137,10 @@ def prune_count(amount: Union[int, float], n: int, *, what: str = 'entries',
                                 % (amount,))
     if value > 1:
         raise SurgeryValueError(
-            'amount=%r is a float above 1; a float is a fraction of the %d %s still unmasked%s. '
-            'Did you mean amount=%r (amount/100)? For a count pass an int.'
-            % (amount, n, what, at, value / 100))
-    return int(math.floor(value * n + 0.5))
+            'amount=%r is a float above 1; a float is a fraction of the %s%s still '
+            'unmasked%s. Did you mean amount=%r (amount/100)? For a count pass an int.'
+            % (amount, '' if n is None else '%d ' % n, what, at, value / 100))
+    return value
 
 
 def count_to_reach(sparsity: float, total: int, masked: int, zeros: Optional[int] = None

@@ -648,7 +648,11 @@ def apply_plan(net, plan: Union[ShrinkPlan, str, 'os.PathLike']) -> List[str]:
             if data is None or _internals.is_deferred(param):
                 _internals.set_param_arrays(param, new)
                 continue
-            arrays = [a[tuple(slice(0, n) for n in new)].copy() for a in data]
+            # Through numpy: basic slicing of an array that a predict-mode convolution left
+            # in oneDNN's blocked layout kills the process with SIGFPE (MXNet 1.9.1);
+            # asnumpy reads it back in the default layout.
+            keep = tuple(slice(0, n) for n in new)
+            arrays = [nd.array(a.asnumpy()[keep], ctx=a.context, dtype=a.dtype) for a in data]
             _internals.set_param_arrays(param, new, arrays)
     for blk in blocks.values():
         _internals.resize_block(blk, depthwise[id(blk)])

@@ -66,6 +66,12 @@ class StaleRecord(NamedTuple):
     def __str__(self):
         return '[%s] %s on %s: %s' % (self.reason, self.name, self.context, self.message)
 
+    def __repr__(self):
+        # find_stale returns one record per (parameter, context), most sharing one long
+        # message: a list of them printed in full would repeat it on every line
+        return 'StaleRecord(name=%r, context=%s, reason=%r)' % (self.name, self.context,
+                                                                 self.reason)
+
 
 # --------------------------------------------------------------------------- usage tracking
 

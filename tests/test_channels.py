@@ -157,6 +157,27 @@ def test_count_ops_by_hand():
     assert ps.count_ops(chain, (1, 3, 8, 8)) == before
 
 
+def test_count_ops_counts_a_transposed_convolution_masked_or_not(ctxs, hybridize):
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(4, 3, padding=1), nn.Conv2DTranspose(6, 3, strides=2, padding=1,
+                                                            output_padding=1), nn.Dense(3))
+    net.initialize(ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    x = mx.nd.ones((2, 3, 8, 8), ctx=ctxs[0])
+    net(x)
+    # conv 4x3x3x3 on 8x8; the transposed conv: each of the 4x8x8 input elements meets 6x3x3
+    # weights (its output is 6x16x16); dense 1536 -> 3
+    macs = 64 * 4 * 27 + 4 * 64 * 6 * 9 + 6 * 256 * 3
+    params = (108 + 4) + (4 * 6 * 9 + 6) + (1536 * 3 + 3)
+    assert ps.count_ops(net, x) == (macs, params)
+    weight = net[1].weight
+    ps.apply_mask(net, weight.name, np.ones(weight.shape, dtype='float32'))
+    y = net(x)    # the masked forward runs (on MKLDNN builds, as the equivalent Convolution)
+    assert y.shape == (2, 3)
+    assert ps.count_ops(net, x) == (macs, params)
+
+
 # --------------------------------------------------------------------------- prune_channels
 
 def channel_alive(net, group):
@@ -281,7 +302,9 @@ def test_round_to():
 
 
 @pytest.mark.parametrize('kwargs, error, text', [
-    (dict(amount=1.5), ps.SurgeryValueError, 'amount/100'),
+    # issue 18: no bogus count ("the 4611686018427387904 channels") before n is known
+    (dict(amount=1.5), ps.SurgeryValueError, r'fraction of the channels still unmasked\. '
+                                             r'Did you mean amount=0\.015 \(amount/100\)'),
     (dict(amount=True), ps.SurgeryTypeError, 'bool'),
     (dict(amount=float('nan')), ps.SurgeryValueError, 'not finite'),
     (dict(amount=-0.1), ps.SurgeryValueError, 'negative'),

@@ -1,8 +1,10 @@
 """The command line on saved model_zoo files: inspect, prune, and bad input."""
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -97,8 +99,8 @@ def test_prune_exact_count_and_rest_untouched(saved, tmp_path, capsys, scope):
 def test_prune_respects_masks_in_the_file(saved, tmp_path, capsys):
     _, masked_path, arrays = saved
     out_path = str(tmp_path / 'p.params')
-    assert run(['prune', masked_path, '-o', out_path, '--amount', '10', '--key', 'output'],
-               capsys)[0] == 0
+    assert run(['prune', masked_path, '-o', out_path, '--amount', '10', '--count', '--key',
+                'output'], capsys)[0] == 0
     pruned = mx.nd.load(out_path)
     mask = pruned['output.weight_mask'].asnumpy()
     newly = (pruned['output.weight'].asnumpy() == 0) & (arrays['output.weight'].asnumpy() != 0)
@@ -169,6 +171,7 @@ def test_bad_input_exits_2_without_output(saved, tmp_path, capsys, args, message
     code, out, err = run(args, capsys)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and message in err and 'Traceback' not in err
+    assert not re.search(r'(\w+Error): \1:', err), err   # issue 18: "MXNetError: MXNetError:"
     assert not out_path.exists()
     assert sorted(os.listdir(tmp_path)) == before            # nothing written, no temp files
     assert os.listdir(tmp_path / 'folder') == []
@@ -185,12 +188,60 @@ def test_amount_with_underscores_is_a_count(saved, tmp_path, capsys):
     assert newly == 1000   # a count, not "did you mean 10.0"
 
 
+@pytest.mark.parametrize('amount, scope, said', [
+    ('90', 'layer', '--amount 90 prunes 90 entries per array, not 90%: did you mean --amount 0.9?'),
+    ('2', 'global', '--amount 2 prunes 2 entries in all, not 2%: did you mean --amount 0.02?'),
+    ('100', 'layer', 'did you mean --amount 1.0?'),
+])
+def test_percent_like_count_is_refused_without_count(saved, tmp_path, capsys, amount, scope,
+                                                      said):
+    # issue 18: --amount 90 silently pruned 90 entries per array (0.02% of resnet18)
+    path, _, arrays = saved
+    out_path = tmp_path / 'p.params'
+    code, out, err = run(['prune', path, '-o', str(out_path), '--amount', amount, '--scope',
+                          scope], capsys)
+    assert code == 2 and said in err and 'add --count' in err, err
+    assert len(err.strip().splitlines()) == 1 and out == '' and os.listdir(tmp_path) == []
+    code, _, err = run(['prune', path, '-o', str(out_path), '--amount', amount, '--scope', scope,
+                        '--count', '--key', 'output.weight'], capsys)
+    assert code == 0, err
+    newly = (mx.nd.load(str(out_path))['output.weight'].asnumpy() == 0).sum() - \
+        (arrays['output.weight'].asnumpy() == 0).sum()
+    assert newly == int(amount)   # with --count, exactly that many entries
+
+
+@pytest.mark.parametrize('amount', ['0', '1', '101'])
+def test_counts_outside_2_to_100_need_no_flag(saved, tmp_path, capsys, amount):
+    path, _, arrays = saved
+    out_path = str(tmp_path / 'p.params')
+    code, _, err = run(['prune', path, '-o', out_path, '--amount', amount, '--key',
+                        'output.weight'], capsys)
+    assert code == 0, err
+    newly = (mx.nd.load(out_path)['output.weight'].asnumpy() == 0).sum() - \
+        (arrays['output.weight'].asnumpy() == 0).sum()
+    assert newly == int(amount)
+
+
+def test_count_flag_with_a_fraction_is_refused(saved, tmp_path, capsys):
+    path, _, _ = saved
+    code, _, err = run(['prune', path, '-o', str(tmp_path / 'p.params'), '--amount', '0.9',
+                        '--count'], capsys)
+    assert code == 2 and '--count says --amount is a count, got 0.9' in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_version(capsys):
+    code, out, err = run(['--version'], capsys)
+    assert code == 0 and out.strip() == 'paramsurgery %s' % ps.__version__, (out, err)
+
+
 def test_prune_keeps_row_sparse_storage(tmp_path, capsys):
     dense = np.arange(1, 13, dtype=np.float32).reshape(6, 2)
     path, out_path = str(tmp_path / 'emb.params'), str(tmp_path / 'p.params')
     mx.nd.save(path, {'emb.weight': mx.nd.array(dense).tostype('row_sparse'),
                       'fc.weight': mx.nd.ones((2, 2))})
-    code, _, err = run(['prune', path, '-o', out_path, '--amount', '4', '--key', 'emb'], capsys)
+    code, _, err = run(['prune', path, '-o', out_path, '--amount', '4', '--count', '--key', 'emb'],
+                       capsys)
     assert code == 0, err
     pruned = mx.nd.load(out_path)
     assert pruned['emb.weight'].stype == 'row_sparse'
@@ -241,7 +292,7 @@ def test_exported_file_with_prefixed_names_and_masks(tmp_path, capsys):
     assert 'arg:x_conv0_weight_mask' not in rows and 'aux:x_batchnorm0_running_var' in rows
     assert rows['arg:x_conv0_weight'][-4:] == ['36', '12', '33.33%', 'yes']
     out_path = str(tmp_path / 'p.params')
-    assert run(['prune', path, '-o', out_path, '--amount', '6'], capsys)[0] == 0
+    assert run(['prune', path, '-o', out_path, '--amount', '6', '--count'], capsys)[0] == 0
     pruned = mx.nd.load(out_path)
     w, m = pruned['arg:x_conv0_weight'].asnumpy(), pruned['arg:x_conv0_weight_mask'].asnumpy()
     assert ((w == 0) & (m != 0)).sum() == 6   # six more, among the entries still unmasked
@@ -271,7 +322,7 @@ def test_shrink_an_exported_model_as_prune_channels_and_shrink_would(exported, t
     out = str(tmp_path / 'small')
     code, stdout, err = run(['shrink', prefix + '-symbol.json', prefix + '-0000.params',
                              '--input-shape', '1,3,32,32', '--amount', amount, '--scope', scope,
-                             '-o', out], capsys)
+                             '-o', out] + (['--count'] if amount.isdigit() else []), capsys)
     assert code == 0, err
     twin = vision.resnet18_v1(pretrained=False, classes=10, prefix='r_')
     twin.load_parameters(prefix + '.params')
@@ -300,6 +351,12 @@ def test_shrink_an_exported_model_as_prune_channels_and_shrink_would(exported, t
     (['--amount', '0.5', '--round-to', '0'], 'round_to'),
     (['--amount', '0.5', '--params', 'x'], 'unrecognized'),
     (['--amount', '0.5', '--importance', 'taylor'], 'invalid choice'),
+    # issue 18: reported as an unreadable model ("Parameter 'data' is missing in file")
+    (['--amount', '0.5', '--input-shape', '1,3,32,32', '--input-shape', '1,3,32,32'],
+     'model-symbol.json has 1 data input (data): give one --input-shape per input, got 2'),
+    (['--amount', '64'], '--amount 64 prunes 64 channels per group, not 64%: did you mean '
+                         '--amount 0.64?'),
+    (['--amount', '64', '--scope', 'global'], '64 channels in all'),
 ])
 def test_shrink_bad_input_exits_2_without_output(exported, tmp_path, capsys, args, message):
     prefix, _ = exported
@@ -349,10 +406,14 @@ def test_shrink_an_export_with_masks_slices_them_and_removes_masked_channels(
         exported_masked, tmp_path, capsys, amount):
     masked_prefix, prefix = exported_masked
     out = str(tmp_path / 'small')
-    code, stdout, err = run(['shrink', masked_prefix + '-symbol.json',
-                             masked_prefix + '-0000.params', '--input-shape', '1,3,32,32',
-                             '--amount', amount, '-o', out], capsys)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        code, stdout, err = run(['shrink', masked_prefix + '-symbol.json',
+                                 masked_prefix + '-0000.params', '--input-shape', '1,3,32,32',
+                                 '--amount', amount, '-o', out], capsys)
     assert code == 0, err
+    # issue 18: MXNet's "Cannot decide type ... data: None" on stderr alarms users
+    assert [str(w.message) for w in caught if 'Cannot decide type' in str(w.message)] == []
     # what prune_channels(0.5), prune_channels(amount) and shrink do to the Gluon net
     twin = vision.resnet18_v1(pretrained=False, classes=10, prefix='r_')
     twin.load_parameters(prefix + '.params')

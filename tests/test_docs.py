@@ -62,3 +62,53 @@ def test_readme_example_runs(capsys):
     out = capsys.readouterr().out
     assert re.search(r'resnetv\d+_conv0_weight .* 50\.00% +yes', out)
     assert re.search(r'resnetv\d+_stage4_conv1_weight .* 90\.00% +yes', out)
+
+
+def _slug(heading):
+    """GitHub's anchor for a Markdown heading."""
+    text = re.sub(r'[^\w\- ]', '', heading.strip().lower())
+    return text.replace(' ', '-')
+
+
+def _anchors(path):
+    with open(path) as f:
+        text = re.sub(r'```.*?```', '', f.read(), flags=re.S)   # a '#' in code is no heading
+    return {_slug(m) for m in re.findall(r'^#+ (.*)$', text, re.M)}
+
+
+def _user_facing_files():
+    yield from _markdown_files()
+    yield os.path.join(ROOT, 'CHANGELOG.md')
+    package = os.path.join(ROOT, 'paramsurgery')
+    for f in sorted(os.listdir(package)):
+        if f.endswith('.py'):
+            yield os.path.join(package, f)
+
+
+def test_links_to_docs_anchors_resolve():
+    # [text](page.md#anchor) and (#anchor) in Markdown; docs/page.md#anchor in messages and
+    # docstrings: a link to a heading that was renamed sends the user nowhere
+    broken = []
+    for path in _user_facing_files():
+        text = open(path).read()
+        links = []
+        if path.endswith('.md'):
+            here = os.path.dirname(path)
+            links += [(os.path.join(here, page) if page else path, anchor) for page, anchor in
+                      re.findall(r'\]\(([^)#\s:]*)#([^)\s]+)\)', text)]
+        links += [(os.path.join(ROOT, 'docs', page), anchor)
+                  for page, anchor in re.findall(r'docs/([\w-]+\.md)#([\w-]+)', text)]
+        for page, anchor in links:
+            if not os.path.exists(page) or anchor not in _anchors(page):
+                broken.append('%s -> %s#%s' % (os.path.relpath(path, ROOT),
+                                               os.path.relpath(page, ROOT), anchor))
+    assert broken == []
+
+
+def test_no_user_facing_text_cites_the_internal_contract():
+    # users have the docs pages, not the sections of the design contract (API.md)
+    cites = re.compile(r'[Ss]ection [0-9]+|API\.md|API contract')
+    found = ['%s:%d: %s' % (os.path.relpath(path, ROOT), number, line.strip())
+             for path in _user_facing_files()
+             for number, line in enumerate(open(path), 1) if cites.search(line)]
+    assert found == []

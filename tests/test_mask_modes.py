@@ -614,3 +614,93 @@ def test_trainer_built_before_the_mask_and_not_stepped_yet(kvstore, update_on_kv
         trainer.step(8)
         assert_masked_zero(net, masks, trainer)
     assert ps.check_params(net) == []
+
+
+# Update mode on dist_sync with update_on_kvstore=False: the optimizer runs on the workers, so
+# the mask is enforced there; the mask itself is not trainable state and must never reach a
+# kvstore (its uint8 values killed the parameter server: "only support floating point types").
+DIST_UPDATE_MODE = r'''
+import json, os, numpy as np, mxnet as mx, paramsurgery as ps
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+order = os.environ['MASK_ORDER']
+kv = mx.kv.create('dist_sync')
+ctxs = [mx.cpu(0), mx.cpu(1)]
+net = nn.Dense(3, in_units=4, prefix='a_')
+net.initialize(mx.init.One(), ctx=ctxs)
+mask = np.array([[0, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1]])
+def make_trainer():
+    return gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.125}, kvstore=kv,
+                         update_on_kvstore=False)
+if order == 'trainer-before':
+    trainer = make_trainer()
+    ps.apply_mask(net, 'a_weight', mask, mode='update')
+else:
+    ps.apply_mask(net, 'a_weight', mask, mode='update')
+    trainer = make_trainer()
+for _ in range(3):
+    parts = [mx.nd.ones((1, 4), ctx=c) * (kv.rank + 1) for c in ctxs]
+    with autograd.record():
+        losses = [net(p).sum() for p in parts]
+    autograd.backward(losses)
+    ps.safe_step(trainer, 2 * kv.num_workers)
+print('RESULT ' + json.dumps({
+    'rank': kv.rank,
+    'weight': [w.asnumpy().tolist() for w in net.weight.list_data()],
+    'bias': [b.asnumpy().tolist() for b in net.bias.list_data()],
+    'mask': [m.asnumpy().tolist() for m in net.collect_params()['a_weight_mask'].list_data()],
+    'problems': [p.code for p in ps.check_params(net)]}))
+'''
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize('order', ['trainer-before', 'trainer-after'])
+def test_update_mode_on_dist_sync_without_update_on_kvstore(order):
+    from dist_harness import run_cluster
+    results = run_cluster(DIST_UPDATE_MODE, workers=2, timeout=90,
+                          extra_env={'MASK_ORDER': order})
+    assert sorted(r['rank'] for r in results) == [0, 1]
+    mask = np.array([[0, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1]])
+    # loss = sum of outputs: dL/dW[i, j] = x_j summed over the rows of both contexts and both
+    # workers (2 * (1 + 2) = 6), rescaled by 1/4; with lr 1/8 every value is a dyadic rational
+    # with a short mantissa, so float32 computes it exactly and the comparison is exact.
+    expected_weight = np.where(mask, 1.0 - 3 * 0.125 * 6 / 4, 0.0)
+    expected_bias = np.full(3, 0.0 - 3 * 0.125 * 4 / 4)   # Dense's bias starts at zero
+    for result in results:
+        for weight, bias, stored in zip(result['weight'], result['bias'], result['mask']):
+            assert np.array_equal(np.array(weight), expected_weight), result
+            assert np.array_equal(np.array(bias), expected_bias), result
+            assert np.array_equal(np.array(stored), mask), result
+        assert result['problems'] == [], result
+
+
+@pytest.mark.parametrize('mode', ['graph', 'update'])
+@pytest.mark.parametrize('kvstore,update_on_kvstore,ctxs', TRAINER_SETUPS[2:])
+def test_masks_never_reach_a_kvstore(monkeypatch, mode, kvstore, update_on_kvstore, ctxs,
+                                     hybridize):
+    """A Trainer built after the masks lists them (collect_params holds them) but hands only
+    the trainable parameters to its kvstore, also after set_data reset the kvstore (update_on_kvstore)."""
+    handed = []
+    for method in ('broadcast', 'init'):
+        original = getattr(mx.kvstore.KVStore, method)
+
+        def record(self, key, *args, _original=original, **kwargs):
+            handed.append(key)
+            return _original(self, key, *args, **kwargs)
+        monkeypatch.setattr(mx.kvstore.KVStore, method, record)
+    net = make_mlp(ctxs, hybridize)
+    masks = masks_for(net)
+    ps.apply_mask(net, masks, mode=mode)
+    trainer = trainer_for(net, 'sgd', {'learning_rate': 0.1}, kvstore, update_on_kvstore)
+    names = [p.name for p in trainer._params]
+    assert {n + '_mask' for n in WEIGHTS} <= set(names)
+    for step in range(2):
+        forward_backward(net, batch(8, seed=step), ctxs)
+        trainer.step(8)
+        net[0].bias.set_data(net[0].bias.data())    # resets the kvstore: a second init
+    trainable = [n for n in names if not n.endswith('_mask')]
+    # set_data resets the kvstore only where it holds the weights (update_on_kvstore)
+    inits = 2 if update_on_kvstore else 1
+    assert sorted(names[k] for k in handed) == sorted(inits * trainable)
+    if mode == 'update':
+        assert_masked_zero(net, masks, trainer)

@@ -1,6 +1,7 @@
 """Masks inside the forward graph: apply_mask, get_mask, masked, remove_mask, save/load/export."""
 import copy
 import os
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -695,6 +696,39 @@ def test_save_and_load_non_binary_masks_exactly(tmp_path):
     np.testing.assert_array_equal(got['net_dense0_bias'].asnumpy(), [0.25] * 3)
 
 
+@pytest.mark.parametrize('nctx', [1, 2])
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_load_masks_into_a_deferred_net_says_run_one_forward(nctx, hybridize, tmp_path):
+    # issue 18: it said "load it into a net of the same architecture" (shape (4, 0))
+    def build():
+        net = nn.HybridSequential()
+        net.add(nn.Dense(4), nn.Dense(2))
+        net.initialize(mx.init.Uniform(), ctx=CTXS[nctx])
+        if hybridize:
+            net.hybridize()
+        return net
+    x = nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3)))
+    source = build()
+    source(x.as_in_context(CTXS[nctx][0]))
+    ps.prune_magnitude(source, '.*weight', 0.5)
+    path = str(tmp_path / 'm.npz')
+    ps.save_masks(source, path)
+    fresh = build()
+    with pytest.raises(ps.ParameterStateError, match=r"deferred until the first forward.*"
+                                                      r"Run one forward pass"):
+        ps.load_masks(fresh, path)
+    assert ps.masked(fresh) == []
+    fresh(x.as_in_context(CTXS[nctx][0]))
+    assert ps.load_masks(fresh, path) == [p.name for p in fresh.collect_params().values()
+                                          if p.name.endswith('weight')]
+    for mine, theirs in zip(ps.masked(fresh), ps.masked(source)):
+        expected = ps.get_mask(source, theirs)[theirs].asnumpy()
+        replicas = fresh.collect_params()[mine + '_mask'].list_data()
+        assert len(replicas) == nctx
+        for replica in replicas:     # every context's copy
+            np.testing.assert_array_equal(replica.asnumpy(), expected)
+
+
 def test_load_masks_errors_change_nothing(tmp_path):
     net, _, _, owner, _, _ = _twin('dense', CTXS[1])
     ps.apply_mask(net, owner.weight, _mask_for(owner.weight))
@@ -724,7 +758,11 @@ def test_export_round_trip(nctx, tmp_path):
     out = net(nd.array(x, ctx=ctxs[0])).asnumpy()
     prefix = str(tmp_path / 'model')
     net.export(prefix)
-    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params', ctxs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params', ctxs)
+    # issue 18: MXNet's "Cannot decide type ... data: None" is noise to a user loading a model
+    assert [str(w.message) for w in caught] == []
     assert ps.masked(loaded) == [owner.weight.name]
     params = loaded.collect_params()
     assert params[owner.weight.name + '_mask'].grad_req == 'null'

@@ -892,3 +892,9 @@ def test_shared_parameter_outside_net_is_documented_behaviour():
     both.add(a, b)
     ps.apply_mask(both, 'a_weight', np.eye(2, dtype='float32'))
     assert a(x).asnumpy().tolist() == b(x).asnumpy().tolist() == [[1.0, 1.0]]
+
+
+def test_package_namespace_hides_importlib():
+    # The lazy loader's importlib must not appear in dir(ps) or tab completion.
+    import paramsurgery as _ps
+    assert 'importlib' not in dir(_ps)

@@ -184,6 +184,11 @@ def test_unused_head_untracked(ctxs, hybrid):
     assert 'ps.track_usage' in records[-1].message      # how to find out more
     assert "allow_stale='net_dense2_.*'" in records[-1].message   # one key for the group
     assert len({r.message for r in records}) == 1                 # explained once
+    # issue 18: a short repr, so a printed list does not repeat the message per record
+    assert repr(records) == '[%s]' % ', '.join(
+        "StaleRecord(name='%s', context=%s, reason='unused')" % (r.name, r.context)
+        for r in records)
+    assert records[-1].message in str(records[-1])               # str keeps the whole story
     # reading consumed nothing
     assert flags(net) == before
     assert ps.find_stale(trainer) == records
