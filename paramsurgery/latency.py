@@ -21,7 +21,7 @@ from mxnet import autograd, gluon
 
 from . import _internals
 from ._checks import is_int
-from .channels import _Trace, _finish_deferred, _flat_outputs, _input_shapes, _require_hybrid
+from .channels import _finish_deferred, _flat_outputs, _input_shapes, _require_hybrid, _Trace
 from .errors import MissingDependencyError, SurgeryTypeError, SurgeryValueError, install_hint
 
 __all__ = ['Latency', 'measure_latency']
@@ -180,7 +180,10 @@ def time_variants(runtime, variants, repeats, warmup, threads, desc='latency'):
             for i, v in enumerate(variants):
                 samples[i].append(float(_TIMER(runtime, v)))
         return [np.asarray(s) for s in samples]
-    with tempfile.TemporaryDirectory(prefix='paramsurgery-latency-') as folder:
+    # MXNet's thread count is process-wide (no getter to save it): put back the default
+    # after timing, so that the caller's later forwards run as they did before.
+    with tempfile.TemporaryDirectory(prefix='paramsurgery-latency-') as folder, \
+            _omp_threads_restored():
         runners = []
         for i, v in enumerate(variants):
             sub = os.path.join(folder, str(i))
@@ -206,6 +209,14 @@ def time_variants(runtime, variants, repeats, warmup, threads, desc='latency'):
     return [np.asarray(s) for s in samples]
 
 
+@contextlib.contextmanager
+def _omp_threads_restored():
+    try:
+        yield
+    finally:
+        _internals.set_omp_threads(_default_threads())
+
+
 def _check_runtime(runtime):
     if runtime not in RUNTIMES:
         raise SurgeryValueError('runtime must be one of %s, got %r (see docs/latency.md).'
@@ -223,9 +234,17 @@ def _check_count(name, value, low):
     return int(value)
 
 
+def _default_threads():
+    """What MXNet and ONNX Runtime use when not told: ``OMP_NUM_THREADS`` or every CPU."""
+    try:
+        return max(1, int(os.environ.get('OMP_NUM_THREADS', '')))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 def _threads(threads):
     if threads is None:
-        return int(os.environ.get('OMP_NUM_THREADS') or os.cpu_count() or 1)
+        return _default_threads()
     return _check_count('threads', threads, 1)
 
 

@@ -89,3 +89,39 @@ def test_missing_onnxruntime_is_a_typed_error(monkeypatch):
     with pytest.raises(ps.MissingDependencyError, match=r"\[onnx\]"):
         ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8),
                            runtime='onnxruntime')
+
+
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+@pytest.mark.parametrize('mode', ['graph', 'update'])
+def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode, tmp_path):
+    """A copy that lost the graph-mode masks (or read another replica) would time another
+    net: half the filters masked must show in the copy's output."""
+    net = _net(ctx, hybridize)
+    mask = np.ones((8, 3, 3, 3))
+    mask[::2] = 0
+    ps.apply_mask(net, {'net_conv0_weight': mask}, mode=mode)
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)))
+    was_hybrid = ps._internals.is_hybridized(net)
+    variant = latency._variant_of(net, [(2, 3, 8, 8)])
+    copy = latency._symbol_block(variant, str(tmp_path))
+    with mx.autograd.predict_mode():
+        want = net(x.as_in_context(ctx[0])).asnumpy()
+        got = copy(x).asnumpy()
+    # the same float32 operators on the same values: only the summation order of a cached
+    # graph may differ, 27 products per output -> about 27 * 6e-8 relative
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6 * np.abs(want).max())
+    assert ps._internals.is_hybridized(net) == was_hybrid == hybridize
+
+
+def test_threads_are_set_for_the_timing_and_put_back(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ps._internals, 'set_omp_threads', calls.append)
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')
+    lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=1,
+                             warmup=0, threads=1)
+    assert lat.threads == 1
+    assert calls == [1, 3]      # fixed while timing, then the default again
+    lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=1,
+                             warmup=0, runtime='onnxruntime')
+    assert lat.threads == 3

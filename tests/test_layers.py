@@ -25,6 +25,9 @@ KNOWN_CROSSINGS = {
     ('pruning', 'masks', '_apply_masks'), ('pruning', 'masks', '_check_mode'),
     ('_exported', 'masks', '_quiet_input_types'), ('channels', 'pruning_core', '_check_amount'),
     ('analysis', 'pruning_core', '_check_amount'), ('_exported', 'pruning_core', '_check_amount'),
+    ('latency', 'channels', '_Trace'), ('latency', 'channels', '_finish_deferred'),
+    ('latency', 'channels', '_flat_outputs'), ('latency', 'channels', '_input_shapes'),
+    ('latency', 'channels', '_require_hybrid'),
 }
 
 
