@@ -21,8 +21,8 @@ The layers, each importing only from the ones above it (and, within a line, ``a 
     _deconv, _layout -> _masked_forward -> masks    masks in the forward graph
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
     channels -> shrinking, _exported    channel groups and pruning; structural shrink
-    latency                          latency measured on a runtime (mxnet, mkldnn, onnxruntime)
     report -> analysis               sparsity reports; sensitivity analysis and budgets
+    latency                          latency measured on a runtime; latency models
     demo -> cli                      the demo and the command line
 """
 import importlib as _importlib
@@ -56,7 +56,7 @@ _EXPORTS = {
     'analysis': ['sensitivity', 'SensitivityReport'],
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
     'distributed': ['check_trainer', 'init_kvstore'],
-    'latency': ['measure_latency', 'Latency'],
+    'latency': ['measure_latency', 'Latency', 'latency_model', 'LatencyModel'],
 }
 
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

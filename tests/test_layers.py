@@ -27,7 +27,9 @@ KNOWN_CROSSINGS = {
     ('analysis', 'pruning_core', '_check_amount'), ('_exported', 'pruning_core', '_check_amount'),
     ('latency', 'channels', '_Trace'), ('latency', 'channels', '_finish_deferred'),
     ('latency', 'channels', '_flat_outputs'), ('latency', 'channels', '_input_shapes'),
-    ('latency', 'channels', '_require_hybrid'),
+    ('latency', 'channels', '_require_hybrid'), ('latency', 'channels', '_build'),
+    ('latency', 'channels', '_selected_groups'), ('latency', '_exported', '_deletions'),
+    ('latency', '_exported', '_rewrite'),
 }
 
 

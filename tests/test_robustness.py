@@ -192,6 +192,16 @@ def _one(net):
     return 1.0
 
 
+def _latency_model(e):
+    """A model of e.net built with a fake clock (the rows check arguments, not timing)."""
+    from paramsurgery import latency
+    previous, latency._TIMER = latency._TIMER, lambda runtime, variant: 1e-3
+    try:
+        return ps.latency_model(e.net, inputs=(1, 3))
+    finally:
+        latency._TIMER = previous
+
+
 def _report():
     table = [{'name': 'w', 'amount': 0.5, 'metric': 0.9, 'drop': 0.1, 'macs_removed': 0,
               'params_removed': 5, 'removed': 5}]
@@ -639,6 +649,37 @@ BAD = {
         ('threads True', lambda e: ps.measure_latency(e.net, inputs=(1, 3), threads=True), TE),
         ('threads 0', lambda e: ps.measure_latency(e.net, inputs=(1, 3), threads=0), VE),
         ('shape does not run', lambda e: ps.measure_latency(e.net, inputs=(1, 5)), VE),
+    ],
+    'latency_model': [
+        ('a plain Block', lambda e: ps.latency_model(nn.Block(), inputs=(1, 3)), TE),
+        ("runtime='x'", lambda e: ps.latency_model(e.net, inputs=(1, 3), runtime='x'), VE),
+        ('repeats 0', lambda e: ps.latency_model(e.net, inputs=(1, 3), repeats=0), VE),
+        ('threads 0', lambda e: ps.latency_model(e.net, inputs=(1, 3), threads=0), VE),
+        ("counts 'abc'", lambda e: ps.latency_model(e.net, inputs=(1, 3), counts='abc'), TE),
+        ('counts of an unknown group',
+         lambda e: ps.latency_model(e.net, inputs=(1, 3), counts={'x': [1]}), VE),
+        ('count 0', lambda e: ps.latency_model(e.net, inputs=(1, 3),
+                                               counts={'net_dense0_weight': [0]}), VE),
+        ('count 2.5', lambda e: ps.latency_model(e.net, inputs=(1, 3),
+                                                 counts={'net_dense0_weight': [2.5]}), TE),
+        ('count above the size', lambda e: ps.latency_model(
+            e.net, inputs=(1, 3), counts=lambda g: [g.size + 1]), VE),
+        ('no match', lambda e: ps.latency_model(e.net, inputs=(1, 3), key='nothing'), SE),
+        ('shape does not run', lambda e: ps.latency_model(e.net, inputs=(1, 5)), VE),
+    ],
+    'LatencyModel': [
+        ('predict an unknown group', lambda e: _latency_model(e).predict({'x': 1}), VE),
+        ('predict 0 kept', lambda e: _latency_model(e).predict({'net_dense0_weight': 0}), VE),
+        ('predict 5 of 4', lambda e: _latency_model(e).predict({'net_dense0_weight': 5}), VE),
+        ('predict 1.5', lambda e: _latency_model(e).predict({'net_dense0_weight': 1.5}), TE),
+        ('predict a list', lambda e: _latency_model(e).predict([1]), TE),
+        ('fast_counts of an unknown group', lambda e: _latency_model(e).fast_counts('x'), VE),
+        ('save to an int path', lambda e: _latency_model(e).save(e.fd), TE),
+        ('save to a missing folder', lambda e: _latency_model(e).save(e.missing_dir), VE),
+        ('load an empty file', lambda e: ps.LatencyModel.load(e.f('empty.json')), FE),
+        ('load a binary file', lambda e: ps.LatencyModel.load(e.f('binary.json')), FE),
+        ('load a report', lambda e: ps.LatencyModel.load(e.f('bad.json')), FE),
+        ('plot to a missing folder', lambda e: _latency_model(e).plot(e.missing_dir), VE),
     ],
 }
 
