@@ -604,6 +604,12 @@ BAD = {
         ('True', lambda e: ps.prune_channels(e.net, True, inputs=(1, 3)), TE),
         ("scope='x'", lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3), scope='x'), VE),
         ('round_to 0', lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3), round_to=0), VE),
+        ("round_to='fast' without a model",
+         lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3), round_to='fast'), VE),
+        ("round_to='fast', latency='x'", lambda e: ps.prune_channels(
+            e.net, 0.5, inputs=(1, 3), round_to='fast', latency='x'), TE),
+        ('latency with round_to=8', lambda e: ps.prune_channels(
+            e.net, 0.5, inputs=(1, 3), round_to=8, latency=_latency_model(e)), VE),
         ("importance='x'", lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3),
                                                         importance='x'), VE),
         ('unknown group', lambda e: ps.prune_channels(e.net, {'nothing': 0.5},
