@@ -73,6 +73,9 @@ class _Variant(NamedTuple):
     input_names: Tuple[str, ...]
     shapes: Tuple[Tuple[int, ...], ...]
     arrays: dict
+    # a single layer (latency models): its operator and attributes, so that ONNX Runtime
+    # gets the one node directly instead of a whole export per count
+    layer: Optional[dict] = None
 
 
 def _variant_of(net, shapes) -> _Variant:
@@ -86,9 +89,23 @@ def _variant_of(net, shapes) -> _Variant:
     return _Variant(symbol.tojson(), tuple(trace.input_names), tuple(shapes), arrays)
 
 
+_NOISE = [np.zeros(0, dtype=np.float32)]
+
+
+def _values(shape, scale=1.0):
+    """Fixed pseudo-random float32 values of ``shape`` (a latency does not depend on them,
+    but zeros or denormals could take other kernel paths): views of one buffer, since
+    drawing fresh ones for thousands of timed layers costs more than timing them."""
+    n = int(np.prod(shape, dtype=np.int64))
+    if _NOISE[0].size < n:
+        _NOISE[0] = np.random.RandomState(0).uniform(-1, 1, size=max(n, 1 << 20)).astype(
+            np.float32)
+    out = _NOISE[0][:n].reshape(shape)
+    return out * np.float32(scale) if scale != 1.0 else out
+
+
 def _batches(variant):
-    rng = np.random.RandomState(0)
-    return [rng.uniform(-1, 1, size=s).astype(np.float32) for s in variant.shapes]
+    return [np.array(_values(s)) for s in variant.shapes]
 
 
 def _symbol_block(variant, folder):
@@ -163,10 +180,50 @@ def _export_onnx(variant, path):
     onnx.save(model, path)
 
 
+def _ints(text, n=None):
+    """An MXNet tuple attribute ('(3, 3)') as a list of ints."""
+    values = [int(v) for v in str(text).strip('()[] ').split(',') if v.strip()]
+    return values if n is None or values else [0] * n
+
+
+def _onnx_layer(variant, path):
+    """The single Convolution or FullyConnected of a latency-model variant as a one-node
+    ONNX model (what MXNet's exporter writes for it: Conv, or Gemm with transB)."""
+    onnx, _ = _onnx_modules()
+    from onnx import TensorProto, helper, numpy_helper
+    layer = variant.layer
+    attrs = layer['attrs']
+    names = ['data', 'weight'] + (['bias'] if layer['bias'] else [])
+    inits = [numpy_helper.from_array(np.ascontiguousarray(variant.arrays[n]), n)
+             for n in names[1:]]
+    if layer['op'] == 'FullyConnected':
+        node = helper.make_node('Gemm', names, ['out'], transB=1)
+        out_shape = [variant.shapes[0][0], variant.arrays['weight'].shape[0]]
+    else:
+        kernel = _ints(attrs['kernel'])
+        nd_ = len(kernel)
+        pads = _ints(attrs.get('pad', '()')) or [0] * nd_
+        node = helper.make_node(
+            'Conv', names, ['out'], kernel_shape=kernel,
+            strides=_ints(attrs.get('stride', '()')) or [1] * nd_, pads=pads + pads,
+            dilations=_ints(attrs.get('dilate', '()')) or [1] * nd_,
+            group=int(attrs.get('num_group', 1)))
+        out_shape = None
+    graph = helper.make_graph(
+        [node], 'layer',
+        [helper.make_tensor_value_info('data', TensorProto.FLOAT, list(variant.shapes[0]))],
+        [helper.make_tensor_value_info('out', TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
+    onnx.save(model, path)
+
+
 def _onnxruntime_runner(variant, folder, threads):
     _, ort = _onnx_modules()
     path = os.path.join(folder, 'net.onnx')
-    _export_onnx(variant, path)
+    if variant.layer is not None:
+        _onnx_layer(variant, path)
+    else:
+        _export_onnx(variant, path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -193,42 +250,63 @@ def _progress(total, desc):
                 file=sys.stderr)
 
 
+# Runners are built and timed in chunks of at most this many, or this many parameter
+# entries: thousands of single layers held at once would not fit in memory.
+_CHUNK = 48
+_CHUNK_ENTRIES = 1 << 25
+
+
+def _chunks(variants):
+    chunk, entries = [], 0
+    for i, v in enumerate(variants):
+        size = sum(a.size for a in v.arrays.values())
+        if chunk and (len(chunk) >= _CHUNK or entries + size > _CHUNK_ENTRIES):
+            yield chunk
+            chunk, entries = [], 0
+        chunk.append(i)
+        entries += size
+    if chunk:
+        yield chunk
+
+
 def time_variants(runtime, variants, repeats, warmup, threads, desc='latency'):
     """Seconds per forward of each variant: ``repeats`` samples each, taken round-robin
-    (interleaved, so a load change on the machine hits every variant alike) after
-    ``warmup`` forwards of each."""
+    over a chunk of variants (interleaved, so a load change on the machine hits every
+    variant of the chunk alike; callers put the variants they compare next to each other)
+    after ``warmup`` forwards of each."""
     samples = [[] for _ in variants]
     if _TIMER is not None:
         for _ in range(repeats):
             for i, v in enumerate(variants):
                 samples[i].append(float(_TIMER(runtime, v)))
         return [np.asarray(s) for s in samples]
+    bar = _progress(len(variants) * (repeats + warmup), desc)
     # MXNet's thread count is process-wide (no getter to save it): put back the default
     # after timing, so that the caller's later forwards run as they did before.
-    with tempfile.TemporaryDirectory(prefix='paramsurgery-latency-') as folder, \
-            _omp_threads_restored():
-        runners = []
-        for i, v in enumerate(variants):
-            sub = os.path.join(folder, str(i))
-            os.mkdir(sub)
-            runners.append(_BUILDERS[runtime](v, sub, threads))
-        bar = _progress(len(runners) * (repeats + warmup), desc)
-        try:
-            for _ in range(warmup):
-                for run in runners:
-                    run()
-                    if bar is not None:
-                        bar.update(1)
-            for _ in range(repeats):
-                for i, run in enumerate(runners):
-                    start = time.perf_counter()
-                    run()
-                    samples[i].append(time.perf_counter() - start)
-                    if bar is not None:
-                        bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+    try:
+        with _omp_threads_restored():
+            for chunk in _chunks(variants):
+                with tempfile.TemporaryDirectory(prefix='paramsurgery-latency-') as folder:
+                    runners = []
+                    for i in chunk:
+                        sub = os.path.join(folder, str(i))
+                        os.mkdir(sub)
+                        runners.append((i, _BUILDERS[runtime](variants[i], sub, threads)))
+                    for _ in range(warmup):
+                        for _, run in runners:
+                            run()
+                            if bar is not None:
+                                bar.update(1)
+                    for _ in range(repeats):
+                        for i, run in runners:
+                            start = time.perf_counter()
+                            run()
+                            samples[i].append(time.perf_counter() - start)
+                            if bar is not None:
+                                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     return [np.asarray(s) for s in samples]
 
 
@@ -421,7 +499,6 @@ def _dims(layer, kept, sizes):
 
 def _layer_variant(layer, cin, cout):
     """The layer alone, with ``cin`` input and ``cout`` output channels, random values."""
-    rng = np.random.RandomState(0)
     data = mx.sym.var('data')
     attrs = {k: v for k, v in layer.attrs.items() if not k.startswith('__')}
     args = {'data': data, 'weight': mx.sym.var('weight'), 'name': 'layer'}
@@ -439,10 +516,11 @@ def _layer_variant(layer, cin, cout):
         groups = int(attrs.get('num_group', 1))
         wshape = (cout, cin // groups) + tuple(layer.weight_shape[2:])
         symbol = mx.sym.Convolution(**args, **attrs)
-    arrays = {'weight': rng.uniform(-0.1, 0.1, wshape).astype(np.float32)}
+    arrays = {'weight': _values(wshape)}
     if layer.has_bias:
         arrays['bias'] = np.zeros(cout, dtype=np.float32)
-    return _Variant(symbol.tojson(), ('data',), (shape,), arrays)
+    return _Variant(symbol.tojson(), ('data',), (shape,), arrays,
+                    {'op': layer.op, 'attrs': attrs, 'bias': layer.has_bias})
 
 
 def _shrunk_variant(variant, groups, kept):
