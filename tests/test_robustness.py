@@ -553,6 +553,10 @@ BAD = {
     'sensitivity': [
         ('evaluate not callable', lambda e: ps.sensitivity(e.net, 3, kind='weights'), TE),
         ("kind='x'", lambda e: ps.sensitivity(e.net, _one, kind='x'), VE),
+        ("round_to='fast' without a model", lambda e: ps.sensitivity(
+            e.net, _one, inputs=(1, 3), round_to='fast'), VE),
+        ("latency for kind='weights'", lambda e: ps.sensitivity(
+            e.net, _one, kind='weights', latency=_latency_model(e)), VE),
         ('amounts NaN', lambda e: ps.sensitivity(e.net, _one, kind='weights',
                                                  amounts=[NAN]), VE),
         ('amounts 1.5', lambda e: ps.sensitivity(e.net, _one, kind='weights',
@@ -585,6 +589,13 @@ BAD = {
         ('load a binary file', lambda e: ps.SensitivityReport.load(e.f('binary.json')), FE),
         ('load an int path', lambda e: ps.SensitivityReport.load(e.fd), TE),
         ('plot to a missing folder', lambda e: _report().plot(e.missing_dir), VE),
+        ('latency_ratio without a model', lambda e: _report().plan(latency_ratio=2), VE),
+        ("latency='x'", lambda e: _report().plan(latency_ratio=2, latency='x'), TE),
+        ('latency for a weights report', lambda e: _report().plan(
+            latency_ratio=2, latency=_latency_model(e)), VE),
+        ('predict a list', lambda e: _report().predict([0.5]), TE),
+        ('predict an unknown name', lambda e: _report().predict({'x': 0.5}), VE),
+        ('predict NaN', lambda e: _report().predict({'w': NAN}), VE),
     ],
     'trace_channels': [
         ('a plain Block', lambda e: ps.trace_channels(nn.Block(), (1, 3)), TE),
