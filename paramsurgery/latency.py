@@ -424,9 +424,12 @@ _MODEL_FORMAT = 'paramsurgery-latency-model'
 _MODEL_VERSION = 1
 _TIMED_OPS = ('Convolution', 'FullyConnected')
 # Calibration nets measured whole next to the dense one: every group at the count that
-# these amounts keep, exact and rounded to a multiple of 8 (aligned for oneDNN's blocked
-# layouts), so the fit sees both sides of what a fused runtime does between layers.
-_CALIBRATION = ((0.5, 1), (0.5, 8), (0.25, 1), (0.75, 8))
+# these amounts keep, rounded to a multiple of 8 (aligned for oneDNN's blocked layouts) or
+# made odd (never aligned, also where every exact count would be: resnet's sizes), so the
+# fit sees both sides of what a fused runtime does between layers.
+_CALIBRATION = ((0.5, 'odd'), (0.5, 8), (0.25, 'odd'), (0.75, 8))
+# The whole nets are few and decide every predicted ratio: at least this many repeats.
+_WHOLE_REPEATS = 10
 
 
 class _Layer(NamedTuple):
@@ -551,7 +554,9 @@ def _uniform(groups, amount, round_to):
     kept = {}
     for g in groups:
         k = g.size - prune_count(amount, g.size)
-        if round_to > 1:
+        if round_to == 'odd':
+            k = k - 1 if k % 2 == 0 and k > 1 else k
+        elif round_to > 1:
             k = max(round_to, int(math.floor(k / round_to + 0.5)) * round_to)
         kept[g.name] = max(1, min(g.size, k))
     return kept
@@ -983,11 +988,13 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
     calibration = [_uniform(groups, amount, r) for amount, r in _CALIBRATION]
     wholes = [variant] + [_shrunk_variant(variant, groups, kept) for kept in calibration]
     keys = list(configs)
-    seconds = time_variants(runtime, [configs[k] for k in keys] + wholes, repeats, 1, threads,
-                            desc='latency model (%s)' % runtime)
-    medians = [float(np.median(s)) for s in seconds]
-    timed = dict(zip(keys, medians[:len(keys)]))
-    whole = medians[len(keys):]
+    seconds = time_variants(runtime, [configs[k] for k in keys], repeats, 1, threads,
+                            desc='latency model, layers (%s)' % runtime)
+    timed = dict(zip(keys, (float(np.median(s)) for s in seconds)))
+    # the whole nets interleaved among themselves only: their ratios are what is fitted
+    seconds = time_variants(runtime, wholes, max(repeats, _WHOLE_REPEATS), 1, threads,
+                            desc='latency model, whole nets (%s)' % runtime)
+    whole = [float(np.median(s)) for s in seconds]
 
     def time_of(layer, dims):
         return timed[(layer.op, json.dumps(layer.attrs, sort_keys=True), layer.data_shape,
