@@ -145,13 +145,15 @@ class SensitivityReport:
             return cls(data['kind'], data['baseline'], data['amounts'], data['table'],
                        data['dense_macs'], data['dense_params'], data['units'])
 
-    def plot(self, path) -> None:
+    def plot(self, path, plan: Optional[Dict[str, float]] = None) -> None:
         """A PNG with one curve per group (or weight): the drop against the amount.
 
         With many curves the legend goes beside the axes in columns, and colours and line
-        styles both vary, so 20 or more groups stay readable. Needs matplotlib.
+        styles both vary, so 20 or more groups stay readable. ``plan`` (as :meth:`plan`
+        returns it) marks each name's chosen amount with a ring. Needs matplotlib.
         """
         path = check_path('path', path, write=True)
+        chosen = self._chosen_rows(plan) if plan is not None else {}
         plt = pyplot()
         names = self.names
         columns = 1 if len(names) <= 16 else 2 if len(names) <= 40 else 3
@@ -164,6 +166,9 @@ class SensitivityReport:
             ax.plot([0.0] + [r['amount'] for r in rows], [0.0] + [r['drop'] for r in rows],
                     color=cmap(i % 10), linestyle=styles[(i // 10) % len(styles)],
                     marker='o', markersize=3, linewidth=1.2, label=name)
+            if name in chosen:
+                ax.plot([chosen[name]['amount']], [chosen[name]['drop']], 'o',
+                        markersize=9, markerfacecolor='none', color=cmap(i % 10))
         ax.axhline(0.0, color='0.6', linewidth=0.8)
         ax.set_xlabel('amount pruned (fraction of the %s)'
                       % ('channels of the group' if self.kind == 'channels'

@@ -903,7 +903,7 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
     two groups is modelled in both, the two effects combined as independent factors. Timing
     layers one by one cannot see what a fused runtime does between them (oneDNN layout
     reorders, fusion), so the whole net is also measured, dense and shrunk at a few uniform
-    amounts (exact and rounded to a multiple of 8), and the per-layer sums are corrected to
+    amounts (rounded to multiples of 8, and made odd), and the per-layer sums are corrected to
     fit those measurements (docs/latency.md#what-the-model-cannot-see). The net is left
     exactly as it was: every timed net is a separate copy.
 

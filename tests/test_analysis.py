@@ -646,3 +646,17 @@ def test_latency_plan_and_predict_errors(monkeypatch):
             call()
     assert report.predict({}) == {'macs_ratio': 1.0, 'params_ratio': 1.0,
                                   'latency_ratio': None, 'drop': 0.0}
+
+
+def test_plot_marks_the_chosen_plan(tmp_path):
+    net = small_cnn([mx.cpu(0)], False)
+    report = sensitivity(net, accuracy_of(*data()), kind='weights', amounts=[0.2, 0.6],
+                         progress=False)
+    plain, marked = str(tmp_path / 'plain.png'), str(tmp_path / 'marked.png')
+    report.plot(plain)
+    report.plot(marked, plan={report.names[0]: 0.6})
+    # the same figure but for the ring: the images differ
+    assert open(plain, 'rb').read() != open(marked, 'rb').read()
+    with pytest.raises(ps.SurgeryValueError, match='not measured'):
+        report.plot(str(tmp_path / 'bad.png'), plan={report.names[0]: 0.5})
+    assert sorted(os.listdir(tmp_path)) == ['marked.png', 'plain.png']
