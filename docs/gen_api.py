@@ -29,6 +29,7 @@ MODULES = [
     ('analysis', 'sensitivity analysis and budget plans: which layers to prune, and how much'),
     ('samplers', 'complementary samplers for DataLoader'),
     ('distributed', 'the parameter-server kvstore: check_trainer, init_kvstore'),
+    ('latency', 'latency on the runtime that serves the net: measure_latency, latency_model'),
     ('channels', 'channel groups, channel pruning and count_ops'),
     ('shrinking', 'structural shrink: shrink, ShrinkPlan, apply_plan'),
     ('onnx_export', 'ONNX export checked in ONNX Runtime: export_onnx'),

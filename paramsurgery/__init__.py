@@ -24,6 +24,7 @@ The layers, each importing only from the ones above it (and, within a line, ``a 
     report -> analysis               sparsity reports; sensitivity analysis and budgets
     compact -> onnx_export           compact files; ONNX export checked in ONNX Runtime
     rewinding, dynamic               capture and rewind (lottery tickets); RigL and SET
+    latency                          latency measured on a runtime; latency models
     demo -> cli                      the demo and the command line
 """
 import importlib as _importlib
@@ -62,6 +63,7 @@ _EXPORTS = {
     'compact': ['save_compact', 'load_compact'],
     'rewinding': ['Capture', 'capture', 'rewind'],
     'dynamic': ['DynamicSparsity'],
+    'latency': ['measure_latency', 'Latency', 'latency_model', 'LatencyModel'],
 }
 
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -144,7 +144,9 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
     ``shapes`` is a list of input shapes (one per data input). Raises ``ShrinkError`` when
     the shrunk model does not compute what the masked original computes.
     """
-    _check_amount(amount, what='channels')   # type, NaN, sign, float > 1: first
+    # type, NaN, sign, float > 1: first (a dict, from a plan, names every group)
+    for one in (amount.values() if isinstance(amount, dict) else [amount]):
+        _check_amount(one, what='channels')
     round_to = _check_round_to(round_to)
     block = _load(symbol_file, param_file, len(shapes))
     graph = _build(block, shapes)

@@ -20,6 +20,7 @@ another MXNet version (2.0 renamed ``_ctx_list``/``_ctx_map`` to ``_device_list`
   ``_contains_sparse_weight``, ``_contains_sparse_grad``, ``_init_kvstore``,
   ``_init_params``.
 - KVStore: ``_updater``, ``_set_updater``.
+- ``mxnet.base._LIB.MXSetNumOMPThreads`` (the C call that fixes the OpenMP thread count).
 - Optimizer: ``_all_index_update_counts`` (and its alias ``_index_update_count``).
 - Updater (``mxnet.optimizer``): ``states``, ``optimizer`` (public attributes, no
   accessors), and its class, which :func:`enforce_masks` changes to
@@ -1032,3 +1033,12 @@ def is_blocked_layout(arr):
         return 'MKLDNN' in str(err) or 'DNNL' in str(err)
     return False
 
+# --------------------------------------------------------------------------- threads
+
+def set_omp_threads(threads):
+    """Fix MXNet's OpenMP thread count for the operators run from now on (the C API has no
+    Python wrapper in 1.9.1)."""
+    import ctypes
+
+    import mxnet as mx
+    mx.base._LIB.MXSetNumOMPThreads(ctypes.c_int(int(threads)))

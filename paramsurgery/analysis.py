@@ -18,7 +18,8 @@ import itertools
 import json
 import math
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from mxnet import autograd
@@ -144,13 +145,15 @@ class SensitivityReport:
             return cls(data['kind'], data['baseline'], data['amounts'], data['table'],
                        data['dense_macs'], data['dense_params'], data['units'])
 
-    def plot(self, path) -> None:
+    def plot(self, path, plan: Optional[Dict[str, float]] = None) -> None:
         """A PNG with one curve per group (or weight): the drop against the amount.
 
         With many curves the legend goes beside the axes in columns, and colours and line
-        styles both vary, so 20 or more groups stay readable. Needs matplotlib.
+        styles both vary, so 20 or more groups stay readable. ``plan`` (as :meth:`plan`
+        returns it) marks each name's chosen amount with a ring. Needs matplotlib.
         """
         path = check_path('path', path, write=True)
+        chosen = self._chosen_rows(plan) if plan is not None else {}
         plt = pyplot()
         names = self.names
         columns = 1 if len(names) <= 16 else 2 if len(names) <= 40 else 3
@@ -163,6 +166,9 @@ class SensitivityReport:
             ax.plot([0.0] + [r['amount'] for r in rows], [0.0] + [r['drop'] for r in rows],
                     color=cmap(i % 10), linestyle=styles[(i // 10) % len(styles)],
                     marker='o', markersize=3, linewidth=1.2, label=name)
+            if name in chosen:
+                ax.plot([chosen[name]['amount']], [chosen[name]['drop']], 'o',
+                        markersize=9, markerfacecolor='none', color=cmap(i % 10))
         ax.axhline(0.0, color='0.6', linewidth=0.8)
         ax.set_xlabel('amount pruned (fraction of the %s)'
                       % ('channels of the group' if self.kind == 'channels'
@@ -201,7 +207,8 @@ class SensitivityReport:
         return int(round(macs)), int(round(params))
 
     def plan(self, *, macs_ratio: Optional[float] = None, params_ratio: Optional[float] = None,
-             max_drop: Optional[float] = None) -> Dict[str, float]:
+             max_drop: Optional[float] = None, latency_ratio: Optional[float] = None,
+             latency=None) -> Dict[str, float]:
         """Per-group (or per-weight) amounts that meet one budget, losing the least.
 
         Parameters
@@ -212,19 +219,26 @@ class SensitivityReport:
             Reach dense parameters / pruned parameters >= ``params_ratio`` (> 1).
         max_drop : float, default None
             For each name, the largest measured amount whose drop is <= ``max_drop``.
+        latency_ratio : float, default None
+            Reach dense / pruned latency >= ``latency_ratio`` (> 1) as ``latency`` predicts
+            it, with only amounts whose kept counts are fast counts of the model
+            (docs/latency.md#planning-for-a-runtime; ``kind='channels'``).
+        latency : LatencyModel, default None
+            The model of the net, for ``latency_ratio``.
 
         Exactly one budget must be given. For a ratio the amounts are chosen among the
         measured ones so that the combined removal (computed from the shapes, overlaps
-        included) reaches the ratio while the sum of the measured drops is smallest. A
-        negative drop (the metric improved) counts as 0, since it is measurement noise and
-        would otherwise buy pruning beyond the budget; among plans of equal drop, the one
-        removing the least is returned.
+        included; for latency, the model's prediction) reaches the ratio while the sum of
+        the measured drops is smallest. A negative drop (the metric improved) counts as 0,
+        since it is measurement noise and would otherwise buy pruning beyond the budget;
+        among plans of equal drop, the one removing the least is returned.
 
         Returns
         -------
         dict of str -> float
             Name -> amount, for the names to prune (unpruned names are left out); pass it
-            as ``amount`` to :func:`prune_channels` (``kind='channels'``) or
+            as ``amount`` to :func:`prune_channels` (``kind='channels'``; with
+            ``round_to='fast', latency=model`` for a latency plan) or
             :func:`prune_magnitude` (``kind='weights'``).
 
         Raises
@@ -234,14 +248,20 @@ class SensitivityReport:
             measured amounts reaches.
         """
         given = [(n, v) for n, v in (('macs_ratio', macs_ratio), ('params_ratio', params_ratio),
-                                    ('max_drop', max_drop)) if v is not None]
+                                    ('max_drop', max_drop), ('latency_ratio', latency_ratio))
+                 if v is not None]
         if len(given) != 1:
             raise SurgeryValueError(
-                'plan takes exactly one budget (macs_ratio=, params_ratio= or max_drop=), '
-                'got %s.' % (', '.join(n for n, _ in given) or 'none'))
+                'plan takes exactly one budget (macs_ratio=, params_ratio=, latency_ratio= or '
+                'max_drop=), got %s.' % (', '.join(n for n, _ in given) or 'none'))
         what, value = given[0]
         if not is_real(value) or not math.isfinite(value):
             raise SurgeryValueError('%s must be a finite number, got %r.' % (what, value))
+        if what == 'latency_ratio':
+            self._check_latency(latency, required=True)
+        elif latency is not None:
+            raise SurgeryValueError('latency= is used by latency_ratio= only, got %s=%r.'
+                                    % (what, value))
         if what == 'max_drop':
             out = OrderedDict()
             for name in self.names:
@@ -251,6 +271,21 @@ class SensitivityReport:
             return out
         if value <= 1:
             raise SurgeryValueError('%s=%r: a ratio dense/pruned must be > 1.' % (what, value))
+        if what == 'latency_ratio':
+            dense = latency.dense
+            choice = _solve(self, dense - dense / value, None, latency)
+            if choice is None:
+                fast = {n: self._fast_rows(n, latency) for n in self.names}
+                best = latency.predict({n: latency.sizes[n] - max(r['removed'] for r in rows)
+                                        for n, rows in fast.items() if rows})
+                raise SurgeryValueError(
+                    'latency_ratio=%r cannot be reached with the measured amounts whose kept '
+                    'counts are fast counts (%d of %d rows): pruning every group by the '
+                    'largest of them is predicted at %.3gx. Measure with round_to=\'fast\', '
+                    'latency=model (or larger amounts), or ask for less.'
+                    % (value, sum(len(r) for r in fast.values()), len(self.table),
+                       dense / best))
+            return choice
         index = 0 if what == 'macs_ratio' else 1
         dense = self.dense_macs if index == 0 else self.dense_params
         if dense <= 0:
@@ -271,6 +306,82 @@ class SensitivityReport:
                    dense, 'MACs' if index == 0 else 'parameters',
                    dense / max(1, dense - best)))
         return choice
+
+    def _check_latency(self, latency, required):
+        if latency is None:
+            if required:
+                raise SurgeryValueError(
+                    'latency_ratio= needs latency=ps.latency_model(net, inputs=..., '
+                    'runtime=...) (docs/latency.md#planning-for-a-runtime).')
+            return
+        if not (hasattr(latency, 'predict') and isinstance(getattr(latency, 'sizes', None),
+                                                           Mapping)):
+            raise SurgeryTypeError('latency must be a LatencyModel (ps.latency_model), got %s.'
+                                   % type(latency).__name__)
+        if self.kind != 'channels':
+            raise SurgeryValueError("a latency model predicts channel counts: it needs a "
+                                    "report of kind='channels', this one is kind=%r."
+                                    % self.kind)
+        missing = [n for n in self.names if n not in latency.sizes]
+        if missing:
+            raise SurgeryValueError(
+                "the latency model has no channel group '%s' of this report; build it with "
+                "the key the report was measured with." % missing[0])
+
+    def _fast_rows(self, name, latency):
+        fast = set(latency.fast_counts(name))
+        return [r for r in self._rows(name) if latency.sizes[name] - r['removed'] in fast]
+
+    def _chosen_rows(self, plan):
+        if not isinstance(plan, Mapping):
+            raise SurgeryTypeError('plan must be a dict name -> amount (as plan() returns), '
+                                   'got %s.' % type(plan).__name__)
+        rows = OrderedDict()
+        for name, amount in plan.items():
+            if name not in self.names:
+                raise SurgeryValueError("plan names %r, which this report did not measure; it "
+                                        "has: %s." % (name, ', '.join(self.names[:5])))
+            found = [r for r in self._rows(name) if is_real(amount) and r['amount'] == amount]
+            if not found:
+                raise SurgeryValueError(
+                    'plan gives %r the amount %r, which was not measured (measured: %s).'
+                    % (name, amount, ', '.join('%g' % r['amount'] for r in self._rows(name))))
+            rows[name] = found[0]
+        return rows
+
+    def predict(self, plan: Dict[str, float], latency=None) -> Dict[str, Optional[float]]:
+        """What a plan (name -> measured amount, as :meth:`plan` returns) is predicted to give.
+
+        Returns
+        -------
+        dict
+            ``macs_ratio`` and ``params_ratio`` (dense / pruned, from the shapes; None when the
+            report counts none), ``latency_ratio`` (dense / pruned latency predicted by
+            ``latency``; None without it) and ``drop``, the sum of the measured drops of the
+            plan's rows (each measured alone: the combined drop can be larger).
+
+        Examples
+        --------
+        >>> import paramsurgery as ps
+        >>> table = [{'name': 'w', 'amount': 0.5, 'metric': 0.9, 'drop': 0.1,
+        ...           'macs_removed': 0, 'params_removed': 5, 'removed': 5}]
+        >>> report = ps.SensitivityReport('weights', 1.0, [0.5], table, 0, 10, [])
+        >>> report.predict({'w': 0.5})
+        {'macs_ratio': None, 'params_ratio': 2.0, 'latency_ratio': None, 'drop': 0.1}
+        """
+        rows = self._chosen_rows(plan)
+        self._check_latency(latency, required=False)
+        macs, params = self._combined(plan)
+        out = {'macs_ratio': self.dense_macs / max(1e-300, self.dense_macs - macs)
+               if self.dense_macs else None,
+               'params_ratio': self.dense_params / max(1e-300, self.dense_params - params)
+               if self.dense_params else None,
+               'latency_ratio': None,
+               'drop': float(sum(r['drop'] for r in rows.values()))}
+        if latency is not None:
+            kept = {n: latency.sizes[n] - r['removed'] for n, r in rows.items()}
+            out['latency_ratio'] = latency.dense / latency.predict(kept)
+        return out
 
 
 def _is_number(value):
@@ -393,33 +504,48 @@ class _Combined:
 _EXHAUSTIVE = 60000
 
 
-def _solve(report, need, index):
+def _solve(report, need, index, latency=None):
     """The choice of one measured amount (or none) per name whose combined removal is
     >= ``need`` with the smallest sum of drops.
 
     The combined removal is computed from the shapes: where two groups meet in one layer
     (its input and its output channels), pruning both removes less than the sum of each
-    alone. Up to ``_EXHAUSTIVE`` combinations are all tried; beyond that, a multiple-choice
-    knapsack on the removals measured one at a time (exact for ``kind='weights'``, where
-    removals add up) gives a start, which is completed greedily where the overlaps leave it
-    short and then improved by moving one or two names at a time while the budget holds.
+    alone; with a ``latency`` model it is the predicted seconds saved, and only rows whose
+    kept counts are fast counts are candidates. Up to ``_EXHAUSTIVE`` combinations are all
+    tried; beyond that, a multiple-choice knapsack on the removals measured one at a time
+    (exact for ``kind='weights'``, where removals add up) gives a start, which is completed
+    greedily where the overlaps leave it short and then improved by moving one or two names
+    at a time while the budget holds.
     """
     names = report.names
     options = []
     for name in names:
         opts = [(None, 0.0, 0, 0)]
-        for row in sorted(report._rows(name), key=lambda r: r['amount']):
-            gain = row['macs_removed'] if index == 0 else row['params_removed']
+        rows = report._fast_rows(name, latency) if latency is not None else report._rows(name)
+        for row in sorted(rows, key=lambda r: r['amount']):
+            if latency is not None:
+                gain = latency.dense - latency.predict({name: latency.sizes[name] -
+                                                        row['removed']})
+            else:
+                gain = row['macs_removed'] if index == 0 else row['params_removed']
             # A metric that improves when a group is pruned is measurement noise, not a
             # reason to prune more than the budget needs: it counts as no drop, and among
             # choices of equal drop the one removing least wins (the tiny second term).
-            drop = max(0.0, float(row['drop'])) + _TIE * gain / max(1.0, need)
-            opts.append((row['amount'], drop, int(gain), int(row['removed'])))
+            drop = max(0.0, float(row['drop'])) + _TIE * gain / (need if need > 0 else 1.0)
+            opts.append((row['amount'], drop, gain, int(row['removed'])))
         options.append(opts)
-    combined = _Combined(report, index)
+    if latency is not None:
+        group_sizes = latency.sizes
 
-    def removal(ks):
-        return combined([options[i][k][3] for i, k in enumerate(ks)])
+        def removal(ks):
+            return latency.dense - latency.predict(
+                {n: group_sizes[n] - options[i][k][3] for i, (n, k) in enumerate(zip(names, ks))
+                 if options[i][k][0] is not None})
+    else:
+        combined = _Combined(report, index)
+
+        def removal(ks):
+            return combined([options[i][k][3] for i, k in enumerate(ks)])
 
     def cost(ks):
         return sum(options[i][k][1] for i, k in enumerate(ks))
@@ -620,20 +746,21 @@ class _ChannelUnits:
     """kind='channels': one unit per selected prunable channel group, its channels chosen
     exactly as :func:`prune_channels` chooses them."""
 
-    def __init__(self, net, inputs, key, importance, round_to):
+    def __init__(self, net, inputs, key, importance, round_to, latency=None):
         from .channels import (
             _IMPORTANCES,
             _build,
             _check_owners,
-            _check_round_to,
+            _FastCounts,
             _finish_deferred,
             _input_shapes,
             _op_counts,
             _require_hybrid,
+            _rounding,
             _selected_groups,
         )
         _require_hybrid(net, 'sensitivity')
-        self.round_to = _check_round_to(round_to)
+        self.round_to = _rounding(round_to, latency)
         if not callable(importance) and importance not in _IMPORTANCES:
             raise SurgeryValueError(
                 "importance must be one of %s or a callable f(group) -> scores, got %r."
@@ -642,6 +769,8 @@ class _ChannelUnits:
         graph = _build(net, shapes)
         _check_owners(net, graph)
         groups = _selected_groups(net, graph, key)
+        if self.round_to == 'fast':
+            self.round_to = _FastCounts(latency, groups)
         _finish_deferred(net, inputs, shapes)
         self.net = net
         self.importance = importance
@@ -700,8 +829,8 @@ class _ChannelUnits:
 
 def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
                 amounts: Sequence[float] = DEFAULT_AMOUNTS, key=None, kind: str = 'channels',
-                importance: Any = 'l2', round_to: int = 1, progress: bool = True
-                ) -> SensitivityReport:
+                importance: Any = 'l2', round_to: Union[int, str] = 1, progress: bool = True,
+                latency=None) -> SensitivityReport:
     """Measure how much ``evaluate(net)`` drops when each group (or weight) alone is pruned.
 
     For every selected prunable channel group (``kind='channels'``; see
@@ -739,9 +868,13 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
     round_to : int, default 1
         ``kind='channels'``: the kept channel counts are rounded as :func:`prune_channels`
         rounds them; apply a plan with the same ``round_to``. Multiples of 8 or 16 run much
-        faster under MKLDNN than odd counts.
+        faster under MKLDNN than odd counts. ``'fast'`` (with ``latency``): the fast counts
+        of a latency model, for plans with ``latency_ratio``
+        (docs/latency.md#planning-for-a-runtime).
     progress : bool, default True
         Show a progress bar (tqdm, when installed).
+    latency : LatencyModel, default None
+        For ``round_to='fast'``.
 
     Returns
     -------
@@ -791,9 +924,9 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
         if inputs is None:
             raise SurgeryValueError("kind='channels' needs inputs= (a batch or its shape) to "
                                     "trace the net's channel groups.")
-        units = _ChannelUnits(net, inputs, key, importance, round_to)
+        units = _ChannelUnits(net, inputs, key, importance, round_to, latency)
     else:
-        if round_to != 1:
+        if round_to != 1 or latency is not None:
             raise SurgeryValueError("round_to is for kind='channels'; kind='weights' prunes "
                                     "entries, got round_to=%r." % (round_to,))
         units = _WeightUnits(net, key, importance)

@@ -1686,13 +1686,61 @@ def _check_round_to(round_to):
     return int(round_to)
 
 
-def _kept_count(kept, alive, round_to):
+def _kept_count(kept, alive, round_to, name=None):
     """The number of channels kept after rounding (``round_to``: the nearest multiple, at
-    least one multiple, at most what is alive, at least one channel)."""
+    least one multiple, at most what is alive, at least one channel; or a
+    :class:`_FastCounts`: the nearest fast count of group ``name``)."""
+    if isinstance(round_to, _FastCounts):
+        return max(1, round_to.kept(name, kept, alive))
     if round_to > 1:
         kept = int(math.floor(kept / round_to + 0.5)) * round_to
         kept = max(kept, round_to)
     return max(1, min(kept, alive))
+
+
+class _FastCounts:
+    """``round_to='fast'``: kept counts rounded to the nearest fast count of each group in a
+    latency model (ties to the larger count), among those not above the channels still
+    unmasked."""
+
+    def __init__(self, latency, groups):
+        self.fast = {}
+        for g in groups:
+            size = latency.sizes.get(g.name)
+            if size is None:
+                raise SurgeryValueError(
+                    "round_to='fast': the latency model has no channel group '%s' (it models "
+                    "%s). Build it with the same key as here (docs/latency.md#latency-models)."
+                    % (g.name, and_more(list(latency.sizes), 5)))
+            if size != g.size:
+                raise SurgeryValueError(
+                    "round_to='fast': channel group '%s' has %d channels, but the latency "
+                    "model was built when it had %d. Build the model on this net."
+                    % (g.name, g.size, size))
+            self.fast[g.name] = latency.fast_counts(g.name)
+
+    def kept(self, name, kept, alive):
+        options = [c for c in self.fast[name] if c <= alive] or [alive]
+        return min(options, key=lambda c: (abs(c - kept), -c))
+
+
+def _rounding(round_to, latency):
+    """``round_to`` checked against ``latency`` (a LatencyModel for ``'fast'``, else None)."""
+    if isinstance(round_to, str) and round_to == 'fast':
+        if latency is None or not (hasattr(latency, 'fast_counts') and
+                                   isinstance(getattr(latency, 'sizes', None), Mapping)):
+            raise (SurgeryValueError if latency is None else SurgeryTypeError)(
+                "round_to='fast' rounds to the fast counts of a latency model: pass "
+                "latency=ps.latency_model(net, inputs=..., runtime=...), got %s "
+                "(docs/latency.md#planning-for-a-runtime)." % type(latency).__name__)
+        return 'fast'
+    if isinstance(round_to, str):
+        raise SurgeryValueError("round_to must be an int >= 1 or 'fast', got %r." % round_to)
+    round_to = _check_round_to(round_to)
+    if latency is not None:
+        raise SurgeryValueError("latency= is used by round_to='fast' only, got round_to=%d."
+                                % round_to)
+    return round_to
 
 
 class _GroupState:
@@ -1784,7 +1832,8 @@ def _lowest(scores, candidates, count):
 
 def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
                    importance: Union[str, Callable[[ChannelGroup], Any]] = 'l2',
-                   scope: str = 'layer', round_to: int = 1, mode: str = 'graph') -> List[str]:
+                   scope: str = 'layer', round_to: Union[int, str] = 1, mode: str = 'graph',
+                   latency=None) -> List[str]:
     """Mask whole channels of the prunable channel groups of ``net``.
 
     Every maskable member of a group (producer weights and biases, BatchNorm gamma and
@@ -1816,14 +1865,19 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     scope : {'layer', 'global'}, default 'layer'
         Per group, or all selected groups ranked together, each group's scores divided by
         its largest score.
-    round_to : int, default 1
+    round_to : int or 'fast', default 1
         The number of channels kept is rounded to the nearest multiple (ties up), at least
-        ``round_to`` (or all channels), at most the channels still unmasked.
+        ``round_to`` (or all channels), at most the channels still unmasked. ``'fast'``:
+        to the nearest fast count of the group in ``latency`` (ties to the larger count;
+        docs/latency.md#planning-for-a-runtime). With ``scope='global'`` or a dict amount
+        the count that ``round_to=1`` would keep is rounded.
 
     mode : {'graph', 'update'}, default 'graph'
         Where the channel masks act (see :func:`apply_mask`): in the forward graph, or in
         the stored weights, which the Trainer keeps at zero (the dense graph, the lowest
         cost). :func:`shrink` removes the channels in both modes.
+    latency : LatencyModel, default None
+        For ``round_to='fast'``: a model of this net (see :func:`latency_model`).
 
     Returns
     -------
@@ -1868,7 +1922,7 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
         raise SurgeryValueError(
             "importance must be one of %s or a callable f(group) -> scores, got %r."
             % (', '.join(repr(i) for i in _IMPORTANCES), importance))
-    round_to = _check_round_to(round_to)
+    round_to = _rounding(round_to, latency)
     for one in (amount.values() if isinstance(amount, Mapping) else [amount]):
         _check_amount(one, what='channels')   # type, NaN, sign, float > 1
     shapes = _input_shapes(inputs)
@@ -1877,6 +1931,8 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     groups = _selected_groups(net, graph, key)
     if isinstance(amount, Mapping):
         groups = _named_groups(graph, groups, amount, scope, key)
+    if round_to == 'fast':
+        round_to = _FastCounts(latency, groups)
     _finish_deferred(net, inputs, shapes)
     params = net.collect_params()
     names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.members))
@@ -1921,7 +1977,8 @@ def choose_channels(net, groups, weights, existing, amount, importance, scope, r
         one = amount[s.group.name] if isinstance(amount, Mapping) else amount
         count = prune_count(one, len(alive), what='channels',
                             where="channel group '%s'" % s.group.name)
-        kept = _kept_count(len(alive) - count, len(alive), round_to) if len(alive) else 0
+        kept = _kept_count(len(alive) - count, len(alive), round_to, s.group.name) \
+            if len(alive) else 0
         pruned.append(_lowest(sc, alive, len(alive) - kept))
     return pruned
 
@@ -1948,7 +2005,7 @@ def _global(states, scores, amount, round_to):
             chosen[gi].append(i)
             left[gi] -= 1
             done += 1
-    if round_to == 1:
+    if not isinstance(round_to, _FastCounts) and round_to == 1:
         return [np.sort(np.asarray(c, dtype=np.int64)) for c in chosen]
     out = []
     for s, sc, c in zip(states, scores, chosen):
@@ -1956,7 +2013,7 @@ def _global(states, scores, amount, round_to):
         if not len(alive):
             out.append(np.zeros(0, dtype=np.int64))
             continue
-        kept = _kept_count(len(alive) - len(c), len(alive), round_to)
+        kept = _kept_count(len(alive) - len(c), len(alive), round_to, s.group.name)
         out.append(_lowest(sc, alive, len(alive) - kept))
     return out
 

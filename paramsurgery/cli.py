@@ -181,7 +181,20 @@ def _shrink(args) -> int:
         check_path('-o', target, write=True)
     shapes = args.input_shape or [(1, 3, 224, 224)]
     _check_inputs(symbol, args.input_shape)
-    result = _exported.shrink_exported(symbol, params, shapes, args.amount,
+    if (args.amount is None) == (args.latency_ratio is None):
+        raise UsageError('give --amount or --latency-ratio (one of them)')
+    model = None
+    if args.latency_ratio is not None:
+        if args.latency_ratio <= 1 or not np.isfinite(args.latency_ratio):
+            raise UsageError('--latency-ratio must be a number > 1 (dense / pruned latency), '
+                             'got %r' % args.latency_ratio)
+        if args.scope != 'layer' or args.round_to != 1 or args.count:
+            raise UsageError('--latency-ratio plans per group at the fast counts of a latency '
+                             'model: it takes no --scope, --round-to or --count')
+        amount, model, predicted = _latency_plan(args, symbol, params, shapes)
+    else:
+        amount = args.amount
+    result = _exported.shrink_exported(symbol, params, shapes, amount,
                                        importance=args.importance, scope=args.scope,
                                        round_to=args.round_to)
     import mxnet as mx
@@ -199,7 +212,118 @@ def _shrink(args) -> int:
           'original computes with them zeroed' % (len(result.removed),
                                                    sum(result.removed.values())))
     print('wrote %s and %s' % tuple(targets))
+    if model is not None:
+        from .latency import measure_latency
+        dense = measure_latency(_exported_net(symbol, params, shapes), inputs=shapes,
+                                runtime=args.runtime, threads=args.threads)
+        small = measure_latency(_exported_net(targets[0], targets[1], shapes), inputs=shapes,
+                                runtime=args.runtime, threads=args.threads)
+        print('latency on %s: predicted %.2fx, measured %.2fx (%.3f ms -> %.3f ms, %d '
+              'thread%s)' % (args.runtime, predicted, dense.median / small.median,
+                            1e3 * dense.median, 1e3 * small.median, dense.threads,
+                            '' if dense.threads == 1 else 's'))
     return 0
+
+
+def _exported_net(symbol, params, shapes):
+    from .channels import _input_names
+    from .masks import load_exported
+    return load_exported(symbol, _input_names(len(shapes)), params)
+
+
+def _latency(args) -> int:
+    from .latency import latency_model, measure_latency
+    symbol = check_path('SYMBOL', args.symbol)
+    params = check_path('PARAMS', args.params)
+    if args.model:
+        check_path('--model', args.model, write=True)
+    shapes = args.input_shape or [(1, 3, 224, 224)]
+    _check_inputs(symbol, args.input_shape)
+    net = _exported_net(symbol, params, shapes)
+    lat = measure_latency(net, inputs=shapes, runtime=args.runtime, repeats=args.repeats,
+                          warmup=args.warmup, threads=args.threads)
+    print('%s on %s, inputs %s, %d thread%s: median %.3f ms (p10 %.3f, p90 %.3f; %d runs)'
+          % (symbol, lat.runtime, ' '.join(','.join(map(str, s)) for s in lat.shapes),
+             lat.threads, '' if lat.threads == 1 else 's', 1e3 * lat.median, 1e3 * lat.p10,
+             1e3 * lat.p90, lat.repeats))
+    if args.model:
+        model = latency_model(net, inputs=shapes, runtime=args.runtime, threads=args.threads)
+        model.save(args.model)
+        print(model)
+        print('wrote %s' % args.model)
+    return 0
+
+
+def _distance_report(net, shapes, model, amounts, importance):
+    """A sensitivity report with no labels: per group and amount, the relative distance of
+    the net's output from the dense output on a fixed random batch, with the group's
+    channels zeroed (as pruning them computes) at the fast count nearest to the amount."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    from .analysis import SensitivityReport
+    from .channels import choose_channels, trace_channels
+    from .pruning_core import prune_count
+    # an export's groups are 'not prunable' for masks (its graph is fixed) but shrink_exported
+    # removes them from the files: the model's groups are the ones to analyse
+    groups = [g for g in trace_channels(net, *shapes).groups if g.name in model.sizes]
+    params = net.collect_params()
+    names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.members))
+    with autograd.pause():
+        weights = {n: params[n].data().asnumpy() for n in names}
+    batches = [mx.nd.array(np.random.RandomState(i).uniform(-1, 1, size=s))
+               for i, s in enumerate(shapes)]
+
+    def outputs():
+        with autograd.predict_mode():
+            out = net(*batches)
+        return np.concatenate([o.asnumpy().ravel() for o in
+                               (out if isinstance(out, (list, tuple)) else [out])])
+
+    dense = outputs()
+    scale = max(float(np.linalg.norm(dense)), 1e-30)
+    table = []
+    for g in groups:
+        for amount in amounts:
+            kept = model.round(g.name, g.size - prune_count(amount, g.size))
+            chosen = choose_channels(net, [g], weights, {}, g.size - kept, importance, 'layer',
+                                     1)[0]
+            try:
+                for member, role in zip(g.members, g.roles):
+                    if role in ('bn_mean', 'bn_var') or not len(chosen):
+                        continue
+                    name, axis, off, st = member
+                    arr = np.moveaxis(weights[name].copy(), axis, 0)
+                    rows = (off + np.asarray(chosen)[:, None] * st + np.arange(st)).ravel()
+                    arr[rows] = 0
+                    params[name].set_data(mx.nd.array(np.moveaxis(arr, 0, axis),
+                                                      dtype=arr.dtype))
+                distance = float(np.linalg.norm(outputs() - dense)) / scale
+            finally:
+                for name in names:
+                    params[name].set_data(mx.nd.array(weights[name], dtype=weights[name].dtype))
+            table.append({'name': g.name, 'amount': amount, 'metric': -distance,
+                          'drop': distance, 'macs_removed': 0, 'params_removed': 0,
+                          'removed': len(chosen)})
+    return SensitivityReport('channels', 0.0, amounts, table, 0, 0, []), groups
+
+
+def _latency_plan(args, symbol, params, shapes):
+    """``--latency-ratio``: a latency model of the export on ``--runtime``, an output-distance
+    sensitivity at its fast counts, the plan that reaches the ratio losing the least; as
+    channel counts per group for shrink_exported."""
+    from .analysis import DEFAULT_AMOUNTS
+    from .latency import latency_model
+    net = _exported_net(symbol, params, shapes)
+    print('measuring a latency model on %s ...' % args.runtime, flush=True)
+    model = latency_model(net, inputs=shapes, runtime=args.runtime, threads=args.threads)
+    report, groups = _distance_report(net, shapes, model, DEFAULT_AMOUNTS, args.importance)
+    plan = report.plan(latency_ratio=args.latency_ratio, latency=model)
+    predicted = report.predict(plan, latency=model)['latency_ratio']
+    rows = {name: [r for r in report.table if r['name'] == name and r['amount'] == amount][0]
+            for name, amount in plan.items()}
+    counts = {g.name: int(rows[g.name]['removed']) if g.name in rows else 0 for g in groups}
+    return counts, model, predicted
 
 
 def _demo(args) -> int:
@@ -285,12 +409,8 @@ def _add_deploy_commands(sub):
                     'weights, parameters as initializers. The model runs in ONNX Runtime '
                     'against MXNet before anything is written. Needs the [onnx] extra. See '
                     'docs/deploy.md.')
-    export.add_argument('symbol', metavar='PREFIX-symbol.json')
-    export.add_argument('params', metavar='PREFIX-0000.params')
+    _export_arguments(export)
     export.add_argument('-o', '--output', metavar='OUT.onnx', required=True)
-    export.add_argument('--input-shape', type=_shape, action='append', metavar='N,C,H,W',
-                        help='shape of a batch for each data input, e.g. 1,3,224,224 '
-                             '(repeat for several inputs; default 1,3,224,224)')
     export.add_argument('--opset', type=int, default=None,
                         help='ONNX opset (default: the newest the installed onnx knows)')
     export.set_defaults(func=_export)
@@ -314,6 +434,14 @@ def _add_deploy_commands(sub):
     expand.add_argument('file', metavar='IN')
     expand.add_argument('-o', '--output', metavar='OUT.params', required=True)
     expand.set_defaults(func=_expand)
+
+
+def _export_arguments(parser):
+    parser.add_argument('symbol', metavar='PREFIX-symbol.json')
+    parser.add_argument('params', metavar='PREFIX-0000.params')
+    parser.add_argument('--input-shape', type=_shape, action='append', metavar='N,C,H,W',
+                        help='shape of a batch for each data input, e.g. 1,3,224,224 '
+                             '(repeat for several inputs; default 1,3,224,224)')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,16 +493,21 @@ def build_parser() -> argparse.ArgumentParser:
                     'and after. The shrunk model is checked against the original with the '
                     'removed channels zeroed before anything is written. Channels that the '
                     "export's masks (*_mask inputs) already zero are removed too.")
-    shrink.add_argument('symbol', metavar='PREFIX-symbol.json')
-    shrink.add_argument('params', metavar='PREFIX-0000.params')
+    _export_arguments(shrink)
     shrink.add_argument('-o', '--output', metavar='OUT', required=True,
                         help='prefix of the files to write')
-    shrink.add_argument('--input-shape', type=_shape, action='append', metavar='N,C,H,W',
-                        help='shape of a batch for each data input, e.g. 1,3,224,224 '
-                             '(repeat for several inputs; default 1,3,224,224)')
-    shrink.add_argument('--amount', type=_amount, required=True,
+    shrink.add_argument('--amount', type=_amount,
                         help='a fraction in [0, 1] of the channels of each group (0.5) or a '
                              'count; a whole number from 2 to 100 needs --count')
+    shrink.add_argument('--latency-ratio', type=float, metavar='R',
+                        help='instead of --amount: make the model R times faster on --runtime '
+                             '(a latency model and an output-distance sensitivity, no labels '
+                             'needed; docs/latency.md#planning-for-a-runtime)')
+    shrink.add_argument('--runtime', choices=['mxnet', 'mkldnn', 'onnxruntime'],
+                        default='mkldnn', help='for --latency-ratio (default mkldnn)')
+    shrink.add_argument('--threads', type=int, default=None, metavar='N',
+                        help='compute threads for the timing (default OMP_NUM_THREADS or '
+                             'every CPU)')
     shrink.add_argument('--count', action='store_true',
                         help='--amount is a count of channels per group (allows --amount 2 '
                              'to 100, which are refused without it as probable percentages)')
@@ -388,6 +521,24 @@ def build_parser() -> argparse.ArgumentParser:
     shrink.set_defaults(func=_shrink)
 
     _add_deploy_commands(sub)
+    latency = sub.add_parser(
+        'latency', help='measure the latency of an exported model on a runtime',
+        description='Time one forward of an exported model (the -symbol.json and '
+                    '-0000.params files written by export()) on a runtime: plain MXNet '
+                    '(static_alloc), MXNet with oneDNN fusion (mkldnn) or ONNX Runtime. '
+                    'Prints the median and the 10th and 90th percentiles. With --model, '
+                    'also builds a latency model (latency against kept channel counts per '
+                    'group) and writes it (docs/latency.md#latency-models).')
+    _export_arguments(latency)
+    latency.add_argument('--runtime', choices=['mxnet', 'mkldnn', 'onnxruntime'],
+                         default='mxnet', help='default mxnet')
+    latency.add_argument('--repeats', type=int, default=20, help='timed runs (default 20)')
+    latency.add_argument('--warmup', type=int, default=3, help='untimed runs first (default 3)')
+    latency.add_argument('--threads', type=int, default=None, metavar='N',
+                         help='compute threads (default OMP_NUM_THREADS or every CPU)')
+    latency.add_argument('--model', metavar='OUT.json',
+                         help='also build a latency model and write it here')
+    latency.set_defaults(func=_latency)
 
     demo = sub.add_parser(
         'demo', help='run the end-to-end example (offline)',

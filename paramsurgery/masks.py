@@ -366,8 +366,11 @@ def _arrays_from_host(value, dtype, contexts):
 def _new_mask_param(name, param, mode, contexts, value):
     """The mask Parameter of ``param``, on ``contexts``. Returns it and whether it already
     holds ``value`` (made from it with one copy per context), else it holds ones."""
-    dtype = np.dtype(UPDATE_MASK_DTYPE if mode == 'update' else param.dtype)
-    mask = Parameter(name + MASK_SUFFIX, grad_req='null', shape=param.shape, dtype=dtype,
+    # the Parameter keeps the dtype object Gluon users set and compare (np.uint8, not
+    # np.dtype('uint8')); the arrays are made with its np.dtype
+    declared = UPDATE_MASK_DTYPE if mode == 'update' else param.dtype
+    dtype = np.dtype(declared)
+    mask = Parameter(name + MASK_SUFFIX, grad_req='null', shape=param.shape, dtype=declared,
                      init=mx.init.One(), differentiable=False)
     _internals.mark_mask_param(mask)
     with autograd.pause():

@@ -550,3 +550,113 @@ def test_weights_that_cannot_take_a_mask_are_refused_before_any_trial():
     assert calls == [] and state_of(net) == before
     with pytest.raises(ps.SurgeryTypeError, match="own_weight.*overrides forward"):
         ps.prune_magnitude(net, 'own_weight', 0.5)
+
+
+# --------------------------------------------------------------------------- latency budgets
+
+def _entries_clock(monkeypatch):
+    """A fake clock: a microsecond per weight entry of the convolution and dense layers
+    (masks, biases and BatchNorm are free), the same alone and in the whole nets, so the
+    latency model's fit is exact and every kept count it measured is a fast count."""
+    from paramsurgery import latency
+    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: 1e-6 * sum(
+        a.size for n, a in variant.arrays.items() if a.ndim >= 2 and not n.endswith('_mask')))
+
+
+@pytest.mark.parametrize('ctxs', [[mx.cpu(0)], [mx.cpu(0), mx.cpu(1)]], ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_latency_plan_is_the_cheapest_that_the_model_says_reaches_the_ratio(
+        monkeypatch, ctxs, hybridize):
+    _entries_clock(monkeypatch)
+    shape = (1, 2, 6, 6)
+    net = small_cnn(ctxs, hybridize)
+    model = ps.latency_model(net, inputs=shape)
+    before = state_of(net)
+    report = sensitivity(net, accuracy_of(*data()), inputs=shape, amounts=[0.25, 0.5, 0.75],
+                         round_to='fast', latency=model, progress=False)
+    assert state_of(net) == before
+    names = report.names
+    for ratio in (1.2, 1.5, 2.0):
+        plan = report.plan(latency_ratio=ratio, latency=model)
+        best = None
+        for choice in itertools.product([None] + list(report.amounts), repeat=len(names)):
+            rows = [r for r in report.table if dict(zip(names, choice))[r['name']] ==
+                    r['amount']]
+            kept = {r['name']: model.sizes[r['name']] - r['removed'] for r in rows}
+            cost = sum(max(0.0, r['drop']) for r in rows)
+            if model.dense / model.predict(kept) >= ratio and (best is None or cost < best):
+                best = cost
+        rows = [r for r in report.table if plan.get(r['name']) == r['amount']]
+        assert sum(max(0.0, r['drop']) for r in rows) == pytest.approx(best, abs=1e-12)
+        predicted = report.predict(plan, latency=model)
+        assert predicted['latency_ratio'] >= ratio
+        assert predicted['drop'] == pytest.approx(sum(r['drop'] for r in rows), abs=1e-12)
+        # applied with the same rounding and shrunk, the net measures what was predicted
+        fresh = small_cnn(ctxs, hybridize)
+        ps.prune_channels(fresh, plan, inputs=shape, round_to='fast', latency=model)
+        ps.shrink(fresh, inputs=shape)
+        measured = ps.measure_latency(fresh, inputs=shape, repeats=1)
+        assert model.measured / measured.median == pytest.approx(predicted['latency_ratio'],
+                                                                 rel=1e-9)
+        macs, params = ps.count_ops(fresh, shape)
+        assert predicted['macs_ratio'] == pytest.approx(report.dense_macs / macs, rel=1e-12)
+        assert predicted['params_ratio'] == pytest.approx(report.dense_params / params,
+                                                          rel=1e-12)
+
+
+def test_latency_plan_uses_only_fast_counts(monkeypatch):
+    _entries_clock(monkeypatch)
+    shape = (1, 2, 6, 6)
+    net = small_cnn([mx.cpu(0)], False)
+    # measured counts 3, 6 and 4, 8: of the kept counts 4, 3, 1 (conv0) and 6, 4, 2 (conv1)
+    # that the amounts give, only 3 and 4 are fast
+    model = ps.latency_model(net, inputs=shape, counts={'cnn_conv0_weight': [3],
+                                                        'cnn_conv1_weight': [4]})
+    report = sensitivity(net, accuracy_of(*data()), inputs=shape, amounts=[0.25, 0.5, 0.75],
+                         progress=False)
+    plan = report.plan(latency_ratio=1.01, latency=model)
+    assert set(plan.values()) == {0.5}
+    with pytest.raises(ps.SurgeryValueError, match='fast counts .2 of 6 rows'):
+        report.plan(latency_ratio=50, latency=model)
+
+
+def test_latency_plan_and_predict_errors(monkeypatch):
+    _entries_clock(monkeypatch)
+    shape = (1, 2, 6, 6)
+    net = small_cnn([mx.cpu(0)], False)
+    model = ps.latency_model(net, inputs=shape)
+    report = sensitivity(net, accuracy_of(*data()), inputs=shape, amounts=[0.5],
+                         progress=False)
+    weights = synthetic([('a', 0.5, 0.01, 10)])
+    for call, error, match in [
+            (lambda: report.plan(latency_ratio=2), ps.SurgeryValueError, 'latency='),
+            (lambda: report.plan(latency_ratio=2, latency='m'), ps.SurgeryTypeError,
+             'LatencyModel'),
+            (lambda: report.plan(macs_ratio=2, latency=model), ps.SurgeryValueError,
+             'latency_ratio= only'),
+            (lambda: report.plan(latency_ratio=0.5, latency=model), ps.SurgeryValueError,
+             '> 1'),
+            (lambda: weights.plan(latency_ratio=2, latency=model), ps.SurgeryValueError,
+             "kind='channels'"),
+            (lambda: report.predict({'x': 0.5}), ps.SurgeryValueError, "'x'"),
+            (lambda: report.predict({'cnn_conv0_weight': 0.3}), ps.SurgeryValueError,
+             'not measured'),
+            (lambda: report.predict([0.5]), ps.SurgeryTypeError, 'dict')]:
+        with pytest.raises(error, match=match):
+            call()
+    assert report.predict({}) == {'macs_ratio': 1.0, 'params_ratio': 1.0,
+                                  'latency_ratio': None, 'drop': 0.0}
+
+
+def test_plot_marks_the_chosen_plan(tmp_path):
+    net = small_cnn([mx.cpu(0)], False)
+    report = sensitivity(net, accuracy_of(*data()), kind='weights', amounts=[0.2, 0.6],
+                         progress=False)
+    plain, marked = str(tmp_path / 'plain.png'), str(tmp_path / 'marked.png')
+    report.plot(plain)
+    report.plot(marked, plan={report.names[0]: 0.6})
+    # the same figure but for the ring: the images differ
+    assert open(plain, 'rb').read() != open(marked, 'rb').read()
+    with pytest.raises(ps.SurgeryValueError, match='not measured'):
+        report.plot(str(tmp_path / 'bad.png'), plan={report.names[0]: 0.5})
+    assert sorted(os.listdir(tmp_path)) == ['marked.png', 'plain.png']

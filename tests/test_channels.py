@@ -656,3 +656,100 @@ def test_register_shrink_rule_bad_arguments(block_class, rule, text):
     with pytest.raises(ps.SurgeryTypeError, match=text):
         ps.register_shrink_rule(block_class, rule)
     assert dict(_SHRINK_RULES) == before
+# --------------------------------------------------------------------------- round_to='fast'
+
+def _fast_model(monkeypatch, net, counts):
+    """A latency model whose clock counts parameter entries: latency grows with every kept
+    channel, so the fast counts are exactly the measured ones (and the size)."""
+    from paramsurgery import latency
+    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: 1e-6 * sum(
+        a.size for a in variant.arrays.values()))
+    return ps.latency_model(net, inputs=(1, 3, 8, 8), counts=counts)
+
+
+@pytest.mark.parametrize('ctxs', [ONE, TWO], ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_round_to_fast_takes_the_nearest_fast_count(monkeypatch, ctxs, hybridize):
+    net = build('chain', ctxs)
+    if hybridize:
+        net.hybridize()
+    x = (1, 3, 8, 8)
+    model = _fast_model(monkeypatch, net, {'chain_conv2_weight': [4, 8]})
+    assert model.fast_counts('chain_conv2_weight') == [4, 8, 10]
+    g = ps.trace_channels(net, x)['chain_conv2_weight']
+    # 10 channels, prune 3: keep 7 -> 8
+    ps.prune_channels(net, 3, inputs=x, key='chain_conv2_weight', round_to='fast',
+                      latency=model)
+    assert channel_alive(net, g).sum() == 8
+    for name in ps.masked(net):     # every replica masked alike
+        data = [d.asnumpy() for d in net.collect_params()[name + '_mask'].list_data()]
+        assert all((d == data[0]).all() for d in data)
+    # 8 unmasked, prune 2: keep 6, a tie between 4 and 8 goes to the larger (8)
+    assert ps.prune_channels(net, 2, inputs=x, key='chain_conv2_weight', round_to='fast',
+                             latency=model) == []
+    assert channel_alive(net, g).sum() == 8
+    # prune 3 more: keep 5 -> 4 (10 is fast but more than the 8 unmasked)
+    ps.prune_channels(net, 3, inputs=x, key='chain_conv2_weight', round_to='fast',
+                      latency=model)
+    assert channel_alive(net, g).sum() == 4
+
+
+def test_round_to_fast_global_and_dict_round_the_exact_count(monkeypatch):
+    net = build('chain', ONE)
+    x = (1, 3, 8, 8)
+    model = _fast_model(monkeypatch, net, {'chain_conv1_weight': [2], 'chain_conv2_weight': [4]})
+    graph = ps.trace_channels(net, x)
+    exact = build('chain', ONE)
+    ps.prune_channels(exact, {'chain_conv1_weight': 0.5, 'chain_conv2_weight': 0.3}, inputs=x)
+    assert [channel_alive(exact, graph[n]).sum() for n in ('chain_conv1_weight',
+                                                           'chain_conv2_weight')] == [3, 7]
+    ps.prune_channels(net, {'chain_conv1_weight': 0.5, 'chain_conv2_weight': 0.3}, inputs=x,
+                      round_to='fast', latency=model)
+    # 3 of 6 -> fast counts 2, 6: 2; 7 of 10 -> fast 4, 10: 10 (nothing pruned)
+    assert channel_alive(net, graph['chain_conv1_weight']).sum() == 2
+    assert channel_alive(net, graph['chain_conv2_weight']).sum() == 10
+    names = ['chain_conv1_weight', 'chain_conv2_weight']
+    exact, net = build('chain', ONE), build('chain', ONE)
+    ps.prune_channels(exact, 0.5, inputs=x, scope='global', key=names)
+    counts = [int(channel_alive(exact, graph[n]).sum()) for n in names]
+    assert counts != [6, 10]
+    ps.prune_channels(net, 0.5, inputs=x, scope='global', key=names, round_to='fast',
+                      latency=model)
+    fast = [model.fast_counts(n) for n in names]
+    want = [min(f, key=lambda c: (abs(c - k), -c)) for f, k in zip(fast, counts)]
+    assert [channel_alive(net, graph[n]).sum() for n in names] == want
+
+
+@pytest.mark.parametrize('kwargs, error, text', [
+    (dict(round_to='fast'), ps.SurgeryValueError, 'latency=ps.latency_model'),
+    (dict(round_to='fast', latency='model'), ps.SurgeryTypeError, 'latency=ps.latency_model'),
+    (dict(round_to='fastest'), ps.SurgeryValueError, "'fast'"),
+    (dict(round_to=8, latency='model'), ps.SurgeryValueError, "round_to='fast' only"),
+])
+def test_round_to_fast_bad_arguments_change_nothing(kwargs, error, text):
+    net = build('chain', TWO)
+    before = snapshot(net)
+    with pytest.raises(error, match=text):
+        ps.prune_channels(net, 0.5, inputs=(1, 3, 8, 8), **kwargs)
+    assert ps.masked(net) == []
+    assert_same_bits(before, snapshot(net))
+
+
+def test_round_to_fast_needs_a_model_of_the_groups(monkeypatch):
+    net = build('chain', TWO)
+    model = _fast_model(monkeypatch, net, None)
+    other = build('chain', ONE)
+    ps.prune_channels(other, 0.5, inputs=(1, 3, 8, 8), key='chain_conv1_weight')
+    ps.shrink(other, inputs=(1, 3, 8, 8))
+    small = _fast_model(monkeypatch, other, None)
+    before = snapshot(net)
+    with pytest.raises(ps.SurgeryValueError, match="'chain_conv1_weight' has 6 channels, but "
+                                                   "the latency model was built when it had 3"):
+        ps.prune_channels(net, 0.5, inputs=(1, 3, 8, 8), round_to='fast', latency=small)
+    only = _fast_model(monkeypatch, net, None)
+    only.sizes.pop('chain_conv0_weight')
+    with pytest.raises(ps.SurgeryValueError, match="no channel group 'chain_conv0_weight'"):
+        ps.prune_channels(net, 0.5, inputs=(1, 3, 8, 8), round_to='fast', latency=only)
+    assert ps.masked(net) == []
+    assert_same_bits(before, snapshot(net))
+    assert model.sizes['chain_conv1_weight'] == 6

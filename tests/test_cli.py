@@ -504,6 +504,69 @@ def test_export_bad_input_exits_2_without_output(exported, tmp_path, capsys, arg
     prefix, _ = exported
     code, out, err = run(['export', prefix + '-symbol.json', prefix + '-0000.params', '-o',
                           str(tmp_path / 'm.onnx')] + args, capsys)
+# --------------------------------------------------------------------------- latency
+
+@pytest.fixture
+def weight_clock(monkeypatch):
+    """A fake clock for the latency commands: a microsecond per weight entry of the
+    convolution and dense layers (masks, biases, BatchNorm free), alone and in whole nets
+    alike, so a latency model's fit is exact: no timing is asserted."""
+    from paramsurgery import latency
+
+    def seconds(variant):
+        return 1e-6 * sum(a.size for n, a in variant.arrays.items()
+                          if a.ndim >= 2 and not n.endswith('_mask'))
+    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: seconds(variant))
+    return seconds
+
+
+def test_latency_measures_an_export_and_writes_a_model(exported, tmp_path, capsys,
+                                                       weight_clock):
+    prefix, net = exported
+    model_path = str(tmp_path / 'model.json')
+    code, out, err = run(['latency', prefix + '-symbol.json', prefix + '-0000.params',
+                          '--input-shape', '1,3,32,32', '--runtime', 'mkldnn', '--threads', '1',
+                          '--repeats', '3', '--model', model_path], capsys)
+    assert code == 0, err
+    entries = sum(int(np.prod(p.shape)) for p in net.collect_params().values()
+                  if len(p.shape) >= 2)
+    assert ('on mkldnn, inputs 1,3,32,32, 1 thread: median %.3f ms' % (1e-3 * entries)) in out
+    model = ps.LatencyModel.load(model_path)
+    assert model.runtime == 'mkldnn' and model.measured == pytest.approx(1e-6 * entries)
+    assert 'wrote %s' % model_path in out
+
+
+def test_shrink_to_a_latency_ratio(exported, tmp_path, capsys, weight_clock):
+    prefix, net = exported
+    out = str(tmp_path / 'small')
+    code, stdout, err = run(['shrink', prefix + '-symbol.json', prefix + '-0000.params',
+                             '--input-shape', '1,3,32,32', '--latency-ratio', '1.5',
+                             '--runtime', 'onnxruntime', '-o', out], capsys)
+    assert code == 0, err
+    found = re.search(r'latency on onnxruntime: predicted ([\d.]+)x, measured ([\d.]+)x', stdout)
+    assert found, stdout
+    predicted, measured = float(found.group(1)), float(found.group(2))
+    assert predicted >= 1.5 and measured == predicted     # the fake clock is exact
+    small = ps.load_exported(out + '-symbol.json', 'data', out + '-0000.params')
+    dense = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    ratio = (weight_clock(ps.latency._variant_of(dense, [(1, 3, 32, 32)])) /
+             weight_clock(ps.latency._variant_of(small, [(1, 3, 32, 32)])))
+    assert ratio >= 1.5 and '%.2f' % ratio == found.group(2)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--latency-ratio', '2', '--amount', '0.5'], 'give --amount or --latency-ratio'),
+    ([], 'give --amount or --latency-ratio'),
+    (['--latency-ratio', '0.5'], '--latency-ratio must be a number > 1'),
+    (['--latency-ratio', 'nan'], '--latency-ratio must be a number > 1'),
+    (['--latency-ratio', '2', '--scope', 'global'], 'takes no --scope'),
+    (['--latency-ratio', '2', '--runtime', 'tvm'], 'invalid choice'),
+])
+def test_shrink_latency_bad_input_exits_2_without_output(exported, tmp_path, capsys, args,
+                                                         message, weight_clock):
+    prefix, _ = exported
+    code, out, err = run(['shrink', prefix + '-symbol.json', prefix + '-0000.params', '-o',
+                          str(tmp_path / 'small'), '--input-shape', '1,3,32,32'] + args, capsys)
     assert code == 2 and message in err and 'Traceback' not in err, err
     assert os.listdir(tmp_path) == []
 
@@ -580,3 +643,15 @@ def test_shrink_an_exported_model_with_transposed_convolutions(tmp_path, capsys)
     with mx.autograd.predict_mode():
         ref, got = net(x).asnumpy(), small(x).asnumpy()
     assert np.abs(ref - got).max() <= 1e-4 * np.abs(ref).max()
+def test_latency_bad_input_exits_2(exported, tmp_path, capsys, weight_clock):
+    prefix, _ = exported
+    for args, message in [(['--runtime', 'tvm'], 'invalid choice'),
+                          (['--repeats', '0'], 'repeats=0'),
+                          (['--input-shape', '1,5,32,32'], 'does not run'),
+                          (['--model', str(tmp_path / 'no' / 'm.json')], 'does not exist')]:
+        if '--input-shape' not in args:
+            args = args + ['--input-shape', '1,3,32,32']
+        code, out, err = run(['latency', prefix + '-symbol.json', prefix + '-0000.params']
+                             + args, capsys)
+        assert code == 2 and message in err and 'Traceback' not in err, (args, err)
+    assert os.listdir(tmp_path) == []

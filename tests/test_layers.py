@@ -16,7 +16,7 @@ ROOT = os.path.dirname(paramsurgery.__file__)
 KNOWN_CROSSINGS = {
     ('analysis', 'channels', '_IMPORTANCES'), ('analysis', 'channels', '_build'),
     ('analysis', 'channels', '_channel_rows'), ('analysis', 'channels', '_check_owners'),
-    ('analysis', 'channels', '_check_round_to'), ('analysis', 'channels', '_finish_deferred'),
+('analysis', 'channels', '_finish_deferred'),
     ('analysis', 'channels', '_input_shapes'), ('analysis', 'channels', '_op_counts'),
     ('analysis', 'channels', '_require_hybrid'), ('analysis', 'channels', '_selected_groups'),
     ('analysis', 'masks', '_owner_index'), ('analysis', 'masks', '_owners_checked'),
@@ -29,6 +29,12 @@ KNOWN_CROSSINGS = {
     ('onnx_export', 'channels', '_input_shapes'), ('onnx_export', 'shrinking', '_layer_of'),
     ('onnx_export', 'channels', '_finish_deferred'), ('onnx_export', 'channels', '_flat_outputs'),
     ('onnx_export', 'shrinking', '_contexts'), ('compact', 'masks', '_mode_of'),
+    ('latency', 'channels', '_Trace'), ('latency', 'channels', '_finish_deferred'),
+    ('latency', 'channels', '_flat_outputs'), ('latency', 'channels', '_input_shapes'),
+    ('latency', 'channels', '_require_hybrid'), ('latency', 'channels', '_build'),
+    ('latency', 'channels', '_selected_groups'), ('latency', '_exported', '_deletions'),
+    ('latency', '_exported', '_rewrite'), ('analysis', 'channels', '_FastCounts'),
+    ('analysis', 'channels', '_rounding'),
 }
 
 

@@ -227,7 +227,7 @@ def test_new_masks_made_from_the_core_masks_without_a_fill(ctxs, mode, monkeypat
     params = net.collect_params()
     for name, keep in expected.items():
         mask = params[name + '_mask']
-        assert mask.dtype == (np.uint8 if mode == 'update' else np.float32)
+        assert np.dtype(mask.dtype) == (np.uint8 if mode == 'update' else np.float32)
         assert mask.list_ctx() == ctxs
         for i, arr in enumerate(mask.list_data()):
             assert arr.context == ctxs[i]

@@ -236,6 +236,16 @@ def _one(net):
     return 1.0
 
 
+def _latency_model(e):
+    """A model of e.net built with a fake clock (the rows check arguments, not timing)."""
+    from paramsurgery import latency
+    previous, latency._TIMER = latency._TIMER, lambda runtime, variant: 1e-3
+    try:
+        return ps.latency_model(e.net, inputs=(1, 3))
+    finally:
+        latency._TIMER = previous
+
+
 def _report():
     table = [{'name': 'w', 'amount': 0.5, 'metric': 0.9, 'drop': 0.1, 'macs_removed': 0,
               'params_removed': 5, 'removed': 5}]
@@ -587,6 +597,10 @@ BAD = {
     'sensitivity': [
         ('evaluate not callable', lambda e: ps.sensitivity(e.net, 3, kind='weights'), TE),
         ("kind='x'", lambda e: ps.sensitivity(e.net, _one, kind='x'), VE),
+        ("round_to='fast' without a model", lambda e: ps.sensitivity(
+            e.net, _one, inputs=(1, 3), round_to='fast'), VE),
+        ("latency for kind='weights'", lambda e: ps.sensitivity(
+            e.net, _one, kind='weights', latency=_latency_model(e)), VE),
         ('amounts NaN', lambda e: ps.sensitivity(e.net, _one, kind='weights',
                                                  amounts=[NAN]), VE),
         ('amounts 1.5', lambda e: ps.sensitivity(e.net, _one, kind='weights',
@@ -619,6 +633,13 @@ BAD = {
         ('load a binary file', lambda e: ps.SensitivityReport.load(e.f('binary.json')), FE),
         ('load an int path', lambda e: ps.SensitivityReport.load(e.fd), TE),
         ('plot to a missing folder', lambda e: _report().plot(e.missing_dir), VE),
+        ('latency_ratio without a model', lambda e: _report().plan(latency_ratio=2), VE),
+        ("latency='x'", lambda e: _report().plan(latency_ratio=2, latency='x'), TE),
+        ('latency for a weights report', lambda e: _report().plan(
+            latency_ratio=2, latency=_latency_model(e)), VE),
+        ('predict a list', lambda e: _report().predict([0.5]), TE),
+        ('predict an unknown name', lambda e: _report().predict({'x': 0.5}), VE),
+        ('predict NaN', lambda e: _report().predict({'w': NAN}), VE),
     ],
     'trace_channels': [
         ('a plain Block', lambda e: ps.trace_channels(nn.Block(), (1, 3)), TE),
@@ -638,6 +659,12 @@ BAD = {
         ('True', lambda e: ps.prune_channels(e.net, True, inputs=(1, 3)), TE),
         ("scope='x'", lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3), scope='x'), VE),
         ('round_to 0', lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3), round_to=0), VE),
+        ("round_to='fast' without a model",
+         lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3), round_to='fast'), VE),
+        ("round_to='fast', latency='x'", lambda e: ps.prune_channels(
+            e.net, 0.5, inputs=(1, 3), round_to='fast', latency='x'), TE),
+        ('latency with round_to=8', lambda e: ps.prune_channels(
+            e.net, 0.5, inputs=(1, 3), round_to=8, latency=_latency_model(e)), VE),
         ("importance='x'", lambda e: ps.prune_channels(e.net, 0.5, inputs=(1, 3),
                                                         importance='x'), VE),
         ('unknown group', lambda e: ps.prune_channels(e.net, {'nothing': 0.5},
@@ -817,6 +844,47 @@ BAD = {
         ('load_state_dict of other settings', lambda e: _dynamic().load_state_dict(
             dict(_dynamic().state_dict(), method='set')), VE),
     ],
+    'measure_latency': [
+        ('a plain Block', lambda e: ps.measure_latency(nn.Block(), inputs=(1, 3)), TE),
+        ("runtime='x'", lambda e: ps.measure_latency(e.net, inputs=(1, 3), runtime='x'), VE),
+        ('repeats 0', lambda e: ps.measure_latency(e.net, inputs=(1, 3), repeats=0), VE),
+        ('repeats 2.5', lambda e: ps.measure_latency(e.net, inputs=(1, 3), repeats=2.5), TE),
+        ('warmup -1', lambda e: ps.measure_latency(e.net, inputs=(1, 3), warmup=-1), VE),
+        ('threads True', lambda e: ps.measure_latency(e.net, inputs=(1, 3), threads=True), TE),
+        ('threads 0', lambda e: ps.measure_latency(e.net, inputs=(1, 3), threads=0), VE),
+        ('shape does not run', lambda e: ps.measure_latency(e.net, inputs=(1, 5)), VE),
+    ],
+    'latency_model': [
+        ('a plain Block', lambda e: ps.latency_model(nn.Block(), inputs=(1, 3)), TE),
+        ("runtime='x'", lambda e: ps.latency_model(e.net, inputs=(1, 3), runtime='x'), VE),
+        ('repeats 0', lambda e: ps.latency_model(e.net, inputs=(1, 3), repeats=0), VE),
+        ('threads 0', lambda e: ps.latency_model(e.net, inputs=(1, 3), threads=0), VE),
+        ("counts 'abc'", lambda e: ps.latency_model(e.net, inputs=(1, 3), counts='abc'), TE),
+        ('counts of an unknown group',
+         lambda e: ps.latency_model(e.net, inputs=(1, 3), counts={'x': [1]}), VE),
+        ('count 0', lambda e: ps.latency_model(e.net, inputs=(1, 3),
+                                               counts={'net_dense0_weight': [0]}), VE),
+        ('count 2.5', lambda e: ps.latency_model(e.net, inputs=(1, 3),
+                                                 counts={'net_dense0_weight': [2.5]}), TE),
+        ('count above the size', lambda e: ps.latency_model(
+            e.net, inputs=(1, 3), counts=lambda g: [g.size + 1]), VE),
+        ('no match', lambda e: ps.latency_model(e.net, inputs=(1, 3), key='nothing'), SE),
+        ('shape does not run', lambda e: ps.latency_model(e.net, inputs=(1, 5)), VE),
+    ],
+    'LatencyModel': [
+        ('predict an unknown group', lambda e: _latency_model(e).predict({'x': 1}), VE),
+        ('predict 0 kept', lambda e: _latency_model(e).predict({'net_dense0_weight': 0}), VE),
+        ('predict 5 of 4', lambda e: _latency_model(e).predict({'net_dense0_weight': 5}), VE),
+        ('predict 1.5', lambda e: _latency_model(e).predict({'net_dense0_weight': 1.5}), TE),
+        ('predict a list', lambda e: _latency_model(e).predict([1]), TE),
+        ('fast_counts of an unknown group', lambda e: _latency_model(e).fast_counts('x'), VE),
+        ('save to an int path', lambda e: _latency_model(e).save(e.fd), TE),
+        ('save to a missing folder', lambda e: _latency_model(e).save(e.missing_dir), VE),
+        ('load an empty file', lambda e: ps.LatencyModel.load(e.f('empty.json')), FE),
+        ('load a binary file', lambda e: ps.LatencyModel.load(e.f('binary.json')), FE),
+        ('load a report', lambda e: ps.LatencyModel.load(e.f('bad.json')), FE),
+        ('plot to a missing folder', lambda e: _latency_model(e).plot(e.missing_dir), VE),
+    ],
 }
 
 # Public names that take no arguments to get wrong, and why.
@@ -828,6 +896,7 @@ NOT_CALLABLE = dict(
         ('ChannelGraph', 'the result of trace_channels, built by paramsurgery'),
         ('ChannelGroup', 'a member of ChannelGraph.groups, built by paramsurgery'),
         ('OnnxExport', 'a NamedTuple of export_onnx results, built by paramsurgery'),
+        ('Latency', 'a NamedTuple of measure_latency results, built by paramsurgery'),
     ])
 
 CASES = [pytest.param(name, label, call, error, id='%s-%s' % (name, label))

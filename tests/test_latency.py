@@ -1,0 +1,254 @@
+"""measure_latency: the runtimes run, the net is left exactly as it was, the statistics."""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon import nn
+
+import paramsurgery as ps
+from paramsurgery import latency
+
+CTXS = [[mx.cpu(0)], [mx.cpu(0), mx.cpu(1)]]
+
+
+def _net(ctx, hybridize):
+    net = nn.HybridSequential(prefix='net_')
+    with net.name_scope():
+        net.add(nn.Conv2D(8, 3, in_channels=3), nn.BatchNorm(in_channels=8),
+                nn.Activation('relu'), nn.GlobalAvgPool2D(), nn.Dense(2, in_units=8))
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    if hybridize:
+        net.hybridize()
+    return net
+
+
+def _state(net, x):
+    params = {n: [a.asnumpy().copy() for a in p.list_data()]
+              for n, p in net.collect_params().items()}
+    with mx.autograd.predict_mode():
+        out = net(x).asnumpy()
+    return params, out
+
+
+@pytest.mark.parametrize('runtime', latency.RUNTIMES)
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_runtime_runs_and_leaves_the_net_as_it_was(runtime, ctx, hybridize):
+    net = _net(ctx, hybridize)
+    ps.apply_mask(net, {'net_conv0_weight': np.ones((8, 3, 3, 3))})
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)), ctx=ctx[0])
+    before, out_before = _state(net, x)
+    masks_before = {n: m.asnumpy() for n, m in ps.get_mask(net, ps.masked(net)).items()}
+    lat = ps.measure_latency(net, inputs=x, runtime=runtime, repeats=3, warmup=1, threads=1)
+    assert lat.runtime == runtime and lat.shapes == ((2, 3, 8, 8),)
+    assert lat.threads == 1 and lat.repeats == 3
+    assert 0 < lat.p10 <= lat.median <= lat.p90
+    after, out_after = _state(net, x)
+    assert before.keys() == after.keys()
+    for name in before:   # bit for bit, every replica
+        for a, b in zip(before[name], after[name]):
+            assert np.array_equal(a, b), name
+    # same arithmetic before and after, so equal bit for bit
+    assert np.array_equal(out_before, out_after)
+    masks_after = {n: m.asnumpy() for n, m in ps.get_mask(net, ps.masked(net)).items()}
+    assert masks_before.keys() == masks_after.keys()
+    assert all(np.array_equal(masks_before[n], masks_after[n]) for n in masks_before)
+
+
+def test_statistics_come_from_the_samples(monkeypatch):
+    samples = iter([0.5, 0.1, 0.3, 0.2, 0.4])
+    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: next(samples))
+    net = _net([mx.cpu(0)], False)
+    lat = ps.measure_latency(net, inputs=(1, 3, 8, 8), repeats=5, threads=2)
+    assert lat.median == pytest.approx(0.3, rel=1e-12)   # numpy percentile, exact inputs
+    assert lat.p10 == pytest.approx(0.14, rel=1e-12)
+    assert lat.p90 == pytest.approx(0.46, rel=1e-12)
+    assert lat.threads == 2
+
+
+def test_timer_sees_the_nets_parameters(monkeypatch):
+    seen = []
+    monkeypatch.setattr(latency, '_TIMER',
+                        lambda runtime, variant: seen.append(variant) or 1.0)
+    net = _net([mx.cpu(0), mx.cpu(1)], True)
+    ps.measure_latency(net, inputs=(1, 3, 8, 8), runtime='mkldnn', repeats=1)
+    arrays = seen[0].arrays
+    assert np.array_equal(arrays['net_conv0_weight'],
+                          net.collect_params()['net_conv0_weight'].data(mx.cpu(0)).asnumpy())
+    assert seen[0].shapes == ((1, 3, 8, 8),)
+
+
+def test_missing_onnxruntime_is_a_typed_error(monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def no_ort(name, *args, **kwargs):
+        if name == 'onnxruntime':
+            raise ImportError('no onnxruntime')
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, '__import__', no_ort)
+    with pytest.raises(ps.MissingDependencyError, match=r"\[onnx\]"):
+        ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8),
+                           runtime='onnxruntime')
+
+
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+@pytest.mark.parametrize('mode', ['graph', 'update'])
+def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode, tmp_path):
+    """A copy that lost the graph-mode masks (or read another replica) would time another
+    net: half the filters masked must show in the copy's output."""
+    net = _net(ctx, hybridize)
+    mask = np.ones((8, 3, 3, 3))
+    mask[::2] = 0
+    ps.apply_mask(net, {'net_conv0_weight': mask}, mode=mode)
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)))
+    was_hybrid = ps._internals.is_hybridized(net)
+    variant = latency._variant_of(net, [(2, 3, 8, 8)])
+    copy = latency._symbol_block(variant, str(tmp_path))
+    with mx.autograd.predict_mode():
+        want = net(x.as_in_context(ctx[0])).asnumpy()
+        got = copy(x).asnumpy()
+    # the same float32 operators on the same values: only the summation order of a cached
+    # graph may differ, 27 products per output -> about 27 * 6e-8 relative
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6 * np.abs(want).max())
+    assert ps._internals.is_hybridized(net) == was_hybrid == hybridize
+
+
+def test_threads_are_set_for_the_timing_and_put_back(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ps._internals, 'set_omp_threads', calls.append)
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')
+    lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=1,
+                             warmup=0, threads=1)
+    assert lat.threads == 1
+    assert calls == [1, 3]      # fixed while timing, then the default again
+    lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=1,
+                             warmup=0, runtime='onnxruntime')
+    assert lat.threads == 3
+
+
+# --------------------------------------------------------------------------- latency_model
+
+def _two_convs(ctx, hybridize):
+    net = nn.HybridSequential(prefix='n_')
+    with net.name_scope():
+        net.add(nn.Conv2D(16, 3, in_channels=3), nn.Activation('relu'),
+                nn.Conv2D(4, 3, in_channels=16))
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    if hybridize:
+        net.hybridize()
+    return net
+
+
+def _elements(variant):
+    """A fake clock: a microsecond per parameter entry, so every time is known exactly."""
+    return 1e-6 * sum(a.size for a in variant.arrays.values())
+
+
+def _conv_entries(c):
+    """Entries of the two convolutions with c channels kept between them."""
+    return (c * 3 * 9 + c) + (4 * c * 9 + 4)
+
+
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_model_tables_predict_and_fit(monkeypatch, ctx, hybridize):
+    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    net = _two_convs(ctx, hybridize)
+    x = mx.nd.ones((1, 3, 8, 8))
+    before, out_before = _state(net, x.as_in_context(ctx[0]))
+    model = ps.latency_model(net, inputs=(1, 3, 8, 8), runtime='mkldnn',
+                             counts={'n_conv0_weight': [4, 8, 12]})
+    after, out_after = _state(net, x.as_in_context(ctx[0]))
+    assert all(np.array_equal(a, b) for n in before for a, b in zip(before[n], after[n]))
+    assert np.array_equal(out_before, out_after)
+    assert ps._internals.is_hybridized(net) == hybridize
+    assert model.runtime == 'mkldnn' and model.shapes == ((1, 3, 8, 8),)
+    assert dict(model.sizes) == {'n_conv0_weight': 16}
+    # both convolutions depend on the group; sums of exact multiples of 1e-6
+    assert list(model.table['n_conv0_weight']) == [4, 8, 12, 16]
+    for c, t in model.table['n_conv0_weight'].items():
+        assert t == pytest.approx(1e-6 * _conv_entries(c), rel=1e-12)
+    # the whole nets cost exactly the sum of their layers: the fit is exact
+    assert model.measured == pytest.approx(1e-6 * _conv_entries(16), rel=1e-12)
+    for c in (16, 12, 9, 4):      # 9 lies between measured counts: linear in c, exact
+        assert model.predict({'n_conv0_weight': c}) == pytest.approx(
+            1e-6 * _conv_entries(c), rel=1e-9)
+    assert model.dense == pytest.approx(model.measured, rel=1e-9)
+    assert model.fast_counts('n_conv0_weight') == [4, 8, 12, 16]
+
+
+def test_fast_counts_are_faster_than_every_larger_count(monkeypatch):
+    """conv0's weight (it alone reads 3 channels) costs 100x per entry when its output count
+    is not a multiple of 8, alone and in the whole nets alike: the net costs 64c + 4 with c
+    aligned, 2737c + 4 unaligned, so only 8 and 16 beat every larger count."""
+    def timer(runtime, variant):
+        return 1e-6 * sum(a.size * (100 if a.ndim == 4 and a.shape[1] == 3 and a.shape[0] % 8
+                                    else 1) for a in variant.arrays.values())
+
+    monkeypatch.setattr(latency, '_TIMER', timer)
+    net = _two_convs([mx.cpu(0)], False)
+    model = ps.latency_model(net, inputs=(1, 3, 8, 8), counts={'n_conv0_weight': range(1, 17)})
+    assert model.fast_counts('n_conv0_weight') == [8, 16]
+    assert model.round('n_conv0_weight', 11) == 8
+    assert model.round('n_conv0_weight', 12) == 16       # a tie goes to the larger count
+    assert model.round('n_conv0_weight', 1) == 8
+
+
+def test_model_save_load_and_damage(monkeypatch, tmp_path):
+    import json
+    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    model = ps.latency_model(_two_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8))
+    path = str(tmp_path / 'model.json')
+    model.save(path)
+    back = ps.LatencyModel.load(path)
+    assert back.predict({'n_conv0_weight': 5}) == model.predict({'n_conv0_weight': 5})
+    assert back.fast_counts('n_conv0_weight') == model.fast_counts('n_conv0_weight')
+    assert str(back) == str(model)
+    data = json.loads(open(path).read())
+    for field, value in [('measured', 'fast'), ('fit', [1.0]), ('table', {'x': [[1, 0.1]]}),
+                         ('runtime', 'gpu'), ('sizes', [['n_conv0_weight', 0]])]:
+        broken = dict(data, **{field: value})
+        bad = tmp_path / ('bad_%s.json' % field)
+        bad.write_text(json.dumps(broken))
+        with pytest.raises(ps.FileFormatError, match=field if field != 'table' else 'x'):
+            ps.LatencyModel.load(str(bad))
+    (tmp_path / 'cut.json').write_text(open(path).read()[:100])
+    with pytest.raises(ps.FileFormatError, match='cut.json'):
+        ps.LatencyModel.load(str(tmp_path / 'cut.json'))
+
+
+def test_model_save_is_atomic(monkeypatch, tmp_path):
+    import os
+    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    model = ps.latency_model(_two_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8))
+    path = tmp_path / 'model.json'
+    path.write_text('old')
+
+    def broken(fd):
+        raise OSError('disk full')
+    monkeypatch.setattr(os, 'fsync', broken)
+    with pytest.raises(OSError):
+        model.save(str(path))
+    assert path.read_text() == 'old' and os.listdir(str(tmp_path)) == ['model.json']
+
+
+@pytest.mark.parametrize('runtime', latency.RUNTIMES)
+def test_model_runs_on_each_runtime(runtime, tmp_path):
+    """The single layers and the shrunk whole nets build and run on the real runtime (no
+    timing is asserted: only what the model is made of)."""
+    net = nn.HybridSequential(prefix='n_')
+    with net.name_scope():
+        net.add(nn.Conv2D(16, 3, in_channels=3), nn.BatchNorm(), nn.Activation('relu'),
+                nn.Conv2D(16, 3, groups=16, in_channels=16), nn.Conv2D(8, 1, in_channels=16),
+                nn.GlobalAvgPool2D(), nn.Dense(3, in_units=8))
+    net.initialize(mx.init.Xavier())
+    model = ps.latency_model(net, inputs=(2, 3, 8, 8), runtime=runtime, repeats=1,
+                             threads=1, counts={'n_conv0_weight': [5, 8],
+                                                'n_conv2_weight': [3]})
+    assert list(model.sizes) == ['n_conv0_weight', 'n_conv2_weight']
+    assert list(model.table['n_conv0_weight']) == [5, 8, 16]
+    assert len(model.calibration) == 5 and all(c['seconds'] > 0 for c in model.calibration)
+    assert model.predict({'n_conv0_weight': 7, 'n_conv2_weight': 2}) > 0
+    model.plot(str(tmp_path / 'model.png'))
+    assert (tmp_path / 'model.png').stat().st_size > 0
