@@ -993,8 +993,20 @@ def onnx_graph(symbol, params, shapes, onnx_types, opset):
 
 
 def load_init(param, arr):
-    """Set ``param`` to ``arr`` on every context, initialising it first if needed, as
-    ``load_parameters`` does (``Parameter._load_init``)."""
+    """Set ``param`` to ``arr`` (an NDArray, or a numpy array of its dtype) on every context,
+    initialising it first if needed, as ``load_parameters`` does (``Parameter._load_init``).
+
+    An initialised parameter gets a numpy value copied straight into its replicas
+    (``set_data`` writes ``replica[:] = value``): making an NDArray of it first costs a
+    second copy into freshly allocated memory, slower than the copy itself."""
+    if isinstance(arr, np.ndarray):
+        # (a replica a predict-mode Convolution reordered into oneDNN's blocked layout
+        # refuses a copy from host memory: those get an NDArray, whose copy reorders back)
+        if param._data is not None and param._stype == 'default' \
+                and not any(is_blocked_layout(replica) for replica in param._data):
+            param.set_data(arr)  # the end of _load_init for an initialised parameter
+            return
+        arr = nd.array(arr, dtype=arr.dtype)
     param._load_init(arr, None)
 
 
