@@ -9,7 +9,8 @@ loaded on first use, so that the parts that need no MXNet (``paramsurgery.errors
 ``paramsurgery.pruning_core``, ``paramsurgery.schedules``) import without it.
 
 The layers, each importing only from the ones above it (and, within a line, ``a -> b``:
-``b`` imports ``a``); ``tests/test_layers.py`` checks this against the real imports::
+``b`` imports ``a``); a subpackage is one entry, and its ``__init__`` lists the layering of
+its modules; ``tests/test_layers.py`` checks this against the real imports::
 
     errors -> _checks, _files        exceptions; argument checks, atomic files (no MXNet)
     pruning_core, schedules          exact masks from numpy arrays, schedules (no MXNet)
@@ -18,7 +19,7 @@ The layers, each importing only from the ones above it (and, within a line, ``a 
     access, distributed              context-safe access; Trainer and kvstore checks
     _snapshot                        one transaction over a net and its Trainers
     _values -> surgery               the value plan; assign_params, set_params
-    _deconv, _layout -> _masked_forward -> masks    masks in the forward graph
+    masks -> _deconv                 masks in the graph or the stored weights (subpackage)
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
     channels -> shrinking, _exported    channel groups and pruning; structural shrink
     report -> analysis               sparsity reports; sensitivity analysis and budgets

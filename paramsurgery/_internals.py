@@ -46,8 +46,6 @@ from mxnet.base import MXNetError
 from mxnet.gluon.block import Block, HybridBlock
 from mxnet.gluon.parameter import Parameter
 
-from .errors import TrainerStateError, and_more
-
 __all__ = []
 
 
@@ -141,7 +139,7 @@ def _assign_updater(key, received, stored):  # pylint: disable=unused-argument
     stored[:] = received
 
 
-def _master_copies(updaters, idx):
+def master_copies(updaters, idx):
     """The fp32 master copies that ``multi_precision`` optimizers keep for key ``idx``.
 
     Gluon's base ``Optimizer`` stores ``(master, state)``; SGD, NAG, LARS and LBSGD store
@@ -197,7 +195,7 @@ def sync_trainer(trainer, params):
         for idx, param in keyed:
             if np.dtype(param.dtype) != np.float16:
                 continue  # only fp16 weights get a master copy
-            for master in _master_copies(updaters, idx):
+            for master in master_copies(updaters, idx):
                 source = param._data[context_index(param, master.context) or 0]
                 master[:] = source.astype(master.dtype)
 
@@ -609,20 +607,9 @@ def reinit_trainer_kvstore(trainer):
         new.states_synced = {k: False for k in old.states}
 # --------------------------------------------------------------------------- update-mode masks
 #
-# An update-mode mask (``apply_mask(..., mode='update')``) keeps the stored weight at zero under
-# the mask: the weight is multiplied by it once, and every optimizer update that the
-# parameter's Trainers run in this process masks the gradient first. Every update goes
-# through an ``mxnet.optimizer.Updater``: one per context in ``Trainer._updaters``
-# (``update_on_kvstore`` False, or no kvstore), or the one a local/device kvstore calls
-# inside ``push`` (``update_on_kvstore`` True; created by ``kv.set_optimizer`` in
-# ``Trainer._init_kvstore`` at the first step). Those Updater objects get the class
-# :class:`MaskingUpdater` (same object, same states: the kvstore's C callback, the Trainer
-# and ``save_states``/``load_states`` keep working on it). A Trainer is watched through an
-# instance-level ``_init_kvstore`` (the first thing every ``step``, ``update`` and
-# ``allreduce_grads`` runs while its kvstore is not created yet, also after ``set_data``
-# reset it), so a kvstore created later is covered too; a Trainer built after the mask is
-# found by an instance-level ``Parameter._set_trainer`` on the weight, which every
-# ``Trainer.__init__`` calls. paramsurgery's own attributes on MXNet objects:
+# The engine (paramsurgery.masks.update_mode) masks gradients in the Updaters of every
+# Trainer of a parameter with an update-mode mask; these are the attributes it reads and the
+# hooks it installs. paramsurgery's own attributes on MXNet objects:
 #
 # - weight Parameter: ``_paramsurgery_update_mask`` (its mask Parameter), ``_set_trainer``
 #   (the hook), ``_paramsurgery_trainers`` (weak references to Trainers built on it since);
@@ -636,19 +623,8 @@ _TRAINERS = '_paramsurgery_trainers'
 _COPIES = '_paramsurgery_copies'
 _IS_MASK = '_paramsurgery_is_mask'
 
-#: Optimizers that leave an entry at exactly zero when its weight, gradient and state are
-#: zero (checked for each in tests/test_mask_modes.py, with weight decay, momentum, gradient
-#: clipping and multi_precision): masking the gradient is enough. Any other optimizer (SGLD
-#: adds noise, Adamax divides 0 by 0, user-defined ones are unknown) also gets its weight,
-#: and fp32 master copy, masked after each update.
-ZERO_PRESERVING = (mx_optimizer.SGD, mx_optimizer.NAG, mx_optimizer.Adam,
-                   mx_optimizer.AdaGrad, mx_optimizer.AdaDelta, mx_optimizer.RMSProp,
-                   mx_optimizer.Nadam, mx_optimizer.Ftrl, mx_optimizer.FTML,
-                   mx_optimizer.Signum, mx_optimizer.LAMB, mx_optimizer.LARS,
-                   mx_optimizer.LBSGD, mx_optimizer.ccSGD)
 
-
-def _as_np(arr):
+def as_np(arr):
     """A numpy-frontend view of ``arr`` (no copy): ``mxnet.numpy`` operators multiply
     mixed dtypes (a float32 weight by a uint8 mask), the legacy ones do not."""
     return arr if isinstance(arr, mx_np.ndarray) else arr.as_np_ndarray()
@@ -657,21 +633,44 @@ def _as_np(arr):
 def multiply_inplace(arr, factor):
     """``arr *= factor`` for an NDArray ``factor`` of the same shape and any numeric dtype
     (one elementwise pass, nothing allocated)."""
-    out = _as_np(arr)
-    mx_np.multiply(out, _as_np(factor), out=out)
+    out = as_np(arr)
+    mx_np.multiply(out, as_np(factor), out=out)
 
 
 def zero_where_masked(arr, mask):
     """``arr = where(mask != 0, arr, 0)``: exactly 0 under the mask even where ``arr`` holds
     NaN or inf (which a multiplication by 0 would keep)."""
-    kept = mx_np.where(_as_np(mask), _as_np(arr), 0)
-    out = _as_np(arr)
+    kept = mx_np.where(as_np(mask), as_np(arr), 0)
+    out = as_np(arr)
     out[:] = kept.astype(out.dtype, copy=False)
 
 
 def update_mask(param):
     """The update-mode mask Parameter of ``param``, or None."""
     return param.__dict__.get(_UPDATE_MASK) if param is not None else None
+
+
+def store_update_mask(param, mask, set_trainer):
+    """Make ``mask`` the update-mode mask of ``param``, with ``set_trainer(param, trainer)``
+    run by every Trainer built on it; ``mask`` None removes both."""
+    if mask is None:
+        for attr in (_UPDATE_MASK, '_set_trainer', _TRAINERS):
+            param.__dict__.pop(attr, None)
+        return
+    param.__dict__[_UPDATE_MASK] = mask
+    param.__dict__['_set_trainer'] = types.MethodType(set_trainer, param)
+
+
+def class_set_trainer(param, trainer):
+    """What ``param._set_trainer(trainer)`` does without an instance-level hook."""
+    type(param)._set_trainer(param, trainer)
+
+
+def remember_trainer(param, trainer):
+    """Keep a weak reference to ``trainer`` on ``param`` (see :func:`known_trainers`)."""
+    refs = param.__dict__.setdefault(_TRAINERS, [])
+    if not any(ref() is trainer for ref in refs):
+        refs.append(weakref.ref(trainer))
 
 
 def mask_on(mask, ctx):
@@ -691,25 +690,6 @@ def mask_changed(mask):
     mask.__dict__.pop(_COPIES, None)
 
 
-def _recording_set_trainer(self, trainer):
-    type(self)._set_trainer(self, trainer)
-    if trainer is not None and update_mask(self) is not None:
-        refs = self.__dict__.setdefault(_TRAINERS, [])
-        if not any(ref() is trainer for ref in refs):
-            refs.append(weakref.ref(trainer))
-        watch_trainer(trainer)
-
-
-def set_update_mask(param, mask):
-    """Make ``mask`` (a Parameter) the update-mode mask of ``param``; None removes it."""
-    if mask is None:
-        for attr in (_UPDATE_MASK, '_set_trainer', _TRAINERS):
-            param.__dict__.pop(attr, None)
-        return
-    param.__dict__[_UPDATE_MASK] = mask
-    param.__dict__['_set_trainer'] = types.MethodType(_recording_set_trainer, param)
-
-
 def known_trainers(param):
     """Every Trainer of ``param`` this process can find: the last one built on it and those
     built on it while it had an update-mode mask."""
@@ -722,41 +702,16 @@ def known_trainers(param):
     return list(unique.values())
 
 
-class MaskingUpdater(mx_optimizer.Updater):
-    """An ``mxnet.optimizer.Updater`` that masks the gradient of every parameter with an
-    update-mode mask before the update (and, for optimizers not in
-    :data:`ZERO_PRESERVING`, the weight and its fp32 master copy after it).
-
-    Installed by changing the class of an existing Updater, so that every holder of the
-    object (the Trainer, a kvstore's C callback) keeps its states and sees the change.
-    Parameters are found through ``optimizer.param_dict`` (index -> Parameter), which
-    ``gluon.Trainer`` sets and keeps up to date (also after ``load_states``).
-    """
-
-    def __call__(self, index, grad, weight):
-        many = isinstance(index, (list, tuple))
-        indices, grads, weights = (index, grad, weight) if many else ([index], [grad], [weight])
-        param_dict = getattr(self.optimizer, 'param_dict', None) or {}
-        masked = []
-        for idx, g, w in zip(indices, grads, weights):
-            mask = update_mask(param_dict.get(idx))
-            if mask is not None:
-                m = mask_on(mask, g.context)
-                multiply_inplace(g, m)
-                masked.append((idx, w, m))
-        mx_optimizer.Updater.__call__(self, index, grad, weight)
-        if masked and type(self.optimizer) not in ZERO_PRESERVING:
-            for idx, w, m in masked:
-                zero_where_masked(w, m)
-                for master in _master_copies([self], idx):
-                    zero_where_masked(master, m)
+def store_mask_mark(mask, set_trainer):
+    """Mark ``mask`` as a mask Parameter, with ``set_trainer(mask, trainer)`` run by every
+    Trainer built on it."""
+    mask.__dict__[_IS_MASK] = True
+    mask.__dict__['_set_trainer'] = types.MethodType(set_trainer, mask)
 
 
-def _enforce_on(updater):
-    if updater is None or isinstance(updater, MaskingUpdater):
-        return
-    if type(updater) is mx_optimizer.Updater:
-        updater.__class__ = MaskingUpdater
+def is_mask_param(param):
+    """True for a Parameter marked by :func:`store_mask_mark`."""
+    return bool(param.__dict__.get(_IS_MASK, False))
 
 
 def _local_kv_updater(trainer):
@@ -778,68 +733,42 @@ def process_updaters(trainer):
     return updaters
 
 
+def has_updaters(trainer):
+    """True once ``trainer`` has Updaters to change (its kvstore or its per-context ones)."""
+    return getattr(trainer, '_kv_initialized', False) or hasattr(trainer, '_updaters')
+
+
 def runs_on_servers(trainer):
     """True when ``trainer`` runs (or will run) the optimizer on a dist kvstore's servers."""
     return is_distributed(kvstore_type(trainer_kvstore(trainer)[0])) and \
         effective_update_on_kvstore(trainer)
 
 
-def _refuse_at_kvstore_creation(trainer):
-    names = [p.name for p in trainer._params if update_mask(p) is not None]
-    if names and runs_on_servers(trainer):
-        raise TrainerStateError(
-            "Parameter %s has an update-mode mask (ps.apply_mask(..., mode='update')), but "
-            "this Trainer runs the optimizer on the servers of kvstore '%s' "
-            "(update_on_kvstore=True), where the gradient cannot be masked: the masked "
-            "entries would train. Nothing was changed. Fix: use mode='graph' for these "
-            "masks, or update_on_kvstore=False." % (and_more(names),
-                                                    kvstore_type(trainer_kvstore(trainer)[0])))
+def hook_init_kvstore(trainer, init_kvstore):
+    """Make ``trainer`` run ``init_kvstore(trainer)`` where it creates its kvstore."""
+    trainer.__dict__['_init_kvstore'] = types.MethodType(init_kvstore, trainer)
 
 
-def _watching_init_kvstore(self):
-    _refuse_at_kvstore_creation(self)
-    type(self)._init_kvstore(self)
-    # the next thing every step runs is _init_params, which hands each listed parameter to
-    # the kvstore: a dist kvstore's server dies on a uint8 update-mode mask, and no mask is
-    # trainable state (paramsurgery writes every replica itself)
-    self._params_to_init = [p for p in self._params_to_init if not is_mask_param(p)]
-    enforce_masks(self)
+def is_watched(trainer):
+    """True when :func:`hook_init_kvstore` was applied to ``trainer``."""
+    return isinstance(trainer.__dict__.get('_init_kvstore'), types.MethodType)
 
 
-def _watching_mask_set_trainer(self, trainer):
-    type(self)._set_trainer(self, trainer)
-    if trainer is not None:
-        watch_trainer(trainer)
+def class_init_kvstore(trainer):
+    """What ``trainer._init_kvstore()`` does without an instance-level hook."""
+    type(trainer)._init_kvstore(trainer)
 
 
-def mark_mask_param(mask):
-    """Mark ``mask`` (a mask Parameter, either mode) so that every Trainer built on it is
-    watched and keeps it out of its kvstore."""
-    mask.__dict__[_IS_MASK] = True
-    mask.__dict__['_set_trainer'] = types.MethodType(_watching_mask_set_trainer, mask)
-
-
-def is_mask_param(param):
-    """True for a Parameter marked by :func:`mark_mask_param`."""
-    return bool(param.__dict__.get(_IS_MASK, False))
-
-
-def watch_trainer(trainer):
-    """Enforce update-mode masks in ``trainer`` now and whenever it (re)creates its kvstore."""
-    if not isinstance(trainer.__dict__.get('_init_kvstore'), types.MethodType):
-        trainer.__dict__['_init_kvstore'] = types.MethodType(_watching_init_kvstore, trainer)
-    if getattr(trainer, '_kv_initialized', False) or hasattr(trainer, '_updaters'):
-        enforce_masks(trainer)
-
-
-def enforce_masks(trainer):
-    """Give every Updater of ``trainer`` in this process the class :class:`MaskingUpdater`."""
-    for updater in process_updaters(trainer):
-        _enforce_on(updater)
+def keep_masks_out_of_kvstore(trainer):
+    """Drop mask Parameters from what the Trainer's next step hands to its kvstore."""
+    trainer._params_to_init = [p for p in trainer._params_to_init if not is_mask_param(p)]
 
 
 def enforcement_gaps(param):
-    """Why the update-mode mask of ``param`` may not be enforced: a list of messages."""
+    """Why the update-mode mask of ``param`` may not be enforced: a list of messages.
+
+    An Updater masks when its class says ``masks_gradients`` (the engine's
+    ``MaskingUpdater``, which lives above this module)."""
     gaps = []
     for trainer in known_trainers(param):
         if trainer_index(trainer, param) is None:
@@ -848,7 +777,7 @@ def enforcement_gaps(param):
             gaps.append("its Trainer runs the optimizer on the servers of a dist kvstore "
                         "(update_on_kvstore=True), which cannot mask the gradient")
             continue
-        if not isinstance(trainer.__dict__.get('_init_kvstore'), types.MethodType):
+        if not is_watched(trainer):
             gaps.append('a Trainer of it is not watched by paramsurgery (its kvstore, once '
                         'created, would run unmasked updates)')
         if not trainer._kv_initialized:
@@ -857,7 +786,7 @@ def enforcement_gaps(param):
         used = [kv_updater] if kv_updater is not None else \
             ([] if trainer._kvstore is not None and trainer._update_on_kvstore
              else list(trainer._updaters))
-        if any(not isinstance(u, MaskingUpdater) for u in used if u is not None):
+        if any(not getattr(type(u), 'masks_gradients', False) for u in used if u is not None):
             gaps.append('an Updater of its Trainer does not mask the gradient (it was '
                         'replaced after the mask was applied)')
     return gaps
@@ -869,7 +798,7 @@ def state_arrays(updater, idx, shape):
     state = updater.states.get(idx)
     if state is None:
         return []
-    masters = set(id(m) for m in _master_copies([updater], idx))
+    masters = set(id(m) for m in master_copies([updater], idx))
     found, stack = [], [state]
     while stack:
         item = stack.pop()
@@ -881,7 +810,7 @@ def state_arrays(updater, idx, shape):
     return found
 
 
-def _optimizer_states(trainer, param):
+def optimizer_states(trainer, param):
     """Every optimizer state array of ``param`` (not its fp32 master copy) in every Updater
     of ``trainer`` in this process."""
     idx = trainer_index(trainer, param)
@@ -893,17 +822,6 @@ def _optimizer_states(trainer, param):
         for arr, is_master in state_arrays(updater, idx, param.shape):
             if not is_master:
                 yield arr
-
-
-def zero_states_under(trainers, param, mask):
-    """Zero every optimizer state of ``param`` (not its fp32 master copy) in every Updater
-    of ``trainers`` in this process where ``mask`` (a Parameter of ``param``'s shape) is 0."""
-    for trainer in trainers:
-        for arr in _optimizer_states(trainer, param):
-            with autograd.pause():
-                m = mask_on(mask, arr.context)
-                alive = mx_np.not_equal(_as_np(m), 0)
-                multiply_inplace(arr, alive)
 
 
 # --------------------------------------------------------------------------- transactions
@@ -1005,7 +923,7 @@ def reset_optimizer_state(trainer, param):
     idx = trainer_index(trainer, param)
     if idx is None:
         return
-    for arr in _optimizer_states(trainer, param):
+    for arr in optimizer_states(trainer, param):
         with autograd.pause():
             arr[:] = 0
     optimizer = trainer._optimizer

@@ -30,7 +30,8 @@ from ._checks import check_flag, is_real
 from ._files import check_path, reading, write_bytes
 from ._snapshot import Transaction
 from .errors import FileFormatError, SurgeryTypeError, SurgeryValueError
-from .masks import _owner_index, _owners_checked, apply_mask, get_mask, masked, unmasked_params
+from .masks import apply_mask, get_mask, masked, unmasked_params
+from .masks.owners import owner_index, owners_checked
 from .pruning import _apply as _apply_pruning_masks
 from .pruning_core import _check_amount, magnitude_masks
 from .report import pyplot, save_figure
@@ -706,9 +707,9 @@ class _WeightUnits:
             chosen = select(view, key)
         # A trial masks as prune_magnitude does: a weight that cannot take a mask is refused
         # before the first trial, with prune_magnitude's error.
-        params, index = all_params(net), _owner_index(net)
+        params, index = all_params(net), owner_index(net)
         for name, param in chosen.items():
-            _owners_checked(net, name, param, params, 'graph', index)
+            owners_checked(net, name, param, params, 'graph', index)
         self.params = chosen
         have = set(masked(net))
         self.net = net

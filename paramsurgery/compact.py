@@ -27,7 +27,8 @@ from ._checks import check_flag
 from ._files import atomic_write, check_path, reading
 from .access import data_on
 from .errors import FileFormatError, SurgeryTypeError, SurgeryValueError, and_more
-from .masks import _mode_of, apply_mask, masked, structural_keys
+from .masks import apply_mask, masked, structural_keys
+from .masks.apply import mode_of
 from .select import MASK_SUFFIX, all_params
 
 __all__ = ['save_compact', 'load_compact']
@@ -224,7 +225,7 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
                 weight, mask = params[name], params[name + MASK_SUFFIX]
                 if id(weight) in keys:  # (else not reachable through save_parameters' names)
                     saved_masks.append((keys[id(weight)], _first_copy(mask),
-                                        _mode_of(weight, mask)))
+                                        mode_of(weight, mask)))
     write_compact(path, arrays, saved_masks)
     return sorted(k for keys, _ in arrays for k in keys)
 

@@ -12,12 +12,14 @@ only or on all of them, and because the workers never exchange weights again wit
 ``docs/distributed.md`` has the measurements.
 
 :func:`check_trainer` says when a Trainer is exposed; :func:`init_kvstore` removes the race
-by doing the broadcast before the first step and waiting for it.
+by doing the broadcast before the first step and waiting for it. :func:`broadcast_masks`
+makes every worker's masks equal to rank 0's.
 """
 import warnings
 from typing import List
 
-from mxnet import gluon
+import mxnet as mx
+from mxnet import autograd, gluon
 
 from . import _internals
 from .errors import (
@@ -27,8 +29,9 @@ from .errors import (
     TrainerStateError,
     and_more,
 )
+from .select import MASK_SUFFIX, all_params, mask_names
 
-__all__ = ['check_trainer', 'init_kvstore']
+__all__ = ['check_trainer', 'init_kvstore', 'broadcast_masks']
 
 
 def _require_trainer(trainer, where):
@@ -113,7 +116,8 @@ def check_trainer(trainer: gluon.Trainer) -> List[str]:
     --------
     >>> import warnings
     >>> import mxnet as mx, paramsurgery as ps
-    >>> from mxnet import gluon
+    >>> import mxnet as mx
+from mxnet import autograd, gluon
     >>> net = gluon.nn.Dense(2, in_units=3, prefix='fc_')
     >>> net.initialize(ctx=mx.cpu(0))
     >>> trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1},
@@ -176,7 +180,8 @@ def init_kvstore(trainer: gluon.Trainer) -> List[str]:
     a real ``dist_sync`` cluster):
 
     >>> import mxnet as mx, paramsurgery as ps
-    >>> from mxnet import gluon
+    >>> import mxnet as mx
+from mxnet import autograd, gluon
     >>> net = gluon.nn.Dense(2, in_units=3, prefix='fc_')
     >>> net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
     >>> trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1},
@@ -238,3 +243,95 @@ def refuse_update_masks(trainer, params):
             "update_on_kvstore=False." % (and_more(mine), kv_type,
                                           '' if _internals.trainer_kvstore(trainer)[2]
                                           else ', from its first step on'))
+
+
+# --------------------------------------------------------------------------- distributed
+
+# Trainer keys are parameter indices 0..n-1; mask broadcasts use keys from here on, a fresh
+# block per call (a dist kvstore key cannot be initialised twice, and pushing to a key would
+# run the servers' optimizer on it under update_on_kvstore=True).
+_MASK_KEY_BASE = 1 << 30
+_next_mask_key = [_MASK_KEY_BASE]
+
+
+def broadcast_masks(kvstore, net) -> List[str]:
+    """Make every worker's masks equal to rank 0's.
+
+    For masks computed from local randomness or local data (``prune_random`` without a
+    shared seed, importance scores from each worker's own batches): without this, each
+    worker would train a different sparse network against the same servers. Masks computed
+    from the weights (``prune_magnitude``, ``Pruner``) are already identical on every worker
+    when the weights are, and need no broadcast.
+
+    A collective call: every worker must call it at the same point, with nets that have the
+    same masks (names and shapes), and the same number of times. Each call initialises
+    fresh kvstore keys (from ``2**30`` on, far from the Trainer's keys ``0..n-1``) with rank
+    0's masks and pulls them into every context; the servers keep one copy of the masks per
+    call, so broadcast after the masks change, not at every step. Without a distributed
+    kvstore it makes every context's copy equal to the first context's.
+
+    Parameters
+    ----------
+    kvstore : KVStore or Trainer or None
+        The job's kvstore (``mx.kv.create('dist_sync')``), or a Trainer using it.
+    net : Block
+        The network whose masks to broadcast.
+
+    Returns
+    -------
+    list of str
+        The names of the masked parameters whose masks were broadcast.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``kvstore`` is neither a KVStore, a Trainer with a created kvstore, nor None.
+
+    Examples
+    --------
+    >>> import mxnet as mx, numpy as np, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.Dense(2, in_units=2, prefix='fc_')
+    >>> net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+    >>> ps.apply_mask(net, 'fc_weight', np.array([[1, 0], [1, 1]], 'float32'))
+    ['fc_weight']
+    >>> ps.broadcast_masks(None, net)       # one process: the contexts are already equal
+    ['fc_weight']
+    """
+    if isinstance(kvstore, gluon.Trainer):
+        kv, _, initialized = _internals.trainer_kvstore(kvstore)
+        if not initialized and isinstance(kv, str):
+            raise SurgeryTypeError(
+                "broadcast_masks: the Trainer has not created its kvstore '%s' yet. Create it "
+                "yourself, kv = mx.kv.create('%s'), pass it to gluon.Trainer(..., kvstore=kv) "
+                "and to broadcast_masks." % (kv, kv))
+        kvstore = kv
+    if kvstore is not None and not isinstance(kvstore, mx.kv.KVStore):
+        raise SurgeryTypeError('broadcast_masks expects a KVStore, a Trainer or None, got %s.'
+                               % type(kvstore).__name__)
+    params = all_params(net)
+    masks = [params[name] for name in mask_names(params)]
+    names = [name[:-len(MASK_SUFFIX)] for name in mask_names(params)]
+    with autograd.pause():
+        # Inside autograd.record() after a forward the masks are part of the graph; the
+        # copies are not a computation to differentiate.
+        _broadcast(kvstore, masks)
+    return names
+
+
+def _broadcast(kvstore, masks):
+    if kvstore is not None and _internals.is_distributed(kvstore.type):
+        base = _next_mask_key[0]
+        _next_mask_key[0] += len(masks)
+        for i, mask in enumerate(masks):
+            replicas = mask.list_data()
+            kvstore.init(base + i, replicas[0])   # rank 0's value wins, after a barrier
+            kvstore.pull(base + i, out=replicas, priority=-i)
+        for mask in masks:
+            for arr in mask.list_data():
+                arr.wait_to_read()
+    else:
+        for mask in masks:
+            first, *others = mask.list_data()
+            for arr in others:
+                first.copyto(arr)

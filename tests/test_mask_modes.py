@@ -11,6 +11,7 @@ from mxnet import optimizer as mx_optimizer
 
 import paramsurgery as ps
 from paramsurgery import _internals
+from paramsurgery.masks import update_mode
 
 from helpers import (
     ONE,
@@ -195,8 +196,8 @@ def test_every_optimizer_keeps_masked_entries_at_zero(name, extra, multi_precisi
     weight.set_data(weight.data() * mx.nd.array(keep, dtype=dtype))
     opt.param_dict = {0: weight}
     updater = mx_optimizer.get_updater(opt)
-    updater.__class__ = _internals.MaskingUpdater
-    _internals.set_update_mask(weight, mask)
+    updater.__class__ = update_mode.MaskingUpdater
+    update_mode.set_update_mask(weight, mask)
     try:
         for _ in range(6):
             grad = mx.nd.array(rng.randn(24), dtype=dtype)   # not masked by the caller
@@ -206,7 +207,7 @@ def test_every_optimizer_keeps_masked_entries_at_zero(name, extra, multi_precisi
                 for state, _ in _internals.state_arrays(updater, 0, (24,)):
                     assert np.all(state.asnumpy()[keep == 0] == 0)
     finally:
-        _internals.set_update_mask(weight, None)
+        update_mode.set_update_mask(weight, None)
 
 
 @pytest.mark.parametrize('aggregation', ['1', '45'])

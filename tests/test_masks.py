@@ -10,7 +10,8 @@ from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn, rnn
 
 import paramsurgery as ps
-from paramsurgery import _deconv, _internals, _layout
+from paramsurgery import _internals
+from paramsurgery.masks import forward
 
 CTXS = {1: [mx.cpu(0)], 2: [mx.cpu(0), mx.cpu(1)]}
 
@@ -385,7 +386,7 @@ def test_unsupported_blocks_raise_before_changing_anything(case, tmp_path):
             net.add(nn.Dense(3))
             key, error, match = '.*dense1_weight', RuntimeError, 'deferred'
         elif case == 'deconv-nhwc':
-            if not _deconv.mkldnn_enabled():
+            if not forward.mkldnn_enabled():
                 pytest.skip('channel-last transposed convolutions are refused on MKLDNN only')
             net.add(nn.Conv2DTranspose(3, 3, in_channels=3, layout='NHWC'))
             key, error, match = '.*conv0_weight', TypeError, 'channel-first'
@@ -548,7 +549,7 @@ def test_mkldnn_blocked_weight_is_restored_in_place(hybrid):
     trainer.step(4)
     _run(net, x, ctxs, coef)                # a gradient pending when the mask arrives
     nd.waitall()
-    if not _deconv.mkldnn_enabled():
+    if not forward.mkldnn_enabled():
         pytest.skip('this MXNet build has no MKLDNN')
     arrays = owner.weight.list_data()
     for _ in range(5):
@@ -556,13 +557,13 @@ def test_mkldnn_blocked_weight_is_restored_in_place(hybrid):
             net(nd.array(x, ctx=ctx))       # predict mode: MKLDNN reorders the weight in place
         nd.waitall()
         # a training-mode reorder back to the default layout may still have been pending
-        if all(_layout.is_blocked_layout(a) for a in arrays):
+        if all(forward.is_blocked_layout(a) for a in arrays):
             break
-    assert any(_layout.is_blocked_layout(a) for a in arrays)
+    assert any(forward.is_blocked_layout(a) for a in arrays)
     values = [a.asnumpy() for a in arrays]
     mask = _mask_for(owner.weight)
     ps.apply_mask(net, owner.weight, mask)
-    assert not any(_layout.is_blocked_layout(a) for a in owner.weight.list_data())
+    assert not any(forward.is_blocked_layout(a) for a in owner.weight.list_data())
     assert all(a is b for a, b in zip(arrays, owner.weight.list_data()))   # same arrays
     for a, v in zip(arrays, values):
         np.testing.assert_array_equal(a.asnumpy(), v)                        # same values
@@ -576,10 +577,10 @@ def test_mkldnn_blocked_weight_is_restored_in_place(hybrid):
     assert not grad[mask == 0].any() and grad.any()
     for w in owner.weight.list_data():
         np.testing.assert_allclose(w.asnumpy(), before - 0.5 / 4 * grad, rtol=1e-4, atol=1e-5)
-        assert not _layout.is_blocked_layout(w)
+        assert not forward.is_blocked_layout(w)
     for ctx in ctxs:                        # predict mode again: the conv only sees w * mask
         net(nd.array(x, ctx=ctx))
-    assert not any(_layout.is_blocked_layout(a) for a in owner.weight.list_data())
+    assert not any(forward.is_blocked_layout(a) for a in owner.weight.list_data())
     assert ps.check_params(net) == []
 
 

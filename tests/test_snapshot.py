@@ -7,8 +7,9 @@ from mxnet.gluon import nn
 
 import paramsurgery as ps
 from paramsurgery import _internals
-from paramsurgery._masked_forward import MASKS_ATTR
 from paramsurgery._snapshot import Transaction
+from paramsurgery.masks import update_mode
+from paramsurgery.masks.forward import MASKS_ATTR
 
 from helpers import TWO, split
 
@@ -181,7 +182,7 @@ def test_updaters_get_their_class_back(ctxs, update_on_kvstore):
     assert classes and all(c is mx.optimizer.Updater for c in classes)
     txn = Transaction(net)
     ps.prune_magnitude(net, 'txn_conv0_weight', 0.5, mode='update')
-    assert all(type(u) is _internals.MaskingUpdater
+    assert all(type(u) is update_mode.MaskingUpdater
                for u in _internals.process_updaters(trainer))
     txn.rollback()
     assert [type(u) for u in _internals.process_updaters(trainer)] == classes
