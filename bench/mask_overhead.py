@@ -45,7 +45,7 @@ from mxnet.gluon import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import paramsurgery as ps  # noqa: E402  (after the path fix, to bench this checkout)
-from paramsurgery import _internals  # noqa: E402
+from paramsurgery import _mx  # noqa: E402
 from paramsurgery.masks import forward  # noqa: E402
 
 SIZES = {'worst': (32, 32), 'large': (16, 128)}   # batch, image side
@@ -67,7 +67,7 @@ def build(arm, seed=0, static_alloc=False, size='worst'):
     x = nd.random.uniform(shape=(batch, 3, side, side), ctx=ctx)
     y = nd.array(np.random.randint(0, 10, size=batch), ctx=ctx)
     net(x).wait_to_read()          # finishes deferred init, predict mode (as users do)
-    weights = [b.weight for b in _internals.walk_blocks(net)
+    weights = [b.weight for b in _mx.walk_blocks(net)
                if isinstance(b, (nn.Conv2D, nn.Dense))]
     blocked = sum(forward.is_blocked_layout(w.data(ctx)) for w in weights)
     if arm != 'unmasked':

@@ -22,7 +22,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from . import _internals
+from . import _mx
 from ._checks import check_flag
 from ._files import atomic_write, check_path, reading
 from .access import data_on
@@ -150,7 +150,7 @@ def wait_for_forwards():
 
 def _first_copy(param):
     """The value on the first context (data_on names a parameter not initialised)."""
-    ctxs = _internals.context_list(param)
+    ctxs = _mx.context_list(param)
     return data_on(param, ctxs[0] if ctxs else None).asnumpy()
 
 
@@ -211,7 +211,7 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
     params = all_params(net)
     mask_ids = set(id(params[n + MASK_SUFFIX]) for n in masked(net))
     names = OrderedDict()
-    for sname, param in _internals.structural_names(net).items():
+    for sname, param in _mx.structural_names(net).items():
         if id(param) not in mask_ids:
             names.setdefault(id(param), (param, []))[1].append(sname)
     arrays, saved_masks = [], []
@@ -441,13 +441,13 @@ def load_compact(net, path) -> List[str]:
     arrays, saved_masks = read_compact(path)
     params = all_params(net)
     mask_ids = set(id(params[n + MASK_SUFFIX]) for n in masked(net))
-    structural = OrderedDict((k, p) for k, p in _internals.structural_names(net).items()
+    structural = OrderedDict((k, p) for k, p in _mx.structural_names(net).items()
                              if id(p) not in mask_ids)
     _check_fits(net, path, arrays, saved_masks, structural)
     wait_for_forwards()
     with autograd.pause():
         for sname, param in structural.items():
-            _internals.load_init(param, mx.nd.array(arrays[sname], dtype=arrays[sname].dtype))
+            _mx.load_init(param, mx.nd.array(arrays[sname], dtype=arrays[sname].dtype))
         for key, value, mode in saved_masks:
             apply_mask(net, structural[key], value, combine='replace', mode=mode)
     return sorted(set(param.name for param in structural.values()))

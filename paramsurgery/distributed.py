@@ -21,7 +21,7 @@ from typing import List
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from . import _internals
+from . import _mx
 from .errors import (
     DistributedWarning,
     ParameterStateError,
@@ -42,17 +42,17 @@ def _require_trainer(trainer, where):
 
 def _exposed(trainer):
     """Names of the parameters whose next broadcast can race, and the kvstore type."""
-    kv_type = _internals.kvstore_type(_internals.trainer_kvstore(trainer)[0])
-    if not _internals.is_distributed(kv_type) or 'async' in kv_type:
+    kv_type = _mx.kvstore_type(_mx.trainer_kvstore(trainer)[0])
+    if not _mx.is_distributed(kv_type) or 'async' in kv_type:
         return [], kv_type
-    if _internals.effective_update_on_kvstore(trainer):
+    if _mx.effective_update_on_kvstore(trainer):
         return [], kv_type  # the servers own the weights: every step pulls them back
-    return [p.name for p in _internals.params_to_broadcast(trainer)], kv_type
+    return [p.name for p in _mx.params_to_broadcast(trainer)], kv_type
 
 
 def _deferred(trainer):
     """Names of the parameters the next broadcast needs that still wait for a forward."""
-    return [p.name for p in _internals.params_to_broadcast(trainer) if _internals.is_deferred(p)]
+    return [p.name for p in _mx.params_to_broadcast(trainer) if _mx.is_deferred(p)]
 
 
 def _warn(trainer, stacklevel):
@@ -116,8 +116,7 @@ def check_trainer(trainer: gluon.Trainer) -> List[str]:
     --------
     >>> import warnings
     >>> import mxnet as mx, paramsurgery as ps
-    >>> import mxnet as mx
-from mxnet import autograd, gluon
+    >>> from mxnet import gluon
     >>> net = gluon.nn.Dense(2, in_units=3, prefix='fc_')
     >>> net.initialize(ctx=mx.cpu(0))
     >>> trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1},
@@ -180,8 +179,7 @@ def init_kvstore(trainer: gluon.Trainer) -> List[str]:
     a real ``dist_sync`` cluster):
 
     >>> import mxnet as mx, paramsurgery as ps
-    >>> import mxnet as mx
-from mxnet import autograd, gluon
+    >>> from mxnet import gluon
     >>> net = gluon.nn.Dense(2, in_units=3, prefix='fc_')
     >>> net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
     >>> trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1},
@@ -201,7 +199,7 @@ from mxnet import autograd, gluon
             "layers their input sizes (in_units, in_channels), or run one forward outside "
             "autograd.record() on every worker, then call ps.init_kvstore(trainer)."
             % and_more(deferred))
-    _internals.init_trainer_kvstore(trainer)
+    _mx.init_trainer_kvstore(trainer)
     return names
 
 
@@ -209,10 +207,10 @@ def refuse_server_updates(trainer, params):
     """Raise ``TrainerStateError`` when ``trainer`` runs the optimizer on the parameter
     servers (a dist kvstore with ``update_on_kvstore=True``, after its first step) for one
     of ``params``: the servers' copy of the weights would silently undo any write."""
-    kvstore, update_on_kvstore, initialized = _internals.trainer_kvstore(trainer)
-    if not (initialized and update_on_kvstore and _internals.is_distributed(kvstore)):
+    kvstore, update_on_kvstore, initialized = _mx.trainer_kvstore(trainer)
+    if not (initialized and update_on_kvstore and _mx.is_distributed(kvstore)):
         return
-    mine = [p.name for p in params if _internals.trainer_index(trainer, p) is not None]
+    mine = [p.name for p in params if _mx.trainer_index(trainer, p) is not None]
     if mine:
         raise TrainerStateError(
             "Parameter %s: its Trainer runs the optimizer on the parameter servers of "
@@ -229,11 +227,11 @@ def refuse_update_masks(trainer, params):
     creates the kvstore, the optimizer on the servers of a dist kvstore for one of
     ``params``: the servers' updates cannot be masked, so an update-mode mask would not hold.
     """
-    if not _internals.runs_on_servers(trainer):
+    if not _mx.runs_on_servers(trainer):
         return
-    mine = [p.name for p in params if _internals.trainer_index(trainer, p) is not None]
+    mine = [p.name for p in params if _mx.trainer_index(trainer, p) is not None]
     if mine:
-        kv_type = _internals.kvstore_type(_internals.trainer_kvstore(trainer)[0])
+        kv_type = _mx.kvstore_type(_mx.trainer_kvstore(trainer)[0])
         raise TrainerStateError(
             "Parameter %s: its Trainer runs the optimizer on the parameter servers of "
             "kvstore '%s' (update_on_kvstore=True%s), which update the weights with the "
@@ -241,7 +239,7 @@ def refuse_update_masks(trainer, params):
             "changed. Fix: use mode='graph' (the mask is then part of the forward graph and "
             "needs nothing from the servers), or build the Trainer with "
             "update_on_kvstore=False." % (and_more(mine), kv_type,
-                                          '' if _internals.trainer_kvstore(trainer)[2]
+                                          '' if _mx.trainer_kvstore(trainer)[2]
                                           else ', from its first step on'))
 
 
@@ -299,7 +297,7 @@ def broadcast_masks(kvstore, net) -> List[str]:
     ['fc_weight']
     """
     if isinstance(kvstore, gluon.Trainer):
-        kv, _, initialized = _internals.trainer_kvstore(kvstore)
+        kv, _, initialized = _mx.trainer_kvstore(kvstore)
         if not initialized and isinstance(kv, str):
             raise SurgeryTypeError(
                 "broadcast_masks: the Trainer has not created its kvstore '%s' yet. Create it "
@@ -320,7 +318,7 @@ def broadcast_masks(kvstore, net) -> List[str]:
 
 
 def _broadcast(kvstore, masks):
-    if kvstore is not None and _internals.is_distributed(kvstore.type):
+    if kvstore is not None and _mx.is_distributed(kvstore.type):
         base = _next_mask_key[0]
         _next_mask_key[0] += len(masks)
         for i, mask in enumerate(masks):

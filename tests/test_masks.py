@@ -10,7 +10,7 @@ from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn, rnn
 
 import paramsurgery as ps
-from paramsurgery import _internals
+from paramsurgery import _mx
 from paramsurgery.masks import forward
 
 CTXS = {1: [mx.cpu(0)], 2: [mx.cpu(0), mx.cpu(1)]}
@@ -329,7 +329,7 @@ def test_remove_mask(hybrid, bake):
 
 def _snapshot(net):
     return (list(net.collect_params()),
-            [sorted(vars(b)) for b in _internals.walk_blocks(net)],
+            [sorted(vars(b)) for b in _mx.walk_blocks(net)],
             [p.data().asnumpy().tobytes() for p in net.collect_params().values()])
 
 
@@ -403,12 +403,12 @@ def test_unsupported_blocks_raise_before_changing_anything(case, tmp_path):
                                         str(tmp_path / 'm-0000.params'))
         key, error, match = '.*weight', TypeError, 'SymbolBlock'
     before = list(net.collect_params())
-    blocks = [sorted(vars(b)) for b in _internals.walk_blocks(net)]
+    blocks = [sorted(vars(b)) for b in _mx.walk_blocks(net)]
     with pytest.raises(error, match=match) as info:
         ps.apply_mask(net, ['net_dense0_bias', key], 0.0)
     assert isinstance(info.value, ps.ParamSurgeryError)
     assert list(net.collect_params()) == before
-    assert [sorted(vars(b)) for b in _internals.walk_blocks(net)] == blocks
+    assert [sorted(vars(b)) for b in _mx.walk_blocks(net)] == blocks
 
 
 # --------------------------------------------------------------------------- training
@@ -805,7 +805,7 @@ def test_model_zoo_every_conv_masked_one_step_on_two_contexts(model):
     x = nd.random.uniform(shape=(4, 3, 32, 32))
     for xi in gluon.utils.split_and_load(x, ctxs):
         net(xi)                               # finish deferred init (predict mode)
-    convs = [b.weight for b in _internals.walk_blocks(net) if isinstance(b, nn.Conv2D)]
+    convs = [b.weight for b in _mx.walk_blocks(net) if isinstance(b, nn.Conv2D)]
     rng = np.random.RandomState(0)
     masks = {p.name: (rng.rand(*p.shape) > 0.5).astype('float32') for p in convs}
     assert ps.apply_mask(net, masks) == [p.name for p in convs]

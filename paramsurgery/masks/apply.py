@@ -18,7 +18,7 @@ from mxnet import autograd
 from mxnet import ndarray as nd
 from mxnet.gluon.parameter import Parameter
 
-from .. import _internals, distributed
+from .. import _mx, distributed
 from .._checks import check_flag
 from .._values import Value, check_product, plan, trainers_of
 from ..access import ensure_usable
@@ -70,7 +70,7 @@ def mask_mode(net, name) -> str:
 
 
 def mode_of(param, mask):
-    return 'update' if _internals.update_mask(param) is mask else 'graph'
+    return 'update' if _mx.update_mask(param) is mask else 'graph'
 
 
 def _binary(value):
@@ -94,7 +94,7 @@ def _refuse_non_binary(name, value, existing, combine):
             % name)
     if existing is not None and combine == 'multiply':
         with autograd.pause():
-            old = _internals.raw_data(existing)[0].asnumpy()
+            old = _mx.raw_data(existing)[0].asnumpy()
         if not np.all((old == 0) | (old == 1)):
             product = old * (value.scalar if value.scalar is not None else
                              np.asarray(value.array.asnumpy() if isinstance(
@@ -138,7 +138,7 @@ def _multiply_value(arr, value):
     """Multiply a planned mask value into a mask replica of any dtype."""
     factor = _mask_value_on(value, arr)
     if isinstance(factor, nd.NDArray):
-        _internals.multiply_inplace(arr, factor)
+        _mx.multiply_inplace(arr, factor)
     else:
         arr *= factor
 
@@ -179,7 +179,7 @@ def _new_mask_param(name, param, mode, contexts, value):
             mask.initialize(ctx=contexts)
         else:
             # the mask's own init (ones) stays for initialize(force_reinit=True)
-            _internals.initialize_with(mask, arrays, contexts)
+            _mx.initialize_with(mask, arrays, contexts)
     return mask, arrays is not None
 
 
@@ -188,7 +188,7 @@ def _trainers(params, trainer):
     parameter and those built on it while it had an update-mode mask."""
     found = OrderedDict((id(t), t) for t in trainers_of(params, trainer))
     for param in params:
-        for t in _internals.known_trainers(param):
+        for t in _mx.known_trainers(param):
             found.setdefault(id(t), t)
     return list(found.values())
 
@@ -416,7 +416,7 @@ def _check_steps(steps, combine, trainer):
     for t in trainers:
         distributed.refuse_update_masks(t, updated)
     for step in steps:
-        step.value.prefetch(_internals.context_list(step.param))
+        step.value.prefetch(_mx.context_list(step.param))
     return trainers, updated
 
 
@@ -438,17 +438,17 @@ def _write_steps(net, steps, combine, trainer, core):
             from_host.append(target)
     for target in from_host:
         # the copies may read the caller's numpy array in place: done before it may change
-        for arr in _internals.raw_data(target):
+        for arr in _mx.raw_data(target):
             arr.wait_to_read()
     for t in trainers:
-        mine = [p for p in updated if _internals.trainer_index(t, p) is not None]
+        mine = [p for p in updated if _mx.trainer_index(t, p) is not None]
         if mine:
-            _internals.sync_trainer(t, mine)
+            _mx.sync_trainer(t, mine)
             watch_trainer(t)
     if updated:
         warnings.filterwarnings('ignore', message=_UNUSED_MASK_WARNING, category=UserWarning)
     if graph_changed:
-        _internals.clear_cached_graphs(net)
+        _mx.clear_cached_graphs(net)
     return names
 
 
@@ -466,17 +466,17 @@ def _write_one(step, combine, trainers, core):
         write = _multiply_value if combine == 'multiply' else _write_value
         if core and step_mode == 'update':
             write = _write_value  # the core's masks already hold the old zeros
-        _internals.write_replicas(target, lambda arr, v=value, w=write: w(arr, v))
+        _mx.write_replicas(target, lambda arr, v=value, w=write: w(arr, v))
     else:
         target, written = _new_mask_param(name, param, step_mode,
-                                          _internals.context_list(param), value)
-        old = _internals.raw_data(existing) if existing is not None else None
+                                          _mx.context_list(param), value)
+        old = _mx.raw_data(existing) if existing is not None else None
         with autograd.pause():
-            for i, arr in enumerate(_internals.raw_data(target)):
+            for i, arr in enumerate(_mx.raw_data(target)):
                 if not written:
                     _write_value(arr, value)
                 if old is not None and combine == 'multiply':
-                    _internals.multiply_inplace(arr, old[i].astype(arr.dtype, copy=False))
+                    _mx.multiply_inplace(arr, old[i].astype(arr.dtype, copy=False))
         for blk, attr in owners:
             if existing is not None:
                 forward.unregister_mask(blk, attr)
@@ -484,11 +484,11 @@ def _write_one(step, combine, trainers, core):
         graph_changed = 'graph' in (old_mode, step_mode)
         if old_mode == 'update':
             set_update_mask(param, None)
-    _internals.mask_changed(target)   # drop copies on other devices: new values
+    _mx.mask_changed(target)   # drop copies on other devices: new values
     if step_mode == 'update':
-        _internals.write_replicas(
-            param, lambda arr, m=target: _internals.multiply_inplace(
-                arr, _internals.mask_on(m, arr.context)))
+        _mx.write_replicas(
+            param, lambda arr, m=target: _mx.multiply_inplace(
+                arr, _mx.mask_on(m, arr.context)))
         set_update_mask(param, target)
     else:
         # A conv weight left in MKLDNN's blocked layout by a predict-mode forward would
@@ -583,7 +583,7 @@ def get_mask(net, key) -> Dict[str, nd.NDArray]:
             mask = params[name + MASK_SUFFIX]
             ensure_usable(mask)
             # in the weight's dtype in both modes (an update-mode mask is stored as uint8)
-            out[name] = _internals.raw_data(mask)[0].astype(chosen[name].dtype, copy=True)
+            out[name] = _mx.raw_data(mask)[0].astype(chosen[name].dtype, copy=True)
     return out
 
 
@@ -648,7 +648,7 @@ def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -
         steps.append((name, owners))
     if bake:
         with autograd.pause():
-            factors = {name: _internals.raw_data(params[name + MASK_SUFFIX])[0].astype(
+            factors = {name: _mx.raw_data(params[name + MASK_SUFFIX])[0].astype(
                 chosen[name].dtype, copy=True) for name, _ in steps}
         # All or nothing: assign_params validates everything (trainers included) first.
         assign_params(net, factors, trainer=trainer)
@@ -662,6 +662,6 @@ def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -
         for blk, attr in owners:
             forward.unregister_mask(blk, attr)
     if graph_changed:
-        _internals.clear_cached_graphs(net)
+        _mx.clear_cached_graphs(net)
     return [name for name, _ in steps]
 

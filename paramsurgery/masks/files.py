@@ -14,7 +14,7 @@ import numpy as np
 from mxnet import autograd
 from mxnet.gluon import SymbolBlock
 
-from .. import _internals
+from .. import _mx
 from .._checks import check_flag
 from .._files import check_path, reading, write_bytes
 from ..access import ensure_usable
@@ -32,7 +32,7 @@ _FILE_VERSION = 1
 
 def structural_keys(net):
     """``{id(weight): structural name}`` for the non-mask parameters of ``net``."""
-    names = _internals.structural_names(net)
+    names = _mx.structural_names(net)
     params = all_params(net)
     masks = set(id(params[n]) for n in mask_names(params))
     keys = {}
@@ -107,7 +107,7 @@ def save_masks(net, path: str) -> List[str]:
             skey = keys.get(id(weight))
             if skey is None:
                 continue  # not reachable through save_parameters' naming
-            values = _internals.raw_data(mask)[0].asnumpy()
+            values = _mx.raw_data(mask)[0].asnumpy()
             binary = bool(np.all((values == 0) | (values == 1)))
             slot = 'm%d' % len(entries)
             arrays[slot] = np.packbits(values.reshape(-1) != 0) if binary else values
@@ -389,8 +389,8 @@ def load_exported(symbol_file: str, input_names, param_file: Optional[str] = Non
     for param in params.values():
         # Parameter._load_init leaves shape None when the parameter had none before: give
         # every loaded parameter its shape, so that value surgery can validate against it.
-        if param.shape is None and _internals.raw_data(param) is not None:
-            param.shape = _internals.raw_data(param)[0].shape
+        if param.shape is None and _mx.raw_data(param) is not None:
+            param.shape = _mx.raw_data(param)[0].shape
     for name in mask_names(params):
         params[name].grad_req = 'null'
         mark_mask_param(params[name])

@@ -40,8 +40,8 @@ import mxnet as mx
 from mxnet import autograd
 from mxnet.util import is_np_array
 
-from .. import _internals
-from .._internals import is_blocked_layout
+from .. import _mx
+from .._mx import is_blocked_layout
 
 __all__ = []
 
@@ -81,12 +81,12 @@ def mkldnn_enabled():
 
 def is_transposed_conv(block):
     """True for Gluon's Conv1D/2D/3DTranspose (``_Conv`` blocks running Deconvolution)."""
-    return _internals.conv_op_name(block) in ('Deconvolution', 'deconvolution')
+    return _mx.conv_op_name(block) in ('Deconvolution', 'deconvolution')
 
 
 def transposed_conv_layout(block):
     """The layout string of a transposed-convolution block, e.g. ``'NCHW'``."""
-    kwargs = _internals.conv_kwargs(block)
+    kwargs = _mx.conv_kwargs(block)
     return kwargs.get('layout') or 'NC' + 'DHW'[-len(kwargs['kernel']):]
 
 
@@ -191,7 +191,7 @@ def restore_default_layout(param):
         return 0
     changed = 0
     with autograd.pause():
-        for arr in _internals.raw_data(param):
+        for arr in _mx.raw_data(param):
             if is_blocked_layout(arr):
                 copy = arr.copy()          # copies come out in the default layout
                 arr[:] = 0
@@ -230,13 +230,13 @@ def _masked_hybrid_forward(self, F, *args, **kwargs):
         weight = kwargs[attr]
         if mask is None:
             # hybrid_forward called by hand with the block's own parameters only
-            param = _internals.block_params(self)[mask_attr]
+            param = _mx.block_params(self)[mask_attr]
             mask = param.var() if isinstance(weight, mx.sym.Symbol) \
                 else param.data(weight.context)
         kwargs[attr] = F.np.multiply(weight, mask) if is_np_array() \
             else F.elemwise_mul(weight, mask)
     if needs_deconv_workaround(self) and 'weight' in graph_masked:
-        F = DeconvAsConv(F, tuple(_internals.block_params(self)['weight'].shape))
+        F = DeconvAsConv(F, tuple(_mx.block_params(self)['weight'].shape))
     inner = self.__dict__.get(_INNER_FORWARD)
     if inner is not None:
         return inner(F, *args, **kwargs)
@@ -250,13 +250,13 @@ def _masked_collect_params_with_prefix(self, prefix=''):
     mask after its weight's structural name."""
     masks = self.__dict__[MASKS_ATTR]
     hidden = set(masks.values())
-    registered = _internals.registered_params_live(self)
-    _internals.set_registered_params(
+    registered = _mx.registered_params_live(self)
+    _mx.set_registered_params(
         self, {k: v for k, v in registered.items() if k not in hidden})
     try:
-        names = _internals.own_structural_names(self, prefix)
+        names = _mx.own_structural_names(self, prefix)
     finally:
-        _internals.set_registered_params(self, registered)
+        _mx.set_registered_params(self, registered)
     by_param = {id(param): name for name, param in names.items()}
     for attr, mask_attr in masks.items():
         base = by_param.get(id(registered[attr]))
@@ -280,8 +280,8 @@ def register_mask(block, attr, mask_attr, mask, mode='graph'):
             block.__dict__[_INNER_FORWARD] = inner
         block.__dict__[MASKS_ATTR] = registry
         block.__dict__['hybrid_forward'] = types.MethodType(_masked_hybrid_forward, block)
-        if _internals.class_overrides_structural_names(block):
-            _internals.set_structural_names(
+        if _mx.class_overrides_structural_names(block):
+            _mx.set_structural_names(
                 block, types.MethodType(_masked_collect_params_with_prefix, block))
     registry[attr] = mask_attr
     modes = block.__dict__.setdefault(MODES_ATTR, {})
@@ -296,15 +296,15 @@ def unregister_mask(block, attr):
     registry = block.__dict__[MASKS_ATTR]
     mask_attr = registry.pop(attr)
     block.__dict__.get(MODES_ATTR, {}).pop(attr, None)
-    mask = _internals.registered_params_live(block).pop(mask_attr)
+    mask = _mx.registered_params_live(block).pop(mask_attr)
     block.__dict__.pop(mask_attr, None)
-    if _internals.param_dict_get(block.params, mask.name) is mask:
-        _internals.param_dict_remove(block.params, mask.name)
+    if _mx.param_dict_get(block.params, mask.name) is mask:
+        _mx.param_dict_remove(block.params, mask.name)
     if not registry:
         del block.__dict__[MASKS_ATTR]
         block.__dict__.pop(MODES_ATTR, None)
         del block.__dict__['hybrid_forward']
-        _internals.set_structural_names(block, None)
+        _mx.set_structural_names(block, None)
         inner = block.__dict__.pop(_INNER_FORWARD, None)
         if inner is not None:
             block.__dict__['hybrid_forward'] = inner

@@ -12,7 +12,7 @@ from mxnet.gluon import HybridBlock, SymbolBlock
 from mxnet.gluon.parameter import Parameter
 from mxnet.util import is_np_array
 
-from .. import _internals
+from .. import _mx
 from ..errors import SurgeryTypeError, SurgeryValueError
 from ..select import MASK_SUFFIX, mask_names
 from . import forward
@@ -52,8 +52,8 @@ def owner_index(net):
     """``{id(param): [(block, attribute), ...]}`` for every parameter a block of ``net``
     receives: one walk over the net for a call that masks many parameters."""
     index = {}
-    for blk in _internals.walk_blocks(net):
-        for attr, registered in _internals.block_params(blk).items():
+    for blk in _mx.walk_blocks(net):
+        for attr, registered in _mx.block_params(blk).items():
             index.setdefault(id(registered), []).append((blk, attr))
     return index
 
@@ -63,8 +63,8 @@ def _owners(net, param, index=None):
     if index is not None:
         return list(index.get(id(param), []))
     found = []
-    for blk in _internals.walk_blocks(net):
-        for attr, registered in _internals.block_params(blk).items():
+    for blk in _mx.walk_blocks(net):
+        for attr, registered in _mx.block_params(blk).items():
             if registered is param:
                 found.append((blk, attr))
     return found
@@ -143,7 +143,7 @@ def _check_owner(name, param, block, attr, mode='graph'):
             "Parameter '%s' is the state '%s' that block '%s' (%s) updates in place during "
             "training; a mask would make it update a temporary copy. Mask weights, biases "
             "or gamma/beta instead." % (name, attr, block.name, kind))
-    stype, grad_stype = _internals.param_stypes(param)
+    stype, grad_stype = _mx.param_stypes(param)
     if stype != 'default' or grad_stype != 'default':
         raise SurgeryTypeError(
             "Parameter '%s' has storage type '%s' and gradient storage type '%s'; masks "
@@ -163,7 +163,7 @@ def _check_owner(name, param, block, attr, mode='graph'):
     registry = forward.mask_registry(block)
     if attr in registry:
         return
-    if mask_attr in _internals.block_params(block) or hasattr(block, mask_attr):
+    if mask_attr in _mx.block_params(block) or hasattr(block, mask_attr):
         raise SurgeryValueError(
             "Parameter '%s': block '%s' (%s) already has an attribute '%s' that paramsurgery "
             "did not create, so the mask cannot be registered under that name. Rename that "
