@@ -106,5 +106,23 @@ def test_repair_and_improve_meet_a_budget_the_overlaps_left_short():
     assert removal(ks) >= 8.0
     better = budget.improve(ks, [3, 3], removal, cost, 8.0)
     assert removal(better) >= 8.0 and cost(better) <= cost(ks)
+    # two float64 drops summed in another order: rounding of a few ulps at most
     assert cost(better) == pytest.approx(brute_force(choices, 8.0, removal), rel=1e-12)
     assert budget.repair([0, 0], [3, 3], removal, cost, 100.0) is None
+
+
+def test_the_knapsack_alone_finds_the_optimum_where_removals_add_up():
+    # need = BUCKETS: one bucket per unit of removal, so integer gains are credited exactly
+    rng = np.random.RandomState(5)
+    need = float(budget.BUCKETS)
+    choices = [budget.options(rows_of([0.25, 0.5, 0.75], rng.rand(3), [k * 300 * (i + 1)
+                                                                       for k in (1, 2, 3)]),
+                              [k * 300.0 * (i + 1) for k in (1, 2, 3)], need)
+               for i in range(4)]
+    picked = budget.knapsack([[(o.amount, o.drop, o.gain) for o in c] for c in choices], need)
+    chosen = [next(o for o in c if o.amount == a) for c, a in zip(choices, picked)]
+    assert sum(o.gain for o in chosen) >= need
+    removal = additive(choices)
+    # four float64 drops summed in another order: rounding of a few ulps at most
+    assert sum(o.drop for o in chosen) == pytest.approx(brute_force(choices, need, removal),
+                                                        rel=1e-12)
