@@ -331,7 +331,8 @@ def updater_class(updater):
 
 
 def set_updater_class(updater, cls):
-    """Undo :func:`enforce_masks` (or redo it): the class decides whether it masks."""
+    """Give ``updater`` the class ``cls``: how the update-mode engine switches an Updater to
+    its masking class, and how a transaction switches it back."""
     updater.__class__ = cls
 
 
