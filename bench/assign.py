@@ -23,7 +23,7 @@ from mxnet import autograd, nd
 from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
-from paramsurgery import _internals
+from paramsurgery import _mx
 
 CTXS = [mx.cpu(0), mx.cpu(1)]
 REPEATS = 15
@@ -44,7 +44,7 @@ def floor_with_one_pass(params, views):
         sums = []
         for name in views:
             for arr in params[name].list_data():
-                flat = (arr.copy() if _internals.is_blocked_layout(arr) else arr).reshape((-1,))
+                flat = (arr.copy() if _mx.is_blocked_layout(arr) else arr).reshape((-1,))
                 sums.append(nd.dot(flat, flat))
         [s.asscalar() for s in sums]
         for name, view in views.items():

@@ -58,9 +58,9 @@ import numpy as np
 from mxnet import autograd, gluon
 
 import paramsurgery as ps
+from paramsurgery._plot import pyplot, save_figure
 from paramsurgery.demo import CTXS, PRUNED, _splits, accuracy, build_net
 from paramsurgery.dynamic import erk_densities
-from paramsurgery.report import pyplot, save_figure
 
 ARMS = ['dense', 'static', 'set', 'rigl']
 

@@ -16,7 +16,7 @@ time of each and the ratios to the plain step. Arms:
 - ``update``: ``ps.apply_mask(..., mode='update')`` (target <= 1.10 worst, <= 1.03 large);
 - ``graph-blocked`` (with ``--blocked-arm``): graph mode with ``apply_mask``'s return of
   MKLDNN-blocked weights to the default layout switched off
-  (``_layout.RESTORE_DEFAULT_LAYOUT = False``), to show what that step buys.
+  (``forward.RESTORE_DEFAULT_LAYOUT = False``), to show what that step buys.
 
 Memory: each arm runs in its own fresh process (same setup, a few steps) and reports its peak
 resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``); the script prints each and
@@ -45,7 +45,8 @@ from mxnet.gluon import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import paramsurgery as ps  # noqa: E402  (after the path fix, to bench this checkout)
-from paramsurgery import _deconv, _internals, _layout  # noqa: E402
+from paramsurgery import _mx  # noqa: E402
+from paramsurgery.masks import forward  # noqa: E402
 
 SIZES = {'worst': (32, 32), 'large': (16, 128)}   # batch, image side
 ARMS = ('unmasked', 'graph', 'update', 'graph-blocked')
@@ -66,20 +67,20 @@ def build(arm, seed=0, static_alloc=False, size='worst'):
     x = nd.random.uniform(shape=(batch, 3, side, side), ctx=ctx)
     y = nd.array(np.random.randint(0, 10, size=batch), ctx=ctx)
     net(x).wait_to_read()          # finishes deferred init, predict mode (as users do)
-    weights = [b.weight for b in _internals.walk_blocks(net)
+    weights = [b.weight for b in _mx.walk_blocks(net)
                if isinstance(b, (nn.Conv2D, nn.Dense))]
-    blocked = sum(_layout.is_blocked_layout(w.data(ctx)) for w in weights)
+    blocked = sum(forward.is_blocked_layout(w.data(ctx)) for w in weights)
     if arm != 'unmasked':
         rng = np.random.RandomState(seed)
         masks = {w.name: rng.rand(*w.shape) > 0.5 for w in weights}
-        previous = _layout.RESTORE_DEFAULT_LAYOUT
-        _layout.RESTORE_DEFAULT_LAYOUT = arm != 'graph-blocked'
+        previous = forward.RESTORE_DEFAULT_LAYOUT
+        forward.RESTORE_DEFAULT_LAYOUT = arm != 'graph-blocked'
         try:
             ps.apply_mask(net, masks, mode='update' if arm == 'update' else 'graph')
         finally:
-            _layout.RESTORE_DEFAULT_LAYOUT = previous
+            forward.RESTORE_DEFAULT_LAYOUT = previous
         del masks
-    still_blocked = sum(_layout.is_blocked_layout(w.data(ctx)) for w in weights)
+    still_blocked = sum(forward.is_blocked_layout(w.data(ctx)) for w in weights)
     trainer = gluon.Trainer(net.collect_params(), 'sgd',
                             {'learning_rate': 0.01, 'momentum': 0.9})
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -145,7 +146,7 @@ def report(args, static_alloc, mem, size):
     print('== %s: resnet18_v1, hybridize(static_alloc=%s), batch %d x 3x%dx%d, SGD momentum '
           '0.9, cpu(0); MXNet %s, MKLDNN %s' % (size, static_alloc, batch, side, side,
                                                mx.__version__,
-                                               'on' if _deconv.mkldnn_enabled() else 'off'))
+                                               'on' if forward.mkldnn_enabled() else 'off'))
     times, infos = time_arms(args.rounds, args.warmup, arms, static_alloc, size)
     info = infos['graph']
     print('Conv2D/Dense weights: %d; left in MKLDNN blocked layout by the predict-mode init '

@@ -6,22 +6,24 @@ undoing the change.
 
 Every public name is importable from here (``import paramsurgery as ps``). The modules are
 loaded on first use, so that the parts that need no MXNet (``paramsurgery.errors``,
-``paramsurgery.pruning_core``, ``paramsurgery.schedules``) import without it.
+``paramsurgery.pruning_core``, ``paramsurgery.schedules``, ``paramsurgery.budget``) import
+without it.
 
 The layers, each importing only from the ones above it (and, within a line, ``a -> b``:
-``b`` imports ``a``); ``tests/test_layers.py`` checks this against the real imports::
+``b`` imports ``a``); a subpackage is one entry, and its ``__init__`` lists the layering of
+its modules; ``tests/test_layers.py`` checks this against the real imports::
 
-    errors -> _checks, _files        exceptions; argument checks, atomic files (no MXNet)
-    pruning_core, schedules          exact masks from numpy arrays, schedules (no MXNet)
+    errors -> _checks, _files -> _plot    exceptions; argument checks, atomic files; figures
+    pruning_core, schedules, budget  exact masks from numpy, schedules, budget plans (no MXNet)
     select                           keys, and the mask-name rule
-    _internals                       every private MXNet attribute, and nothing else
+    _mx -> _internals                every private MXNet attribute, nothing else (subpackage)
     access, distributed              context-safe access; Trainer and kvstore checks
     _snapshot                        one transaction over a net and its Trainers
     _values -> surgery               the value plan; assign_params, set_params
-    _deconv, _layout -> _masked_forward -> masks    masks in the forward graph
-    pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
+    masks -> _deconv                 masks in the graph or the stored weights (subpackage)
+    pruning, _usage -> stale, samplers    pruning a net; the stale-gradient doctor; samplers
     channels -> shrinking, _exported    channel groups and pruning; structural shrink
-    report -> analysis               sparsity reports; sensitivity analysis and budgets
+    report -> _sensitivity -> analysis    sparsity reports; sensitivity reports and trials
     compact -> onnx_export           compact files; ONNX export checked in ONNX Runtime
     rewinding, dynamic               capture and rewind (lottery tickets); RigL and SET
     latency                          latency measured on a runtime; latency models

@@ -26,7 +26,7 @@ from typing import NamedTuple
 from mxnet import autograd
 from mxnet import ndarray as nd
 
-from . import _internals
+from . import _mx
 from .errors import TrainerStateError, and_more
 from .select import all_params
 
@@ -61,7 +61,7 @@ def _copies(arrays):
 
 class _ParamRecord(NamedTuple):
     param: object
-    attrs: tuple            # _internals.object_state
+    attrs: tuple            # _mx.object_state
     data: list              # the replicas' values (None: not recorded or not initialised)
     grads: list
     fresh: list             # backward()'s freshness flag of each replica
@@ -85,27 +85,27 @@ class _TrainerRecord(NamedTuple):
 
 
 def _record_param(param, values):
-    data = _internals.raw_data(param)
+    data = _mx.raw_data(param)
     if not values or not isinstance(data, list):
-        return _ParamRecord(param, _internals.object_state(param), None, None, None)
-    grads = _internals.raw_grad(param)
+        return _ParamRecord(param, _mx.object_state(param), None, None, None)
+    grads = _mx.raw_grad(param)
     if not isinstance(grads, list):   # grad_req 'null': no gradient, no freshness flag
-        return _ParamRecord(param, _internals.object_state(param), _copies(data), None, None)
-    return _ParamRecord(param, _internals.object_state(param), _copies(data), _copies(grads),
-                        [_internals.fresh_grad(a) for a in data])
+        return _ParamRecord(param, _mx.object_state(param), _copies(data), None, None)
+    return _ParamRecord(param, _mx.object_state(param), _copies(data), _copies(grads),
+                        [_mx.fresh_grad(a) for a in data])
 
 
 def _record_trainer(trainer, values):
     optimizer = trainer.optimizer
     scheduler = getattr(optimizer, 'lr_scheduler', None)
-    updaters = [_UpdaterRecord(u, _internals.updater_class(u), _internals.object_state(u),
+    updaters = [_UpdaterRecord(u, _mx.updater_class(u), _mx.object_state(u),
                                {k: _copy_state(s) for k, s in u.states.items()})
-                for u in _internals.process_updaters(trainer) if u is not None]
-    return _TrainerRecord(trainer, _internals.object_state(trainer),
-                          _internals.object_state(optimizer),
-                          _internals.optimizer_counters(optimizer),
-                          None if scheduler is None else _internals.object_state(scheduler),
-                          updaters, _internals.kvstore_copies(trainer) if values else {})
+                for u in _mx.process_updaters(trainer) if u is not None]
+    return _TrainerRecord(trainer, _mx.object_state(trainer),
+                          _mx.object_state(optimizer),
+                          _mx.optimizer_counters(optimizer),
+                          None if scheduler is None else _mx.object_state(scheduler),
+                          updaters, _mx.kvstore_copies(trainer) if values else {})
 
 
 def _reachable_trainers(params, given=()):
@@ -113,7 +113,7 @@ def _reachable_trainers(params, given=()):
     for trainer in given:
         found.setdefault(id(trainer), trainer)
     for param in params:
-        for trainer in _internals.known_trainers(param):
+        for trainer in _mx.known_trainers(param):
             found.setdefault(id(trainer), trainer)
     return list(found.values())
 
@@ -130,9 +130,9 @@ class Transaction:
 
     def __init__(self, net, trainers=(), *, values=True):
         params = list(all_params(net).values())
-        blocks = _internals.walk_blocks(net)
+        blocks = _mx.walk_blocks(net)
         with autograd.pause():
-            self._blocks = [(b, _internals.object_state(b), _internals.object_state(b.params))
+            self._blocks = [(b, _mx.object_state(b), _mx.object_state(b.params))
                             for b in blocks]
             self._params = [_record_param(p, values) for p in params]
             self._trainers = [_record_trainer(t, values)
@@ -150,10 +150,10 @@ class Transaction:
         names = []
         for record in self._trainers:
             trainer = record.trainer
-            if _internals.runs_on_servers(trainer) and _internals.trainer_kvstore(trainer)[2] \
-                    and _internals.optimizer_counters(trainer.optimizer) != record.counters:
-                names.extend(p.name for p in _internals.trainer_params(trainer))
-                kv_type = _internals.kvstore_type(_internals.trainer_kvstore(trainer)[0])
+            if _mx.runs_on_servers(trainer) and _mx.trainer_kvstore(trainer)[2] \
+                    and _mx.optimizer_counters(trainer.optimizer) != record.counters:
+                names.extend(p.name for p in _mx.trainer_params(trainer))
+                kv_type = _mx.kvstore_type(_mx.trainer_kvstore(trainer)[0])
         if not names:
             return None
         return TrainerStateError(
@@ -171,20 +171,20 @@ class Transaction:
         problem = self._stepped_on_servers()
         with autograd.pause():
             for block, attrs, param_dict in self._blocks:
-                _internals.restore_object_state(block, attrs)
-                _internals.restore_object_state(block.params, param_dict)
+                _mx.restore_object_state(block, attrs)
+                _mx.restore_object_state(block.params, param_dict)
             for record in self._params:
-                _internals.restore_object_state(record.param, record.attrs)
+                _mx.restore_object_state(record.param, record.attrs)
                 if record.data is None:
                     continue
-                live = _internals.raw_data(record.param)
+                live = _mx.raw_data(record.param)
                 for arr, saved in zip(live, record.data):
                     saved.copyto(arr)
                 if record.grads is not None:
-                    for arr, saved in zip(_internals.raw_grad(record.param), record.grads):
+                    for arr, saved in zip(_mx.raw_grad(record.param), record.grads):
                         saved.copyto(arr)
                     for arr, fresh in zip(live, record.fresh):
-                        _internals.set_fresh_grad(arr, fresh)
+                        _mx.set_fresh_grad(arr, fresh)
             for record in self._trainers:
                 self._restore_trainer(record)
         if problem is not None:
@@ -193,15 +193,15 @@ class Transaction:
     @staticmethod
     def _restore_trainer(record):
         optimizer = record.trainer.optimizer
-        _internals.restore_object_state(record.trainer, record.attrs)
-        _internals.restore_object_state(optimizer, record.optimizer)
-        _internals.set_optimizer_counters(optimizer, record.counters)
+        _mx.restore_object_state(record.trainer, record.attrs)
+        _mx.restore_object_state(optimizer, record.optimizer)
+        _mx.set_optimizer_counters(optimizer, record.counters)
         if record.scheduler is not None:
-            _internals.restore_object_state(optimizer.lr_scheduler, record.scheduler)
+            _mx.restore_object_state(optimizer.lr_scheduler, record.scheduler)
         for saved in record.updaters:
             updater = saved.updater
-            _internals.set_updater_class(updater, saved.cls)
-            _internals.restore_object_state(updater, saved.attrs)
+            _mx.set_updater_class(updater, saved.cls)
+            _mx.restore_object_state(updater, saved.attrs)
             for key, state in saved.states.items():
                 updater.states[key] = _put_state(updater.states.get(key), state)
-        _internals.put_kvstore_copies(record.trainer, record.kvstore)
+        _mx.put_kvstore_copies(record.trainer, record.kvstore)

@@ -12,7 +12,7 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet import ndarray as nd
 
-from . import _internals
+from . import _mx
 from .access import ensure_usable
 from .errors import SurgeryTypeError, SurgeryValueError
 from .select import all_params, match
@@ -136,7 +136,7 @@ def _host_extremes(array):
 
 def prepare(name, param, value, what, allow_nonfinite) -> Value:
     dtype = np.dtype(param.dtype)
-    shape = tuple(_internals.raw_data(param)[0].shape)  # param.shape is None after SymbolBlock.imports
+    shape = tuple(_mx.raw_data(param)[0].shape)  # param.shape is None after SymbolBlock.imports
     if isinstance(value, (np.bool_, numbers.Real)):
         cast = np.asarray(value).astype(dtype)
         _check_values(name, what, cast, dtype, allow_nonfinite)
@@ -240,14 +240,14 @@ def _start_sumsq(param):
     if np.dtype(param.dtype) not in _DOT_DTYPES:
         return None
     with autograd.pause():
-        return [_sumsq(arr) for arr in _internals.raw_data(param)]
+        return [_sumsq(arr) for arr in _mx.raw_data(param)]
 
 
 def _sumsq(arr):
     """Start ``sum(arr ** 2)`` on ``arr``'s device. A weight in MKLDNN's blocked layout (after
     a predict-mode forward) is copied first: a copy comes out in the default layout several
     times faster than the reorder that reshaping the blocked array runs."""
-    flat = (arr.copy() if _internals.is_blocked_layout(arr) else arr).reshape((-1,))
+    flat = (arr.copy() if _mx.is_blocked_layout(arr) else arr).reshape((-1,))
     return nd.dot(flat, flat)
 
 
@@ -256,7 +256,7 @@ def _products_finite(param, sums, largest):
     replica (``sums`` from ``_start_sumsq``): then no product ``w * value`` can overflow, and
     the exact host check is not needed."""
     dtype = np.dtype(param.dtype)
-    size = _internals.raw_data(param)[0].size
+    size = _mx.raw_data(param)[0].size
     worst = max(norm_bound(float(s.asscalar()), size, dtype) for s in sums)
     # |w * m| <= norm(w) * largest <= max, and rounding to nearest never passes a
     # representable bound; inf (no bound, NaN or inf in w) fails this test.
@@ -301,10 +301,10 @@ def _exact_check(name, param, value, what, also=None):
     dtype = np.dtype(param.dtype)
     factor = _numpy_value(value, dtype)
     with autograd.pause():
-        olds = [arr.asnumpy() for arr in _internals.raw_data(param)]
+        olds = [arr.asnumpy() for arr in _mx.raw_data(param)]
         if also is not None:
-            olds = [old * other.asnumpy() for old, other in zip(olds, _internals.raw_data(also))]
-    for old, ctx in zip(olds, _internals.context_list(param)):
+            olds = [old * other.asnumpy() for old, other in zip(olds, _mx.raw_data(also))]
+    for old, ctx in zip(olds, _mx.context_list(param)):
         if dtype.kind == 'f':
             with np.errstate(over='ignore', invalid='ignore'):
                 product = np.multiply(old, factor, dtype=dtype)
@@ -356,7 +356,7 @@ def trainers_of(params, trainer):
         raise SurgeryTypeError('trainer must be a gluon.Trainer, a list of them or None, got %s.'
                                % type(trainer).__name__)
     found = {}
-    for t in explicit + [_internals.last_trainer(p) for p in params]:
+    for t in explicit + [_mx.last_trainer(p) for p in params]:
         if t is not None:
             found.setdefault(id(t), t)
     return list(found.values())

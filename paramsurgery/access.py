@@ -5,7 +5,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon.parameter import Parameter
 
-from . import _internals
+from . import _mx
 from .errors import ParameterStateError, SurgeryTypeError
 from .select import all_params, mask_names, select
 
@@ -46,10 +46,10 @@ class Problem(NamedTuple):
 def _check_param(param: Parameter) -> List[Problem]:
     """Structural problems of one parameter (cheap: reads no array values)."""
     name = param.name
-    data = _internals.raw_data(param)
-    ctxs = _internals.context_list(param)
+    data = _mx.raw_data(param)
+    ctxs = _mx.context_list(param)
     if data is None:
-        if _internals.is_deferred(param):
+        if _mx.is_deferred(param):
             return [Problem(name, None, 'deferred',
                             "initialisation is deferred until the first forward, because "
                             "the shape %s is not fully known yet. Run one forward pass "
@@ -70,7 +70,7 @@ def _check_param(param: Parameter) -> List[Problem]:
             'data(ctx) fails or returns the wrong replica. Keep one array per context '
             '(use ps.set_params, or param.reset_ctx to change contexts).'
             % (len(data), len(ctxs), ctxs)))
-    grads = _internals.raw_grad(param)
+    grads = _mx.raw_grad(param)
     for i, (ctx, arr) in enumerate(zip(ctxs, data)):
         if arr.context != ctx:
             problems.append(Problem(
@@ -79,7 +79,7 @@ def _check_param(param: Parameter) -> List[Problem]:
                 '(ps.set_params) instead of replacing them, or call param.reset_ctx().'
                 % (ctx, arr.context)))
         if param.grad_req != 'null':
-            if not _internals.is_leaf(arr):
+            if not _mx.is_leaf(arr):
                 problems.append(Problem(
                     name, ctx, 'not-a-leaf',
                     'the replica is a computed array, not the autograd variable bound to the '
@@ -97,12 +97,12 @@ def _check_param(param: Parameter) -> List[Problem]:
 
 
 def _diverged(param: Parameter) -> List[Problem]:
-    data = _internals.raw_data(param)
+    data = _mx.raw_data(param)
     if len(data) < 2:
         return []
     first = data[0].asnumpy()
     problems = []
-    for ctx, arr in zip(_internals.context_list(param)[1:], data[1:]):
+    for ctx, arr in zip(_mx.context_list(param)[1:], data[1:]):
         other = arr.asnumpy()
         if first.tobytes() != other.tobytes():  # replicas are copies: bit-identical
             diff = np.abs(first.astype(np.float64) - other.astype(np.float64))
@@ -118,18 +118,18 @@ def _diverged(param: Parameter) -> List[Problem]:
 def _not_enforced(param: Parameter) -> List[Problem]:
     """``mask-not-enforced``: an update-mode mask whose masked entries are not zero in the
     stored weight, or that a Trainer of the parameter would not keep at zero."""
-    mask = _internals.update_mask(param)
+    mask = _mx.update_mask(param)
     if mask is None or _check_param(mask):
         return []
     problems = []
     fix = ("Re-apply the mask (ps.apply_mask(net, '%s', 1, mode='update') zeroes the masked "
            "entries again and watches the Trainers found through the parameter; pass "
            "trainer= for others), or use mode='graph'." % param.name)
-    for gap in _internals.enforcement_gaps(param):
+    for gap in _mx.enforcement_gaps(param):
         problems.append(Problem(param.name, None, 'mask-not-enforced',
                                 'it has an update-mode mask, but %s. %s' % (gap, fix)))
-    masks = _internals.raw_data(mask)
-    for ctx, arr, i in zip(_internals.context_list(param), _internals.raw_data(param),
+    masks = _mx.raw_data(mask)
+    for ctx, arr, i in zip(_mx.context_list(param), _mx.raw_data(param),
                            range(len(masks))):
         stray = int(((arr.asnumpy() != 0) & (masks[i].asnumpy() == 0)).sum())
         if stray:
@@ -239,10 +239,10 @@ def replicas(param: Parameter) -> List[Tuple[mx.Context, mx.nd.NDArray, Optional
     """
     _require_param(param)
     ensure_usable(param)
-    data = _internals.raw_data(param)
-    grads = _internals.raw_grad(param)
+    data = _mx.raw_data(param)
+    grads = _mx.raw_grad(param)
     grads = list(grads) if grads is not None else [None] * len(data)
-    return list(zip(_internals.context_list(param), data, grads))
+    return list(zip(_mx.context_list(param), data, grads))
 
 
 def data_on(param: Parameter, ctx: Optional[mx.Context] = None) -> mx.nd.NDArray:
@@ -286,22 +286,22 @@ def data_on(param: Parameter, ctx: Optional[mx.Context] = None) -> mx.nd.NDArray
     except ParameterStateError as err:
         raise ParameterStateError('%s (data_on asked for context %s; the parameter %s)' % (
             err, 'None' if ctx is None else ctx,
-            'is set up for %s' % _internals.context_list(param)
-            if _internals.context_list(param) else 'has no context yet')) from None
-    ctxs = _internals.context_list(param)
+            'is set up for %s' % _mx.context_list(param)
+            if _mx.context_list(param) else 'has no context yet')) from None
+    ctxs = _mx.context_list(param)
     if ctx is None:
         if len(ctxs) == 1:
-            return _internals.raw_data(param)[0]
+            return _mx.raw_data(param)[0]
         ctx = mx.current_context()
     if not isinstance(ctx, mx.Context):
         raise SurgeryTypeError('ctx must be an mx.Context or None, got %s.' % type(ctx).__name__)
-    idx = _internals.context_index(param, ctx)
+    idx = _mx.context_index(param, ctx)
     if idx is None or idx >= len(ctxs) or ctxs[idx] != ctx:
         raise ParameterStateError(
             "Parameter '%s' is not on context %s; it lives on %s. Pass one of those contexts "
             "(or, with several contexts and ctx=None, enter `with %s:`), or move it with "
             "param.reset_ctx()." % (param.name, ctx, ctxs, ctxs[0]))
-    return _internals.raw_data(param)[idx]
+    return _mx.raw_data(param)[idx]
 
 
 def _require_param(param):

@@ -23,12 +23,13 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from . import _internals
+from . import _mx
 from ._checks import check_flag
 from ._files import atomic_write, check_path, reading
 from .access import data_on
 from .errors import FileFormatError, SurgeryTypeError, SurgeryValueError, and_more
-from .masks import _mode_of, apply_mask, masked, structural_keys
+from .masks import apply_mask, masked, structural_keys
+from .masks.apply import mode_of
 from .select import MASK_SUFFIX, all_params
 
 __all__ = ['save_compact', 'load_compact']
@@ -179,7 +180,7 @@ def _first_copy(param):
 
 def _first_copy_check(param):
     """The NDArray on the first context (data_on names a parameter not initialised)."""
-    ctxs = _internals.context_list(param)
+    ctxs = _mx.context_list(param)
     return data_on(param, ctxs[0] if ctxs else None)
 
 
@@ -240,7 +241,7 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
     params = all_params(net)
     mask_ids = set(id(params[n + MASK_SUFFIX]) for n in masked(net))
     names = OrderedDict()
-    for sname, param in _internals.structural_names(net).items():
+    for sname, param in _mx.structural_names(net).items():
         if id(param) not in mask_ids:
             names.setdefault(id(param), (param, []))[1].append(sname)
     keys = structural_keys(net) if masks else {}
@@ -255,7 +256,7 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
     with autograd.pause():
         # generators: each first copy is read while the previous arrays are encoded
         write_compact(path, ((sorted(k), _first_copy(p)) for p, k in names.values()),
-                      ((key, _first_copy(mask), _mode_of(weight, mask))
+                      ((key, _first_copy(mask), mode_of(weight, mask))
                        for key, weight, mask in mask_pairs))
     return sorted(k for _, names_of in names.values() for k in names_of)
 
@@ -520,13 +521,13 @@ def load_compact(net, path) -> List[str]:
     arrays, saved_masks = read_compact(path)
     params = all_params(net)
     mask_ids = set(id(params[n + MASK_SUFFIX]) for n in masked(net))
-    structural = OrderedDict((k, p) for k, p in _internals.structural_names(net).items()
+    structural = OrderedDict((k, p) for k, p in _mx.structural_names(net).items()
                              if id(p) not in mask_ids)
     _check_fits(net, path, arrays, saved_masks, structural)
     wait_for_forwards()
     with autograd.pause():
         for sname, param in structural.items():
-            _internals.load_init(param, arrays[sname])
+            _mx.load_init(param, arrays[sname])
         for key, value, mode in saved_masks:
             apply_mask(net, structural[key], value, combine='replace', mode=mode)
     return sorted(set(param.name for param in structural.values()))

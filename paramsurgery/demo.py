@@ -38,6 +38,7 @@ from mxnet.gluon import nn
 
 from ._checks import check_flag, is_int, is_real
 from ._files import atomic_write, check_path
+from ._plot import pyplot
 from .analysis import sensitivity
 from .channels import count_ops, prune_channels
 from .compact import load_compact, save_compact
@@ -45,7 +46,7 @@ from .errors import MissingDependencyError, SurgeryTypeError, SurgeryValueError,
 from .masks import masked, remove_mask
 from .onnx_export import export_onnx
 from .pruning import Pruner
-from .report import pyplot, sparsity_report
+from .report import sparsity_report
 from .samplers import complementary_split
 from .schedules import PolynomialDecay
 from .select import select

@@ -12,14 +12,16 @@ only or on all of them, and because the workers never exchange weights again wit
 ``docs/distributed.md`` has the measurements.
 
 :func:`check_trainer` says when a Trainer is exposed; :func:`init_kvstore` removes the race
-by doing the broadcast before the first step and waiting for it.
+by doing the broadcast before the first step and waiting for it. :func:`broadcast_masks`
+makes every worker's masks equal to rank 0's.
 """
 import warnings
 from typing import List
 
-from mxnet import gluon
+import mxnet as mx
+from mxnet import autograd, gluon
 
-from . import _internals
+from . import _mx
 from .errors import (
     DistributedWarning,
     ParameterStateError,
@@ -27,8 +29,9 @@ from .errors import (
     TrainerStateError,
     and_more,
 )
+from .select import MASK_SUFFIX, all_params, mask_names
 
-__all__ = ['check_trainer', 'init_kvstore']
+__all__ = ['check_trainer', 'init_kvstore', 'broadcast_masks']
 
 
 def _require_trainer(trainer, where):
@@ -39,17 +42,17 @@ def _require_trainer(trainer, where):
 
 def _exposed(trainer):
     """Names of the parameters whose next broadcast can race, and the kvstore type."""
-    kv_type = _internals.kvstore_type(_internals.trainer_kvstore(trainer)[0])
-    if not _internals.is_distributed(kv_type) or 'async' in kv_type:
+    kv_type = _mx.kvstore_type(_mx.trainer_kvstore(trainer)[0])
+    if not _mx.is_distributed(kv_type) or 'async' in kv_type:
         return [], kv_type
-    if _internals.effective_update_on_kvstore(trainer):
+    if _mx.effective_update_on_kvstore(trainer):
         return [], kv_type  # the servers own the weights: every step pulls them back
-    return [p.name for p in _internals.params_to_broadcast(trainer)], kv_type
+    return [p.name for p in _mx.params_to_broadcast(trainer)], kv_type
 
 
 def _deferred(trainer):
     """Names of the parameters the next broadcast needs that still wait for a forward."""
-    return [p.name for p in _internals.params_to_broadcast(trainer) if _internals.is_deferred(p)]
+    return [p.name for p in _mx.params_to_broadcast(trainer) if _mx.is_deferred(p)]
 
 
 def _warn(trainer, stacklevel):
@@ -196,7 +199,7 @@ def init_kvstore(trainer: gluon.Trainer) -> List[str]:
             "layers their input sizes (in_units, in_channels), or run one forward outside "
             "autograd.record() on every worker, then call ps.init_kvstore(trainer)."
             % and_more(deferred))
-    _internals.init_trainer_kvstore(trainer)
+    _mx.init_trainer_kvstore(trainer)
     return names
 
 
@@ -204,10 +207,10 @@ def refuse_server_updates(trainer, params):
     """Raise ``TrainerStateError`` when ``trainer`` runs the optimizer on the parameter
     servers (a dist kvstore with ``update_on_kvstore=True``, after its first step) for one
     of ``params``: the servers' copy of the weights would silently undo any write."""
-    kvstore, update_on_kvstore, initialized = _internals.trainer_kvstore(trainer)
-    if not (initialized and update_on_kvstore and _internals.is_distributed(kvstore)):
+    kvstore, update_on_kvstore, initialized = _mx.trainer_kvstore(trainer)
+    if not (initialized and update_on_kvstore and _mx.is_distributed(kvstore)):
         return
-    mine = [p.name for p in params if _internals.trainer_index(trainer, p) is not None]
+    mine = [p.name for p in params if _mx.trainer_index(trainer, p) is not None]
     if mine:
         raise TrainerStateError(
             "Parameter %s: its Trainer runs the optimizer on the parameter servers of "
@@ -224,11 +227,11 @@ def refuse_update_masks(trainer, params):
     creates the kvstore, the optimizer on the servers of a dist kvstore for one of
     ``params``: the servers' updates cannot be masked, so an update-mode mask would not hold.
     """
-    if not _internals.runs_on_servers(trainer):
+    if not _mx.runs_on_servers(trainer):
         return
-    mine = [p.name for p in params if _internals.trainer_index(trainer, p) is not None]
+    mine = [p.name for p in params if _mx.trainer_index(trainer, p) is not None]
     if mine:
-        kv_type = _internals.kvstore_type(_internals.trainer_kvstore(trainer)[0])
+        kv_type = _mx.kvstore_type(_mx.trainer_kvstore(trainer)[0])
         raise TrainerStateError(
             "Parameter %s: its Trainer runs the optimizer on the parameter servers of "
             "kvstore '%s' (update_on_kvstore=True%s), which update the weights with the "
@@ -236,5 +239,97 @@ def refuse_update_masks(trainer, params):
             "changed. Fix: use mode='graph' (the mask is then part of the forward graph and "
             "needs nothing from the servers), or build the Trainer with "
             "update_on_kvstore=False." % (and_more(mine), kv_type,
-                                          '' if _internals.trainer_kvstore(trainer)[2]
+                                          '' if _mx.trainer_kvstore(trainer)[2]
                                           else ', from its first step on'))
+
+
+# --------------------------------------------------------------------------- distributed
+
+# Trainer keys are parameter indices 0..n-1; mask broadcasts use keys from here on, a fresh
+# block per call (a dist kvstore key cannot be initialised twice, and pushing to a key would
+# run the servers' optimizer on it under update_on_kvstore=True).
+_MASK_KEY_BASE = 1 << 30
+_next_mask_key = [_MASK_KEY_BASE]
+
+
+def broadcast_masks(kvstore, net) -> List[str]:
+    """Make every worker's masks equal to rank 0's.
+
+    For masks computed from local randomness or local data (``prune_random`` without a
+    shared seed, importance scores from each worker's own batches): without this, each
+    worker would train a different sparse network against the same servers. Masks computed
+    from the weights (``prune_magnitude``, ``Pruner``) are already identical on every worker
+    when the weights are, and need no broadcast.
+
+    A collective call: every worker must call it at the same point, with nets that have the
+    same masks (names and shapes), and the same number of times. Each call initialises
+    fresh kvstore keys (from ``2**30`` on, far from the Trainer's keys ``0..n-1``) with rank
+    0's masks and pulls them into every context; the servers keep one copy of the masks per
+    call, so broadcast after the masks change, not at every step. Without a distributed
+    kvstore it makes every context's copy equal to the first context's.
+
+    Parameters
+    ----------
+    kvstore : KVStore or Trainer or None
+        The job's kvstore (``mx.kv.create('dist_sync')``), or a Trainer using it.
+    net : Block
+        The network whose masks to broadcast.
+
+    Returns
+    -------
+    list of str
+        The names of the masked parameters whose masks were broadcast.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``kvstore`` is neither a KVStore, a Trainer with a created kvstore, nor None.
+
+    Examples
+    --------
+    >>> import mxnet as mx, numpy as np, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> net = nn.Dense(2, in_units=2, prefix='fc_')
+    >>> net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+    >>> ps.apply_mask(net, 'fc_weight', np.array([[1, 0], [1, 1]], 'float32'))
+    ['fc_weight']
+    >>> ps.broadcast_masks(None, net)       # one process: the contexts are already equal
+    ['fc_weight']
+    """
+    if isinstance(kvstore, gluon.Trainer):
+        kv, _, initialized = _mx.trainer_kvstore(kvstore)
+        if not initialized and isinstance(kv, str):
+            raise SurgeryTypeError(
+                "broadcast_masks: the Trainer has not created its kvstore '%s' yet. Create it "
+                "yourself, kv = mx.kv.create('%s'), pass it to gluon.Trainer(..., kvstore=kv) "
+                "and to broadcast_masks." % (kv, kv))
+        kvstore = kv
+    if kvstore is not None and not isinstance(kvstore, mx.kv.KVStore):
+        raise SurgeryTypeError('broadcast_masks expects a KVStore, a Trainer or None, got %s.'
+                               % type(kvstore).__name__)
+    params = all_params(net)
+    masks = [params[name] for name in mask_names(params)]
+    names = [name[:-len(MASK_SUFFIX)] for name in mask_names(params)]
+    with autograd.pause():
+        # Inside autograd.record() after a forward the masks are part of the graph; the
+        # copies are not a computation to differentiate.
+        _broadcast(kvstore, masks)
+    return names
+
+
+def _broadcast(kvstore, masks):
+    if kvstore is not None and _mx.is_distributed(kvstore.type):
+        base = _next_mask_key[0]
+        _next_mask_key[0] += len(masks)
+        for i, mask in enumerate(masks):
+            replicas = mask.list_data()
+            kvstore.init(base + i, replicas[0])   # rank 0's value wins, after a barrier
+            kvstore.pull(base + i, out=replicas, priority=-i)
+        for mask in masks:
+            for arr in mask.list_data():
+                arr.wait_to_read()
+    else:
+        for mask in masks:
+            first, *others = mask.list_data()
+            for arr in others:
+                first.copyto(arr)

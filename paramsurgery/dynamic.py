@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 from mxnet import gluon
 
-from . import _internals
+from . import _mx
 from ._checks import is_int, is_real
 from .errors import (
     ParameterStateError,
@@ -172,8 +172,8 @@ class DynamicSparsity:
         if seed is not None and (not is_int(seed) or not 0 <= seed < 2 ** 32):
             raise SurgeryValueError('DynamicSparsity(seed=) must be an int in [0, 2**32) or '
                                     'None, got %r.' % (seed,))
-        kvstore, _, _ = _internals.trainer_kvstore(trainer)
-        if seed is None and _internals.is_distributed(kvstore):
+        kvstore, _, _ = _mx.trainer_kvstore(trainer)
+        if seed is None and _mx.is_distributed(kvstore):
             raise SurgeryValueError('DynamicSparsity on a distributed kvstore needs seed= (the '
                                     'same on every worker), so that the workers draw the same '
                                     'masks.')
@@ -184,11 +184,11 @@ class DynamicSparsity:
             raise SelectionError('DynamicSparsity: key %r selects only masks. Fix: select the '
                                  'weights.' % (key,))
         for name, param in chosen.items():
-            if _internals.is_deferred(param) or _internals.raw_data(param) is None:
+            if _mx.is_deferred(param) or _mx.raw_data(param) is None:
                 raise ParameterStateError("DynamicSparsity: parameter '%s' is not initialised; "
                                           "initialise the net (and run one forward) first."
                                           % name)
-        missing = [n for n, p in chosen.items() if _internals.trainer_index(trainer, p) is None]
+        missing = [n for n, p in chosen.items() if _mx.trainer_index(trainer, p) is None]
         if missing:
             raise SelectionError('DynamicSparsity: the Trainer does not update %s. Fix: pass '
                                  'the Trainer built on these parameters, or leave them out of '
@@ -264,12 +264,12 @@ class DynamicSparsity:
         new = OrderedDict()
         for name, param in self._params.items():
             mask_param = params.get(name + MASK_SUFFIX)
-            if mask_param is None or _internals.update_mask(param) is None:
+            if mask_param is None or _mx.update_mask(param) is None:
                 raise ParameterStateError(
                     "DynamicSparsity.step: parameter '%s' lost its update-mode mask (removed "
                     "or switched to graph mode). Nothing was changed. Fix: keep the masks "
                     "DynamicSparsity made, or build a new DynamicSparsity." % name)
-            mask = _internals.raw_data(mask_param)[0].asnumpy().ravel() != 0
+            mask = _mx.raw_data(mask_param)[0].asnumpy().ravel() != 0
             active = np.flatnonzero(mask)
             count = min(len(active), _count(fraction, len(active)))
             if count == 0:
@@ -305,7 +305,7 @@ class DynamicSparsity:
         found = {}
         for name in self._params:
             mask = params.get(name + MASK_SUFFIX)
-            bits = None if mask is None else _internals.raw_data(mask)[0].asnumpy() != 0
+            bits = None if mask is None else _mx.raw_data(mask)[0].asnumpy() != 0
             found[name] = None if bits is None else zlib.crc32(np.packbits(bits).tobytes())
         return found
 

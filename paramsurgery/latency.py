@@ -23,10 +23,11 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from . import _internals
+from . import _mx
 from ._checks import is_int, is_real
 from ._exported import _deletions, _rewrite
 from ._files import check_path, reading, write_bytes
+from ._plot import pyplot, save_figure
 from .channels import (
     _build,
     _finish_deferred,
@@ -44,7 +45,6 @@ from .errors import (
     install_hint,
 )
 from .pruning_core import prune_count
-from .report import pyplot, save_figure
 from .select import MASK_SUFFIX
 
 __all__ = ['Latency', 'measure_latency', 'LatencyModel', 'latency_model']
@@ -84,7 +84,7 @@ def _variant_of(net, shapes) -> _Variant:
     symbol = trace.symbol
     names = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
     with autograd.pause():
-        arrays = {n: _internals.raw_data(p)[0].asnumpy() for n, p in params.items()
+        arrays = {n: _mx.raw_data(p)[0].asnumpy() for n, p in params.items()
                   if n in names}
     return _Variant(symbol.tojson(), tuple(trace.input_names), tuple(shapes), arrays)
 
@@ -131,7 +131,7 @@ def warnings_off():
 
 
 def _mxnet_runner(variant, folder, threads, fuse=False):
-    _internals.set_omp_threads(threads)
+    _mx.set_omp_threads(threads)
     block = _symbol_block(variant, folder)
     xs = [mx.nd.array(b) for b in _batches(variant)]
     with warnings_off():
@@ -315,7 +315,7 @@ def _omp_threads_restored():
     try:
         yield
     finally:
-        _internals.set_omp_threads(_default_threads())
+        _mx.set_omp_threads(_default_threads())
 
 
 def _check_runtime(runtime):

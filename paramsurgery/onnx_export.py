@@ -16,7 +16,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from . import _internals
+from . import _mx
 from ._checks import check_flag
 from ._files import check_path, write_bytes
 from .access import data_on
@@ -266,7 +266,7 @@ def export_onnx(net, path, *, inputs, opset: Optional[int] = None,
     given = dict(zip(trace.input_names, batches))
     onnx_types = [onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype(given[n].dtype)] for n in order]
     try:
-        graph = _internals.onnx_graph(symbol, arrays, [given[n].shape for n in order],
+        graph = _mx.onnx_graph(symbol, arrays, [given[n].shape for n in order],
                                       onnx_types, opset)
     except Exception as err:  # pylint: disable=broad-except
         raise ExportError(

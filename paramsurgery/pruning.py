@@ -14,7 +14,7 @@ from ._checks import is_int as _is_int
 from ._checks import is_real as _is_real
 from .access import data_on, replicas
 from .errors import SurgeryTypeError, SurgeryValueError
-from .masks import _apply_masks, _check_mode, unmasked_params
+from .masks.apply import apply_core_masks, check_mode, unmasked_params
 from .pruning_core import (
     check_scope,
     count_to_reach,
@@ -72,8 +72,7 @@ def _read(net, key):
 
 def _apply(net, params, keeps, mode):
     # The core's masks are exact and binary: applied without another validation pass.
-    return _apply_masks(net, None, None, combine='multiply', mode=mode,
-                        trusted=OrderedDict(keeps))
+    return apply_core_masks(net, OrderedDict(keeps), mode)
 
 
 def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer',
@@ -146,7 +145,7 @@ def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer'
     ...
     paramsurgery.errors.SurgeryValueError: amount=1.5 is a float above 1; ...
     """
-    _check_mode(mode)
+    check_mode(mode)
     params, weights, existing = _read(net, key)
     if isinstance(importance, Mapping):
         importance = {name: s.asnumpy() if hasattr(s, 'asnumpy') else s
@@ -212,7 +211,7 @@ def prune_random(net, key, amount: Union[int, float], *, seed: Any = None,
     >>> [int(m.sum().asscalar()) for m in net.collect_params()['fc_weight_mask'].list_data()]
     [15, 15]
     """
-    _check_mode(mode)
+    check_mode(mode)
     params, weights, existing = _read(net, key)
     return _apply(net, params, random_masks(weights, amount, masks=existing, seed=seed), mode)
 
@@ -276,7 +275,7 @@ def prune_structured(net, key, amount: Union[int, float], *, axis: int = 0, norm
     >>> ps.get_mask(net, 'fc_weight')['fc_weight'].asnumpy().tolist()
     [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
     """
-    _check_mode(mode)
+    check_mode(mode)
     params, weights, existing = _read(net, key)
     return _apply(net, params, structured_masks(weights, amount, masks=existing, axis=axis,
                                                 norm=norm), mode)
@@ -333,7 +332,7 @@ def prune_custom(net, key, mask: Any, *, mode: str = 'graph') -> List[str]:
     >>> ps.get_mask(net, 'fc_weight')['fc_weight'].asnumpy().tolist()
     [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
     """
-    _check_mode(mode)
+    check_mode(mode)
     params, weights, existing = _read(net, key)
     if isinstance(mask, Mapping):
         given = dict(mask)
@@ -450,7 +449,7 @@ class Pruner:
         if method not in _METHODS:
             raise SurgeryValueError('method must be one of %s, got %r.' % (_METHODS, method))
         check_scope(scope)
-        _check_mode(mode)
+        check_mode(mode)
         if method == 'structured' and scope == 'global':
             raise SurgeryValueError("method='structured' prunes slices per parameter; use "
                                     "scope='layer'.")

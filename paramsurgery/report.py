@@ -3,14 +3,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ._files import atomic_write, check_path
+from ._files import check_path
+from ._plot import pyplot, save_figure
 from .access import replicas
 from .errors import (
-    MissingDependencyError,
     SelectionError,
     SurgeryTypeError,
     SurgeryValueError,
-    install_hint,
 )
 from .masks import unmasked_params
 from .select import MASK_SUFFIX, all_params, mask_names, select
@@ -89,30 +88,6 @@ class SparsityReport:
         ax.set_ylim(0, 100)
         ax.set_title('sparsity per parameter (total %.1f%%)' % (100 * self.total['sparsity']))
         save_figure(fig, path, dpi=100)
-
-
-def save_figure(fig, path, dpi):
-    """Write a matplotlib figure to ``path`` as a PNG, atomically, and close it."""
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    try:
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, format='png', dpi=dpi)
-    finally:
-        plt.close(fig)
-
-
-def pyplot():
-    """``matplotlib.pyplot`` with the file-only Agg backend, or MissingDependencyError (so
-    a caller can check before a long run that a plot will be possible)."""
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingDependencyError(
-            "SparsityReport.plot needs matplotlib: %s." % install_hint('plot')) from None
-    return plt
 
 
 def _zeros(effective: np.ndarray) -> int:

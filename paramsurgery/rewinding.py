@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from mxnet import gluon
 
-from . import _internals
+from . import _mx
 from ._files import check_path, reading, write_bytes
 from .errors import FileFormatError, SurgeryTypeError, SurgeryValueError, and_more
 from .select import MASK_SUFFIX, all_params, mask_names, select
@@ -266,5 +266,5 @@ def rewind(net, capture: Capture, *, key: Any = None,
         set_params(net, chosen[name], value, trainer=trainer)
     if trainer is not None:
         for param in chosen.values():
-            _internals.reset_optimizer_state(trainer, param)
+            _mx.reset_optimizer_state(trainer, param)
     return list(new)

@@ -13,17 +13,16 @@ steps only when every gradient that is applied is fresh (:func:`safe_step`).
 """
 import os
 import re
-import weakref
 from collections import OrderedDict
 from typing import Any, List, NamedTuple, Optional
 
 import mxnet as mx
-from mxnet import autograd, gluon
-from mxnet import ndarray as nd
+from mxnet import gluon
 from mxnet.gluon.parameter import Parameter
 
-from . import _internals
+from . import _mx
 from ._checks import check_batch_size
+from ._usage import TRACKERS, UsageTracker, describe, track_usage, tracker_for
 from .distributed import init_kvstore
 from .errors import (
     ParamSurgeryError,
@@ -36,6 +35,9 @@ from .select import all_params, select
 
 __all__ = ['STALE_REASONS', 'StaleRecord', 'UsageTracker', 'find_stale', 'track_usage',
            'safe_step', 'explain']
+
+# Its public home: reprs, pickles and the API pages name it here.
+UsageTracker.__module__ = __name__
 
 #: Reason codes of :class:`StaleRecord`.
 STALE_REASONS = ('unused', 'no-backward', 'not-a-leaf', 'flags-reset', 'partial-context')
@@ -71,212 +73,6 @@ class StaleRecord(NamedTuple):
         # message: a list of them printed in full would repeat it on every line
         return 'StaleRecord(name=%r, context=%s, reason=%r)' % (self.name, self.context,
                                                                  self.reason)
-
-
-# --------------------------------------------------------------------------- usage tracking
-
-class _Read(NamedTuple):
-    grads: Any          # the parameter's gradient-buffer list when it was read
-    recording: bool     # read inside autograd.record()
-    block: Any          # the block whose call read it
-
-
-# The newest tracker of each parameter; it outlives the ``with`` block so that find_stale
-# after the block still knows, until safe_step starts a new step.
-_TRACKERS = weakref.WeakKeyDictionary()
-
-
-def _first_context(args):
-    for arg in args:
-        if isinstance(arg, nd.NDArray):
-            return arg.context
-        if isinstance(arg, (list, tuple)):
-            ctx = _first_context(arg)
-            if ctx is not None:
-                return ctx
-        elif isinstance(arg, mx.sym.Symbol):
-            # A parent HybridBlock is building its graph: nothing is read now.
-            return None
-    return None
-
-
-def _describe(block):
-    return "'%s' (%s)" % (block.name, type(block).__name__)
-
-
-class UsageTracker:
-    """Records which parameters each forward of a net read, per context.
-
-    Made by :func:`track_usage`; use it as a context manager. Every block of the net
-    gets a forward hook. A block that runs eagerly read its own parameters; a hybridised
-    block read the parameters its cached graph takes as inputs (its children do not run
-    again after the graph is built, so their hooks only see Symbols and are ignored).
-
-    Reads accumulate from ``__enter__`` until :meth:`clear` or the next successful
-    :func:`safe_step`. After a plain ``trainer.step`` call :meth:`clear` yourself, or a
-    parameter read in an earlier iteration still counts as read.
-
-    Attributes
-    ----------
-    active : bool
-        True inside the ``with`` block (hooks attached).
-    """
-
-    def __init__(self, net):
-        if not isinstance(net, gluon.Block):
-            raise SurgeryTypeError('track_usage needs a gluon.Block (its forward is observed), '
-                                   'got %s.' % type(net).__name__)
-        self._net = net
-        self._params = all_params(net)
-        self._blocks = []
-        net.apply(self._blocks.append)
-        self._direct = {}
-        self._owners = {}
-        for block in self._blocks:
-            own = list(_internals.block_params(block).values())
-            if not isinstance(block, gluon.HybridBlock):
-                # A plain Block may read any parameter of its own ParameterDict by name.
-                own += [p for p in block.params.values() if all(p is not q for q in own)]
-            self._direct[id(block)] = own
-            for param in own:
-                self._owners.setdefault(id(param), []).append(block)
-        self._reads = {}
-        self._calls = {}
-        self._handles = []
-        self.active = False
-
-    # hooks
-    def _on_call(self, block, args, out):  # pylint: disable=unused-argument
-        ctx = _first_context(args)
-        if ctx is None:
-            return
-        hybrid = _internals.is_hybridized(block)
-        params = _internals.cached_graph_params(block) if hybrid else None
-        if params is None:
-            hybrid = False
-            params = self._direct.get(id(block), ())
-        recording = autograd.is_recording()
-        for param in params:
-            self._reads[(id(param), ctx)] = _Read(_internals.raw_grad(param), recording, block)
-        self._calls.setdefault(ctx, OrderedDict())[id(block)] = (block, hybrid)
-
-    def __enter__(self):
-        if self.active:
-            raise SurgeryValueError('This UsageTracker is already active; make a new one with '
-                                    'ps.track_usage(net).')
-        self.clear()
-        for block in self._blocks:
-            self._handles.append(block.register_forward_hook(self._on_call))
-        for param in self._params.values():
-            _TRACKERS[param] = self
-        self.active = True
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.detach()
-        self._handles = []
-        self.active = False
-        return False
-
-    # queries
-    def clear(self) -> None:
-        """Forget every read: the next forwards start a new step."""
-        self._reads = {}
-        self._calls = {}
-
-    @property
-    def contexts(self) -> List[mx.Context]:
-        """The contexts on which a tracked forward ran."""
-        return list(self._calls)
-
-    def read(self, ctx: Optional[mx.Context] = None) -> List[str]:
-        """Names of the parameters read by the tracked forwards (on ``ctx``, or anywhere)."""
-        keys = set(self._reads)
-        ctxs = [ctx] if ctx is not None else self.contexts
-        return [name for name, p in self._params.items()
-                if any((id(p), c) in keys for c in ctxs)]
-
-    def ran(self, ctx: Optional[mx.Context] = None) -> List[str]:
-        """Names of the blocks called with NDArrays (on ``ctx``, or anywhere), in call order."""
-        ctxs = [ctx] if ctx is not None else self.contexts
-        names = []
-        for c in ctxs:
-            for block, _ in self._calls.get(c, {}).values():
-                if block.name not in names:
-                    names.append(block.name)
-        return names
-
-    # used by find_stale
-    def _knows(self, param):
-        return any(param is p for p in self._params.values())
-
-    def _read_on(self, param, ctx):
-        return self._reads.get((id(param), ctx))
-
-    def _why_not_read(self, param, ctx):
-        """A sentence saying which block did not run on ``ctx`` for ``param``."""
-        owners = self._owners.get(id(param), [])
-        owner = ('block %s' % _describe(owners[0])) if owners else 'the block that owns it'
-        calls = self._calls.get(ctx)
-        if not calls:
-            where = ', '.join(str(c) for c in self.contexts) or 'no context'
-            return ('no tracked forward ran on %s at all (tracked forwards ran on %s), so its '
-                    '%s did not run there.' % (ctx, where, owner))
-        for block, hybrid in calls.values():
-            if hybrid and param.name in block.collect_params().keys():
-                return ('its %s is not part of the cached graph of hybridised block %s, which '
-                        'ran on %s: that hybrid_forward does not use its output.'
-                        % (owner, _describe(block), ctx))
-        return 'its %s did not run on %s in the tracked forwards, while other blocks did.' % (
-            owner, ctx)
-
-
-def track_usage(net) -> UsageTracker:
-    """Record which parameters each forward of ``net`` reads, per context.
-
-    While it is active (and after, until the next successful :func:`safe_step`),
-    :func:`find_stale` uses the record to name the block that did not run (reason
-    ``unused``) and to tell a parameter that was read but whose freshness flag was reset
-    afterwards (reason ``flags-reset``: a grad_req change, ``cast``, ``reset_ctx`` or
-    re-initialisation between forward and step) from one that was never read.
-
-    Works hybridised or not: a hybridised block's call is recorded with the parameters
-    its cached graph reads, once per call and context.
-
-    Parameters
-    ----------
-    net : Block
-        The network; every block in it (at the time of the call) is observed.
-
-    Returns
-    -------
-    UsageTracker
-        A context manager; ``read(ctx)``, ``ran(ctx)`` and ``contexts`` say what it saw.
-
-    Examples
-    --------
-    >>> import mxnet as mx, paramsurgery as ps
-    >>> from mxnet import autograd
-    >>> from mxnet.gluon import nn
-    >>> net = nn.HybridSequential(prefix='net_')
-    >>> with net.name_scope():
-    ...     net.add(nn.Dense(2, in_units=3), nn.Dense(1, in_units=2))
-    >>> net.initialize()
-    >>> net.hybridize()
-    >>> with ps.track_usage(net) as usage:
-    ...     with autograd.record():
-    ...         y = net[0](mx.nd.ones((1, 3)))   # only the first layer runs
-    >>> usage.read(mx.cpu(0))
-    ['net_dense0_weight', 'net_dense0_bias']
-    """
-    return UsageTracker(net)
-
-
-def _tracker_for(param, usage):
-    if usage is not None:
-        return usage if usage._knows(param) else None
-    return _TRACKERS.get(param)
 
 
 # --------------------------------------------------------------------------- diagnosis
@@ -324,7 +120,7 @@ def _msg_unused(ctx, tracker, read, param, deferred=False):
         why = (_P + " " + _W + " read by block %s on " + _C + "%s, but the backward did not "
                "reach " + _T + ": the output that depends on " + _T + " did not feed the loss "
                "that was back-propagated%s. ") % (
-                   _describe(read.block),
+                   describe(read.block),
                    '' if read.recording else ' outside autograd.record()',
                    '' if read.recording else ', and an unrecorded forward has no gradient')
     else:
@@ -363,7 +159,7 @@ def _msg_flags_reset(read):
             "gradient of that backward is lost. Fix: make such changes before the forward (or "
             "right after a step), then run forward and backward again. Skipping " + _T + " "
             "(ignore_stale_grad or allow_stale) would leave " + _T + " untrained for this "
-            "step.") % _describe(read.block))
+            "step.") % describe(read.block))
 
 
 def _msg_not_a_leaf(bare):
@@ -429,7 +225,7 @@ def _grouped(raw, params):
 
 def _collect(trainer_or_params) -> 'OrderedDict[str, Parameter]':
     if isinstance(trainer_or_params, gluon.Trainer):
-        return OrderedDict((p.name, p) for p in _internals.trainer_params(trainer_or_params))
+        return OrderedDict((p.name, p) for p in _mx.trainer_params(trainer_or_params))
     if isinstance(trainer_or_params, (list, tuple)):
         for item in trainer_or_params:
             if not isinstance(item, Parameter):
@@ -448,20 +244,20 @@ def _collect(trainer_or_params) -> 'OrderedDict[str, Parameter]':
 
 def _states(param, assume_fresh):
     """``[(ctx, state)]`` with state 'fresh', 'stale', 'not-a-leaf', 'bare' or 'deferred'."""
-    ctxs = _internals.context_list(param)
+    ctxs = _mx.context_list(param)
     if ctxs is None:
         return []  # never initialised: there is no gradient to speak of
-    if _internals.is_deferred(param):
+    if _mx.is_deferred(param):
         return [(ctx, 'deferred') for ctx in ctxs]
-    data = _internals.raw_data(param)
+    data = _mx.raw_data(param)
     if not isinstance(data, (list, tuple)):
         return [(ctx, 'bare') for ctx in ctxs]
     states = []
     for i, ctx in enumerate(ctxs):
         arr = data[i] if i < len(data) else None
-        if arr is None or not _internals.is_leaf(arr):
+        if arr is None or not _mx.is_leaf(arr):
             states.append((ctx, 'not-a-leaf'))
-        elif id(param) in assume_fresh or _internals.fresh_grad(arr):
+        elif id(param) in assume_fresh or _mx.fresh_grad(arr):
             states.append((ctx, 'fresh'))
         else:
             states.append((ctx, 'stale'))
@@ -475,7 +271,7 @@ def _diagnose(params, usage=None, assume_fresh=frozenset()) -> List[StaleRecord]
     raw = []
     for name, param, states in table:
         fresh_ctxs = [ctx for ctx, state in states if state == 'fresh']
-        tracker = _tracker_for(param, usage)
+        tracker = tracker_for(param, usage)
         for ctx, state in states:
             if state == 'fresh':
                 continue
@@ -486,7 +282,7 @@ def _diagnose(params, usage=None, assume_fresh=frozenset()) -> List[StaleRecord]
                 raw.append((name, ctx, 'unused', _msg_unused(ctx, tracker, None, param, True)))
                 continue
             read = tracker._read_on(param, ctx) if tracker is not None else None
-            if read is not None and read.grads is not _internals.raw_grad(param):
+            if read is not None and read.grads is not _mx.raw_grad(param):
                 raw.append((name, ctx, 'flags-reset', _msg_flags_reset(read)))
             elif not any_fresh:
                 raw.append((name, ctx, 'no-backward', _msg_no_backward()))
@@ -587,18 +383,18 @@ def _consume(params):
     for param in params:
         if param.grad_req == 'null':
             continue
-        data = _internals.raw_data(param)
+        data = _mx.raw_data(param)
         if not isinstance(data, (list, tuple)):
             continue
         for arr in data:
-            if _internals.is_leaf(arr):
-                _internals.set_fresh_grad(arr, False)
+            if _mx.is_leaf(arr):
+                _mx.set_fresh_grad(arr, False)
 
 
 def _new_step_for_trackers(params):
     seen = {}
     for param in params:
-        tracker = _TRACKERS.get(param)
+        tracker = TRACKERS.get(param)
         if tracker is not None:
             seen[id(tracker)] = tracker
     for tracker in seen.values():
@@ -607,8 +403,8 @@ def _new_step_for_trackers(params):
         else:
             # A finished tracker says nothing about the next step's forwards.
             for param in list(tracker._params.values()):
-                if _TRACKERS.get(param) is tracker:
-                    del _TRACKERS[param]
+                if TRACKERS.get(param) is tracker:
+                    del TRACKERS[param]
 
 
 def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = None
@@ -698,14 +494,14 @@ def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = Non
     params = _collect(trainer)
     allowed = select(params, allow_stale) if allow_stale is not None else {}
     records = _diagnose(params)
-    kvstore, _, initialized = _internals.trainer_kvstore(trainer)
-    distributed = _internals.is_distributed(kvstore)
+    kvstore, _, initialized = _mx.trainer_kvstore(trainer)
+    distributed = _mx.is_distributed(kvstore)
 
     def skippable(rec):
         if rec.name not in allowed or distributed:
             return False
         # The Trainer's first step reads every parameter to create the kvstore.
-        return initialized or not _internals.is_deferred(params[rec.name])
+        return initialized or not _mx.is_deferred(params[rec.name])
 
     if not all(skippable(rec) for rec in records):
         stale = list(OrderedDict.fromkeys(rec.name for rec in records))
@@ -725,7 +521,7 @@ def safe_step(trainer: gluon.Trainer, batch_size: int, *, allow_stale: Any = Non
         # dist_sync with update_on_kvstore=False: do the first broadcast before the step, or
         # it can race with the gradient all-reduce (docs/distributed.md). No-op otherwise.
         init_kvstore(trainer)
-    with _internals.excluded_from_step([params[name] for name in skipped]):
+    with _mx.excluded_from_step([params[name] for name in skipped]):
         trainer.step(batch_size)
     # MXNet leaves the flags set when the kvstore updates the weights: without this, the
     # next step would apply the same gradients again.
@@ -815,13 +611,13 @@ def explain(exc: BaseException, trainer_or_params=None) -> StaleGradientError:
     param = select(params, name)[name]  # a clear SelectionError if it is not there
     # The order MXNet checked in is the Trainer's (the last one built on the parameter,
     # when a net or a dict was given).
-    trainer = source if isinstance(source, gluon.Trainer) else _internals.last_trainer(param)
+    trainer = source if isinstance(source, gluon.Trainer) else _mx.last_trainer(param)
     passed, tail = frozenset(), ''
-    if trainer is not None and _internals.trainer_index(trainer, param) is not None:
-        order = [p for p in _internals.trainer_params(trainer) if p.grad_req != 'null']
+    if trainer is not None and _mx.trainer_index(trainer, param) is not None:
+        order = [p for p in _mx.trainer_params(trainer) if p.grad_req != 'null']
         failing = next((i for i, p in enumerate(order) if p is param), 0)
         passed = frozenset(id(p) for p in order[:failing])
-        kvstore, update_on_kvstore, initialized = _internals.trainer_kvstore(trainer)
+        kvstore, update_on_kvstore, initialized = _mx.trainer_kvstore(trainer)
         if initialized and kvstore is not None and update_on_kvstore:
             # The check never consumes a flag in this mode: nothing to count as fresh.
             passed = frozenset()

@@ -1,7 +1,7 @@
 """Value surgery: scale or set parameters on every context, Trainer-safe, all or nothing."""
 from typing import Any, List, Optional
 
-from . import _internals, distributed
+from . import _mx, distributed
 from ._checks import check_flag
 from ._values import assign, check_products, multiply, plan, trainers_of
 
@@ -23,23 +23,23 @@ def _run(net, key, value, what, write, trainer, allow_nonfinite):
         # that broadcast can race (dist_sync with update_on_kvstore=False)
         distributed.warn_if_exposed(t, stacklevel=3)
     for _, param, prepared in steps:
-        prepared.prefetch(_internals.context_list(param))
+        prepared.prefetch(_mx.context_list(param))
     # Everything is validated: from here on nothing raises for the user's input.
     for _, param, prepared in steps:
-        _internals.write_replicas(param, lambda arr, v=prepared: write(arr, v))
-        mask = _internals.update_mask(param)
+        _mx.write_replicas(param, lambda arr, v=prepared: write(arr, v))
+        mask = _mx.update_mask(param)
         if mask is not None:
             # an update-mode mask keeps the stored weight at zero under it
-            _internals.write_replicas(param, lambda arr, m=mask: _internals.multiply_inplace(
-                arr, _internals.mask_on(m, arr.context)))
+            _mx.write_replicas(param, lambda arr, m=mask: _mx.multiply_inplace(
+                arr, _mx.mask_on(m, arr.context)))
     for _, param, prepared in steps:
         if prepared.shared:
             # the writes read the caller's numpy array in place: they must be done before
             # the caller may change it
-            for arr in _internals.raw_data(param):
+            for arr in _mx.raw_data(param):
                 arr.wait_to_read()
     for t in trainers:
-        _internals.sync_trainer(t, params)
+        _mx.sync_trainer(t, params)
     return [name for name, _, _ in steps]
 
 

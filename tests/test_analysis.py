@@ -10,6 +10,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 import paramsurgery as ps
+from paramsurgery import budget
 from paramsurgery.analysis import SensitivityReport, sensitivity
 
 from helpers import split
@@ -40,12 +41,12 @@ def state_of(net, trainer=None):
     for name, param in net.collect_params().items():
         out[name] = [a.asnumpy().tobytes() for a in param.list_data()]
     if trainer is not None:
-        for i, updater in enumerate(ps._internals.process_updaters(trainer)):
+        for i, updater in enumerate(ps._mx.process_updaters(trainer)):
             for key, st in sorted(updater.states.items()):
                 arrays = st if isinstance(st, (tuple, list)) else [st]
                 out['state%d/%d' % (i, key)] = [a.asnumpy().tobytes() for a in arrays
                                                if a is not None]
-        out['counters'] = repr(ps._internals.optimizer_counters(trainer.optimizer))
+        out['counters'] = repr(ps._mx.optimizer_counters(trainer.optimizer))
     return out
 
 
@@ -304,23 +305,21 @@ def test_channel_trials_match_prune_channels_and_shrink(ctxs, hybridize):
 
 
 def test_the_large_net_search_finds_the_knapsack_optimum(monkeypatch):
-    # beyond _EXHAUSTIVE combinations: knapsack, repair, local search (exact for weights)
-    import paramsurgery.analysis as analysis
+    # beyond EXHAUSTIVE combinations: knapsack, repair, local search (exact for weights)
     rng = np.random.RandomState(1)
     names, amounts = ['a', 'b', 'c', 'd'], [0.25, 0.5, 0.75]
     rows = [(n, a, float(rng.rand() * a), int(a * 25 * (i + 1)))
             for i, n in enumerate(names) for a in amounts]
     report = synthetic(rows, dense=250)
     exhaustive = [report.plan(params_ratio=r) for r in (1.2, 1.6, 2.4)]
-    monkeypatch.setattr(analysis, '_EXHAUSTIVE', 0)
+    monkeypatch.setattr(budget, 'EXHAUSTIVE', 0)
     assert [report.plan(params_ratio=r) for r in (1.2, 1.6, 2.4)] == exhaustive
 
 
 def test_the_large_net_search_meets_overlapping_budgets(monkeypatch):
-    import paramsurgery.analysis as analysis
     net = small_cnn([mx.cpu(0)], True)
     report = sensitivity(net, accuracy_of(*data()), inputs=(1, 2, 6, 6), progress=False)
-    monkeypatch.setattr(analysis, '_EXHAUSTIVE', 0)
+    monkeypatch.setattr(budget, 'EXHAUSTIVE', 0)
     for ratio in (1.5, 2.5, 4.0):
         plan = report.plan(macs_ratio=ratio)
         assert report.dense_macs / (report.dense_macs - report._combined(plan)[0]) >= ratio
@@ -449,7 +448,7 @@ def test_kvstore_copy_of_batchnorm_statistics_is_unchanged(hybridize):
     trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1},
                             kvstore='device', update_on_kvstore=True)
     train_steps(net, trainer, x, y, ctxs, 2)    # the replicas' statistics move on
-    params = ps._internals.trainer_params(trainer)
+    params = ps._mx.trainer_params(trainer)
 
     def kvstore_copies():
         out = {}

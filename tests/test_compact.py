@@ -332,8 +332,8 @@ def test_reads_wait_for_queued_forwards(tmp_path, monkeypatch):
     ps.save_compact(net, str(tmp_path / 'net.compact'))
     assert events[0] == 'wait' and 'read' in events
     events.clear()
-    real_load = compact._internals.load_init
-    monkeypatch.setattr(compact._internals, 'load_init',
+    real_load = compact._mx.load_init
+    monkeypatch.setattr(compact._mx, 'load_init',
                         lambda p, a: events.append('write') or real_load(p, a))
     fresh = conv_net([mx.cpu(0), mx.cpu(1)], 'f_')
     fresh(mx.nd.ones((1, 3, 8, 8)))

@@ -12,7 +12,7 @@ import pytest
 from mxnet import gluon
 
 import paramsurgery as ps
-from paramsurgery import _internals
+from paramsurgery import _mx
 
 from dist_harness import run_cluster
 
@@ -257,7 +257,7 @@ def test_check_trainer_reports_exactly_the_racy_configuration(
         assert "'fc_bias', 'fc_weight'" in message and kvstore in message
         assert 'ps.init_kvstore(trainer)' in message and 'update_on_kvstore=True' in message
         assert caught[0].filename == __file__   # points at the caller, not at paramsurgery
-    assert _internals.trainer_kvstore(trainer)[2] is False   # no kvstore was created
+    assert _mx.trainer_kvstore(trainer)[2] is False   # no kvstore was created
 
 
 def test_check_trainer_and_init_kvstore_with_deferred_parameters(ctxs):
@@ -273,7 +273,7 @@ def test_check_trainer_and_init_kvstore_with_deferred_parameters(ctxs):
         ps.init_kvstore(trainer)
     assert "Parameter 'fc_weight' has not been initialised yet" in str(info.value)
     assert 'Nothing was done' in str(info.value) and 'in_units' in str(info.value)
-    assert _internals.trainer_kvstore(trainer)[2] is False
+    assert _mx.trainer_kvstore(trainer)[2] is False
 
 
 @pytest.mark.parametrize('kvstore,update_on_kvstore', [
@@ -290,7 +290,7 @@ def test_init_kvstore_does_nothing_where_nothing_races(ctxs, hybridize, kvstore,
         net.hybridize()
     before = [d.asnumpy() for p in net.collect_params().values() for d in p.list_data()]
     assert ps.init_kvstore(trainer) == []
-    assert _internals.trainer_kvstore(trainer)[2] is False   # no kvstore was created
+    assert _mx.trainer_kvstore(trainer)[2] is False   # no kvstore was created
     after = [d.asnumpy() for p in net.collect_params().values() for d in p.list_data()]
     for b, a in zip(before, after):
         np.testing.assert_array_equal(b, a)

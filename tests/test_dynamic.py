@@ -7,7 +7,7 @@ import pytest
 from mxnet import gluon
 
 import paramsurgery as ps
-from paramsurgery import _internals
+from paramsurgery import _mx
 from paramsurgery.dynamic import erk_densities
 
 from helpers import TRAINER_SETUPS, TWO, batch, forward_backward, make_mlp
@@ -28,9 +28,9 @@ def mask_of(net, name):
 
 
 def states(trainer, param):
-    idx = _internals.trainer_index(trainer, param)
-    return [s.asnumpy() for u in _internals.process_updaters(trainer)
-            for s, master in _internals.state_arrays(u, idx, param.shape) if not master]
+    idx = _mx.trainer_index(trainer, param)
+    return [s.asnumpy() for u in _mx.process_updaters(trainer)
+            for s, master in _mx.state_arrays(u, idx, param.shape) if not master]
 
 
 def expected_mask(mask, weight, grad, count, method):

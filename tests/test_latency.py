@@ -102,7 +102,7 @@ def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode, tmp
     mask[::2] = 0
     ps.apply_mask(net, {'net_conv0_weight': mask}, mode=mode)
     x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)))
-    was_hybrid = ps._internals.is_hybridized(net)
+    was_hybrid = ps._mx.is_hybridized(net)
     variant = latency._variant_of(net, [(2, 3, 8, 8)])
     copy = latency._symbol_block(variant, str(tmp_path))
     with mx.autograd.predict_mode():
@@ -111,12 +111,12 @@ def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode, tmp
     # the same float32 operators on the same values: only the summation order of a cached
     # graph may differ, 27 products per output -> about 27 * 6e-8 relative
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6 * np.abs(want).max())
-    assert ps._internals.is_hybridized(net) == was_hybrid == hybridize
+    assert ps._mx.is_hybridized(net) == was_hybrid == hybridize
 
 
 def test_threads_are_set_for_the_timing_and_put_back(monkeypatch):
     calls = []
-    monkeypatch.setattr(ps._internals, 'set_omp_threads', calls.append)
+    monkeypatch.setattr(ps._mx, 'set_omp_threads', calls.append)
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
     lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=1,
                              warmup=0, threads=1)
@@ -162,7 +162,7 @@ def test_model_tables_predict_and_fit(monkeypatch, ctx, hybridize):
     after, out_after = _state(net, x.as_in_context(ctx[0]))
     assert all(np.array_equal(a, b) for n in before for a, b in zip(before[n], after[n]))
     assert np.array_equal(out_before, out_after)
-    assert ps._internals.is_hybridized(net) == hybridize
+    assert ps._mx.is_hybridized(net) == hybridize
     assert model.runtime == 'mkldnn' and model.shapes == ((1, 3, 8, 8),)
     assert dict(model.sizes) == {'n_conv0_weight': 16}
     # both convolutions depend on the group; sums of exact multiples of 1e-6

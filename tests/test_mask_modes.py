@@ -10,7 +10,8 @@ from mxnet import autograd, gluon
 from mxnet import optimizer as mx_optimizer
 
 import paramsurgery as ps
-from paramsurgery import _internals
+from paramsurgery import _mx
+from paramsurgery.masks import update_mode
 
 from helpers import (
     ONE,
@@ -68,9 +69,9 @@ def assert_masked_zero(net, masks, trainer):
         param = params[name]
         for arr in param.list_data():
             assert np.all(arr.asnumpy()[mask == 0] == 0), name
-        idx = _internals.trainer_index(trainer, param)
-        for updater in _internals.process_updaters(trainer):
-            for state, _ in _internals.state_arrays(updater, idx, param.shape):
+        idx = _mx.trainer_index(trainer, param)
+        for updater in _mx.process_updaters(trainer):
+            for state, _ in _mx.state_arrays(updater, idx, param.shape):
                 assert np.all(state.asnumpy()[mask == 0] == 0), name
 
 
@@ -124,9 +125,9 @@ def test_update_mode_trains_like_graph_mode(optimizer, options, kvstore, update_
 def assert_masked_zero_states(net, masks, trainer):
     params = net.collect_params()
     for name, mask in masks.items():
-        idx = _internals.trainer_index(trainer, params[name])
-        for updater in _internals.process_updaters(trainer):
-            for state, is_master in _internals.state_arrays(updater, idx, mask.shape):
+        idx = _mx.trainer_index(trainer, params[name])
+        for updater in _mx.process_updaters(trainer):
+            for state, is_master in _mx.state_arrays(updater, idx, mask.shape):
                 if not is_master:
                     assert np.all(state.asnumpy()[mask == 0] == 0), name
 
@@ -195,18 +196,18 @@ def test_every_optimizer_keeps_masked_entries_at_zero(name, extra, multi_precisi
     weight.set_data(weight.data() * mx.nd.array(keep, dtype=dtype))
     opt.param_dict = {0: weight}
     updater = mx_optimizer.get_updater(opt)
-    updater.__class__ = _internals.MaskingUpdater
-    _internals.set_update_mask(weight, mask)
+    updater.__class__ = update_mode.MaskingUpdater
+    update_mode.set_update_mask(weight, mask)
     try:
         for _ in range(6):
             grad = mx.nd.array(rng.randn(24), dtype=dtype)   # not masked by the caller
             updater(0, grad, weight.data())
             assert np.all(weight.data().asnumpy()[keep == 0] == 0)
             if name in ('sgd', 'nag', 'adam'):   # momentum and moments (FTML's d is not 0)
-                for state, _ in _internals.state_arrays(updater, 0, (24,)):
+                for state, _ in _mx.state_arrays(updater, 0, (24,)):
                     assert np.all(state.asnumpy()[keep == 0] == 0)
     finally:
-        _internals.set_update_mask(weight, None)
+        update_mode.set_update_mask(weight, None)
 
 
 @pytest.mark.parametrize('aggregation', ['1', '45'])
@@ -255,9 +256,9 @@ def test_multi_precision_fp16(optimizer, kvstore, update_on_kvstore, ctxs):
         step()
         for arr in net.weight.list_data():
             assert np.all(arr.asnumpy()[keep == 0] == 0)
-        idx = _internals.trainer_index(trainer, net.weight)
-        for updater in _internals.process_updaters(trainer):
-            for state, _ in _internals.state_arrays(updater, idx, (8,)):
+        idx = _mx.trainer_index(trainer, net.weight)
+        for updater in _mx.process_updaters(trainer):
+            for state, _ in _mx.state_arrays(updater, idx, (8,)):
                 assert np.all(state.asnumpy()[keep == 0] == 0)
         assert np.all(net.weight.data(ctxs[0]).asnumpy()[keep == 1] != 0)
 
@@ -501,11 +502,11 @@ def test_optimizer_state_is_zeroed_under_masks_and_revived_from_zero(
         forward_backward(net, batch(8, seed=step), ctxs)
         trainer.step(8)
     param = net[0].weight
-    idx = _internals.trainer_index(trainer, param)
+    idx = _mx.trainer_index(trainer, param)
 
     def states():
-        return [s.asnumpy() for u in _internals.process_updaters(trainer)
-                for s, _ in _internals.state_arrays(u, idx, param.shape)]
+        return [s.asnumpy() for u in _mx.process_updaters(trainer)
+                for s, _ in _mx.state_arrays(u, idx, param.shape)]
 
     assert all(np.all(s != 0) for s in states())
     first = np.array([[0, 1, 1, 1]] * 5, 'float32')

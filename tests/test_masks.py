@@ -10,7 +10,8 @@ from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn, rnn
 
 import paramsurgery as ps
-from paramsurgery import _deconv, _internals, _layout
+from paramsurgery import _mx
+from paramsurgery.masks import forward
 
 CTXS = {1: [mx.cpu(0)], 2: [mx.cpu(0), mx.cpu(1)]}
 
@@ -328,7 +329,7 @@ def test_remove_mask(hybrid, bake):
 
 def _snapshot(net):
     return (list(net.collect_params()),
-            [sorted(vars(b)) for b in _internals.walk_blocks(net)],
+            [sorted(vars(b)) for b in _mx.walk_blocks(net)],
             [p.data().asnumpy().tobytes() for p in net.collect_params().values()])
 
 
@@ -385,7 +386,7 @@ def test_unsupported_blocks_raise_before_changing_anything(case, tmp_path):
             net.add(nn.Dense(3))
             key, error, match = '.*dense1_weight', RuntimeError, 'deferred'
         elif case == 'deconv-nhwc':
-            if not _deconv.mkldnn_enabled():
+            if not forward.mkldnn_enabled():
                 pytest.skip('channel-last transposed convolutions are refused on MKLDNN only')
             net.add(nn.Conv2DTranspose(3, 3, in_channels=3, layout='NHWC'))
             key, error, match = '.*conv0_weight', TypeError, 'channel-first'
@@ -402,12 +403,12 @@ def test_unsupported_blocks_raise_before_changing_anything(case, tmp_path):
                                         str(tmp_path / 'm-0000.params'))
         key, error, match = '.*weight', TypeError, 'SymbolBlock'
     before = list(net.collect_params())
-    blocks = [sorted(vars(b)) for b in _internals.walk_blocks(net)]
+    blocks = [sorted(vars(b)) for b in _mx.walk_blocks(net)]
     with pytest.raises(error, match=match) as info:
         ps.apply_mask(net, ['net_dense0_bias', key], 0.0)
     assert isinstance(info.value, ps.ParamSurgeryError)
     assert list(net.collect_params()) == before
-    assert [sorted(vars(b)) for b in _internals.walk_blocks(net)] == blocks
+    assert [sorted(vars(b)) for b in _mx.walk_blocks(net)] == blocks
 
 
 # --------------------------------------------------------------------------- training
@@ -548,7 +549,7 @@ def test_mkldnn_blocked_weight_is_restored_in_place(hybrid):
     trainer.step(4)
     _run(net, x, ctxs, coef)                # a gradient pending when the mask arrives
     nd.waitall()
-    if not _deconv.mkldnn_enabled():
+    if not forward.mkldnn_enabled():
         pytest.skip('this MXNet build has no MKLDNN')
     arrays = owner.weight.list_data()
     for _ in range(5):
@@ -556,13 +557,13 @@ def test_mkldnn_blocked_weight_is_restored_in_place(hybrid):
             net(nd.array(x, ctx=ctx))       # predict mode: MKLDNN reorders the weight in place
         nd.waitall()
         # a training-mode reorder back to the default layout may still have been pending
-        if all(_layout.is_blocked_layout(a) for a in arrays):
+        if all(forward.is_blocked_layout(a) for a in arrays):
             break
-    assert any(_layout.is_blocked_layout(a) for a in arrays)
+    assert any(forward.is_blocked_layout(a) for a in arrays)
     values = [a.asnumpy() for a in arrays]
     mask = _mask_for(owner.weight)
     ps.apply_mask(net, owner.weight, mask)
-    assert not any(_layout.is_blocked_layout(a) for a in owner.weight.list_data())
+    assert not any(forward.is_blocked_layout(a) for a in owner.weight.list_data())
     assert all(a is b for a, b in zip(arrays, owner.weight.list_data()))   # same arrays
     for a, v in zip(arrays, values):
         np.testing.assert_array_equal(a.asnumpy(), v)                        # same values
@@ -576,10 +577,10 @@ def test_mkldnn_blocked_weight_is_restored_in_place(hybrid):
     assert not grad[mask == 0].any() and grad.any()
     for w in owner.weight.list_data():
         np.testing.assert_allclose(w.asnumpy(), before - 0.5 / 4 * grad, rtol=1e-4, atol=1e-5)
-        assert not _layout.is_blocked_layout(w)
+        assert not forward.is_blocked_layout(w)
     for ctx in ctxs:                        # predict mode again: the conv only sees w * mask
         net(nd.array(x, ctx=ctx))
-    assert not any(_layout.is_blocked_layout(a) for a in owner.weight.list_data())
+    assert not any(forward.is_blocked_layout(a) for a in owner.weight.list_data())
     assert ps.check_params(net) == []
 
 
@@ -804,7 +805,7 @@ def test_model_zoo_every_conv_masked_one_step_on_two_contexts(model):
     x = nd.random.uniform(shape=(4, 3, 32, 32))
     for xi in gluon.utils.split_and_load(x, ctxs):
         net(xi)                               # finish deferred init (predict mode)
-    convs = [b.weight for b in _internals.walk_blocks(net) if isinstance(b, nn.Conv2D)]
+    convs = [b.weight for b in _mx.walk_blocks(net) if isinstance(b, nn.Conv2D)]
     rng = np.random.RandomState(0)
     masks = {p.name: (rng.rand(*p.shape) > 0.5).astype('float32') for p in convs}
     assert ps.apply_mask(net, masks) == [p.name for p in convs]

@@ -263,9 +263,9 @@ def test_export_reads_the_weights_after_queued_forwards(tmp_path, monkeypatch):
     # (seen on resnet50_v1: ONNX Runtime then differed by 18% of the output; see
     # test_compact.py's test_saved_right_after_a_forward_holds_the_net_values)
     events = []
-    real_wait, real_graph = mx.nd.waitall, onnx_export._internals.onnx_graph
+    real_wait, real_graph = mx.nd.waitall, onnx_export._mx.onnx_graph
     monkeypatch.setattr(mx.nd, 'waitall', lambda: events.append('wait') or real_wait())
-    monkeypatch.setattr(onnx_export._internals, 'onnx_graph',
+    monkeypatch.setattr(onnx_export._mx, 'onnx_graph',
                         lambda *a: events.append('read') or real_graph(*a))
     net, x = conv_net([mx.cpu(0), mx.cpu(1)], True)
     net(x.as_in_context(mx.cpu(0)))

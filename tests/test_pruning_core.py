@@ -571,13 +571,16 @@ def test_count_errors_name_the_parameter_or_union():
 # ---------------------------------------------------------------------------------------------
 
 def test_core_and_schedules_import_with_mxnet_blocked():
-    # A fresh interpreter in which `import mxnet` fails: the core and the schedules must work.
+    # A fresh interpreter in which `import mxnet` fails: the core, the schedules and the
+    # budget planner must work.
     code = ("import sys; sys.modules['mxnet'] = None\n"
             "import numpy as np\n"
             "import paramsurgery as ps\n"
-            "from paramsurgery import pruning_core, schedules\n"
+            "from paramsurgery import budget, pruning_core, schedules\n"
             "keep = ps.magnitude_masks({'w': np.arange(10.0)}, 0.3)['w']\n"
             "print(int(keep.sum()), ps.prune_count(0.5, 9), ps.PolynomialDecay(0, 0.5, 0, 4)(2))\n"
+            "opts = budget.options([{'amount': 0.5, 'drop': 0.1, 'removed': 3}], [3.0], 2.0)\n"
+            "print(dict(budget.solve(['w'], [opts], 2.0, lambda ks: opts[ks[0]].gain)))\n"
             "try:\n"
             "    ps.apply_mask\n"
             "except ImportError:\n"
@@ -587,7 +590,8 @@ def test_core_and_schedules_import_with_mxnet_blocked():
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           cwd=root, env=dict(os.environ, PYTHONPATH=root))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ['7 5 (False, 0.4375)', 'gluon parts need mxnet', '[]']
+    assert done.stdout.splitlines() == ['7 5 (False, 0.4375)', "{'w': 0.5}",
+                                        'gluon parts need mxnet', '[]']
 
 
 def test_dict_amounts_give_each_weight_its_own():

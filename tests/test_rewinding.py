@@ -4,7 +4,7 @@ import pytest
 from mxnet import gluon
 
 import paramsurgery as ps
-from paramsurgery import _internals
+from paramsurgery import _mx
 
 from helpers import TRAINER_SETUPS, batch, forward_backward, make_mlp
 
@@ -49,9 +49,9 @@ def test_rewind_resets_values_and_optimizer_state(kvstore, update_on_kvstore, ct
                 expected = np.where(masks[name] != 0, expected, before)
             assert np.array_equal(arr, expected), name
     for param in ps.masks.unmasked_params(net).values():
-        idx = _internals.trainer_index(trainer, param)
-        for updater in _internals.process_updaters(trainer):
-            for state, _ in _internals.state_arrays(updater, idx, param.shape):
+        idx = _mx.trainer_index(trainer, param)
+        for updater in _mx.process_updaters(trainer):
+            for state, _ in _mx.state_arrays(updater, idx, param.shape):
                 assert not state.asnumpy().any(), param.name
     # training resumes exactly as a fresh Trainer from the captured point would: same
     # operations on the same values, so the bits are equal

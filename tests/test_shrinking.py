@@ -12,7 +12,7 @@ from mxnet.gluon import nn
 from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
-from paramsurgery import _internals
+from paramsurgery import _mx
 from paramsurgery.shrinking import RTOL
 
 from channel_nets import USER_NETS, HardCoded, batch, build
@@ -107,7 +107,7 @@ def test_user_nets_shrunk_equals_masked(kind, ctxs, hybridize):
     assert new_macs < macs and new_params < params
     assert all(len(v) < len(set(v)) + 1 for v in plan.kept.values())
     for sname, shape in plan.shapes.items():
-        assert tuple(_internals.structural_names(net)[sname].shape) == shape
+        assert tuple(_mx.structural_names(net)[sname].shape) == shape
 
 
 def test_blocks_keep_their_classes_with_counts_updated():
@@ -208,9 +208,9 @@ def test_training_continues_step_for_step(optimizer, opt_args, kvstore, update_o
 
 def trainer_state(trainer):
     """Every optimizer state of every Updater in this process, and the counters, as bytes."""
-    out = {'counters': repr(_internals.optimizer_counters(trainer.optimizer)),
+    out = {'counters': repr(_mx.optimizer_counters(trainer.optimizer)),
            'kvstore': trainer._kv_initialized}
-    for i, updater in enumerate(_internals.process_updaters(trainer)):
+    for i, updater in enumerate(_mx.process_updaters(trainer)):
         for key, state in sorted(updater.states.items()):
             arrays = state if isinstance(state, (tuple, list)) else [state]
             out['%d/%d' % (i, key)] = [(a.shape, a.asnumpy().tobytes()) for a in arrays
@@ -247,7 +247,7 @@ def test_a_failing_trainer_update_leaves_net_and_trainer_as_before(
     def fail(trainer):
         raise RuntimeError('kvstore re-initialisation failed')
 
-    monkeypatch.setattr(_internals, 'reinit_trainer_kvstore', fail)
+    monkeypatch.setattr(_mx, 'reinit_trainer_kvstore', fail)
     with pytest.raises(RuntimeError, match='re-initialisation failed'):
         ps.shrink(net, inputs=x, trainer=trainer)
     monkeypatch.undo()
@@ -519,7 +519,7 @@ def zoo_net(model, ctxs):
     net(x)
     # Dropout draws its random mask over the tensor's shape, which shrink changes: in train
     # mode the masked and the shrunk net cannot draw the same masks. Compare without it.
-    for blk in _internals.walk_blocks(net):
+    for blk in _mx.walk_blocks(net):
         if isinstance(blk, nn.Dropout):
             blk._rate = 0
     kwargs = {'scope': 'global', 'importance': 'bn_gamma'} if model == 'resnet50_v1' else {}
@@ -791,7 +791,7 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
     assert {k: len(v) for k, v in plan.kept.items()} == {
         k: n - int(np.floor(0.5 * n + 0.5)) for k, n in sizes.items()}
     assert ps.count_ops(shrunk, x)[0] < macs / 2
-    for blk in _internals.walk_blocks(shrunk):
+    for blk in _mx.walk_blocks(shrunk):
         if isinstance(blk, nn.Conv2D) and blk._kwargs['num_group'] > 1:
             groups = blk._kwargs['num_group']
             assert groups == blk._channels or (groups == 4 and blk.weight.shape[0] == 4)

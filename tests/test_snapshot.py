@@ -6,9 +6,10 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 import paramsurgery as ps
-from paramsurgery import _internals
-from paramsurgery._masked_forward import MASKS_ATTR
+from paramsurgery import _mx
 from paramsurgery._snapshot import Transaction
+from paramsurgery.masks import update_mode
+from paramsurgery.masks.forward import MASKS_ATTR
 
 from helpers import TWO, split
 
@@ -50,18 +51,18 @@ def state(net, trainer=None):
         out[name] = [(a.shape, a.asnumpy().tobytes()) for a in p.list_data()]
         if p.grad_req != 'null':
             out[name + '/grad'] = [a.asnumpy().tobytes() for a in p.list_grad()]
-            out[name + '/fresh'] = [_internals.fresh_grad(a) for a in p.list_data()]
+            out[name + '/fresh'] = [_mx.fresh_grad(a) for a in p.list_data()]
     out['masks'] = {n: ps.masks.mask_mode(net, n) for n in ps.masked(net)}
     if trainer is not None:
-        for i, u in enumerate(_internals.process_updaters(trainer)):
+        for i, u in enumerate(_mx.process_updaters(trainer)):
             out['class%d' % i] = type(u).__name__
             for key, st in sorted(u.states.items()):
                 arrays = st if isinstance(st, (tuple, list)) else [st]
                 out['state%d/%d' % (i, key)] = [a.asnumpy().tobytes() for a in arrays
                                                 if a is not None]
-        out['counters'] = repr(_internals.optimizer_counters(trainer.optimizer))
+        out['counters'] = repr(_mx.optimizer_counters(trainer.optimizer))
         out['kvstore'] = {k: v.asnumpy().tobytes()
-                          for k, v in _internals.kvstore_copies(trainer).items()}
+                          for k, v in _mx.kvstore_copies(trainer).items()}
         scheduler = trainer.optimizer.lr_scheduler
         out['lr'] = None if scheduler is None else (scheduler.base_lr, scheduler.count)
     return out
@@ -158,15 +159,15 @@ def test_changed_shapes_and_block_attributes_come_back(ctxs):
     ref = outputs(net, ctxs)
     conv = net[0]
     weight = conv.weight
-    old_data = _internals.raw_data(weight)
+    old_data = _mx.raw_data(weight)
     txn = Transaction(net, values=False)
-    _internals.set_param_arrays(weight, (2, 2, 3, 3),
+    _mx.set_param_arrays(weight, (2, 2, 3, 3),
                                 [a[0:2].copy() for a in old_data])
-    _internals.resize_block(conv, False)
+    _mx.resize_block(conv, False)
     assert conv._channels == 2 and weight.shape == (2, 2, 3, 3)
     txn.rollback()
     assert conv._channels == 4 and conv._kwargs['num_filter'] == 4
-    assert weight.shape == (4, 2, 3, 3) and _internals.raw_data(weight) is old_data
+    assert weight.shape == (4, 2, 3, 3) and _mx.raw_data(weight) is old_data
     assert outputs(net, ctxs) == ref
 
 
@@ -177,12 +178,12 @@ def test_updaters_get_their_class_back(ctxs, update_on_kvstore):
     net = small_net(ctxs, False)
     trainer = make_trainer(net, ctxs, update_on_kvstore)
     train(net, trainer, ctxs)
-    classes = [type(u) for u in _internals.process_updaters(trainer)]
+    classes = [type(u) for u in _mx.process_updaters(trainer)]
     assert classes and all(c is mx.optimizer.Updater for c in classes)
     txn = Transaction(net)
     ps.prune_magnitude(net, 'txn_conv0_weight', 0.5, mode='update')
-    assert all(type(u) is _internals.MaskingUpdater
-               for u in _internals.process_updaters(trainer))
+    assert all(type(u) is update_mode.MaskingUpdater
+               for u in _mx.process_updaters(trainer))
     txn.rollback()
-    assert [type(u) for u in _internals.process_updaters(trainer)] == classes
+    assert [type(u) for u in _mx.process_updaters(trainer)] == classes
     assert '_init_kvstore' not in trainer.__dict__

@@ -12,7 +12,7 @@ from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
 import paramsurgery as ps
-from paramsurgery import _internals
+from paramsurgery import _mx
 
 ONE = [mx.cpu(0)]
 TWO = [mx.cpu(0), mx.cpu(1)]
@@ -157,7 +157,7 @@ def assert_updated(before, after, grads, names, mom=None):
 
 
 def flags(net):
-    return {name: [_internals.fresh_grad(d) for d in p.list_data()]
+    return {name: [_mx.fresh_grad(d) for d in p.list_data()]
             for name, p in net.collect_params().items()}
 
 
@@ -478,7 +478,7 @@ def test_deferred_head_is_unused_and_cannot_be_skipped_at_the_first_step():
     assert 'never initialised' in records[0].message
     with pytest.raises(ps.StaleGradientError, match='allowed, but cannot be skipped'):
         ps.safe_step(trainer, BATCH, allow_stale=['net_dense2_', 'net_dense3_'])
-    assert _internals.trainer_kvstore(trainer)[2] is False  # the step never started
+    assert _mx.trainer_kvstore(trainer)[2] is False  # the step never started
 
 
 def test_distributed_kvstore_never_skips():
@@ -488,7 +488,7 @@ def test_distributed_kvstore_never_skips():
     with pytest.raises(ps.StaleGradientError, match="kvstore 'dist_sync' is distributed"):
         ps.safe_step(trainer, BATCH, allow_stale='net_dense2_')
     assert_bits(before, snapshot(net), before)
-    assert _internals.trainer_kvstore(trainer)[2] is False  # no kvstore was even created
+    assert _mx.trainer_kvstore(trainer)[2] is False  # no kvstore was even created
 
 
 def test_bad_allow_stale_changes_nothing():

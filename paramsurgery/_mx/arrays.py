@@ -1,0 +1,63 @@
+"""NDArrays: autograd leaves, the freshness flag ``_fresh_grad``, MKLDNN's blocked layout,
+and elementwise writes that mix dtypes (the numpy frontend's operators do, the legacy ones
+do not)."""
+
+from mxnet import ndarray as nd
+from mxnet import numpy as mx_np
+from mxnet.base import MXNetError
+
+__all__ = []
+
+
+def is_leaf(arr):
+    """True when ``arr`` is a marked autograd variable (it has a gradient buffer attached).
+
+    A computed array put into ``_data`` (``w * mask``) has none: ``backward`` never fills a
+    buffer the Trainer reads, and reading ``_fresh_grad`` on it silently returns 0.
+    """
+    return arr.grad is not None
+
+
+def fresh_grad(arr):
+    """Read the freshness flag that ``backward()`` sets, without clearing it."""
+    return bool(arr._fresh_grad)
+
+
+def set_fresh_grad(arr, value):
+    arr._fresh_grad = bool(value)
+
+
+def as_np(arr):
+    """A numpy-frontend view of ``arr`` (no copy): ``mxnet.numpy`` operators multiply
+    mixed dtypes (a float32 weight by a uint8 mask), the legacy ones do not."""
+    return arr if isinstance(arr, mx_np.ndarray) else arr.as_np_ndarray()
+
+
+def multiply_inplace(arr, factor):
+    """``arr *= factor`` for an NDArray ``factor`` of the same shape and any numeric dtype
+    (one elementwise pass, nothing allocated)."""
+    out = as_np(arr)
+    mx_np.multiply(out, as_np(factor), out=out)
+
+
+def zero_where_masked(arr, mask):
+    """``arr = where(mask != 0, arr, 0)``: exactly 0 under the mask even where ``arr`` holds
+    NaN or inf (which a multiplication by 0 would keep)."""
+    kept = mx_np.where(as_np(mask), as_np(arr), 0)
+    out = as_np(arr)
+    out[:] = kept.astype(out.dtype, copy=False)
+
+
+def is_blocked_layout(arr):
+    """True when ``arr`` holds its values in an MKLDNN blocked layout.
+
+    A Convolution run in predict mode reorders its weight into such a layout in place.
+    There is no Python accessor for the layout; exporting a DLPack view is refused for
+    exactly these arrays ("We can't generate TBlob for MKLDNN data"), which tells them apart
+    without copying anything.
+    """
+    try:
+        nd.to_dlpack_for_read(arr)
+    except MXNetError as err:
+        return 'MKLDNN' in str(err) or 'DNNL' in str(err)
+    return False
