@@ -14,6 +14,7 @@ The layers, each importing only from the ones above it (and, within a line, ``a 
     errors -> _checks, _files        exceptions; argument checks, atomic files (no MXNet)
     pruning_core, schedules          exact masks from numpy arrays, schedules (no MXNet)
     select                           keys, and the mask-name rule
+    _host                            numpy views of CPU NDArrays' memory
     _internals                       every private MXNet attribute, and nothing else
     access, distributed              context-safe access; Trainer and kvstore checks
     _snapshot                        one transaction over a net and its Trainers
