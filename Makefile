@@ -38,9 +38,10 @@ lint: $(VENV)/.installed-test
 demo: $(VENV)/.installed-demo
 	$(BIN)/python -m paramsurgery demo
 
-# Every benchmark, twice back to back, then one table of every ratio with its target.
+# Every benchmark, twice back to back, then one table of every ratio with its target
+# (one OpenMP thread unless OMP_NUM_THREADS says otherwise, as docs/ figures were measured).
 bench: $(VENV)/.installed-test
-	$(BIN)/python bench/run.py
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

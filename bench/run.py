@@ -5,7 +5,9 @@ Each script in ``SCRIPTS`` prints its own figures and, for each job it measures,
 without one). The whole set runs ``--runs`` times back to back (two by default: a ratio counts
 as at target when both consecutive runs are), and the table has one column per run.
 
-Run: ``PYTHONPATH=. python bench/run.py [--runs 2] [--only assign,global_prune]``
+Run: ``PYTHONPATH=. python bench/run.py [--runs 2] [--only assign,global_prune]`` (``make bench``
+runs it with ``OMP_NUM_THREADS=1`` unless set: the figures in docs/ were measured so, on a
+2-core machine shared with other jobs, where more threads than cores make every ratio noisy)
 """
 import argparse
 import os
@@ -67,7 +69,8 @@ def machine():
     except (OSError, StopIteration):
         model = platform.processor() or 'unknown CPU'
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-    return '%s, %d cores, load average %.2f' % (model, os.cpu_count() or 0, load)
+    return '%s, %d cores, load average %.2f, OMP_NUM_THREADS=%s' % (
+        model, os.cpu_count() or 0, load, os.environ.get('OMP_NUM_THREADS', 'unset'))
 
 
 def main():

@@ -11,6 +11,8 @@ from mxnet import optimizer as mx_optimizer
 
 import paramsurgery as ps
 from paramsurgery import _mx
+from paramsurgery._mx import arrays as mx_arrays
+from paramsurgery._mx import host as _host
 from paramsurgery.masks import update_mode
 
 from helpers import (
@@ -705,3 +707,106 @@ def test_masks_never_reach_a_kvstore(monkeypatch, mode, kvstore, update_on_kvsto
     assert sorted(names[k] for k in handed) == sorted(inits * trainable)
     if mode == 'update':
         assert_masked_zero(net, masks, trainer)
+
+
+# --------------------------------------------------------------------------- the fast mask pass
+
+def _mxnet_multiplies(monkeypatch):
+    """Record every call of MXNet's numpy-frontend multiply (the mixed-dtype one)."""
+    calls = []
+    original = mx.np.multiply
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(mx_arrays.mx_np, 'multiply', spy)
+    return calls
+
+
+@pytest.mark.parametrize('kvstore,update_on_kvstore,ctxs', TRAINER_SETUPS)
+def test_update_mode_step_masks_gradients_in_numpy_exactly(monkeypatch, kvstore,
+                                                          update_on_kvstore, ctxs, hybridize):
+    """The Trainer's masking of each gradient by a uint8 mask runs in numpy on views of the
+    arrays, and trains exactly (bit for bit: weights, gradients, momentum) as MXNet's
+    multiply does."""
+    nets = pair(ctxs, hybridize)
+    masks = masks_for(nets[0])
+    trainers = []
+    for net in nets:
+        ps.apply_mask(net, masks, mode='update')
+        trainers.append(trainer_for(net, 'sgd', {'learning_rate': 0.05, 'momentum': 0.9},
+                                    kvstore, update_on_kvstore))
+    calls = _mxnet_multiplies(monkeypatch)
+    for step in range(3):
+        x = batch(8, seed=step)
+        # nets[1] with no host view: MXNet's own multiply, the reference
+        forward_backward(nets[0], x, ctxs)
+        trainers[0].step(8)
+        assert calls == []
+        with monkeypatch.context() as m:
+            m.setattr(_host, 'write_view', lambda arr: None)
+            forward_backward(nets[1], x, ctxs)
+            trainers[1].step(8)
+        assert len(calls) >= len(WEIGHTS)
+        del calls[:]
+        assert_same_bits(snapshot(nets[1]), snapshot(nets[0]))
+        for name in WEIGHTS:
+            grads = [[g.asnumpy() for g in net.collect_params()[name].list_grad()]
+                     for net in nets]
+            for ours, theirs in zip(*grads):
+                assert ours.tobytes() == theirs.tobytes(), name
+            states = [[s.asnumpy() for u in _mx.process_updaters(t)
+                       for s, _ in _mx.state_arrays(
+                           u, _mx.trainer_index(t, net.collect_params()[name]),
+                           masks[name].shape)]
+                      for net, t in zip(nets, trainers)]
+            assert len(states[0]) == len(states[1]) > 0
+            for ours, theirs in zip(*states):
+                assert ours.tobytes() == theirs.tobytes(), name
+    for net, trainer in zip(nets, trainers):
+        assert_masked_zero(net, masks, trainer)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float16', 'float64', 'int32', 'uint8'])
+@pytest.mark.parametrize('factor_dtype', ['uint8', 'bool'])
+@pytest.mark.parametrize('ctx', TWO, ids=str)
+def test_multiply_inplace_by_a_byte_factor_matches_mxnet(monkeypatch, dtype, factor_dtype, ctx):
+    """multiply_inplace by a one-byte factor, on each context, gives MXNet's result bit for
+    bit (NaN and inf kept where the factor is 1, NaN where inf meets 0), without MXNet's
+    multiply."""
+    rng = np.random.RandomState(0)
+    values = (rng.uniform(-100, 100, (6, 7)) if dtype.startswith('float')
+              else rng.randint(0, 100, (6, 7))).astype(dtype)
+    if dtype.startswith('float'):
+        values[0, :3] = [np.nan, np.inf, -np.inf]
+    factor = (rng.rand(6, 7) > 0.5).astype(factor_dtype)
+    factor[0, :3] = [1, 0, 1]
+    arr = mx.nd.array(values, ctx=ctx, dtype=dtype)
+    expected = mx.np.multiply(mx.nd.array(values, ctx=ctx, dtype=dtype).as_np_ndarray(),
+                              mx.np.array(factor, ctx=ctx, dtype=factor_dtype)).asnumpy()
+    calls = _mxnet_multiplies(monkeypatch)
+    pending = arr * 1          # queued work on arr: the view must wait for it
+    arr += 0
+    _mx.multiply_inplace(arr, mx.nd.array(factor, ctx=ctx, dtype=factor_dtype))
+    assert calls == []
+    assert arr.dtype == np.dtype(dtype)
+    assert arr.asnumpy().tobytes() == expected.astype(dtype).tobytes()
+    assert pending.asnumpy().tobytes() == values.tobytes()
+
+
+def test_multiply_inplace_on_a_blocked_layout_uses_mxnet(monkeypatch):
+    """A weight left in MKLDNN's blocked layout has no numpy view: MXNet multiplies it, with
+    the same result."""
+    net = gluon.nn.Conv2D(8, 3, in_channels=4)
+    net.initialize(mx.init.Uniform(1.0))
+    net(mx.nd.ones((1, 4, 8, 8)))          # predict mode: may reorder the weight
+    weight = net.weight.data()
+    if not _mx.is_blocked_layout(weight):
+        pytest.skip('this MXNet build left the conv weight in the default layout')
+    mask = (np.random.RandomState(1).rand(*weight.shape) > 0.5).astype('uint8')
+    expected = weight.asnumpy() * mask
+    calls = _mxnet_multiplies(monkeypatch)
+    with autograd.pause():
+        _mx.multiply_inplace(weight, mx.nd.array(mask, dtype='uint8'))
+    assert len(calls) == 1
+    np.testing.assert_array_equal(net.weight.data().asnumpy(), expected)

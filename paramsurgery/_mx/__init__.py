@@ -6,6 +6,7 @@ version (2.0 renamed ``_ctx_list``/``_ctx_map`` to ``_device_list``/``_device_ma
 this package only. What the attributes mean is explained in ``docs/internals.md``. The
 modules, each importing only from the ones above it (``tests/test_layers.py`` checks this)::
 
+    host                                numpy views of CPU NDArrays' memory
     arrays, blocks, objects, runtime    NDArrays; Blocks; whole-object state; ONNX, threads
     params                              Parameters, ParameterDicts, paramsurgery's marks
     trainer                             Trainers, kvstores, Updaters, Optimizers
@@ -29,7 +30,8 @@ The complete inventory of the private names used here:
   ``_contains_sparse_weight``, ``_contains_sparse_grad``, ``_init_kvstore``,
   ``_init_params``, ``_reset_kvstore``.
 - KVStore: ``_updater``, ``_set_updater``.
-- ``mxnet.base._LIB.MXSetNumOMPThreads`` (the C call that fixes the OpenMP thread count);
+- ``mxnet.base._LIB.MXSetNumOMPThreads`` (the C call that fixes the OpenMP thread count),
+  ``MXNDArrayGetData`` (the address of a CPU array's memory, ``host.py``);
   ``mxnet.onnx.mx2onnx._export_onnx.MXNetGraph`` (the ONNX converter).
 - Optimizer: ``_all_index_update_counts`` (and its alias ``_index_update_count``).
 - Updater (``mxnet.optimizer``): ``states``, ``optimizer`` (public attributes, no

@@ -2,9 +2,12 @@
 and elementwise writes that mix dtypes (the numpy frontend's operators do, the legacy ones
 do not)."""
 
+import numpy as np
 from mxnet import ndarray as nd
 from mxnet import numpy as mx_np
 from mxnet.base import MXNetError
+
+from . import host
 
 __all__ = []
 
@@ -35,7 +38,23 @@ def as_np(arr):
 
 def multiply_inplace(arr, factor):
     """``arr *= factor`` for an NDArray ``factor`` of the same shape and any numeric dtype
-    (one elementwise pass, nothing allocated)."""
+    (one elementwise pass, nothing allocated).
+
+    A one-byte factor (an update-mode mask: uint8, or bool) on a CPU is applied by numpy on
+    views of both arrays: every training step masks each gradient so, and MXNet's
+    mixed-dtype multiply is the slow part of it (over resnet18_v1's 11.2M weights, one
+    thread: 27 ms against 3.3 ms for numpy). Both round the product once to ``arr``'s dtype
+    (a 0/1 mask: exactly), so the result is the same.
+    """
+    dtype = np.dtype(factor.dtype)
+    if dtype.itemsize == 1 and dtype.kind in 'bu' and tuple(factor.shape) == tuple(arr.shape):
+        host_factor = host.read_view(factor)
+        view = host.write_view(arr) if host_factor is not None else None
+        if view is not None:
+            # inf * 0 is NaN as in MXNet, which does not warn about it either
+            with np.errstate(invalid='ignore'):
+                np.multiply(view, host_factor, out=view)
+            return
     out = as_np(arr)
     mx_np.multiply(out, as_np(factor), out=out)
 
