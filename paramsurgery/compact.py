@@ -173,12 +173,12 @@ def wait_for_forwards():
     mx.nd.waitall()
 
 
-def _first_copy(param):
-    """The value on the first context."""
-    return _first_copy_check(param).asnumpy()
+def _first_copy(arr):
+    """``arr`` (a parameter's NDArray on its first context) on the host."""
+    return arr.asnumpy()
 
 
-def _first_copy_check(param):
+def _first_array(param):
     """The NDArray on the first context (data_on names a parameter not initialised)."""
     ctxs = _mx.context_list(param)
     return data_on(param, ctxs[0] if ctxs else None)
@@ -248,16 +248,15 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
     mask_pairs = [(keys[id(params[name])], params[name], params[name + MASK_SUFFIX])
                   for name in masked(net) if id(params[name]) in keys]
     # (a mask whose weight is not in keys is not reachable through save_parameters' names)
-    for param, _ in names.values():
-        _first_copy_check(param)
-    for _, weight, mask in mask_pairs:
-        _first_copy_check(mask)
+    # every check before anything is read (and before the encoding threads start)
+    arrays = [(sorted(k), _first_array(p)) for p, k in names.values()]
+    saved_masks = [(key, _first_array(mask), mode_of(weight, mask))
+                   for key, weight, mask in mask_pairs]
     wait_for_forwards()
     with autograd.pause():
         # generators: each first copy is read while the previous arrays are encoded
-        write_compact(path, ((sorted(k), _first_copy(p)) for p, k in names.values()),
-                      ((key, _first_copy(mask), mode_of(weight, mask))
-                       for key, weight, mask in mask_pairs))
+        write_compact(path, ((k, _first_copy(arr)) for k, arr in arrays),
+                      ((key, _first_copy(arr), mode) for key, arr, mode in saved_masks))
     return sorted(k for _, names_of in names.values() for k in names_of)
 
 
