@@ -20,7 +20,7 @@ The layers, each importing only from the ones above it (and, within a line, ``a 
     _values -> surgery               the value plan; assign_params, set_params
     _deconv, _layout -> _masked_forward -> masks    masks in the forward graph
     pruning, stale, samplers         pruning a net, the stale-gradient doctor, samplers
-    channels -> shrinking, _exported    channel groups and pruning; structural shrink
+    channels -> shrinking            channel groups, pruning and shrink (a subpackage); the old path
     report -> analysis               sparsity reports; sensitivity analysis and budgets
     compact -> onnx_export           compact files; ONNX export checked in ONNX Runtime
     rewinding, dynamic               capture and rewind (lottery tickets); RigL and SET
@@ -54,8 +54,7 @@ _EXPORTS = {
     'schedules': ['ConstantSparsity', 'PolynomialDecay'],
     'report': ['SparsityReport', 'sparsity_report', 'arrays_report'],
     'channels': ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'count_ops',
-                 'prune_channels', 'register_shrink_rule'],
-    'shrinking': ['shrink', 'ShrinkPlan', 'apply_plan'],
+                 'prune_channels', 'register_shrink_rule', 'shrink', 'ShrinkPlan', 'apply_plan'],
     'analysis': ['sensitivity', 'SensitivityReport'],
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
     'distributed': ['check_trainer', 'init_kvstore'],

@@ -13,7 +13,7 @@ from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
 from paramsurgery import _internals
-from paramsurgery.shrinking import RTOL
+from paramsurgery.channels.check import RTOL
 
 from channel_nets import USER_NETS, HardCoded, batch, build
 from helpers import ONE, TWO, assert_same_bits, snapshot, split
@@ -264,12 +264,12 @@ def test_a_failing_trainer_update_leaves_net_and_trainer_as_before(
 
 
 def test_optimizer_states_and_fp32_master_copies_are_sliced():
-    from paramsurgery.shrinking import _slice_state
+    from paramsurgery.channels.shrink import slice_state
     weight = np.arange(24, dtype=np.float32).reshape(4, 6)
     keeps = {0: np.array([True, False, True, True]), 1: np.array([True] * 5 + [False])}
     state = (mx.nd.array(weight), mx.nd.array(weight, dtype='float32'), None,
              mx.nd.ones((1,)))
-    out = _slice_state(state, (4, 6), keeps, {})
+    out = slice_state(state, (4, 6), keeps, {})
     assert out[0].shape == (3, 5) and out[1].dtype == np.float32
     assert out[1].asnumpy().tolist() == weight[[0, 2, 3]][:, :5].tolist()
     assert out[2] is None and out[3] is state[3]
@@ -410,7 +410,7 @@ def test_hard_coded_channel_count_raises_and_changes_nothing(ctxs, hybridize):
 
 def test_output_that_differs_names_the_first_layer_and_restores(monkeypatch, ctxs):
     import sys
-    shrink_module = sys.modules['paramsurgery.shrinking']   # (ps.shrink is the function)
+    shrink_module = sys.modules['paramsurgery.channels.shrink']   # (ps.shrink is the function)
     net = build('chain', ctxs)
     x = batch()
     ps.prune_channels(net, 0.5, inputs=x)
