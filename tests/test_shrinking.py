@@ -398,8 +398,10 @@ def test_hard_coded_channel_count_raises_and_changes_nothing(ctxs, hybridize):
     ref = outputs(net, x, ctxs)
     kwargs = dict(net.bn._kwargs)
     with pytest.raises(ps.ShrinkError, match=r"layer 'hardcoded' \(HardCoded, operator node "
-                                             r"'hardcoded_conv'\).*Nothing was changed"):
+                                             r"'hardcoded_conv'\).*Nothing was changed") as info:
         ps.shrink(net, inputs=x, trainer=trainer)
+    # the fix for a net that fails to run, not for one that computes otherwise
+    assert 'Make the layer take its channel counts from its attributes' in str(info.value)
     assert_same_bits(before, snapshot(net))
     assert net.weight.shape == (8, 3, 3, 3) and net.bn.in_channels == 8
     assert net.bn._kwargs == kwargs and net.out._in_units == 8
@@ -424,8 +426,9 @@ def test_output_that_differs_names_the_first_layer_and_restores(monkeypatch, ctx
 
     monkeypatch.setattr(shrink_module, '_take', corrupt)
     with pytest.raises(ps.ShrinkError, match=r"computes something else .* the first layer "
-                                             r"that differs is layer 'chain_conv1'"):
+                                             r"that differs is layer 'chain_conv1'") as info:
         ps.shrink(net, inputs=x)
+    assert "does not see; leave its channels unmasked" in str(info.value)   # that kind's fix
     assert_same_bits(before, snapshot(net))
     assert net.body[1]._channels == 6
     assert_close(ref, outputs(net, x, ctxs), FLOAT32)
@@ -955,8 +958,9 @@ def test_a_failing_shrink_rule_changes_nothing(ctxs, tmp_path):
         state = trainer_state(trainer)
         with pytest.raises(ps.ShrinkError, match="The shrink rule broken registered for "
                            "MultiHeadAttentionCell raised ValueError on block 'enc_attention': "
-                           "no heads here"):
+                           "no heads here") as info:
             ps.shrink(net, inputs=x, trainer=trainer)
+        assert 'Nothing was changed. Fix the rule (see docs/shrink.md' in str(info.value)
         assert_same_bits(before, snapshot(net))
         assert net.attention_cell._num_heads == 4
         assert trainer_state(trainer) == state
