@@ -32,7 +32,8 @@ from mxnet.gluon.model_zoo import vision
 import paramsurgery as ps
 from paramsurgery import latency
 from paramsurgery.analysis import DEFAULT_AMOUNTS
-from paramsurgery.channels import _build, _selected_groups
+from paramsurgery.channels.prune import selected_groups
+from paramsurgery.channels.trace import build
 from paramsurgery.cli import _distance_report
 
 TARGET_BUILD = 60.0
@@ -65,7 +66,7 @@ def bench(name, batch, runtime, repeats, threads):
                                    1e3 * model.dense), flush=True)
     ratio_line('%s-model-build-s' % tag, built,
                '<=%g' % TARGET_BUILD if (name, batch) == ('resnet50_v1', 1) else '-')
-    groups = _selected_groups(net, _build(net, [shape]), None)
+    groups = selected_groups(net, build(net, [shape]), None)
     dense = latency._variant_of(net, [shape])
     exact = latency._uniform(groups, 0.5, 1)
     kept = {'round1': exact, 'round8': latency._uniform(groups, 0.5, 8),

@@ -30,8 +30,8 @@ MODULES = [
     ('samplers', 'complementary samplers for DataLoader'),
     ('distributed', 'the parameter-server kvstore: check_trainer, init_kvstore'),
     ('latency', 'latency on the runtime that serves the net: measure_latency, latency_model'),
-    ('channels', 'channel groups, channel pruning and count_ops'),
-    ('shrinking', 'structural shrink: shrink, ShrinkPlan, apply_plan'),
+    ('channels', 'channel groups, channel pruning, count_ops and structural shrink: shrink, '
+                 'ShrinkPlan, apply_plan'),
     ('onnx_export', 'ONNX export checked in ONNX Runtime: export_onnx'),
     ('compact', 'compact parameter files: save_compact, load_compact'),
     ('errors', 'the exceptions and warnings'),

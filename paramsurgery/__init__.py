@@ -16,13 +16,13 @@ its modules; ``tests/test_layers.py`` checks this against the real imports::
     errors -> _checks, _files -> _plot    exceptions; argument checks, atomic files; figures
     pruning_core, schedules, budget  exact masks from numpy, schedules, budget plans (no MXNet)
     select                           keys, and the mask-name rule
-    _mx -> _internals                every private MXNet attribute, nothing else (subpackage)
+    _mx                              every private MXNet attribute, nothing else (subpackage)
     access, distributed              context-safe access; Trainer and kvstore checks
     _snapshot                        one transaction over a net and its Trainers
     _values -> surgery               the value plan; assign_params, set_params
-    masks -> _deconv                 masks in the graph or the stored weights (subpackage)
+    masks                            masks in the graph or the stored weights (subpackage)
     pruning, _usage -> stale, samplers    pruning a net; the stale-gradient doctor; samplers
-    channels -> shrinking, _exported    channel groups and pruning; structural shrink
+    channels -> shrinking            channel groups, pruning and shrink (a subpackage); the old path
     report -> _sensitivity -> analysis    sparsity reports; sensitivity reports and trials
     compact -> onnx_export           compact files; ONNX export checked in ONNX Runtime
     rewinding, dynamic               capture and rewind (lottery tickets); RigL and SET
@@ -56,8 +56,7 @@ _EXPORTS = {
     'schedules': ['ConstantSparsity', 'PolynomialDecay'],
     'report': ['SparsityReport', 'sparsity_report', 'arrays_report'],
     'channels': ['trace_channels', 'ChannelGraph', 'ChannelGroup', 'count_ops',
-                 'prune_channels', 'register_shrink_rule'],
-    'shrinking': ['shrink', 'ShrinkPlan', 'apply_plan'],
+                 'prune_channels', 'register_shrink_rule', 'shrink', 'ShrinkPlan', 'apply_plan'],
     'analysis': ['sensitivity', 'SensitivityReport'],
     'samplers': ['SubsetRandomSampler', 'complementary_split', 'kfold'],
     'distributed': ['check_trainer', 'init_kvstore'],

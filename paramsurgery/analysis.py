@@ -143,31 +143,24 @@ class _ChannelUnits:
     exactly as :func:`prune_channels` chooses them."""
 
     def __init__(self, net, inputs, key, importance, round_to, latency=None):
-        from .channels import (
-            _IMPORTANCES,
-            _build,
-            _check_owners,
-            _FastCounts,
-            _finish_deferred,
-            _input_shapes,
-            _op_counts,
-            _require_hybrid,
-            _rounding,
-            _selected_groups,
-        )
-        _require_hybrid(net, 'sensitivity')
-        self.round_to = _rounding(round_to, latency)
-        if not callable(importance) and importance not in _IMPORTANCES:
+        from .channels.importance import IMPORTANCES
+        from .channels.inputs import finish_deferred, input_shapes, require_hybrid
+        from .channels.ops import op_counts
+        from .channels.prune import FastCounts, rounding, selected_groups
+        from .channels.trace import build, check_owners
+        require_hybrid(net, 'sensitivity')
+        self.round_to = rounding(round_to, latency)
+        if not callable(importance) and importance not in IMPORTANCES:
             raise SurgeryValueError(
                 "importance must be one of %s or a callable f(group) -> scores, got %r."
-                % (', '.join(repr(i) for i in _IMPORTANCES), importance))
-        shapes = _input_shapes(inputs)
-        graph = _build(net, shapes)
-        _check_owners(net, graph)
-        groups = _selected_groups(net, graph, key)
+                % (', '.join(repr(i) for i in IMPORTANCES), importance))
+        shapes = input_shapes(inputs)
+        graph = build(net, shapes)
+        check_owners(net, graph)
+        groups = selected_groups(net, graph, key)
         if self.round_to == 'fast':
-            self.round_to = _FastCounts(latency, groups)
-        _finish_deferred(net, inputs, shapes)
+            self.round_to = FastCounts(latency, groups)
+        finish_deferred(net, inputs, shapes)
         self.net = net
         self.importance = importance
         self.groups = OrderedDict((g.name, g) for g in groups)
@@ -179,7 +172,7 @@ class _ChannelUnits:
             self.weights = {n: _mx.raw_data(self.params[n])[0].asnumpy() for n in names}
         mine = [n for n in names if n in have]
         self.masks = {n: m.asnumpy() for n, m in get_mask(net, mine).items()} if mine else {}
-        macs, learnable = _op_counts(graph._trace)
+        macs, learnable = op_counts(graph._trace)
         covers = OrderedDict()
         for group in groups:
             for member in group.members:
@@ -198,7 +191,8 @@ class _ChannelUnits:
         return [m[0] for m in self.groups[name].maskable]
 
     def prune(self, name, amount):
-        from .channels import _channel_rows, choose_channels
+        from .channels.importance import channel_rows
+        from .channels.prune import choose_channels
         group = self.groups[name]
         chosen = choose_channels(self.net, [group], self.weights, self.masks, amount,
                                  self.importance, 'layer', self.round_to)[0]
@@ -209,7 +203,7 @@ class _ChannelUnits:
             param = self.params[member[0]]
             if member[0] not in plan:
                 plan[member[0]] = np.ones(param.shape, dtype=np.dtype(param.dtype))
-            np.moveaxis(plan[member[0]], member[1], 0)[_channel_rows(member, chosen)] = 0
+            np.moveaxis(plan[member[0]], member[1], 0)[channel_rows(member, chosen)] = 0
         if plan:
             apply_mask(self.net, plan, combine='multiply', mode='graph')
         removed = len(chosen)

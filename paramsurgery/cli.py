@@ -153,14 +153,14 @@ def _check_inputs(symbol, given):
     ``data`` or ``data0``, ``data1``, ...), said as such rather than as an unreadable model."""
     import mxnet as mx
 
-    from .channels import _input_names
+    from .channels.inputs import input_names
     try:
         inputs = mx.sym.load(symbol).list_inputs()
     except mx.base.MXNetError:
         return   # a damaged file: the loader reports it with the parameter file
     data = [n for n in inputs if re.fullmatch(r'data\d*', n)]
     count = len(given) if given else 1
-    if data and sorted(data) != sorted(_input_names(count)):
+    if data and sorted(data) != sorted(input_names(count)):
         raise UsageError(
             '%s has %d data input%s (%s): give one --input-shape per input, got %s'
             % (symbol, len(data), 's' if len(data) > 1 else '', ', '.join(data),
@@ -168,7 +168,7 @@ def _check_inputs(symbol, given):
 
 
 def _shrink(args) -> int:
-    from . import _exported
+    from .channels import exported
     _check_count(args, 'channels', 'in all' if args.scope == 'global' else 'per group')
     symbol = check_path('SYMBOL', args.symbol)
     params = check_path('PARAMS', args.params)
@@ -194,7 +194,7 @@ def _shrink(args) -> int:
         amount, model, predicted = _latency_plan(args, symbol, params, shapes)
     else:
         amount = args.amount
-    result = _exported.shrink_exported(symbol, params, shapes, amount,
+    result = exported.shrink_exported(symbol, params, shapes, amount,
                                        importance=args.importance, scope=args.scope,
                                        round_to=args.round_to)
     import mxnet as mx
@@ -226,9 +226,9 @@ def _shrink(args) -> int:
 
 
 def _exported_net(symbol, params, shapes):
-    from .channels import _input_names
+    from .channels.inputs import input_names
     from .masks import load_exported
-    return load_exported(symbol, _input_names(len(shapes)), params)
+    return load_exported(symbol, input_names(len(shapes)), params)
 
 
 def _latency(args) -> int:
@@ -262,7 +262,8 @@ def _distance_report(net, shapes, model, amounts, importance):
     from mxnet import autograd
 
     from .analysis import SensitivityReport
-    from .channels import choose_channels, trace_channels
+    from .channels import trace_channels
+    from .channels.prune import choose_channels
     from .pruning_core import prune_count
     # an export's groups are 'not prunable' for masks (its graph is fixed) but shrink_exported
     # removes them from the files: the model's groups are the ones to analyse

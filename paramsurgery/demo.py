@@ -40,7 +40,7 @@ from ._checks import check_flag, is_int, is_real
 from ._files import atomic_write, check_path
 from ._plot import pyplot
 from .analysis import sensitivity
-from .channels import count_ops, prune_channels
+from .channels import count_ops, prune_channels, shrink
 from .compact import load_compact, save_compact
 from .errors import MissingDependencyError, SurgeryTypeError, SurgeryValueError, install_hint
 from .masks import masked, remove_mask
@@ -50,7 +50,6 @@ from .report import sparsity_report
 from .samplers import complementary_split
 from .schedules import PolynomialDecay
 from .select import select
-from .shrinking import shrink
 from .stale import safe_step
 from .surgery import set_params
 

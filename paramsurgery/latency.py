@@ -25,18 +25,12 @@ from mxnet import autograd, gluon
 
 from . import _mx
 from ._checks import is_int, is_real
-from ._exported import _deletions, _rewrite
 from ._files import check_path, reading, write_bytes
 from ._plot import pyplot, save_figure
-from .channels import (
-    _build,
-    _finish_deferred,
-    _flat_outputs,
-    _input_shapes,
-    _require_hybrid,
-    _selected_groups,
-    _Trace,
-)
+from .channels.exported import deletions, rewrite
+from .channels.inputs import finish_deferred, flat_outputs, input_shapes, require_hybrid
+from .channels.prune import selected_groups
+from .channels.trace import Trace, build
 from .errors import (
     FileFormatError,
     MissingDependencyError,
@@ -79,7 +73,7 @@ class _Variant(NamedTuple):
 
 
 def _variant_of(net, shapes) -> _Variant:
-    trace = _Trace(net, shapes)
+    trace = Trace(net, shapes)
     params = net.collect_params()
     symbol = trace.symbol
     names = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
@@ -143,7 +137,7 @@ def _mxnet_runner(variant, folder, threads, fuse=False):
     def run():
         with autograd.predict_mode():
             out = block(*xs)
-        for o in _flat_outputs(out):
+        for o in flat_outputs(out):
             o.wait_to_read()
     return run
 
@@ -406,13 +400,13 @@ def measure_latency(net, *, inputs, runtime: str = 'mxnet', repeats: int = 20,
     >>> lat.runtime, lat.shapes, lat.threads, lat.p10 <= lat.median <= lat.p90
     ('mxnet', ((1, 3, 16, 16),), 1, True)
     """
-    _require_hybrid(net, 'measure_latency')
+    require_hybrid(net, 'measure_latency')
     _check_runtime(runtime)
     repeats = _check_count('repeats', repeats, 1)
     warmup = _check_count('warmup', warmup, 0)
     threads = _threads(threads)
-    shapes = _input_shapes(inputs)
-    _finish_deferred(net, inputs, shapes)
+    shapes = input_shapes(inputs)
+    finish_deferred(net, inputs, shapes)
     variant = _variant_of(net, shapes)
     seconds = time_variants(runtime, [variant], repeats, warmup, threads)[0]
     return _summary(seconds, runtime, shapes, threads, repeats)
@@ -533,12 +527,12 @@ def _shrunk_variant(variant, groups, kept):
               for g in groups]
     masks = {n[:-len(MASK_SUFFIX)]: None for n in variant.arrays if n.endswith(MASK_SUFFIX)}
     arrays = dict(variant.arrays)
-    for name, axes in _deletions(groups, chosen, masks).items():
+    for name, axes in deletions(groups, chosen, masks).items():
         if name not in arrays:
             continue
         for axis, rows in axes.items():
             arrays[name] = np.delete(arrays[name], rows, axis=axis)
-    symbol_json = _rewrite(variant.symbol_json, {n: a.shape for n, a in arrays.items()})
+    symbol_json = rewrite(variant.symbol_json, {n: a.shape for n, a in arrays.items()})
     return _Variant(symbol_json, variant.input_names, variant.shapes, arrays)
 
 
@@ -955,15 +949,15 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
     >>> sorted(model.table['n_conv0_weight'])
     [2, 3, 5, 6, 8, 10, 11, 13, 14, 16]
     """
-    _require_hybrid(net, 'latency_model')
+    require_hybrid(net, 'latency_model')
     _check_runtime(runtime)
     repeats = _check_count('repeats', repeats, 1)
     threads = _threads(threads)
-    shapes = _input_shapes(inputs)
-    graph = _build(net, shapes)
-    groups = _selected_groups(net, graph, key)
+    shapes = input_shapes(inputs)
+    graph = build(net, shapes)
+    groups = selected_groups(net, graph, key)
     grid = _check_counts(counts, groups)
-    _finish_deferred(net, inputs, shapes)
+    finish_deferred(net, inputs, shapes)
     variant = _variant_of(net, shapes)
     trace = graph._trace
     sizes = OrderedDict((g.name, g.size) for g in groups)

@@ -20,7 +20,15 @@ from . import _mx
 from ._checks import check_flag
 from ._files import check_path, write_bytes
 from .access import data_on
-from .channels import _batches, _finish_deferred, _flat_outputs, _input_shapes, _Trace
+from .channels.check import layer_of
+from .channels.inputs import (
+    finish_deferred,
+    flat_outputs,
+    input_batches,
+    input_shapes,
+    net_contexts,
+)
+from .channels.trace import Trace
 from .compact import wait_for_forwards
 from .errors import (
     ExportError,
@@ -30,7 +38,6 @@ from .errors import (
     install_hint,
 )
 from .select import MASK_SUFFIX, all_params
-from .shrinking import _contexts, _layer_of
 
 __all__ = ['export_onnx', 'OnnxExport']
 
@@ -102,7 +109,7 @@ def _first_unconvertible(net, trace, supported, opset):
                 "MXNet's ONNX exporter has no converter for operator '%s' (%s) at opset %d, so "
                 "%s '%s' cannot be exported. Nothing was written. Replace that layer with "
                 "operators the exporter converts (the list: %s), or export a net without it."
-                % (node['op'], _layer_of(net, node['name']), opset, type(net).__name__,
+                % (node['op'], layer_of(net, node['name']), opset, type(net).__name__,
                    net.name, _SUPPORT))
     return None
 
@@ -236,7 +243,7 @@ def export_onnx(net, path, *, inputs, opset: Optional[int] = None,
             'export_onnx needs a gluon.HybridBlock (it traces the net symbolically), got %s. '
             'Make every block a HybridBlock with a hybrid_forward.' % type(net).__name__)
     path = check_path('path', path, write=True)
-    shapes = _input_shapes(inputs)
+    shapes = input_shapes(inputs)
     check = check_flag('check', check)
     onnx = _require('onnx', 'export_onnx')
     from onnx import helper, numpy_helper
@@ -245,8 +252,8 @@ def export_onnx(net, path, *, inputs, opset: Optional[int] = None,
     ort = _require('onnxruntime', 'export_onnx(check=True)') if check else None
     _require('mxnet.onnx', 'export_onnx')
 
-    _finish_deferred(net, inputs, shapes)
-    trace = _Trace(net, shapes)
+    finish_deferred(net, inputs, shapes)
+    trace = Trace(net, shapes)
     supported = set(mx.onnx.get_operator_support(opset))
     unconvertible = _first_unconvertible(net, trace, supported, opset)
     if unconvertible is not None:
@@ -254,12 +261,12 @@ def export_onnx(net, path, *, inputs, opset: Optional[int] = None,
 
     symbol = trace.symbol
     params = all_params(net)
-    ctx = _contexts(net)[0]
+    ctx = net_contexts(net)[0]
     wanted = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
     wait_for_forwards()  # a queued forward would reorder the weights while they are copied
     with autograd.pause():
         arrays = {name: data_on(param, ctx) for name, param in params.items() if name in wanted}
-    batches = _batches(inputs, shapes)
+    batches = input_batches(inputs, shapes)
     # The exporter pairs the shapes with the data inputs in the symbol's order, which is the
     # order the graph first reads them, not the order of the net's arguments.
     order = [name for name in symbol.list_inputs() if name not in arrays]
@@ -295,7 +302,7 @@ def export_onnx(net, path, *, inputs, opset: Optional[int] = None,
                 "See %s." % (type(net).__name__, net.name, type(err).__name__,
                              str(err).splitlines()[0] if str(err) else '', _SUPPORT)) from None
         with autograd.predict_mode():
-            expected = _flat_outputs(net(*[b.as_in_context(ctx) for b in batches]))
+            expected = flat_outputs(net(*[b.as_in_context(ctx) for b in batches]))
         names = _output_names(symbol)
         max_diff = scale = 0.0
         for name, want in zip(names, expected):

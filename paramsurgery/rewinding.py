@@ -10,9 +10,9 @@ from mxnet import gluon
 
 from . import _mx
 from ._files import check_path, reading, write_bytes
+from .channels import ShrinkPlan
 from .errors import FileFormatError, SurgeryTypeError, SurgeryValueError, and_more
 from .select import MASK_SUFFIX, all_params, mask_names, select
-from .shrinking import ShrinkPlan
 from .surgery import set_params
 
 __all__ = ['Capture', 'capture', 'rewind']

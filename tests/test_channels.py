@@ -38,6 +38,31 @@ def test_chain_groups_and_members():
     assert 'chain_conv1_weight' in table and '3 prunable' in table
 
 
+
+def test_members_are_named_records_that_read_as_the_tuples_they_were():
+    """Member(param, axis, offset, stride): fields by name, and still equal to, unpacked as
+    and printed as the plain 4-tuple (docs and user code read members that way)."""
+    net = nn.HybridSequential(prefix='net_')
+    with net.name_scope():
+        net.add(nn.Conv2D(8, 3, use_bias=False), nn.BatchNorm(), nn.Activation('relu'),
+                nn.Conv2D(4, 3), nn.Flatten(), nn.Dense(2))
+    graph = ps.trace_channels(net, (1, 3, 8, 8))
+    dense = graph['net_conv1_weight'].members[-1]
+    # Flatten after a 4x4 output: each channel is 16 consecutive columns
+    assert (dense.param, dense.axis, dense.offset, dense.stride) == ('net_dense0_weight', 1, 0, 16)
+    name, axis, offset, stride = dense
+    assert (name, axis, offset, stride) == dense == ('net_dense0_weight', 1, 0, 16)
+    assert repr(dense) == "('net_dense0_weight', 1, 0, 16)"
+    # what the shrink diagnosis reads comes through the graph's constructor: the layout of
+    # every tensor by group index, and the nodes that stand for parameters
+    conv0 = [g.name for g in graph.groups].index('net_conv0_weight')
+    nodes = graph._trace.nodes
+    relu = next(nid for nid, n in enumerate(nodes) if n['op'] == 'Activation')
+    assert [tuple(s) for s in graph._layout[(relu, 0)]] == [(conv0, 0, 1)]
+    assert {nodes[nid]['name'] for nid in graph._param_nodes} == {
+        n for n in net.collect_params()}
+
+
 def test_residual_stream_is_one_group():
     graph = ps.trace_channels(build('residual', ONE), (1, 3, 8, 8))
     stream = members(graph, 'residual_conv0_weight')
@@ -651,7 +676,7 @@ def test_attention_heads_are_prunable_only_under_a_shrink_rule():
     (nn.Dense, 3, 'rule must be a callable'),
 ])
 def test_register_shrink_rule_bad_arguments(block_class, rule, text):
-    from paramsurgery.channels import _SHRINK_RULES
+    from paramsurgery.channels.rules import _SHRINK_RULES
     before = dict(_SHRINK_RULES)
     with pytest.raises(ps.SurgeryTypeError, match=text):
         ps.register_shrink_rule(block_class, rule)

@@ -14,32 +14,15 @@ ROOT = os.path.dirname(paramsurgery.__file__)
 # reaching into another's internals. The layout work moves these behind the owning feature's
 # package; until then they are listed, so that a new one fails and a removed one is noticed.
 KNOWN_CROSSINGS = {
-    ('analysis', 'channels', '_IMPORTANCES'), ('analysis', 'channels', '_build'),
-    ('analysis', 'channels', '_channel_rows'), ('analysis', 'channels', '_check_owners'),
-('analysis', 'channels', '_finish_deferred'),
-    ('analysis', 'channels', '_input_shapes'), ('analysis', 'channels', '_op_counts'),
-    ('analysis', 'channels', '_require_hybrid'), ('analysis', 'channels', '_selected_groups'),
     ('analysis', 'pruning', '_apply'),
-    ('channels', 'masks', '_check_mode'), ('cli', 'channels', '_input_names'),
-    ('_exported', 'masks', '_quiet_input_types'), ('channels', 'pruning_core', '_check_amount'),
-    ('analysis', 'pruning_core', '_check_amount'), ('_exported', 'pruning_core', '_check_amount'),
-    ('onnx_export', 'channels', '_Trace'), ('onnx_export', 'channels', '_batches'),
-    ('onnx_export', 'channels', '_input_shapes'), ('onnx_export', 'shrinking', '_layer_of'),
-    ('onnx_export', 'channels', '_finish_deferred'), ('onnx_export', 'channels', '_flat_outputs'),
-    ('onnx_export', 'shrinking', '_contexts'),
-    ('latency', 'channels', '_Trace'), ('latency', 'channels', '_finish_deferred'),
-    ('latency', 'channels', '_flat_outputs'), ('latency', 'channels', '_input_shapes'),
-    ('latency', 'channels', '_require_hybrid'), ('latency', 'channels', '_build'),
-    ('latency', 'channels', '_selected_groups'), ('latency', '_exported', '_deletions'),
-    ('latency', '_exported', '_rewrite'), ('analysis', 'channels', '_FastCounts'),
-    ('analysis', 'channels', '_rounding'),
+    ('channels', 'pruning_core', '_check_amount'), ('analysis', 'pruning_core', '_check_amount'),
 }
 
 
 def layers(package=''):
-    """``{module: (line, stage)}`` from the layer list in the docstring of ``package``'s
-    ``__init__`` (the top level, or a subpackage such as ``'masks'``)."""
-    doc = ast.get_docstring(ast.parse(_source(package + '/__init__' if package else '__init__')))
+    """``{module: (line, stage)}`` from the layer list in the docstring of the package's
+    (or a subpackage's) ``__init__.py``."""
+    doc = ast.get_docstring(ast.parse(_source(os.path.join(package, '__init__'))))
     listing = doc.split('::', 1)[1].strip('\n').split('\n\n')[0]
     place = {}
     for line_no, line in enumerate(listing.splitlines()):
@@ -53,86 +36,65 @@ def layers(package=''):
 
 
 def _source(module):
-    """The source of ``module`` (``'masks/apply'``, ``'select'``) or of a subpackage's
-    ``__init__`` (``'masks'``)."""
-    path = os.path.join(ROOT, module)
-    if os.path.isdir(path):
-        path = os.path.join(path, '__init__')
-    with open(path + '.py', encoding='utf-8') as f:
+    with open(os.path.join(ROOT, module + '.py'), encoding='utf-8') as f:
         return f.read()
 
 
 def subpackages():
-    return sorted(f for f in os.listdir(ROOT)
-                  if os.path.isfile(os.path.join(ROOT, f, '__init__.py')))
+    return sorted(d for d in os.listdir(ROOT)
+                  if os.path.isfile(os.path.join(ROOT, d, '__init__.py')))
 
 
-def modules():
-    """Every entry of the top-level layering: modules and subpackages."""
-    return sorted([f[:-3] for f in os.listdir(ROOT)
-                   if f.endswith('.py') and f not in ('__init__.py', '__main__.py')]
-                  + subpackages())
+def modules(package=''):
+    """The entries of a layering: the package's modules and subpackages (each one entry),
+    or a subpackage's own modules."""
+    folder = os.path.join(ROOT, package)
+    found = [f[:-3] for f in os.listdir(folder)
+             if f.endswith('.py') and f not in ('__init__.py', '__main__.py')]
+    return sorted(found + ([] if package else subpackages()))
 
 
-def inner_modules(package):
-    return sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, package))
-                  if f.endswith('.py') and f != '__init__.py')
-
-
-def files():
-    """``[(path under the package, top-level entry, inner module or None)]``: every file."""
-    found = [(m, m, None) for m in modules()]
-    for package in subpackages():
-        found.extend(('%s/%s' % (package, m), package, m) for m in inner_modules(package))
-    return found
-
-
-def imports(module):
-    """``[(top-level entry, inner module or None, [imported names])]`` for every relative
-    import in ``module`` (a path from :func:`files`; a subpackage means its ``__init__``)."""
-    inside = module.split('/')[0] if '/' in module or module in subpackages() else None
+def imports(module, package=''):
+    """``[(target, [imported names])]`` for every relative import of ``module``: with no
+    ``package``, its imports of the package's entries (a subpackage's are those of all its
+    files); in a subpackage, the module's imports of its siblings."""
+    files = [os.path.join(package, module)]
+    if not package and module in subpackages():
+        files = [os.path.join(module, m) for m in ['__init__'] + modules(module)]
     found = []
-    for node in ast.walk(ast.parse(_source(module))):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            names = [a.name for a in node.names]
-            base = [inside] if inside and node.level == 1 else []
-            parts = base + (node.module.split('.') if node.module else [])
-            if not parts:
-                # ``from . import __version__`` names an attribute, not a module
-                found.extend((name, None, []) for name in names if name in modules())
-            elif len(parts) == 1 and parts[0] in subpackages() and not node.module:
-                # ``from . import forward`` inside a subpackage
-                found.extend((parts[0], name, []) for name in names
-                             if name in inner_modules(parts[0]))
-            else:
-                inner = parts[1] if len(parts) > 1 and parts[0] in subpackages() else None
-                found.append((parts[0], inner, names))
-        elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('paramsurgery'):
-            pytest.fail('%s imports %s absolutely: use a relative import' % (module, node.module))
+    for path in files:
+        inside = os.path.dirname(path) != ''       # a file of a subpackage
+        siblings = modules(os.path.dirname(path)) if package else modules()
+        for node in ast.walk(ast.parse(_source(path))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                # level 1 in a subpackage's file names its siblings, level 2 the package
+                if node.level != (1 if package else 1 + inside):
+                    continue
+                names = [a.name for a in node.names]
+                if node.module:
+                    parts = node.module.split('.')
+                    # a private module inside a subpackage counts as a private name
+                    found.append((parts[0], names + [p for p in parts[1:] if p.startswith('_')]))
+                else:
+                    # ``from . import __version__`` names an attribute, not a module
+                    found.extend((name, []) for name in names if name in siblings)
+            elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith(
+                    'paramsurgery'):
+                pytest.fail('%s imports %s absolutely: use a relative import' % (path,
+                                                                                node.module))
     return found
 
 
 def test_every_module_is_placed_once():
-    assert sorted(layers()) == modules()
-    for package in subpackages():
-        assert sorted(layers(package)) == inner_modules(package), package
+    place = layers()
+    assert sorted(place) == modules()
 
 
-@pytest.mark.parametrize('module', [f[0] for f in files()])
+@pytest.mark.parametrize('module', modules())
 def test_imports_only_from_above(module):
     place = layers()
-    entry = module.split('/')[0]
-    line, stage = place[entry]
-    inner_place = layers(entry) if '/' in module else None
-    for target, inner, _ in imports(module):
-        if target == entry:
-            # within a subpackage: its own layering (its __init__ may import every module)
-            if inner_place is not None and inner is not None:
-                mine, theirs = inner_place[module.split('/')[1]], inner_place[inner]
-                assert theirs[0] < mine[0] or (theirs[0] == mine[0] and theirs[1] < mine[1]), (
-                    '%s imports %s.%s: against the layering in %s/__init__.py'
-                    % (module, entry, inner, entry))
-            continue
+    line, stage = place[module]
+    for target, _ in imports(module):
         t_line, t_stage = place[target]
         assert t_line < line or (t_line == line and t_stage < stage), (
             '%s (line %d of the layering) imports %s (line %d): move one of them, or the import'
@@ -141,27 +103,73 @@ def test_imports_only_from_above(module):
 
 def test_no_private_names_across_lines():
     place = layers()
-    crossings = {(module.split('/')[0], target, name)
-                 for module, _, _ in files() for target, _, names in imports(module)
+    crossings = {(module, target, name)
+                 for module in modules() for target, names in imports(module)
                  for name in names
-                 if name.startswith('_') and place[target][0] != place[module.split('/')[0]][0]}
+                 if name.startswith('_') and place[target][0] != place[module][0]}
     assert crossings - KNOWN_CROSSINGS == set(), 'new private imports across features'
     assert KNOWN_CROSSINGS - crossings == set(), 'gone: remove them from KNOWN_CROSSINGS'
 
 
-@pytest.mark.parametrize('module, line, message', [
-    ('errors', 'from .cli import main', 'errors .* imports cli'),
-    # against a subpackage's own layering
-    ('masks/forward', 'from .files import save_masks', 'masks/forward imports masks.files'),
-])
-def test_the_check_sees_a_violation(monkeypatch, module, line, message):
+def test_the_check_sees_a_violation(monkeypatch):
     """The checks above read real source: an upward import planted in a module is found."""
     real = _source
 
-    def planted(name):
-        text = real(name)
-        return text + '\n' + line + '\n' if name == module else text
+    def planted(module):
+        text = real(module)
+        return text + '\nfrom .cli import main\n' if module == 'errors' else text
 
     monkeypatch.setitem(globals(), '_source', planted)
-    with pytest.raises(AssertionError, match=message):
-        test_imports_only_from_above(module)
+    with pytest.raises(AssertionError, match='errors .* imports cli'):
+        test_imports_only_from_above('errors')
+
+
+@pytest.mark.parametrize('package', subpackages())
+def test_every_module_of_a_subpackage_is_placed_once(package):
+    assert sorted(layers(package)) == modules(package)
+
+
+@pytest.mark.parametrize('package, module', [(p, m) for p in subpackages() for m in modules(p)])
+def test_subpackage_modules_import_only_from_above(package, module):
+    place = layers(package)
+    line, stage = place[module]
+    for target, names in imports(module, package):
+        t_line, t_stage = place[target]
+        assert t_line < line or (t_line == line and t_stage < stage), (
+            '%s.%s (line %d of its layering) imports %s (line %d): move one of them, or the '
+            'import' % (package, module, line, target, t_line))
+        # inside a subpackage, ``_name`` is local to its file
+        assert not [n for n in names if n.startswith('_')], (
+            '%s.%s imports the file-local %s from %s: drop the underscore (it is meant for '
+            'the siblings) or keep the use in one file' % (package, module, names, target))
+
+
+def test_the_checks_see_violations_in_a_subpackage(monkeypatch):
+    """Planted in the real source: an upward import inside channels/, a file-local name taken
+    from a sibling, and a private name taken from a subpackage's module by another entry."""
+    real = _source
+    plants = {os.path.join('channels', 'graph'): '\nfrom .shrink import shrink\n',
+              os.path.join('channels', 'shrink'): '\nfrom .trace import _Spaces\n',
+              'cli': '\nfrom .channels.trace import _Spaces\n'}
+
+    def planted(module):
+        return real(module) + plants.get(module, '')
+
+    monkeypatch.setitem(globals(), '_source', planted)
+    with pytest.raises(AssertionError, match=r'channels.graph .* imports shrink'):
+        test_subpackage_modules_import_only_from_above('channels', 'graph')
+    with pytest.raises(AssertionError, match=r'channels.shrink imports the file-local'):
+        test_subpackage_modules_import_only_from_above('channels', 'shrink')
+    with pytest.raises(AssertionError, match='new private imports across features'):
+        test_no_private_names_across_lines()
+
+
+def test_setup_cfg_lists_every_subpackage():
+    """A subpackage missing from setup.cfg's ``packages`` is left out of a wheel or a
+    non-editable install, where ``import paramsurgery`` then fails."""
+    import configparser
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, '..', 'setup.cfg'))
+    listed = {p.strip() for p in config['options']['packages'].replace('\n', ',').split(',')
+              if p.strip()}
+    assert listed == {'paramsurgery'} | {'paramsurgery.' + p for p in subpackages()}

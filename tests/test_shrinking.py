@@ -13,7 +13,7 @@ from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
 from paramsurgery import _mx
-from paramsurgery.shrinking import RTOL
+from paramsurgery.channels.check import RTOL
 
 from channel_nets import USER_NETS, HardCoded, batch, build
 from helpers import ONE, TWO, assert_same_bits, snapshot, split
@@ -264,12 +264,12 @@ def test_a_failing_trainer_update_leaves_net_and_trainer_as_before(
 
 
 def test_optimizer_states_and_fp32_master_copies_are_sliced():
-    from paramsurgery.shrinking import _slice_state
+    from paramsurgery.channels.shrink import slice_state
     weight = np.arange(24, dtype=np.float32).reshape(4, 6)
     keeps = {0: np.array([True, False, True, True]), 1: np.array([True] * 5 + [False])}
     state = (mx.nd.array(weight), mx.nd.array(weight, dtype='float32'), None,
              mx.nd.ones((1,)))
-    out = _slice_state(state, (4, 6), keeps, {})
+    out = slice_state(state, (4, 6), keeps, {})
     assert out[0].shape == (3, 5) and out[1].dtype == np.float32
     assert out[1].asnumpy().tolist() == weight[[0, 2, 3]][:, :5].tolist()
     assert out[2] is None and out[3] is state[3]
@@ -398,8 +398,10 @@ def test_hard_coded_channel_count_raises_and_changes_nothing(ctxs, hybridize):
     ref = outputs(net, x, ctxs)
     kwargs = dict(net.bn._kwargs)
     with pytest.raises(ps.ShrinkError, match=r"layer 'hardcoded' \(HardCoded, operator node "
-                                             r"'hardcoded_conv'\).*Nothing was changed"):
+                                             r"'hardcoded_conv'\).*Nothing was changed") as info:
         ps.shrink(net, inputs=x, trainer=trainer)
+    # the fix for a net that fails to run, not for one that computes otherwise
+    assert 'Make the layer take its channel counts from its attributes' in str(info.value)
     assert_same_bits(before, snapshot(net))
     assert net.weight.shape == (8, 3, 3, 3) and net.bn.in_channels == 8
     assert net.bn._kwargs == kwargs and net.out._in_units == 8
@@ -410,7 +412,7 @@ def test_hard_coded_channel_count_raises_and_changes_nothing(ctxs, hybridize):
 
 def test_output_that_differs_names_the_first_layer_and_restores(monkeypatch, ctxs):
     import sys
-    shrink_module = sys.modules['paramsurgery.shrinking']   # (ps.shrink is the function)
+    shrink_module = sys.modules['paramsurgery.channels.shrink']   # (ps.shrink is the function)
     net = build('chain', ctxs)
     x = batch()
     ps.prune_channels(net, 0.5, inputs=x)
@@ -424,8 +426,9 @@ def test_output_that_differs_names_the_first_layer_and_restores(monkeypatch, ctx
 
     monkeypatch.setattr(shrink_module, '_take', corrupt)
     with pytest.raises(ps.ShrinkError, match=r"computes something else .* the first layer "
-                                             r"that differs is layer 'chain_conv1'"):
+                                             r"that differs is layer 'chain_conv1'") as info:
         ps.shrink(net, inputs=x)
+    assert "does not see; leave its channels unmasked" in str(info.value)   # that kind's fix
     assert_same_bits(before, snapshot(net))
     assert net.body[1]._channels == 6
     assert_close(ref, outputs(net, x, ctxs), FLOAT32)
@@ -955,8 +958,9 @@ def test_a_failing_shrink_rule_changes_nothing(ctxs, tmp_path):
         state = trainer_state(trainer)
         with pytest.raises(ps.ShrinkError, match="The shrink rule broken registered for "
                            "MultiHeadAttentionCell raised ValueError on block 'enc_attention': "
-                           "no heads here"):
+                           "no heads here") as info:
             ps.shrink(net, inputs=x, trainer=trainer)
+        assert 'Nothing was changed. Fix the rule (see docs/shrink.md' in str(info.value)
         assert_same_bits(before, snapshot(net))
         assert net.attention_cell._num_heads == 4
         assert trainer_state(trainer) == state

@@ -13,8 +13,7 @@ this)::
 See ``docs/masks.md``.
 """
 # MODES, UPDATE_MASK_DTYPE, mask_mode, unmasked_params and structural_keys are public here
-# (not at the top level), as before the split; _check_mode and _quiet_input_types serve
-# channels.py and _exported.py until they move.
+# (not at the top level), as before the split.
 from ..distributed import broadcast_masks
 from .apply import (  # noqa: F401
     MODES,
@@ -26,9 +25,7 @@ from .apply import (  # noqa: F401
     remove_mask,
     unmasked_params,
 )
-from .apply import check_mode as _check_mode  # noqa: F401
 from .files import load_exported, load_masks, save_masks, structural_keys  # noqa: F401
-from .files import quiet_input_types as _quiet_input_types  # noqa: F401
 
 __all__ = ['apply_mask', 'get_mask', 'masked', 'remove_mask', 'save_masks', 'load_masks',
            'load_exported', 'broadcast_masks']

@@ -18,23 +18,16 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from .channels import (
-    _build,
-    _channel_rows,
-    _check_round_to,
-    _flat_outputs,
-    _GroupState,
-    _input_names,
-    _selected_groups,
-    choose_channels,
-    count_ops,
-)
-from .errors import ShrinkError
-from .masks import _quiet_input_types, load_exported
-from .pruning_core import _check_amount
-from .select import MASK_SUFFIX
-
-__all__ = []
+from ..errors import ShrinkError
+from ..masks import load_exported
+from ..masks.files import quiet_input_types
+from ..pruning_core import _check_amount
+from ..select import MASK_SUFFIX
+from .importance import GroupState, channel_rows
+from .inputs import flat_outputs, input_names
+from .ops import count_ops
+from .prune import check_round_to, choose_channels, selected_groups
+from .trace import build
 
 _TOLERANCE = 1e-4
 
@@ -54,7 +47,7 @@ class ExportedShrink:
 def _load(symbol_file, param_file, n_inputs):
     # load_exported gives every parameter its shape (imports leaves it None, and tracing
     # would then accept an input shape the weights do not fit) and names damaged files
-    return load_exported(symbol_file, _input_names(n_inputs), param_file)
+    return load_exported(symbol_file, input_names(n_inputs), param_file)
 
 
 def _check_masks(masks, weights):
@@ -71,13 +64,13 @@ def _check_masks(masks, weights):
 def _with_masked(group, chosen, weights, masks):
     """``chosen`` and the channels of ``group`` that the masks zero on every maskable
     member (one is kept when all are, as :func:`shrink` keeps one)."""
-    dead = np.flatnonzero(~_GroupState(group, weights, masks).alive)
+    dead = np.flatnonzero(~GroupState(group, weights, masks).alive)
     if len(dead) == group.size:
         dead = dead[1:]
     return np.union1d(np.asarray(chosen, dtype=np.int64), dead).astype(np.int64)
 
 
-def _deletions(groups, pruned, masks):
+def deletions(groups, pruned, masks):
     """``{param: {axis: sorted rows to delete}}`` for the chosen channels of every group
     (the members and their ``masks``)."""
     out = {}
@@ -85,8 +78,8 @@ def _deletions(groups, pruned, masks):
         if not len(chosen):
             continue
         for member in group.members:
-            name, axis = member[0], member[1]
-            rows = _channel_rows(member, chosen)
+            name, axis = member.param, member.axis
+            rows = channel_rows(member, chosen)
             out.setdefault(name, {}).setdefault(axis, set()).update(int(r) for r in rows)
             if name in masks:       # a mask is sliced with its weight (checked: same shape)
                 out.setdefault(name + MASK_SUFFIX, {}).setdefault(axis, set()).update(
@@ -95,7 +88,7 @@ def _deletions(groups, pruned, masks):
             for name, axes in out.items()}
 
 
-def _rewrite(graph_json, new_shapes):
+def rewrite(graph_json, new_shapes):
     """The symbol JSON with every operator's channel counts and every variable's shape set
     from the new parameter shapes."""
     graph = json.loads(graph_json)
@@ -137,6 +130,30 @@ def _rewrite(graph_json, new_shapes):
     return json.dumps(graph)
 
 
+def _masked_outputs(block, groups, pruned, removed_rows, batches):
+    """The masked equivalent's outputs: the original model with every removed channel
+    zeroed (its parameters put back afterwards)."""
+    params = block.collect_params()
+    originals = {name: params[name].data().copy() for name in removed_rows}
+    try:
+        for group, chosen in zip(groups, pruned):
+            if not len(chosen):
+                continue
+            for member, role in zip(group.members, group.roles):
+                if role in ('bn_mean', 'bn_var'):
+                    continue
+                arr = np.moveaxis(params[member.param].data().asnumpy(), member.axis, 0)
+                arr[channel_rows(member, chosen)] = 0
+                params[member.param].set_data(mx.nd.array(np.moveaxis(arr, 0, member.axis),
+                                                       dtype=arr.dtype))
+        with autograd.predict_mode():
+            masked = block(*batches)
+        return [m.asnumpy() for m in flat_outputs(masked)]
+    finally:
+        for name, value in originals.items():
+            params[name].set_data(value)
+
+
 def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
                     scope='layer', round_to=1):
     """Prune channels of an exported model and return the shrunk model (nothing written).
@@ -147,12 +164,12 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
     # type, NaN, sign, float > 1: first (a dict, from a plan, names every group)
     for one in (amount.values() if isinstance(amount, dict) else [amount]):
         _check_amount(one, what='channels')
-    round_to = _check_round_to(round_to)
+    round_to = check_round_to(round_to)
     block = _load(symbol_file, param_file, len(shapes))
-    graph = _build(block, shapes)
-    groups = _selected_groups(block, graph, None)
+    graph = build(block, shapes)
+    groups = selected_groups(block, graph, None)
     params = block.collect_params()
-    names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.members))
+    names = list(OrderedDict.fromkeys(m.param for g in groups for m in g.members))
     with autograd.pause():
         weights = {n: params[n].data().asnumpy() for n in names}
         masks = {n: params[n + MASK_SUFFIX].data().asnumpy() for n in names
@@ -164,49 +181,31 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
     pruned = [_with_masked(group, chosen, weights, masks)
               for group, chosen in zip(groups, pruned)]
     before = count_ops(block, *shapes)
-    deletions = _deletions(groups, pruned, masks)
-    # the masked equivalent: the original model with every removed channel zeroed
-    originals = {name: params[name].data().copy() for name in deletions}
+    removed_rows = deletions(groups, pruned, masks)
     batches = [mx.nd.array(np.random.RandomState(i).uniform(-1, 1, size=s))
                for i, s in enumerate(shapes)]
-    try:
-        for group, chosen in zip(groups, pruned):
-            if not len(chosen):
-                continue
-            for member, role in zip(group.members, group.roles):
-                if role in ('bn_mean', 'bn_var'):
-                    continue
-                arr = np.moveaxis(params[member[0]].data().asnumpy(), member[1], 0)
-                arr[_channel_rows(member, chosen)] = 0
-                params[member[0]].set_data(mx.nd.array(np.moveaxis(arr, 0, member[1]),
-                                                       dtype=arr.dtype))
-        with autograd.predict_mode():
-            masked = block(*batches)
-        masked = [m.asnumpy() for m in _flat_outputs(masked)]
-    finally:
-        for name, value in originals.items():
-            params[name].set_data(value)
+    masked = _masked_outputs(block, groups, pruned, removed_rows, batches)
     arrays = OrderedDict()
     new_shapes = {}
     symbol = mx.sym.load(symbol_file)
     aux = set(symbol.list_auxiliary_states())
     for name, param in params.items():
         value = param.data().asnumpy()
-        for axis, rows in deletions.get(name, {}).items():
+        for axis, rows in removed_rows.get(name, {}).items():
             value = np.delete(value, rows, axis=axis)
-        if name in deletions:
+        if name in removed_rows:
             new_shapes[name] = value.shape
         arrays[('aux:' if name in aux else 'arg:') + name] = mx.nd.array(value, dtype=value.dtype)
-    symbol_json = _rewrite(symbol.tojson(), new_shapes)
-    with _quiet_input_types():
+    symbol_json = rewrite(symbol.tojson(), new_shapes)
+    with quiet_input_types():
         shrunk = gluon.SymbolBlock(mx.sym.load_json(symbol_json),
-                                   [mx.sym.var(n) for n in _input_names(len(shapes))])
+                                   [mx.sym.var(n) for n in input_names(len(shapes))])
     shrunk_params = shrunk.collect_params()
     for key, value in arrays.items():
         shrunk_params[key.split(':', 1)[1]]._load_init(value, mx.cpu())
     with autograd.predict_mode():
         out = shrunk(*batches)
-    out = [o.asnumpy() for o in _flat_outputs(out)]
+    out = [o.asnumpy() for o in flat_outputs(out)]
     for i, (a, b) in enumerate(zip(masked, out)):
         scale = max(float(np.abs(a).max()), 1e-12)
         if a.shape != b.shape or float(np.abs(a - b).max()) > _TOLERANCE * scale:
