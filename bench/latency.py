@@ -21,7 +21,6 @@ Run: ``PYTHONPATH=. python bench/latency.py [--nets mobilenet_v2_1_0,resnet50_v1
 """
 import argparse
 import os
-import tempfile
 import time
 import warnings
 
@@ -46,12 +45,13 @@ def ratio_line(job, value, target):
 
 
 def macs_of(variant, shape):
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return ps.count_ops(latency._symbol_block(variant, folder), shape)[0]
+        return ps.count_ops(latency._symbol_block(variant), shape)[0]
 
 
 def bench(name, batch, runtime, repeats, threads):
+    began = time.perf_counter()
     mx.random.seed(0)
     net = getattr(vision, name)(pretrained=False)
     net.initialize(mx.init.Xavier())
@@ -70,6 +70,7 @@ def bench(name, batch, runtime, repeats, threads):
     exact = latency._uniform(groups, 0.5, 1)
     kept = {'round1': exact, 'round8': latency._uniform(groups, 0.5, 8),
             'fast': {g: model.round(g, k) for g, k in exact.items()}}
+    print('%s: sensitivity ... (%.0f s)' % (tag, time.perf_counter() - began), flush=True)
     report, _ = _distance_report(net, [shape], model, DEFAULT_AMOUNTS, 'l2')
     plans = {}
     for want in (2, 3):
@@ -81,6 +82,8 @@ def bench(name, batch, runtime, repeats, threads):
         rows = {r['name']: r for r in report.table if plan.get(r['name']) == r['amount']}
         plans['plan%d' % want] = {n: model.sizes[n] - r['removed'] for n, r in rows.items()}
     kept.update(plans)
+    print('%s: timing %d nets ... (%.0f s)' % (tag, 1 + len(kept), time.perf_counter() - began),
+          flush=True)
     variants = [dense] + [latency._shrunk_variant(dense, groups, k) for k in kept.values()]
     seconds = latency.time_variants(runtime, variants, repeats, 2, latency._threads(threads),
                                     desc=tag)

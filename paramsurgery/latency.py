@@ -108,18 +108,19 @@ def _batches(variant):
     return [np.array(_values(s)) for s in variant.shapes]
 
 
-def _symbol_block(variant, folder):
-    prefix = os.path.join(folder, 'net')
-    with open(prefix + '-symbol.json', 'w') as f:
-        f.write(variant.symbol_json)
+def _symbol_block(variant):
+    """``variant`` as a SymbolBlock on ``cpu()``, built in memory (no files: thousands of
+    single layers are built for a latency model, and a file round trip cost more than
+    timing them)."""
     symbol = mx.sym.load_json(variant.symbol_json)
-    aux = set(symbol.list_auxiliary_states())
-    mx.nd.save(prefix + '-0000.params',
-               {('aux:' if n in aux else 'arg:') + n: mx.nd.array(a, dtype=a.dtype)
-                for n, a in variant.arrays.items()})
     with warnings_off():
-        return gluon.SymbolBlock.imports(prefix + '-symbol.json', list(variant.input_names),
-                                         prefix + '-0000.params', ctx=mx.cpu())
+        block = gluon.SymbolBlock(symbol, [mx.sym.var(n) for n in variant.input_names])
+    params = block.collect_params()
+    # no gradient arrays: the runners only run forwards
+    params.setattr('grad_req', 'null')
+    params.load_dict({n: mx.nd.array(a, dtype=a.dtype) for n, a in variant.arrays.items()},
+                     ctx=mx.cpu())
+    return block
 
 
 @contextlib.contextmanager
@@ -131,8 +132,8 @@ def warnings_off():
 
 
 def _mxnet_runner(variant, folder, threads, fuse=False):
-    _internals.set_omp_threads(threads)
-    block = _symbol_block(variant, folder)
+    # the thread count is set once for all runners, by time_variants
+    block = _symbol_block(variant)
     xs = [mx.nd.array(b) for b in _batches(variant)]
     with warnings_off():
         if fuse:
@@ -219,6 +220,7 @@ def _onnx_layer(variant, path):
 
 def _onnxruntime_runner(variant, folder, threads):
     _, ort = _onnx_modules()
+    os.mkdir(folder)
     path = os.path.join(folder, 'net.onnx')
     if variant.layer is not None:
         _onnx_layer(variant, path)
@@ -233,6 +235,7 @@ def _onnxruntime_runner(variant, folder, threads):
 
     def run():
         session.run(None, feed)
+    run.session = session       # tests read back the options it runs with
     return run
 
 
@@ -281,16 +284,13 @@ def time_variants(runtime, variants, repeats, warmup, threads, desc='latency'):
                 samples[i].append(float(_TIMER(runtime, v)))
         return [np.asarray(s) for s in samples]
     bar = _progress(len(variants) * (repeats + warmup), desc)
-    # MXNet's thread count is process-wide (no getter to save it): put back the default
-    # after timing, so that the caller's later forwards run as they did before.
     try:
-        with _omp_threads_restored():
+        with _omp_threads(threads if runtime != 'onnxruntime' else None):
             for chunk in _chunks(variants):
                 with tempfile.TemporaryDirectory(prefix='paramsurgery-latency-') as folder:
                     runners = []
                     for i in chunk:
                         sub = os.path.join(folder, str(i))
-                        os.mkdir(sub)
                         runners.append((i, _BUILDERS[runtime](variants[i], sub, threads)))
                     for _ in range(warmup):
                         for _, run in runners:
@@ -311,11 +311,17 @@ def time_variants(runtime, variants, repeats, warmup, threads, desc='latency'):
 
 
 @contextlib.contextmanager
-def _omp_threads_restored():
+def _omp_threads(threads):
+    """MXNet's operator thread count fixed to ``threads`` inside, put back after (the
+    count is process-wide: the caller's later forwards run as they did before)."""
+    if threads is None:
+        yield
+        return
+    before = _internals.set_omp_threads(threads)
     try:
         yield
     finally:
-        _internals.set_omp_threads(_default_threads())
+        _internals.set_omp_threads(before)
 
 
 def _check_runtime(runtime):

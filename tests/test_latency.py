@@ -94,7 +94,7 @@ def test_missing_onnxruntime_is_a_typed_error(monkeypatch):
 @pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
 @pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
 @pytest.mark.parametrize('mode', ['graph', 'update'])
-def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode, tmp_path):
+def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode):
     """A copy that lost the graph-mode masks (or read another replica) would time another
     net: half the filters masked must show in the copy's output."""
     net = _net(ctx, hybridize)
@@ -104,7 +104,7 @@ def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode, tmp
     x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)))
     was_hybrid = ps._internals.is_hybridized(net)
     variant = latency._variant_of(net, [(2, 3, 8, 8)])
-    copy = latency._symbol_block(variant, str(tmp_path))
+    copy = latency._symbol_block(variant)
     with mx.autograd.predict_mode():
         want = net(x.as_in_context(ctx[0])).asnumpy()
         got = copy(x).asnumpy()
@@ -116,15 +116,89 @@ def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode, tmp
 
 def test_threads_are_set_for_the_timing_and_put_back(monkeypatch):
     calls = []
-    monkeypatch.setattr(ps._internals, 'set_omp_threads', calls.append)
+
+    def fake(threads):
+        calls.append(threads)
+        return 5             # what the engine ran with before: put back after timing
+    monkeypatch.setattr(ps._internals, 'set_omp_threads', fake)
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
     lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=1,
                              warmup=0, threads=1)
     assert lat.threads == 1
-    assert calls == [1, 3]      # fixed while timing, then the default again
+    assert calls == [1, 5]      # fixed while timing, then what it was
     lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=1,
                              warmup=0, runtime='onnxruntime')
     assert lat.threads == 3
+    assert calls == [1, 5]      # ONNX Runtime's count is a session option, not MXNet's
+
+
+def _recording_builders(monkeypatch, seen):
+    """Every runtime's builder, wrapped to record what the runner runs with: the OpenMP
+    count on MXNet's engine worker (read back there) while timing, and ONNX Runtime's
+    session options."""
+    builders = dict(latency._BUILDERS)
+
+    def wrap(runtime):
+        def build(variant, folder, threads):
+            run = builders[runtime](variant, folder, threads)
+
+            def timed():
+                run()
+                if runtime == 'onnxruntime':
+                    options = run.session.get_session_options()
+                    seen.append((options.intra_op_num_threads, options.inter_op_num_threads))
+                else:
+                    seen.append(ps._internals.omp_threads())
+            return timed
+        return build
+    for runtime in builders:
+        monkeypatch.setitem(latency._BUILDERS, runtime, wrap(runtime))
+
+
+@pytest.mark.parametrize('runtime', ['mxnet', 'mkldnn'])
+def test_threads_reach_the_operators_of_mxnet(monkeypatch, runtime):
+    """MXSetNumOMPThreads alone sets the calling thread's count, which MXNet's operators
+    never read (they run on the engine's worker thread): the count must be the worker's."""
+    before = ps._internals.omp_threads()
+    want = before + 1         # differs from the current count, whatever it is
+    seen = []
+    _recording_builders(monkeypatch, seen)
+    lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=2,
+                             warmup=1, threads=want, runtime=runtime)
+    assert lat.threads == want
+    assert seen == [want] * 3
+    assert ps._internals.omp_threads() == before      # put back after timing
+
+
+def test_threads_reach_onnxruntime(monkeypatch):
+    seen = []
+    _recording_builders(monkeypatch, seen)
+    ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=2, warmup=0,
+                       threads=2, runtime='onnxruntime')
+    assert seen == [(2, 1)] * 2
+
+
+def test_set_omp_threads_reaches_new_operator_threads():
+    """Counted, not timed: a convolution run with 2 OpenMP threads, in a process started
+    with OMP_NUM_THREADS=1, makes the OpenMP runtime start a thread it had not needed."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import os, mxnet as mx\n"
+        "from paramsurgery import _internals\n"
+        "x = mx.nd.ones((1, 16, 32, 32)); w = mx.nd.ones((16, 16, 3, 3))\n"
+        "def conv():\n"
+        "    mx.nd.Convolution(x, w, kernel=(3, 3), num_filter=16, no_bias=True).wait_to_read()\n"
+        # wait_to_read: no copy on this thread (asnumpy's could start OpenMP threads here)
+        "count = lambda: len(os.listdir('/proc/self/task'))\n"
+        "conv(); one = count()\n"
+        "_internals.set_omp_threads(2); conv(); print(one, count())\n")
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    one, two = map(int, out)
+    assert two == one + 1
 
 
 # --------------------------------------------------------------------------- latency_model
