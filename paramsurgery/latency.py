@@ -47,7 +47,7 @@ from .pruning_core import prune_count
 from .report import pyplot, save_figure
 from .select import MASK_SUFFIX
 
-__all__ = ['Latency', 'measure_latency', 'LatencyModel', 'latency_model']
+__all__ = ['Latency', 'measure_latency', 'compare_latency', 'LatencyModel', 'latency_model']
 
 RUNTIMES = ('mxnet', 'mkldnn', 'onnxruntime')
 
@@ -272,16 +272,29 @@ def _chunks(variants):
         yield chunk
 
 
-def time_variants(runtime, variants, repeats, warmup, threads, desc='latency'):
+# With ``settle``, every variant gets this many timed runs, and only the ones whose spread
+# is still above ``settle`` get the rest of ``repeats``.
+_SETTLE_AFTER = 3
+
+
+def _settled(samples, settle):
+    return settle is not None and len(samples) >= _SETTLE_AFTER and \
+        max(samples) - min(samples) <= settle * float(np.median(samples))
+
+
+def time_variants(runtime, variants, repeats, warmup, threads, desc='latency', settle=None):
     """Seconds per forward of each variant: ``repeats`` samples each, taken round-robin
     over a chunk of variants (interleaved, so a load change on the machine hits every
     variant of the chunk alike; callers put the variants they compare next to each other)
-    after ``warmup`` forwards of each."""
+    after ``warmup`` forwards of each. With ``settle`` (a fraction), a variant stops after
+    ``_SETTLE_AFTER`` samples once their range is within ``settle`` of their median: more
+    samples would not move a median that the range already pins down."""
     samples = [[] for _ in variants]
     if _TIMER is not None:
         for _ in range(repeats):
             for i, v in enumerate(variants):
-                samples[i].append(float(_TIMER(runtime, v)))
+                if not _settled(samples[i], settle):
+                    samples[i].append(float(_TIMER(runtime, v)))
         return [np.asarray(s) for s in samples]
     bar = _progress(len(variants) * (repeats + warmup), desc)
     try:
@@ -299,6 +312,8 @@ def time_variants(runtime, variants, repeats, warmup, threads, desc='latency'):
                                 bar.update(1)
                     for _ in range(repeats):
                         for i, run in runners:
+                            if _settled(samples[i], settle):
+                                continue
                             start = time.perf_counter()
                             run()
                             samples[i].append(time.perf_counter() - start)
@@ -424,6 +439,68 @@ def measure_latency(net, *, inputs, runtime: str = 'mxnet', repeats: int = 20,
     return _summary(seconds, runtime, shapes, threads, repeats)
 
 
+def compare_latency(nets, *, inputs, runtime: str = 'mxnet', repeats: int = 20,
+                    warmup: int = 3, threads: Optional[int] = None) -> List[Latency]:
+    """Measure several nets on one runtime, interleaved, so that their latencies compare.
+
+    As :func:`measure_latency` for each net, but the timed forwards are taken round-robin
+    over the nets (one forward of each, then again), so that a change of load on the machine
+    hits every net alike: compare medians of one call, not of separate calls. Every net is
+    left exactly as it was.
+
+    Parameters
+    ----------
+    nets : list of HybridBlock
+        Initialised networks taking the same inputs (a dense net and its shrunk copies).
+    inputs : NDArray or tuple of int or list of them
+        A batch (or its shape) per data input, for every net.
+    runtime, repeats, warmup, threads
+        As in :func:`measure_latency`.
+
+    Returns
+    -------
+    list of Latency
+        One per net, in order.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``nets`` is not a non-empty list of HybridBlocks, or a wrong argument type.
+    SurgeryValueError
+        As in :func:`measure_latency`.
+    MissingDependencyError
+        ``runtime='onnxruntime'`` without onnx and onnxruntime installed.
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> wide, narrow = nn.Conv2D(32, 3, in_channels=3), nn.Conv2D(8, 3, in_channels=3)
+    >>> for net in (wide, narrow):
+    ...     net.initialize()
+    >>> lats = ps.compare_latency([wide, narrow], inputs=(1, 3, 16, 16), repeats=3, threads=1)
+    >>> [lat.repeats for lat in lats], lats[0].shapes
+    ([3, 3], ((1, 3, 16, 16),))
+    """
+    if isinstance(nets, (str, bytes, gluon.Block)) or not isinstance(nets, (list, tuple)) \
+            or not nets:
+        raise SurgeryTypeError('nets must be a non-empty list of HybridBlocks, got %s.'
+                               % type(nets).__name__)
+    for net in nets:
+        _require_hybrid(net, 'compare_latency')
+    _check_runtime(runtime)
+    repeats = _check_count('repeats', repeats, 1)
+    warmup = _check_count('warmup', warmup, 0)
+    threads = _threads(threads)
+    shapes = _input_shapes(inputs)
+    variants = []
+    for net in nets:
+        _finish_deferred(net, inputs, shapes)
+        variants.append(_variant_of(net, shapes))
+    seconds = time_variants(runtime, variants, repeats, warmup, threads)
+    return [_summary(s, runtime, shapes, threads, repeats) for s in seconds]
+
+
 # --------------------------------------------------------------------------- latency models
 
 _MODEL_FORMAT = 'paramsurgery-latency-model'
@@ -434,6 +511,10 @@ _TIMED_OPS = ('Convolution', 'FullyConnected')
 # made odd (never aligned, also where every exact count would be: resnet's sizes), so the
 # fit sees both sides of what a fused runtime does between layers.
 _CALIBRATION = ((0.5, 'odd'), (0.5, 8), (0.25, 'odd'), (0.75, 8))
+# A single layer's samples within this fraction of their median need no more repeats: the
+# fast counts compare layers whose times differ by more (an aligned count of oneDNN is
+# 1.5-3x faster than its unaligned neighbours).
+_LAYER_SETTLE = 0.05
 # The whole nets are few and decide every predicted ratio: at least this many repeats.
 _WHOLE_REPEATS = 10
 
@@ -995,7 +1076,7 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
     wholes = [variant] + [_shrunk_variant(variant, groups, kept) for kept in calibration]
     keys = list(configs)
     seconds = time_variants(runtime, [configs[k] for k in keys], repeats, 1, threads,
-                            desc='latency model, layers (%s)' % runtime)
+                            desc='latency model, layers (%s)' % runtime, settle=_LAYER_SETTLE)
     timed = dict(zip(keys, (float(np.median(s)) for s in seconds)))
     # the whole nets interleaved among themselves only: their ratios are what is fitted
     seconds = time_variants(runtime, wholes, max(repeats, _WHOLE_REPEATS), 1, threads,

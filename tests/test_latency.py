@@ -77,6 +77,39 @@ def test_timer_sees_the_nets_parameters(monkeypatch):
     assert seen[0].shapes == ((1, 3, 8, 8),)
 
 
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_compare_latency_interleaves_the_nets(monkeypatch, ctx, hybridize):
+    """The forwards alternate between the nets (so load changes hit both alike) and each
+    net's statistics come from its own samples; the nets are left as they were."""
+    order = []
+
+    def timer(runtime, variant):
+        order.append(variant.arrays['net_conv0_weight'].shape[0])
+        return 1e-3 * order[-1]          # ms per output channel: each net's time is known
+    monkeypatch.setattr(latency, '_TIMER', timer)
+    wide = _net(ctx, hybridize)
+    narrow = nn.HybridSequential(prefix='net_')
+    with narrow.name_scope():
+        narrow.add(nn.Conv2D(4, 3, in_channels=3), nn.GlobalAvgPool2D(), nn.Dense(2, in_units=4))
+    narrow.initialize(ctx=ctx)
+    if hybridize:
+        narrow.hybridize()
+    x = mx.nd.ones((1, 3, 8, 8), ctx=ctx[0])
+    before = [_state(n, x) for n in (wide, narrow)]
+    lats = ps.compare_latency([wide, narrow], inputs=(1, 3, 8, 8), runtime='mkldnn',
+                              repeats=3, threads=1)
+    assert order == [8, 4] * 3
+    assert [lat.median for lat in lats] == [8e-3, 4e-3]
+    assert all(lat.runtime == 'mkldnn' and lat.repeats == 3 and lat.threads == 1
+               for lat in lats)
+    for net, (params, out) in zip((wide, narrow), before):
+        after, out_after = _state(net, x)
+        assert all(np.array_equal(a, b) for n in params for a, b in zip(params[n], after[n]))
+        assert np.array_equal(out, out_after)
+        assert ps._internals.is_hybridized(net) == hybridize
+
+
 def test_missing_onnxruntime_is_a_typed_error(monkeypatch):
     import builtins
     real = builtins.__import__
@@ -326,3 +359,28 @@ def test_model_runs_on_each_runtime(runtime, tmp_path):
     assert model.predict({'n_conv0_weight': 7, 'n_conv2_weight': 2}) > 0
     model.plot(str(tmp_path / 'model.png'))
     assert (tmp_path / 'model.png').stat().st_size > 0
+
+
+def test_model_stops_timing_a_layer_once_its_samples_agree(monkeypatch):
+    """Steady layers get _SETTLE_AFTER samples, a noisy one every repeat (the build time of a
+    big net is mostly these repeats); the whole nets always get every repeat."""
+    calls = {}
+    noisy = iter(range(10 ** 6))
+
+    def timer(runtime, variant):
+        key = (variant.layer is None, variant.shapes, tuple(a.shape for a in
+                                                          variant.arrays.values()))
+        calls[key] = calls.get(key, 0) + 1
+        if variant.layer is not None and variant.arrays['weight'].shape[0] == 12:
+            return 1e-3 * (1 + next(noisy) % 2)       # alternates 1 ms, 2 ms: never settles
+        return _elements(variant)
+    monkeypatch.setattr(latency, '_TIMER', timer)
+    ps.latency_model(_two_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=7,
+                     counts={'n_conv0_weight': [4, 8, 12]})
+    layers = {k: n for k, n in calls.items() if not k[0]}
+    wholes = [n for k, n in calls.items() if k[0]]
+    noisy_layers = [n for k, n in layers.items() if k[2][0] == (12, 3, 3, 3)]
+    assert noisy_layers == [7]
+    assert sorted(layers.values()) == [latency._SETTLE_AFTER] * (len(layers) - 1) + [7]
+    # the dense net and the calibration nets (two of them can have the same shapes here)
+    assert sum(wholes) == (1 + len(latency._CALIBRATION)) * latency._WHOLE_REPEATS
