@@ -427,16 +427,23 @@ def measure_latency(net, *, inputs, runtime: str = 'mxnet', repeats: int = 20,
     >>> lat.runtime, lat.shapes, lat.threads, lat.p10 <= lat.median <= lat.p90
     ('mxnet', ((1, 3, 16, 16),), 1, True)
     """
-    _require_hybrid(net, 'measure_latency')
+    return _measure([net], inputs, runtime, repeats, warmup, threads, 'measure_latency')[0]
+
+
+def _measure(nets, inputs, runtime, repeats, warmup, threads, what):
+    for net in nets:
+        _require_hybrid(net, what)
     _check_runtime(runtime)
     repeats = _check_count('repeats', repeats, 1)
     warmup = _check_count('warmup', warmup, 0)
     threads = _threads(threads)
     shapes = _input_shapes(inputs)
-    _finish_deferred(net, inputs, shapes)
-    variant = _variant_of(net, shapes)
-    seconds = time_variants(runtime, [variant], repeats, warmup, threads)[0]
-    return _summary(seconds, runtime, shapes, threads, repeats)
+    variants = []
+    for net in nets:
+        _finish_deferred(net, inputs, shapes)
+        variants.append(_variant_of(net, shapes))
+    seconds = time_variants(runtime, variants, repeats, warmup, threads)
+    return [_summary(s, runtime, shapes, threads, repeats) for s in seconds]
 
 
 def compare_latency(nets, *, inputs, runtime: str = 'mxnet', repeats: int = 20,
@@ -486,19 +493,7 @@ def compare_latency(nets, *, inputs, runtime: str = 'mxnet', repeats: int = 20,
             or not nets:
         raise SurgeryTypeError('nets must be a non-empty list of HybridBlocks, got %s.'
                                % type(nets).__name__)
-    for net in nets:
-        _require_hybrid(net, 'compare_latency')
-    _check_runtime(runtime)
-    repeats = _check_count('repeats', repeats, 1)
-    warmup = _check_count('warmup', warmup, 0)
-    threads = _threads(threads)
-    shapes = _input_shapes(inputs)
-    variants = []
-    for net in nets:
-        _finish_deferred(net, inputs, shapes)
-        variants.append(_variant_of(net, shapes))
-    seconds = time_variants(runtime, variants, repeats, warmup, threads)
-    return [_summary(s, runtime, shapes, threads, repeats) for s in seconds]
+    return _measure(list(nets), inputs, runtime, repeats, warmup, threads, 'compare_latency')
 
 
 # --------------------------------------------------------------------------- latency models
