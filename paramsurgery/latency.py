@@ -506,6 +506,8 @@ _TIMED_OPS = ('Convolution', 'FullyConnected')
 # made odd (never aligned, also where every exact count would be: resnet's sizes), so the
 # fit sees both sides of what a fused runtime does between layers.
 _CALIBRATION = ((0.5, 'odd'), (0.5, 8), (0.25, 'odd'), (0.75, 8))
+# and at the fast counts (of the layers alone) nearest to what these amounts keep
+_FAST_CALIBRATION = (0.5, 0.75)
 # A single layer's samples within this fraction of their median need no more repeats: the
 # fast counts compare layers whose times differ by more (an aligned count of oneDNN is
 # 1.5-3x faster than its unaligned neighbours).
@@ -624,9 +626,21 @@ def _shrunk_variant(variant, groups, kept):
     return _Variant(symbol_json, variant.input_names, variant.shapes, arrays)
 
 
+def _count_step(size):
+    """8 up to 256 channels, then doubled with the size (16 up to 512, 32 up to 1024, ...):
+    at most 32 multiples per group. Every step is a multiple of 8 (oneDNN's blocks), and
+    a wide group's neighbouring counts differ too little in time to be worth timing."""
+    step = 8
+    while size > 32 * step:
+        step *= 2
+    return step
+
+
 def _default_counts(size):
-    """Every multiple of 8 up to ``size``, the counts amounts 0.1 ... 0.9 keep, ``size``."""
-    counts = set(range(8, size + 1, 8)) | {size}
+    """The multiples of :func:`_count_step` up to ``size``, the counts amounts 0.1 ... 0.9
+    keep, ``size``."""
+    step = _count_step(size)
+    counts = set(range(step, size + 1, step)) | {size}
     for tenth in range(1, 10):
         counts.add(max(1, size - prune_count(tenth / 10, size)))
     return sorted(counts)
@@ -1003,7 +1017,8 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
     counts : dict or callable, default None
         The kept counts to time: a dict group name -> list of counts (groups not named get
         the default), or ``f(group) -> counts``. Default: every multiple of 8 up to the
-        size, and the counts amounts 0.1 ... 0.9 keep. The size is always added.
+        size (of 16 above 256 channels, 32 above 512, 64 above 1024: at most 32 multiples),
+        and the counts amounts 0.1 ... 0.9 keep. The size is always added.
     repeats : int, default 5
         Timed runs of each layer (and whole net); each after one untimed run.
     threads : int, default None
@@ -1067,16 +1082,10 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
             if cfg not in configs:
                 configs[cfg] = _layer_variant(layer, *dims)
         plan.append((layer, deps, want))
-    calibration = [_uniform(groups, amount, r) for amount, r in _CALIBRATION]
-    wholes = [variant] + [_shrunk_variant(variant, groups, kept) for kept in calibration]
     keys = list(configs)
     seconds = time_variants(runtime, [configs[k] for k in keys], repeats, 1, threads,
                             desc='latency model, layers (%s)' % runtime, settle=_LAYER_SETTLE)
     timed = dict(zip(keys, (float(np.median(s)) for s in seconds)))
-    # the whole nets interleaved among themselves only: their ratios are what is fitted
-    seconds = time_variants(runtime, wholes, max(repeats, _WHOLE_REPEATS), 1, threads,
-                            desc='latency model, whole nets (%s)' % runtime)
-    whole = [float(np.median(s)) for s in seconds]
 
     def time_of(layer, dims):
         return timed[(layer.op, json.dumps(layer.attrs, sort_keys=True), layer.data_shape,
@@ -1104,12 +1113,25 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
         'runtime': runtime, 'shapes': [list(s) for s in shapes], 'threads': threads,
         'repeats': repeats, 'sizes': [[g, n] for g, n in sizes.items()],
         'table': {g: [[c, t] for c, t in rows.items()] for g, rows in table.items()},
-        'measured': whole[0], 'layers': stored_layers,
+        'measured': 0.0, 'layers': stored_layers,
         'weights': {g: weights.get(g, 0.0) for g in sizes},
-        'calibration': [{'kept': {}, 'seconds': whole[0]}] + [
-            {'kept': kept, 'seconds': s} for kept, s in zip(calibration, whole[1:])],
-        'fit': [1.0, 0.0, 0.0],
+        'calibration': [], 'fit': [1.0, 0.0, 0.0],
     }
+    # Counts picked as the fastest of noisy layer tables are, on average, the ones whose
+    # time was measured low: the whole nets at such counts (what round_to='fast' and
+    # latency plans build) show the fit that bias, the uniform ones what fusion costs.
+    layers_only = LatencyModel(data)
+    calibration = [_uniform(groups, amount, r) for amount, r in _CALIBRATION] + [
+        {g: layers_only.round(g, k) for g, k in _uniform(groups, amount, 1).items()}
+        for amount in _FAST_CALIBRATION]
+    wholes = [variant] + [_shrunk_variant(variant, groups, kept) for kept in calibration]
+    # the whole nets interleaved among themselves only: their ratios are what is fitted
+    seconds = time_variants(runtime, wholes, max(repeats, _WHOLE_REPEATS), 1, threads,
+                            desc='latency model, whole nets (%s)' % runtime)
+    whole = [float(np.median(s)) for s in seconds]
+    data['measured'] = whole[0]
+    data['calibration'] = [{'kept': {}, 'seconds': whole[0]}] + [
+        {'kept': kept, 'seconds': s} for kept, s in zip(calibration, whole[1:])]
     model = LatencyModel(data)
     sums = [model._sum(c['kept']) for c in data['calibration']]
     mis = [_misaligned(dict(sizes, **c['kept']), sizes, data['weights'])

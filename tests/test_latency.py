@@ -300,6 +300,8 @@ def test_fast_counts_are_faster_than_every_larger_count(monkeypatch):
     assert model.round('n_conv0_weight', 11) == 8
     assert model.round('n_conv0_weight', 12) == 16       # a tie goes to the larger count
     assert model.round('n_conv0_weight', 1) == 8
+    # the whole nets include the fast counts nearest to what 50% and 75% keep (8 and 4)
+    assert [c['kept'] for c in model.calibration[-2:]] == [{'n_conv0_weight': 8}] * 2
 
 
 def test_model_save_load_and_damage(monkeypatch, tmp_path):
@@ -355,7 +357,7 @@ def test_model_runs_on_each_runtime(runtime, tmp_path):
                                                 'n_conv2_weight': [3]})
     assert list(model.sizes) == ['n_conv0_weight', 'n_conv2_weight']
     assert list(model.table['n_conv0_weight']) == [5, 8, 16]
-    assert len(model.calibration) == 5 and all(c['seconds'] > 0 for c in model.calibration)
+    assert len(model.calibration) == 7 and all(c['seconds'] > 0 for c in model.calibration)
     assert model.predict({'n_conv0_weight': 7, 'n_conv2_weight': 2}) > 0
     model.plot(str(tmp_path / 'model.png'))
     assert (tmp_path / 'model.png').stat().st_size > 0
@@ -383,4 +385,21 @@ def test_model_stops_timing_a_layer_once_its_samples_agree(monkeypatch):
     assert noisy_layers == [7]
     assert sorted(layers.values()) == [latency._SETTLE_AFTER] * (len(layers) - 1) + [7]
     # the dense net and the calibration nets (two of them can have the same shapes here)
-    assert sum(wholes) == (1 + len(latency._CALIBRATION)) * latency._WHOLE_REPEATS
+    assert sum(wholes) == (1 + len(latency._CALIBRATION) + len(latency._FAST_CALIBRATION)) \
+        * latency._WHOLE_REPEATS
+
+
+def test_default_counts_of_a_wide_group_step_by_16(monkeypatch):
+    """Above 256 channels the default grid doubles its step (the build time of resnet50_v1
+    is mostly its 1024- and 2048-channel groups): multiples of 16, the amounts' counts and
+    the size, nothing else."""
+    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    net = nn.HybridSequential(prefix='w_')
+    with net.name_scope():
+        net.add(nn.Conv2D(300, 1, in_channels=3), nn.Conv2D(4, 1, in_channels=300))
+    net.initialize()
+    model = ps.latency_model(net, inputs=(1, 3, 2, 2))
+    amounts = {300 - ps.prune_count(t / 10, 300) for t in range(1, 10)}
+    assert set(model.table['w_conv0_weight']) == set(range(16, 301, 16)) | amounts | {300}
+    assert [latency._count_step(n) for n in (16, 256, 257, 512, 513, 2048)] == \
+        [8, 8, 16, 16, 32, 64]
