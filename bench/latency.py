@@ -12,16 +12,19 @@ each runtime (plain MXNet with static_alloc, MXNet's oneDNN fusion, ONNX Runtime
 - plans for ``latency_ratio`` 2 and 3 from an output-distance sensitivity (no labels) at the
   model's fast counts, measured (target: >= 0.9x the requested ratio).
 
-Shrunk nets are timed as copies with the channels removed from the arrays and the symbol
-(their values do not matter for timing); dense and shrunk nets of one comparison are timed
-interleaved, medians. Every ratio is dense / shrunk measured in this run.
+Every ratio is dense / shrunk measured in this run.
+
+Shrunk nets are made with the public API (prune_channels, shrink) from fresh copies, and
+timed by ``ps.compare_latency`` (interleaved). The predicted ratio of every net is printed
+against the measured one (target: max(p/m, m/p) <= 1.2).
 
 Run: ``PYTHONPATH=. python bench/latency.py [--nets mobilenet_v2_1_0,resnet50_v1]
-[--batches 1,8] [--runtimes mxnet,mkldnn,onnxruntime] [--repeats 10]``
+[--batches 1,8] [--runtimes mxnet,mkldnn,onnxruntime] [--repeats 10] [--threads 1]``;
+one net, batch and runtime alone: ``--nets resnet50_v1 --batches 1 --runtimes mkldnn``.
+Progress lines (elapsed seconds) go to stdout.
 """
 import argparse
 import os
-import tempfile
 import time
 import warnings
 
@@ -30,32 +33,62 @@ import numpy as np
 from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
-from paramsurgery import latency
-from paramsurgery.analysis import DEFAULT_AMOUNTS
-from paramsurgery.channels.prune import selected_groups
-from paramsurgery.channels.trace import build
-from paramsurgery.cli import _distance_report
 
 TARGET_BUILD = 60.0
 TARGET_EFFICIENCY = 0.8
 TARGET_PREDICTION = 1.2
 TARGET_PLAN = 0.9
+AMOUNTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def ratio_line(job, value, target):
     print('RATIO %s %.3f %s' % (job, value, target), flush=True)
 
 
-def macs_of(variant, shape):
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+def fresh(name):
+    """The zoo net, the same names and initial values every time (the latency model's
+    groups are then every copy's, and the channels pruned by magnitude the same)."""
+    mx.random.seed(0)
+    net = getattr(vision, name)(pretrained=False, prefix=name + '_')
+    net.initialize(mx.init.Xavier())
+    return net
+
+
+def shrunk(name, shape, prune):
+    """A fresh net, ``prune(net)`` masking channels, shrunk for real and unmasked (masks of
+    ones left in the graph would be timed too)."""
+    net = fresh(name)
+    prune(net)
+    with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return ps.count_ops(latency._symbol_block(variant, folder), shape)[0]
+        ps.shrink(net, inputs=shape)
+    ps.remove_mask(net, ps.masked(net))
+    return net
+
+
+def kept_counts(net, shape, model):
+    return {g.name: g.size for g in ps.trace_channels(net, shape).groups
+            if g.name in model.sizes}
+
+
+def output_distance(shape):
+    """evaluate(net) for ps.sensitivity without labels: minus the relative distance of the
+    output from the dense net's on a fixed batch (so that a drop is a distance)."""
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=shape))
+    dense = []
+
+    def evaluate(net):
+        with mx.autograd.predict_mode():
+            out = net(x).asnumpy()
+        if not dense:
+            dense.append(out)
+        return -float(np.linalg.norm(out - dense[0]) / max(np.linalg.norm(dense[0]), 1e-30))
+    return evaluate
 
 
 def bench(name, batch, runtime, repeats, threads):
-    mx.random.seed(0)
-    net = getattr(vision, name)(pretrained=False)
-    net.initialize(mx.init.Xavier())
+    began = time.perf_counter()
+    net = fresh(name)
     shape = (batch, 3, 224, 224)
     tag = '%s-b%d-%s' % (name, batch, runtime)
     start = time.perf_counter()
@@ -66,31 +99,36 @@ def bench(name, batch, runtime, repeats, threads):
                                    1e3 * model.dense), flush=True)
     ratio_line('%s-model-build-s' % tag, built,
                '<=%g' % TARGET_BUILD if (name, batch) == ('resnet50_v1', 1) else '-')
-    groups = selected_groups(net, build(net, [shape]), None)
-    dense = latency._variant_of(net, [shape])
-    exact = latency._uniform(groups, 0.5, 1)
-    kept = {'round1': exact, 'round8': latency._uniform(groups, 0.5, 8),
-            'fast': {g: model.round(g, k) for g, k in exact.items()}}
-    report, _ = _distance_report(net, [shape], model, DEFAULT_AMOUNTS, 'l2')
-    plans = {}
+    print('%s: shrinking, sensitivity ... (%.0f s)' % (tag, time.perf_counter() - began),
+          flush=True)
+    nets = {'round%s' % r: shrunk(name, shape, lambda n, r=r: ps.prune_channels(
+        n, 0.5, inputs=shape, round_to=r, latency=model if r == 'fast' else None))
+        for r in (1, 8, 'fast')}
+    nets['fast'] = nets.pop('roundfast')
+    report = ps.sensitivity(net, output_distance(shape), inputs=shape, amounts=AMOUNTS,
+                            round_to='fast', latency=model, progress=False)
     for want in (2, 3):
         try:
             plan = report.plan(latency_ratio=want, latency=model)
         except ps.SurgeryValueError as err:
             print('%s: no plan for latency_ratio=%d: %s' % (tag, want, err))
             continue
-        rows = {r['name']: r for r in report.table if plan.get(r['name']) == r['amount']}
-        plans['plan%d' % want] = {n: model.sizes[n] - r['removed'] for n, r in rows.items()}
-    kept.update(plans)
-    variants = [dense] + [latency._shrunk_variant(dense, groups, k) for k in kept.values()]
-    seconds = latency.time_variants(runtime, variants, repeats, 2, latency._threads(threads),
-                                    desc=tag)
-    medians = [float(np.median(s)) for s in seconds]
-    dense_macs = macs_of(dense, shape)
-    for (job, counts), variant, median in zip(kept.items(), variants[1:], medians[1:]):
+
+        def prune(n, plan=plan):
+            for group, amount in plan.items():
+                ps.prune_channels(n, amount, inputs=shape, key=group, round_to='fast',
+                                  latency=model)
+        nets['plan%d' % want] = shrunk(name, shape, prune)
+    print('%s: timing %d nets ... (%.0f s)' % (tag, 1 + len(nets), time.perf_counter() - began),
+          flush=True)
+    lats = ps.compare_latency([net] + list(nets.values()), inputs=shape, runtime=runtime,
+                              repeats=repeats, warmup=2, threads=threads)
+    medians = [lat.median for lat in lats]
+    dense_macs = ps.count_ops(net, shape)[0]
+    for (job, small), median in zip(nets.items(), medians[1:]):
         speedup = medians[0] / median
-        macs = dense_macs / macs_of(variant, shape)
-        predicted = model.dense / model.predict(counts)
+        macs = dense_macs / ps.count_ops(small, shape)[0]
+        predicted = model.dense / model.predict(kept_counts(small, shape, model))
         print('%s %-7s: %.2f ms -> %.2f ms, speed-up %.2fx, MACs %.2fx, efficiency %.2f, '
               'predicted %.2fx' % (tag, job, 1e3 * medians[0], 1e3 * median, speedup, macs,
                                    speedup / macs, predicted), flush=True)
@@ -98,13 +136,13 @@ def bench(name, batch, runtime, repeats, threads):
             target = '>=%g' % TARGET_EFFICIENCY if job == 'fast' and name == \
                 'mobilenet_v2_1_0' and runtime in ('mkldnn', 'onnxruntime') else '-'
             ratio_line('%s-%s-efficiency' % (tag, job), speedup / macs, target)
-        if job in ('fast',) or job.startswith('plan'):
-            ratio_line('%s-%s-prediction-error' % (tag, job),
-                       max(predicted / speedup, speedup / predicted), '<=%g' % TARGET_PREDICTION)
+        ratio_line('%s-%s-prediction-error' % (tag, job),
+                   max(predicted / speedup, speedup / predicted), '<=%g' % TARGET_PREDICTION)
         if job.startswith('plan'):
             want = int(job[4:])
             ratio_line('%s-%s-measured-over-requested' % (tag, job), speedup / want,
                        '>=%g' % TARGET_PLAN)
+    print('%s: done (%.0f s)' % (tag, time.perf_counter() - began), flush=True)
 
 
 def main():

@@ -64,7 +64,7 @@ _EXPORTS = {
     'compact': ['save_compact', 'load_compact'],
     'rewinding': ['Capture', 'capture', 'rewind'],
     'dynamic': ['DynamicSparsity'],
-    'latency': ['measure_latency', 'Latency', 'latency_model', 'LatencyModel'],
+    'latency': ['measure_latency', 'compare_latency', 'Latency', 'latency_model', 'LatencyModel'],
 }
 
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

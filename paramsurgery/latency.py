@@ -41,7 +41,7 @@ from .errors import (
 from .pruning_core import prune_count
 from .select import MASK_SUFFIX
 
-__all__ = ['Latency', 'measure_latency', 'LatencyModel', 'latency_model']
+__all__ = ['Latency', 'measure_latency', 'compare_latency', 'LatencyModel', 'latency_model']
 
 RUNTIMES = ('mxnet', 'mkldnn', 'onnxruntime')
 
@@ -102,18 +102,19 @@ def _batches(variant):
     return [np.array(_values(s)) for s in variant.shapes]
 
 
-def _symbol_block(variant, folder):
-    prefix = os.path.join(folder, 'net')
-    with open(prefix + '-symbol.json', 'w') as f:
-        f.write(variant.symbol_json)
+def _symbol_block(variant):
+    """``variant`` as a SymbolBlock on ``cpu()``, built in memory (no files: thousands of
+    single layers are built for a latency model, and a file round trip cost more than
+    timing them)."""
     symbol = mx.sym.load_json(variant.symbol_json)
-    aux = set(symbol.list_auxiliary_states())
-    mx.nd.save(prefix + '-0000.params',
-               {('aux:' if n in aux else 'arg:') + n: mx.nd.array(a, dtype=a.dtype)
-                for n, a in variant.arrays.items()})
     with warnings_off():
-        return gluon.SymbolBlock.imports(prefix + '-symbol.json', list(variant.input_names),
-                                         prefix + '-0000.params', ctx=mx.cpu())
+        block = gluon.SymbolBlock(symbol, [mx.sym.var(n) for n in variant.input_names])
+    params = block.collect_params()
+    # no gradient arrays: the runners only run forwards
+    params.setattr('grad_req', 'null')
+    params.load_dict({n: mx.nd.array(a, dtype=a.dtype) for n, a in variant.arrays.items()},
+                     ctx=mx.cpu())
+    return block
 
 
 @contextlib.contextmanager
@@ -125,8 +126,8 @@ def warnings_off():
 
 
 def _mxnet_runner(variant, folder, threads, fuse=False):
-    _mx.set_omp_threads(threads)
-    block = _symbol_block(variant, folder)
+    # the thread count is set once for all runners, by time_variants
+    block = _symbol_block(variant)
     xs = [mx.nd.array(b) for b in _batches(variant)]
     with warnings_off():
         if fuse:
@@ -213,6 +214,7 @@ def _onnx_layer(variant, path):
 
 def _onnxruntime_runner(variant, folder, threads):
     _, ort = _onnx_modules()
+    os.mkdir(folder)
     path = os.path.join(folder, 'net.onnx')
     if variant.layer is not None:
         _onnx_layer(variant, path)
@@ -227,6 +229,7 @@ def _onnxruntime_runner(variant, folder, threads):
 
     def run():
         session.run(None, feed)
+    run.session = session       # tests read back the options it runs with
     return run
 
 
@@ -263,28 +266,38 @@ def _chunks(variants):
         yield chunk
 
 
-def time_variants(runtime, variants, repeats, warmup, threads, desc='latency'):
+# With ``settle``, every variant gets this many timed runs, and only the ones whose spread
+# is still above ``settle`` get the rest of ``repeats``.
+_SETTLE_AFTER = 3
+
+
+def _settled(samples, settle):
+    return settle is not None and len(samples) >= _SETTLE_AFTER and \
+        max(samples) - min(samples) <= settle * float(np.median(samples))
+
+
+def time_variants(runtime, variants, repeats, warmup, threads, desc='latency', settle=None):
     """Seconds per forward of each variant: ``repeats`` samples each, taken round-robin
     over a chunk of variants (interleaved, so a load change on the machine hits every
     variant of the chunk alike; callers put the variants they compare next to each other)
-    after ``warmup`` forwards of each."""
+    after ``warmup`` forwards of each. With ``settle`` (a fraction), a variant stops after
+    ``_SETTLE_AFTER`` samples once their range is within ``settle`` of their median: more
+    samples would not move a median that the range already pins down."""
     samples = [[] for _ in variants]
     if _TIMER is not None:
         for _ in range(repeats):
             for i, v in enumerate(variants):
-                samples[i].append(float(_TIMER(runtime, v)))
+                if not _settled(samples[i], settle):
+                    samples[i].append(float(_TIMER(runtime, v)))
         return [np.asarray(s) for s in samples]
     bar = _progress(len(variants) * (repeats + warmup), desc)
-    # MXNet's thread count is process-wide (no getter to save it): put back the default
-    # after timing, so that the caller's later forwards run as they did before.
     try:
-        with _omp_threads_restored():
+        with _omp_threads(threads if runtime != 'onnxruntime' else None):
             for chunk in _chunks(variants):
                 with tempfile.TemporaryDirectory(prefix='paramsurgery-latency-') as folder:
                     runners = []
                     for i in chunk:
                         sub = os.path.join(folder, str(i))
-                        os.mkdir(sub)
                         runners.append((i, _BUILDERS[runtime](variants[i], sub, threads)))
                     for _ in range(warmup):
                         for _, run in runners:
@@ -293,6 +306,8 @@ def time_variants(runtime, variants, repeats, warmup, threads, desc='latency'):
                                 bar.update(1)
                     for _ in range(repeats):
                         for i, run in runners:
+                            if _settled(samples[i], settle):
+                                continue
                             start = time.perf_counter()
                             run()
                             samples[i].append(time.perf_counter() - start)
@@ -305,11 +320,17 @@ def time_variants(runtime, variants, repeats, warmup, threads, desc='latency'):
 
 
 @contextlib.contextmanager
-def _omp_threads_restored():
+def _omp_threads(threads):
+    """MXNet's operator thread count fixed to ``threads`` inside, put back after (the
+    count is process-wide: the caller's later forwards run as they did before)."""
+    if threads is None:
+        yield
+        return
+    before = _mx.set_omp_threads(threads)
     try:
         yield
     finally:
-        _mx.set_omp_threads(_default_threads())
+        _mx.set_omp_threads(before)
 
 
 def _check_runtime(runtime):
@@ -400,16 +421,73 @@ def measure_latency(net, *, inputs, runtime: str = 'mxnet', repeats: int = 20,
     >>> lat.runtime, lat.shapes, lat.threads, lat.p10 <= lat.median <= lat.p90
     ('mxnet', ((1, 3, 16, 16),), 1, True)
     """
-    require_hybrid(net, 'measure_latency')
+    return _measure([net], inputs, runtime, repeats, warmup, threads, 'measure_latency')[0]
+
+
+def _measure(nets, inputs, runtime, repeats, warmup, threads, what):
+    for net in nets:
+        require_hybrid(net, what)
     _check_runtime(runtime)
     repeats = _check_count('repeats', repeats, 1)
     warmup = _check_count('warmup', warmup, 0)
     threads = _threads(threads)
     shapes = input_shapes(inputs)
-    finish_deferred(net, inputs, shapes)
-    variant = _variant_of(net, shapes)
-    seconds = time_variants(runtime, [variant], repeats, warmup, threads)[0]
-    return _summary(seconds, runtime, shapes, threads, repeats)
+    variants = []
+    for net in nets:
+        finish_deferred(net, inputs, shapes)
+        variants.append(_variant_of(net, shapes))
+    seconds = time_variants(runtime, variants, repeats, warmup, threads)
+    return [_summary(s, runtime, shapes, threads, repeats) for s in seconds]
+
+
+def compare_latency(nets, *, inputs, runtime: str = 'mxnet', repeats: int = 20,
+                    warmup: int = 3, threads: Optional[int] = None) -> List[Latency]:
+    """Measure several nets on one runtime, interleaved, so that their latencies compare.
+
+    As :func:`measure_latency` for each net, but the timed forwards are taken round-robin
+    over the nets (one forward of each, then again), so that a change of load on the machine
+    hits every net alike: compare medians of one call, not of separate calls. Every net is
+    left exactly as it was.
+
+    Parameters
+    ----------
+    nets : list of HybridBlock
+        Initialised networks taking the same inputs (a dense net and its shrunk copies).
+    inputs : NDArray or tuple of int or list of them
+        A batch (or its shape) per data input, for every net.
+    runtime, repeats, warmup, threads
+        As in :func:`measure_latency`.
+
+    Returns
+    -------
+    list of Latency
+        One per net, in order.
+
+    Raises
+    ------
+    SurgeryTypeError
+        ``nets`` is not a non-empty list of HybridBlocks, or a wrong argument type.
+    SurgeryValueError
+        As in :func:`measure_latency`.
+    MissingDependencyError
+        ``runtime='onnxruntime'`` without onnx and onnxruntime installed.
+
+    Examples
+    --------
+    >>> import mxnet as mx, paramsurgery as ps
+    >>> from mxnet.gluon import nn
+    >>> wide, narrow = nn.Conv2D(32, 3, in_channels=3), nn.Conv2D(8, 3, in_channels=3)
+    >>> for net in (wide, narrow):
+    ...     net.initialize()
+    >>> lats = ps.compare_latency([wide, narrow], inputs=(1, 3, 16, 16), repeats=3, threads=1)
+    >>> [lat.repeats for lat in lats], lats[0].shapes
+    ([3, 3], ((1, 3, 16, 16),))
+    """
+    if isinstance(nets, (str, bytes, gluon.Block)) or not isinstance(nets, (list, tuple)) \
+            or not nets:
+        raise SurgeryTypeError('nets must be a non-empty list of HybridBlocks, got %s.'
+                               % type(nets).__name__)
+    return _measure(list(nets), inputs, runtime, repeats, warmup, threads, 'compare_latency')
 
 
 # --------------------------------------------------------------------------- latency models
@@ -422,6 +500,12 @@ _TIMED_OPS = ('Convolution', 'FullyConnected')
 # made odd (never aligned, also where every exact count would be: resnet's sizes), so the
 # fit sees both sides of what a fused runtime does between layers.
 _CALIBRATION = ((0.5, 'odd'), (0.5, 8), (0.25, 'odd'), (0.75, 8))
+# and at the fast counts (of the layers alone) nearest to what these amounts keep
+_FAST_CALIBRATION = (0.5, 0.75)
+# A single layer's samples within this fraction of their median need no more repeats: the
+# fast counts compare layers whose times differ by more (an aligned count of oneDNN is
+# 1.5-3x faster than its unaligned neighbours).
+_LAYER_SETTLE = 0.05
 # The whole nets are few and decide every predicted ratio: at least this many repeats.
 _WHOLE_REPEATS = 10
 
@@ -536,9 +620,21 @@ def _shrunk_variant(variant, groups, kept):
     return _Variant(symbol_json, variant.input_names, variant.shapes, arrays)
 
 
+def _count_step(size):
+    """8 up to 256 channels, then doubled with the size (16 up to 512, 32 up to 1024, ...):
+    at most 32 multiples per group. Every step is a multiple of 8 (oneDNN's blocks), and
+    a wide group's neighbouring counts differ too little in time to be worth timing."""
+    step = 8
+    while size > 32 * step:
+        step *= 2
+    return step
+
+
 def _default_counts(size):
-    """Every multiple of 8 up to ``size``, the counts amounts 0.1 ... 0.9 keep, ``size``."""
-    counts = set(range(8, size + 1, 8)) | {size}
+    """The multiples of :func:`_count_step` up to ``size``, the counts amounts 0.1 ... 0.9
+    keep, ``size``."""
+    step = _count_step(size)
+    counts = set(range(step, size + 1, step)) | {size}
     for tenth in range(1, 10):
         counts.add(max(1, size - prune_count(tenth / 10, size)))
     return sorted(counts)
@@ -915,7 +1011,8 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
     counts : dict or callable, default None
         The kept counts to time: a dict group name -> list of counts (groups not named get
         the default), or ``f(group) -> counts``. Default: every multiple of 8 up to the
-        size, and the counts amounts 0.1 ... 0.9 keep. The size is always added.
+        size (of 16 above 256 channels, 32 above 512, 64 above 1024: at most 32 multiples),
+        and the counts amounts 0.1 ... 0.9 keep. The size is always added.
     repeats : int, default 5
         Timed runs of each layer (and whole net); each after one untimed run.
     threads : int, default None
@@ -979,16 +1076,10 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
             if cfg not in configs:
                 configs[cfg] = _layer_variant(layer, *dims)
         plan.append((layer, deps, want))
-    calibration = [_uniform(groups, amount, r) for amount, r in _CALIBRATION]
-    wholes = [variant] + [_shrunk_variant(variant, groups, kept) for kept in calibration]
     keys = list(configs)
     seconds = time_variants(runtime, [configs[k] for k in keys], repeats, 1, threads,
-                            desc='latency model, layers (%s)' % runtime)
+                            desc='latency model, layers (%s)' % runtime, settle=_LAYER_SETTLE)
     timed = dict(zip(keys, (float(np.median(s)) for s in seconds)))
-    # the whole nets interleaved among themselves only: their ratios are what is fitted
-    seconds = time_variants(runtime, wholes, max(repeats, _WHOLE_REPEATS), 1, threads,
-                            desc='latency model, whole nets (%s)' % runtime)
-    whole = [float(np.median(s)) for s in seconds]
 
     def time_of(layer, dims):
         return timed[(layer.op, json.dumps(layer.attrs, sort_keys=True), layer.data_shape,
@@ -1016,12 +1107,25 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
         'runtime': runtime, 'shapes': [list(s) for s in shapes], 'threads': threads,
         'repeats': repeats, 'sizes': [[g, n] for g, n in sizes.items()],
         'table': {g: [[c, t] for c, t in rows.items()] for g, rows in table.items()},
-        'measured': whole[0], 'layers': stored_layers,
+        'measured': 0.0, 'layers': stored_layers,
         'weights': {g: weights.get(g, 0.0) for g in sizes},
-        'calibration': [{'kept': {}, 'seconds': whole[0]}] + [
-            {'kept': kept, 'seconds': s} for kept, s in zip(calibration, whole[1:])],
-        'fit': [1.0, 0.0, 0.0],
+        'calibration': [], 'fit': [1.0, 0.0, 0.0],
     }
+    # Counts picked as the fastest of noisy layer tables are, on average, the ones whose
+    # time was measured low: the whole nets at such counts (what round_to='fast' and
+    # latency plans build) show the fit that bias, the uniform ones what fusion costs.
+    layers_only = LatencyModel(data)
+    calibration = [_uniform(groups, amount, r) for amount, r in _CALIBRATION] + [
+        {g: layers_only.round(g, k) for g, k in _uniform(groups, amount, 1).items()}
+        for amount in _FAST_CALIBRATION]
+    wholes = [variant] + [_shrunk_variant(variant, groups, kept) for kept in calibration]
+    # the whole nets interleaved among themselves only: their ratios are what is fitted
+    seconds = time_variants(runtime, wholes, max(repeats, _WHOLE_REPEATS), 1, threads,
+                            desc='latency model, whole nets (%s)' % runtime)
+    whole = [float(np.median(s)) for s in seconds]
+    data['measured'] = whole[0]
+    data['calibration'] = [{'kept': {}, 'seconds': whole[0]}] + [
+        {'kept': kept, 'seconds': s} for kept, s in zip(calibration, whole[1:])]
     model = LatencyModel(data)
     sums = [model._sum(c['kept']) for c in data['calibration']]
     mis = [_misaligned(dict(sizes, **c['kept']), sizes, data['weights'])

@@ -77,6 +77,39 @@ def test_timer_sees_the_nets_parameters(monkeypatch):
     assert seen[0].shapes == ((1, 3, 8, 8),)
 
 
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_compare_latency_interleaves_the_nets(monkeypatch, ctx, hybridize):
+    """The forwards alternate between the nets (so load changes hit both alike) and each
+    net's statistics come from its own samples; the nets are left as they were."""
+    order = []
+
+    def timer(runtime, variant):
+        order.append(variant.arrays['net_conv0_weight'].shape[0])
+        return 1e-3 * order[-1]          # ms per output channel: each net's time is known
+    monkeypatch.setattr(latency, '_TIMER', timer)
+    wide = _net(ctx, hybridize)
+    narrow = nn.HybridSequential(prefix='net_')
+    with narrow.name_scope():
+        narrow.add(nn.Conv2D(4, 3, in_channels=3), nn.GlobalAvgPool2D(), nn.Dense(2, in_units=4))
+    narrow.initialize(ctx=ctx)
+    if hybridize:
+        narrow.hybridize()
+    x = mx.nd.ones((1, 3, 8, 8), ctx=ctx[0])
+    before = [_state(n, x) for n in (wide, narrow)]
+    lats = ps.compare_latency([wide, narrow], inputs=(1, 3, 8, 8), runtime='mkldnn',
+                              repeats=3, threads=1)
+    assert order == [8, 4] * 3
+    assert [lat.median for lat in lats] == [8e-3, 4e-3]
+    assert all(lat.runtime == 'mkldnn' and lat.repeats == 3 and lat.threads == 1
+               for lat in lats)
+    for net, (params, out) in zip((wide, narrow), before):
+        after, out_after = _state(net, x)
+        assert all(np.array_equal(a, b) for n in params for a, b in zip(params[n], after[n]))
+        assert np.array_equal(out, out_after)
+        assert ps._mx.is_hybridized(net) == hybridize
+
+
 def test_missing_onnxruntime_is_a_typed_error(monkeypatch):
     import builtins
     real = builtins.__import__
@@ -94,7 +127,7 @@ def test_missing_onnxruntime_is_a_typed_error(monkeypatch):
 @pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
 @pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
 @pytest.mark.parametrize('mode', ['graph', 'update'])
-def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode, tmp_path):
+def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode):
     """A copy that lost the graph-mode masks (or read another replica) would time another
     net: half the filters masked must show in the copy's output."""
     net = _net(ctx, hybridize)
@@ -104,7 +137,7 @@ def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode, tmp
     x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)))
     was_hybrid = ps._mx.is_hybridized(net)
     variant = latency._variant_of(net, [(2, 3, 8, 8)])
-    copy = latency._symbol_block(variant, str(tmp_path))
+    copy = latency._symbol_block(variant)
     with mx.autograd.predict_mode():
         want = net(x.as_in_context(ctx[0])).asnumpy()
         got = copy(x).asnumpy()
@@ -116,15 +149,89 @@ def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode, tmp
 
 def test_threads_are_set_for_the_timing_and_put_back(monkeypatch):
     calls = []
-    monkeypatch.setattr(ps._mx, 'set_omp_threads', calls.append)
+
+    def fake(threads):
+        calls.append(threads)
+        return 5             # what the engine ran with before: put back after timing
+    monkeypatch.setattr(ps._mx, 'set_omp_threads', fake)
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
     lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=1,
                              warmup=0, threads=1)
     assert lat.threads == 1
-    assert calls == [1, 3]      # fixed while timing, then the default again
+    assert calls == [1, 5]      # fixed while timing, then what it was
     lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=1,
                              warmup=0, runtime='onnxruntime')
     assert lat.threads == 3
+    assert calls == [1, 5]      # ONNX Runtime's count is a session option, not MXNet's
+
+
+def _recording_builders(monkeypatch, seen):
+    """Every runtime's builder, wrapped to record what the runner runs with: the OpenMP
+    count on MXNet's engine worker (read back there) while timing, and ONNX Runtime's
+    session options."""
+    builders = dict(latency._BUILDERS)
+
+    def wrap(runtime):
+        def build(variant, folder, threads):
+            run = builders[runtime](variant, folder, threads)
+
+            def timed():
+                run()
+                if runtime == 'onnxruntime':
+                    options = run.session.get_session_options()
+                    seen.append((options.intra_op_num_threads, options.inter_op_num_threads))
+                else:
+                    seen.append(ps._mx.omp_threads())
+            return timed
+        return build
+    for runtime in builders:
+        monkeypatch.setitem(latency._BUILDERS, runtime, wrap(runtime))
+
+
+@pytest.mark.parametrize('runtime', ['mxnet', 'mkldnn'])
+def test_threads_reach_the_operators_of_mxnet(monkeypatch, runtime):
+    """MXSetNumOMPThreads alone sets the calling thread's count, which MXNet's operators
+    never read (they run on the engine's worker thread): the count must be the worker's."""
+    before = ps._mx.omp_threads()
+    want = before + 1         # differs from the current count, whatever it is
+    seen = []
+    _recording_builders(monkeypatch, seen)
+    lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=2,
+                             warmup=1, threads=want, runtime=runtime)
+    assert lat.threads == want
+    assert seen == [want] * 3
+    assert ps._mx.omp_threads() == before      # put back after timing
+
+
+def test_threads_reach_onnxruntime(monkeypatch):
+    seen = []
+    _recording_builders(monkeypatch, seen)
+    ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=2, warmup=0,
+                       threads=2, runtime='onnxruntime')
+    assert seen == [(2, 1)] * 2
+
+
+def test_set_omp_threads_reaches_new_operator_threads():
+    """Counted, not timed: a convolution run with 2 OpenMP threads, in a process started
+    with OMP_NUM_THREADS=1, makes the OpenMP runtime start a thread it had not needed."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import os, mxnet as mx\n"
+        "from paramsurgery import _mx\n"
+        "x = mx.nd.ones((1, 16, 32, 32)); w = mx.nd.ones((16, 16, 3, 3))\n"
+        "def conv():\n"
+        "    mx.nd.Convolution(x, w, kernel=(3, 3), num_filter=16, no_bias=True).wait_to_read()\n"
+        # wait_to_read: no copy on this thread (asnumpy's could start OpenMP threads here)
+        "count = lambda: len(os.listdir('/proc/self/task'))\n"
+        "conv(); one = count()\n"
+        "_mx.set_omp_threads(2); conv(); print(one, count())\n")
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    one, two = map(int, out)
+    assert two == one + 1
 
 
 # --------------------------------------------------------------------------- latency_model
@@ -193,6 +300,8 @@ def test_fast_counts_are_faster_than_every_larger_count(monkeypatch):
     assert model.round('n_conv0_weight', 11) == 8
     assert model.round('n_conv0_weight', 12) == 16       # a tie goes to the larger count
     assert model.round('n_conv0_weight', 1) == 8
+    # the whole nets include the fast counts nearest to what 50% and 75% keep (8 and 4)
+    assert [c['kept'] for c in model.calibration[-2:]] == [{'n_conv0_weight': 8}] * 2
 
 
 def test_model_save_load_and_damage(monkeypatch, tmp_path):
@@ -248,7 +357,49 @@ def test_model_runs_on_each_runtime(runtime, tmp_path):
                                                 'n_conv2_weight': [3]})
     assert list(model.sizes) == ['n_conv0_weight', 'n_conv2_weight']
     assert list(model.table['n_conv0_weight']) == [5, 8, 16]
-    assert len(model.calibration) == 5 and all(c['seconds'] > 0 for c in model.calibration)
+    assert len(model.calibration) == 7 and all(c['seconds'] > 0 for c in model.calibration)
     assert model.predict({'n_conv0_weight': 7, 'n_conv2_weight': 2}) > 0
     model.plot(str(tmp_path / 'model.png'))
     assert (tmp_path / 'model.png').stat().st_size > 0
+
+
+def test_model_stops_timing_a_layer_once_its_samples_agree(monkeypatch):
+    """Steady layers get _SETTLE_AFTER samples, a noisy one every repeat (the build time of a
+    big net is mostly these repeats); the whole nets always get every repeat."""
+    calls = {}
+    noisy = iter(range(10 ** 6))
+
+    def timer(runtime, variant):
+        key = (variant.layer is None, variant.shapes, tuple(a.shape for a in
+                                                          variant.arrays.values()))
+        calls[key] = calls.get(key, 0) + 1
+        if variant.layer is not None and variant.arrays['weight'].shape[0] == 12:
+            return 1e-3 * (1 + next(noisy) % 2)       # alternates 1 ms, 2 ms: never settles
+        return _elements(variant)
+    monkeypatch.setattr(latency, '_TIMER', timer)
+    ps.latency_model(_two_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=7,
+                     counts={'n_conv0_weight': [4, 8, 12]})
+    layers = {k: n for k, n in calls.items() if not k[0]}
+    wholes = [n for k, n in calls.items() if k[0]]
+    noisy_layers = [n for k, n in layers.items() if k[2][0] == (12, 3, 3, 3)]
+    assert noisy_layers == [7]
+    assert sorted(layers.values()) == [latency._SETTLE_AFTER] * (len(layers) - 1) + [7]
+    # the dense net and the calibration nets (two of them can have the same shapes here)
+    assert sum(wholes) == (1 + len(latency._CALIBRATION) + len(latency._FAST_CALIBRATION)) \
+        * latency._WHOLE_REPEATS
+
+
+def test_default_counts_of_a_wide_group_step_by_16(monkeypatch):
+    """Above 256 channels the default grid doubles its step (the build time of resnet50_v1
+    is mostly its 1024- and 2048-channel groups): multiples of 16, the amounts' counts and
+    the size, nothing else."""
+    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    net = nn.HybridSequential(prefix='w_')
+    with net.name_scope():
+        net.add(nn.Conv2D(300, 1, in_channels=3), nn.Conv2D(4, 1, in_channels=300))
+    net.initialize()
+    model = ps.latency_model(net, inputs=(1, 3, 2, 2))
+    amounts = {300 - ps.prune_count(t / 10, 300) for t in range(1, 10)}
+    assert set(model.table['w_conv0_weight']) == set(range(16, 301, 16)) | amounts | {300}
+    assert [latency._count_step(n) for n in (16, 256, 257, 512, 513, 2048)] == \
+        [8, 8, 16, 16, 32, 64]

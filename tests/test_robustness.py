@@ -854,6 +854,17 @@ BAD = {
         ('threads 0', lambda e: ps.measure_latency(e.net, inputs=(1, 3), threads=0), VE),
         ('shape does not run', lambda e: ps.measure_latency(e.net, inputs=(1, 5)), VE),
     ],
+    'compare_latency': [
+        ('a net, not a list', lambda e: ps.compare_latency(e.net, inputs=(1, 3)), TE),
+        ('an empty list', lambda e: ps.compare_latency([], inputs=(1, 3)), TE),
+        ('a plain Block in the list',
+         lambda e: ps.compare_latency([e.net, nn.Block()], inputs=(1, 3)), TE),
+        ("runtime='x'", lambda e: ps.compare_latency([e.net], inputs=(1, 3), runtime='x'), VE),
+        ('repeats 0', lambda e: ps.compare_latency([e.net], inputs=(1, 3), repeats=0), VE),
+        ('warmup -1', lambda e: ps.compare_latency([e.net], inputs=(1, 3), warmup=-1), VE),
+        ('threads 0', lambda e: ps.compare_latency([e.net], inputs=(1, 3), threads=0), VE),
+        ('shape does not run', lambda e: ps.compare_latency([e.net], inputs=(1, 5)), VE),
+    ],
     'latency_model': [
         ('a plain Block', lambda e: ps.latency_model(nn.Block(), inputs=(1, 3)), TE),
         ("runtime='x'", lambda e: ps.latency_model(e.net, inputs=(1, 3), runtime='x'), VE),

@@ -30,7 +30,10 @@ The complete inventory of the private names used here:
   ``_contains_sparse_weight``, ``_contains_sparse_grad``, ``_init_kvstore``,
   ``_init_params``, ``_reset_kvstore``.
 - KVStore: ``_updater``, ``_set_updater``.
-- ``mxnet.base._LIB.MXSetNumOMPThreads`` (the C call that fixes the OpenMP thread count),
+- ``mxnet.base._LIB.MXSetNumOMPThreads`` (the C call that fixes the OpenMP thread count of
+  the calling thread), ``MXEnginePushSyncND`` (runs a callback on the engine's CPU worker,
+  whose OpenMP count operators use), ``omp_get_max_threads``/``omp_set_num_threads`` (the
+  OpenMP runtime libmxnet links),
   ``MXNDArrayGetData`` (the address of a CPU array's memory, ``host.py``);
   ``mxnet.onnx.mx2onnx._export_onnx.MXNetGraph`` (the ONNX converter).
 - Optimizer: ``_all_index_update_counts`` (and its alias ``_index_update_count``).
@@ -112,6 +115,7 @@ from .params import (  # noqa: F401
     write_replicas,
 )
 from .runtime import (  # noqa: F401
+    omp_threads,
     onnx_graph,
     set_omp_threads,
 )
