@@ -421,7 +421,7 @@ def _add_deploy_commands(sub):
         description='Rewrite a parameter file (save_parameters, nd.save or export output) as a '
                     'compact file: each array dense or as a bit mask plus its nonzero values, '
                     'whichever is smaller, losslessly compressed; bit-exact. A 90%% sparse net '
-                    'takes about a seventh of the space. ps.load_compact and "paramsurgery '
+                    'takes about an eighth of the space. ps.load_compact and "paramsurgery '
                     'expand" read it. See docs/deploy.md#compact-files.')
     compact.add_argument('file', metavar='IN.params')
     compact.add_argument('-o', '--output', metavar='OUT', required=True)

@@ -190,7 +190,7 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
     The parameters are keyed by structural name, as ``save_parameters`` keys them. Each array
     is stored dense or as a packed bit mask of its nonzero entries (losslessly compressed) plus
     their values, whichever is smaller; after :func:`load_compact` every value is bit-exact
-    (``-0.0`` stays ``-0.0``). A 90% sparse net takes about a seventh of its
+    (``-0.0`` stays ``-0.0``). A 90% sparse net takes about an eighth of its
     ``save_parameters`` file, a dense one the same. Values are read from the first context
     (where ``save_parameters`` averages the replicas, which are equal). The file is written
     atomically. See ``docs/deploy.md#compact-files``.
