@@ -98,9 +98,9 @@ def _unpack(how, data):
 class _Writer:
     """Collects the blobs of one or more arrays and the header entries that describe them.
 
-    Offsets are relative to this writer's first blob until :func:`_concatenate` shifts them:
-    each array gets its own writer, so arrays are encoded on several threads (zlib, CRC-32
-    and numpy's passes release the GIL) and their blobs laid out in order afterwards."""
+    Offsets are relative to this writer's first blob until :func:`write_compact` shifts
+    them: each array gets its own writer, so arrays are encoded on several threads (zlib,
+    CRC-32 and numpy's passes release the GIL) and their blobs laid out in order afterwards."""
 
     def __init__(self, patterns=None):
         self.blobs, self.refs, self.size = [], [], 0
