@@ -21,10 +21,6 @@ __all__ = []
 _SCOPES = ('layer', 'global')
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation of arguments
-# ---------------------------------------------------------------------------------------------
-
 def prune_count(amount: Union[int, float], n: int, *, what: str = 'entries',
                 where: str = '') -> int:
     """How many of ``n`` candidates ``amount`` prunes, validated as every pruning call does.

@@ -1,5 +1,6 @@
 """Mask values: the binary check of update mode, writing or multiplying a planned value into
-a mask replica of any dtype, and a new mask Parameter made from it on every context."""
+a mask replica of any dtype, a new mask Parameter made from it on every context, and the
+Trainers a mask write keeps in step."""
 from collections import OrderedDict
 
 import mxnet as mx
