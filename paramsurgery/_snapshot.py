@@ -98,7 +98,7 @@ def _record_param(param, values, grads=True):
                         [_mx.fresh_grad(a) for a in data])
 
 
-def _record_trainer(trainer, values):
+def _record_trainer(trainer, values, params=None):
     optimizer = trainer.optimizer
     scheduler = getattr(optimizer, 'lr_scheduler', None)
     updaters = [_UpdaterRecord(u, _mx.updater_class(u), _mx.object_state(u),
@@ -108,7 +108,7 @@ def _record_trainer(trainer, values):
                           _mx.object_state(optimizer),
                           _mx.optimizer_counters(optimizer),
                           None if scheduler is None else _mx.object_state(scheduler),
-                          updaters, _mx.kvstore_copies(trainer) if values else {})
+                          updaters, _mx.kvstore_copies(trainer, params) if values else {})
 
 
 def _reachable_trainers(params, given=()):
@@ -129,7 +129,7 @@ class Transaction:
     caller; a normal exit commits (keeps the changes). ``values=False`` records no array
     values (nor kvstore copies): for operations that only replace arrays with new ones and
     never write into the old ones (:func:`paramsurgery.shrink`). ``values`` a list of
-    Parameters records the replica values of those only, not their gradients, and the
+    Parameters records the replica values of those only, not their gradients, and their
     kvstore copies: for operations that write into nothing else
     (:func:`paramsurgery.assign_params`, whose cost is then one copy of what it writes).
     ``net`` may also be a ParameterDict or a dict of Parameters (no blocks to record).
@@ -138,13 +138,14 @@ class Transaction:
     def __init__(self, net, trainers=(), *, values=True):
         params = list(all_params(net).values())
         blocks = _mx.walk_blocks(net) if isinstance(net, Block) else []
+        values = values if isinstance(values, bool) else list(values)
         only = None if isinstance(values, bool) else set(id(p) for p in values)
         with autograd.pause():
             self._blocks = [(b, _mx.object_state(b), _mx.object_state(b.params))
                             for b in blocks]
             self._params = [_record_param(p, values) if only is None else
                             _record_param(p, id(p) in only, grads=False) for p in params]
-            self._trainers = [_record_trainer(t, bool(values))
+            self._trainers = [_record_trainer(t, bool(values), None if only is None else values)
                               for t in _reachable_trainers(params, trainers)]
 
     def __enter__(self):
