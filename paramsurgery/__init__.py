@@ -14,14 +14,14 @@ The layers, each importing only from the ones above it (and, within a line, ``a 
 its modules; ``tests/test_layers.py`` checks this against the real imports::
 
     errors -> _checks, _files -> _plot    exceptions; argument checks, atomic files; figures
-    pruning_core, schedules, budget  exact masks from numpy, schedules, budget plans (no MXNet)
+    _amounts -> _ranking -> pruning_core, schedules, budget  no MXNet: the pruning core; budgets
     select                           keys, and the mask-name rule
     _mx                              every private MXNet attribute, nothing else (subpackage)
     access, distributed              context-safe access; Trainer and kvstore checks
     _snapshot                        one transaction over a net and its Trainers
     _values -> surgery               the value plan; assign_params, set_params
     masks                            masks in the graph or the stored weights (subpackage)
-    pruning, _usage -> stale, samplers    pruning a net; the stale-gradient doctor; samplers
+    pruning, _usage -> _diagnosis -> stale, samplers  pruning; the stale-gradient doctor; samplers
     channels -> shrinking            channel groups, pruning and shrink (a subpackage); the old path
     report -> _sensitivity -> analysis    sparsity reports; sensitivity reports and trials
     compact -> onnx_export           compact files; ONNX export checked in ONNX Runtime

@@ -18,13 +18,16 @@ it back bit for bit on :meth:`Transaction.rollback` (or when its ``with`` block 
 
 A Trainer created inside the transaction holds nothing of the recorded state: the rollback
 forgets it (the parameters' last Trainer is put back). Used by every
-:func:`paramsurgery.sensitivity` trial and by :func:`paramsurgery.shrink`.
+:func:`paramsurgery.sensitivity` trial, by :func:`paramsurgery.shrink` and
+:func:`paramsurgery.apply_plan`, and by the value surgery (:func:`paramsurgery.assign_params`,
+:func:`paramsurgery.set_params`).
 """
 import copy
 from typing import NamedTuple
 
 from mxnet import autograd
 from mxnet import ndarray as nd
+from mxnet.gluon import Block
 
 from . import _mx
 from .errors import TrainerStateError, and_more
@@ -84,18 +87,18 @@ class _TrainerRecord(NamedTuple):
     kvstore: dict           # key -> copy held by a kvstore that runs the optimizer
 
 
-def _record_param(param, values):
+def _record_param(param, values, grads=True):
     data = _mx.raw_data(param)
     if not values or not isinstance(data, list):
         return _ParamRecord(param, _mx.object_state(param), None, None, None)
-    grads = _mx.raw_grad(param)
-    if not isinstance(grads, list):   # grad_req 'null': no gradient, no freshness flag
+    grads = _mx.raw_grad(param) if grads else None
+    if not isinstance(grads, list):   # grad_req 'null' (or not asked): no gradient, no flag
         return _ParamRecord(param, _mx.object_state(param), _copies(data), None, None)
     return _ParamRecord(param, _mx.object_state(param), _copies(data), _copies(grads),
                         [_mx.fresh_grad(a) for a in data])
 
 
-def _record_trainer(trainer, values):
+def _record_trainer(trainer, values, params=None):
     optimizer = trainer.optimizer
     scheduler = getattr(optimizer, 'lr_scheduler', None)
     updaters = [_UpdaterRecord(u, _mx.updater_class(u), _mx.object_state(u),
@@ -105,7 +108,7 @@ def _record_trainer(trainer, values):
                           _mx.object_state(optimizer),
                           _mx.optimizer_counters(optimizer),
                           None if scheduler is None else _mx.object_state(scheduler),
-                          updaters, _mx.kvstore_copies(trainer) if values else {})
+                          updaters, _mx.kvstore_copies(trainer, params) if values else {})
 
 
 def _reachable_trainers(params, given=()):
@@ -125,17 +128,24 @@ class Transaction:
     Used as ``with Transaction(net) as txn: ...``: an exception rolls back and reaches the
     caller; a normal exit commits (keeps the changes). ``values=False`` records no array
     values (nor kvstore copies): for operations that only replace arrays with new ones and
-    never write into the old ones (:func:`paramsurgery.shrink`).
+    never write into the old ones (:func:`paramsurgery.shrink`). ``values`` a list of
+    Parameters records the replica values of those only, not their gradients, and their
+    kvstore copies: for operations that write into nothing else
+    (:func:`paramsurgery.assign_params`, whose cost is then one copy of what it writes).
+    ``net`` may also be a ParameterDict or a dict of Parameters (no blocks to record).
     """
 
     def __init__(self, net, trainers=(), *, values=True):
         params = list(all_params(net).values())
-        blocks = _mx.walk_blocks(net)
+        blocks = _mx.walk_blocks(net) if isinstance(net, Block) else []
+        values = values if isinstance(values, bool) else list(values)
+        only = None if isinstance(values, bool) else set(id(p) for p in values)
         with autograd.pause():
             self._blocks = [(b, _mx.object_state(b), _mx.object_state(b.params))
                             for b in blocks]
-            self._params = [_record_param(p, values) for p in params]
-            self._trainers = [_record_trainer(t, values)
+            self._params = [_record_param(p, values) if only is None else
+                            _record_param(p, id(p) in only, grads=False) for p in params]
+            self._trainers = [_record_trainer(t, bool(values), None if only is None else values)
                               for t in _reachable_trainers(params, trainers)]
 
     def __enter__(self):

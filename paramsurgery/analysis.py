@@ -23,14 +23,22 @@ from mxnet import autograd
 from mxnet import ndarray as nd
 
 from . import _mx
+from ._amounts import check_amount
 from ._checks import check_flag, is_real
 from ._sensitivity import KINDS, SensitivityReport
 from ._snapshot import Transaction
+from .channels import count_ops
+from .channels.importance import IMPORTANCES, channel_rows
+from .channels.inputs import finish_deferred, input_shapes, require_hybrid
+from .channels.ops import op_counts
+from .channels.prune import FastCounts, choose_channels, rounding, selected_groups
+from .channels.trace import build as build_channel_graph
+from .channels.trace import check_owners
 from .errors import SurgeryTypeError, SurgeryValueError
 from .masks import apply_mask, get_mask, masked, unmasked_params
+from .masks.apply import apply_core_masks
 from .masks.owners import owner_index, owners_checked
-from .pruning import _apply as _apply_pruning_masks
-from .pruning_core import _check_amount, magnitude_masks
+from .pruning_core import magnitude_masks
 from .select import all_params, select
 
 __all__ = ['sensitivity', 'SensitivityReport']
@@ -67,7 +75,7 @@ def _amounts(amounts):
                                 'amounts=[0.25, 0.5] (see docs/pruning.md#how-much-amount).'
                                 % (amounts,))
     for amount in amounts:
-        _check_amount(amount)     # type, bool, NaN, sign, a float above 1
+        check_amount(amount)     # type, bool, NaN, sign, a float above 1
     if len(set(amounts)) != len(amounts):
         raise SurgeryValueError('amounts has repeated values: %r.' % (list(amounts),))
     return tuple(amounts)
@@ -127,7 +135,8 @@ class _WeightUnits:
                                importance=scores)[name]
         # Held masked as prune_magnitude masks it (so an evaluate that trains cannot revive
         # the pruned entries); the trial's transaction takes the mask away again.
-        _apply_pruning_masks(self.net, None, OrderedDict([(name, keep)]), 'graph')
+        # the core's masks are exact and binary: applied without another validation pass
+        apply_core_masks(self.net, OrderedDict([(name, keep)]), 'graph')
         old = self.masks.get(name)
         before = 0 if old is None else int(np.count_nonzero(np.broadcast_to(old, keep.shape)
                                                             == 0))
@@ -143,11 +152,6 @@ class _ChannelUnits:
     exactly as :func:`prune_channels` chooses them."""
 
     def __init__(self, net, inputs, key, importance, round_to, latency=None):
-        from .channels.importance import IMPORTANCES
-        from .channels.inputs import finish_deferred, input_shapes, require_hybrid
-        from .channels.ops import op_counts
-        from .channels.prune import FastCounts, rounding, selected_groups
-        from .channels.trace import build, check_owners
         require_hybrid(net, 'sensitivity')
         self.round_to = rounding(round_to, latency)
         if not callable(importance) and importance not in IMPORTANCES:
@@ -155,7 +159,7 @@ class _ChannelUnits:
                 "importance must be one of %s or a callable f(group) -> scores, got %r."
                 % (', '.join(repr(i) for i in IMPORTANCES), importance))
         shapes = input_shapes(inputs)
-        graph = build(net, shapes)
+        graph = build_channel_graph(net, shapes)
         check_owners(net, graph)
         groups = selected_groups(net, graph, key)
         if self.round_to == 'fast':
@@ -191,8 +195,6 @@ class _ChannelUnits:
         return [m[0] for m in self.groups[name].maskable]
 
     def prune(self, name, amount):
-        from .channels.importance import channel_rows
-        from .channels.prune import choose_channels
         group = self.groups[name]
         chosen = choose_channels(self.net, [group], self.weights, self.masks, amount,
                                  self.importance, 'layer', self.round_to)[0]
@@ -321,7 +323,6 @@ def sensitivity(net, evaluate: Callable[[Any], float], *, inputs=None,
                                     "entries, got round_to=%r." % (round_to,))
         units = _WeightUnits(net, key, importance)
     if inputs is not None:
-        from .channels import count_ops
         inputs_list = list(inputs) if isinstance(inputs, list) else [inputs]
         dense_macs, dense_params = count_ops(net, *inputs_list)
     else:

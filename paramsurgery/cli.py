@@ -452,7 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--version', action='version', version='%s %s' % (PROG, __version__))
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
+    # the order of the commands in --help
+    for add in (_add_inspect, _add_prune, _add_shrink, _add_deploy_commands, _add_latency,
+                _add_demo):
+        add(sub)
+    return parser
 
+
+def _add_inspect(sub):
     inspect = sub.add_parser(
         'inspect', help='sparsity table of a saved parameter file',
         description='Print the sparsity table of a saved parameter file (save_parameters, '
@@ -463,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help='only arrays whose name matches REGEX (from the start)')
     inspect.set_defaults(func=_inspect)
 
+
+def _add_prune(sub):
     prune = sub.add_parser(
         'prune', help='prune a saved parameter file (no model definition needed)',
         description='Zero the pruned entries of the selected arrays of a parameter file and '
@@ -485,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument('--seed', type=int, default=None, help='seed for --method random')
     prune.set_defaults(func=_prune)
 
+
+def _add_shrink(sub):
     shrink = sub.add_parser(
         'shrink', help='remove channels of an exported model (no model code needed)',
         description='Prune whole channels of an exported model (the -symbol.json and '
@@ -521,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                              'suit MKLDNN and GPUs)')
     shrink.set_defaults(func=_shrink)
 
-    _add_deploy_commands(sub)
+
+def _add_latency(sub):
     latency = sub.add_parser(
         'latency', help='measure the latency of an exported model on a runtime',
         description='Time one forward of an exported model (the -symbol.json and '
@@ -541,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help='also build a latency model and write it here')
     latency.set_defaults(func=_latency)
 
+
+def _add_demo(sub):
     demo = sub.add_parser(
         'demo', help='run the end-to-end example (offline)',
         description='Train a small CNN on scikit-learn\'s bundled digits on two contexts, '
@@ -552,7 +566,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_arguments
     add_arguments(demo)
     demo.set_defaults(func=_demo)
-    return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:

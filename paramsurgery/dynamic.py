@@ -68,6 +68,97 @@ def _count(fraction, total):
     return int(math.floor(fraction * total + 0.5))
 
 
+def _check_arguments(net, trainer, sparsity, method, update_every, drop_fraction, end, decay,
+                     distribution, seed):
+    """Raise for any bad argument of :class:`DynamicSparsity` (nothing is read from the net)."""
+    if not isinstance(net, gluon.Block):
+        raise SurgeryTypeError('DynamicSparsity needs the network (a gluon.Block), got %s.'
+                               % type(net).__name__)
+    if not isinstance(trainer, gluon.Trainer):
+        raise SurgeryTypeError('DynamicSparsity(trainer=) must be the gluon.Trainer that '
+                               'updates the parameters, got %s.' % type(trainer).__name__)
+    if not is_real(sparsity) or not 0 <= sparsity < 1:
+        raise SurgeryValueError('DynamicSparsity(sparsity=) must be a number in [0, 1) '
+                                '(the fraction of zeros), got %r.' % (sparsity,))
+    for name, value, choices in (('method', method, _METHODS), ('decay', decay, _DECAYS),
+                                 ('distribution', distribution, _DISTRIBUTIONS)):
+        if not isinstance(value, str) or value not in choices:
+            raise SurgeryValueError('DynamicSparsity(%s=) must be one of %s, got %r.'
+                                    % (name, ', '.join(repr(c) for c in choices), value))
+    if not is_int(update_every) or update_every < 1:
+        raise SurgeryValueError('DynamicSparsity(update_every=) must be an int >= 1 (steps '
+                                'between mask updates), got %r.' % (update_every,))
+    if not is_real(drop_fraction) or not 0 <= drop_fraction <= 1:
+        raise SurgeryValueError('DynamicSparsity(drop_fraction=) must be a number in '
+                                '[0, 1], got %r.' % (drop_fraction,))
+    if end is not None and (not is_int(end) or end < 1):
+        raise SurgeryValueError('DynamicSparsity(end=) must be an int >= 1 (the step from '
+                                'which the masks stay fixed) or None, got %r.' % (end,))
+    if seed is not None and (not is_int(seed) or not 0 <= seed < 2 ** 32):
+        raise SurgeryValueError('DynamicSparsity(seed=) must be an int in [0, 2**32) or '
+                                'None, got %r.' % (seed,))
+    kvstore, _, _ = _mx.trainer_kvstore(trainer)
+    if seed is None and _mx.is_distributed(kvstore):
+        raise SurgeryValueError('DynamicSparsity on a distributed kvstore needs seed= (the '
+                                'same on every worker), so that the workers draw the same '
+                                'masks.')
+
+
+def _chosen_params(net, trainer, key, method):
+    """The weights ``key`` selects (masks left out), each initialised and updated by
+    ``trainer``, and with a gradient for RigL."""
+    params = all_params(net)
+    masks = set(mask_names(params))
+    chosen = OrderedDict((n, p) for n, p in select(net, key).items() if n not in masks)
+    if not chosen:
+        raise SelectionError('DynamicSparsity: key %r selects only masks. Fix: select the '
+                             'weights.' % (key,))
+    for name, param in chosen.items():
+        if _mx.is_deferred(param) or _mx.raw_data(param) is None:
+            raise ParameterStateError("DynamicSparsity: parameter '%s' is not initialised; "
+                                      "initialise the net (and run one forward) first."
+                                      % name)
+    missing = [n for n, p in chosen.items() if _mx.trainer_index(trainer, p) is None]
+    if missing:
+        raise SelectionError('DynamicSparsity: the Trainer does not update %s. Fix: pass '
+                             'the Trainer built on these parameters, or leave them out of '
+                             'key.' % and_more(missing))
+    if method == 'rigl':
+        frozen = [n for n, p in chosen.items() if p.grad_req == 'null']
+        if frozen:
+            raise SurgeryValueError("DynamicSparsity(method='rigl') grows by gradient, but "
+                                    "%s has grad_req='null'. Fix: leave it out of key, or "
+                                    "use method='set'." % and_more(frozen))
+    return chosen
+
+
+def _active_counts(chosen, sparsity, distribution):
+    """How many entries of each weight stay active: ``1 - sparsity`` of each (``'uniform'``)
+    or the Erdos-Renyi-Kernel densities, at least one entry each."""
+    shapes = OrderedDict((n, tuple(p.shape)) for n, p in chosen.items())
+    if distribution == 'erk':
+        wanted = erk_densities(shapes, sparsity)
+    else:
+        wanted = {n: 1.0 - sparsity for n in shapes}
+    active = OrderedDict()
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        active[name] = min(size, max(1, _count(wanted[name], size)))
+    return active
+
+
+def _random_masks(chosen, active, rng):
+    """The first masks: ``active[name]`` entries of each weight drawn at random."""
+    initial = OrderedDict()
+    for name, param in chosen.items():
+        shape = tuple(param.shape)
+        size = int(np.prod(shape))
+        mask = np.zeros(size, dtype=np.uint8)
+        mask[rng.permutation(size)[:active[name]]] = 1
+        initial[name] = mask.reshape(shape)
+    return initial
+
+
 class DynamicSparsity:
     """Sparse training from scratch at a constant sparsity: RigL (Evci et al. 2020) or SET
     (Mocanu et al. 2018), on update-mode masks.
@@ -146,81 +237,18 @@ class DynamicSparsity:
                  method: str = 'rigl', update_every: int = 100, drop_fraction: float = 0.3,
                  end: Optional[int] = None, decay: str = 'cosine',
                  distribution: str = 'uniform', seed: Optional[int] = None):
-        if not isinstance(net, gluon.Block):
-            raise SurgeryTypeError('DynamicSparsity needs the network (a gluon.Block), got %s.'
-                                   % type(net).__name__)
-        if not isinstance(trainer, gluon.Trainer):
-            raise SurgeryTypeError('DynamicSparsity(trainer=) must be the gluon.Trainer that '
-                                   'updates the parameters, got %s.' % type(trainer).__name__)
-        if not is_real(sparsity) or not 0 <= sparsity < 1:
-            raise SurgeryValueError('DynamicSparsity(sparsity=) must be a number in [0, 1) '
-                                    '(the fraction of zeros), got %r.' % (sparsity,))
-        for name, value, choices in (('method', method, _METHODS), ('decay', decay, _DECAYS),
-                                     ('distribution', distribution, _DISTRIBUTIONS)):
-            if not isinstance(value, str) or value not in choices:
-                raise SurgeryValueError('DynamicSparsity(%s=) must be one of %s, got %r.'
-                                        % (name, ', '.join(repr(c) for c in choices), value))
-        if not is_int(update_every) or update_every < 1:
-            raise SurgeryValueError('DynamicSparsity(update_every=) must be an int >= 1 (steps '
-                                    'between mask updates), got %r.' % (update_every,))
-        if not is_real(drop_fraction) or not 0 <= drop_fraction <= 1:
-            raise SurgeryValueError('DynamicSparsity(drop_fraction=) must be a number in '
-                                    '[0, 1], got %r.' % (drop_fraction,))
-        if end is not None and (not is_int(end) or end < 1):
-            raise SurgeryValueError('DynamicSparsity(end=) must be an int >= 1 (the step from '
-                                    'which the masks stay fixed) or None, got %r.' % (end,))
-        if seed is not None and (not is_int(seed) or not 0 <= seed < 2 ** 32):
-            raise SurgeryValueError('DynamicSparsity(seed=) must be an int in [0, 2**32) or '
-                                    'None, got %r.' % (seed,))
-        kvstore, _, _ = _mx.trainer_kvstore(trainer)
-        if seed is None and _mx.is_distributed(kvstore):
-            raise SurgeryValueError('DynamicSparsity on a distributed kvstore needs seed= (the '
-                                    'same on every worker), so that the workers draw the same '
-                                    'masks.')
-        params = all_params(net)
-        masks = set(mask_names(params))
-        chosen = OrderedDict((n, p) for n, p in select(net, key).items() if n not in masks)
-        if not chosen:
-            raise SelectionError('DynamicSparsity: key %r selects only masks. Fix: select the '
-                                 'weights.' % (key,))
-        for name, param in chosen.items():
-            if _mx.is_deferred(param) or _mx.raw_data(param) is None:
-                raise ParameterStateError("DynamicSparsity: parameter '%s' is not initialised; "
-                                          "initialise the net (and run one forward) first."
-                                          % name)
-        missing = [n for n, p in chosen.items() if _mx.trainer_index(trainer, p) is None]
-        if missing:
-            raise SelectionError('DynamicSparsity: the Trainer does not update %s. Fix: pass '
-                                 'the Trainer built on these parameters, or leave them out of '
-                                 'key.' % and_more(missing))
-        if method == 'rigl':
-            frozen = [n for n, p in chosen.items() if p.grad_req == 'null']
-            if frozen:
-                raise SurgeryValueError("DynamicSparsity(method='rigl') grows by gradient, but "
-                                        "%s has grad_req='null'. Fix: leave it out of key, or "
-                                        "use method='set'." % and_more(frozen))
+        _check_arguments(net, trainer, sparsity, method, update_every, drop_fraction, end, decay,
+                         distribution, seed)
+        chosen = _chosen_params(net, trainer, key, method)
         self.net, self.trainer, self.method = net, trainer, method
         self.sparsity, self.update_every = float(sparsity), int(update_every)
         self.drop_fraction, self.end, self.decay = float(drop_fraction), end, decay
         self.distribution = distribution
         self.seed = int(np.random.randint(0, 2 ** 31)) if seed is None else int(seed)
         self._params = chosen
-        shapes = OrderedDict((n, tuple(p.shape)) for n, p in chosen.items())
-        if distribution == 'erk':
-            wanted = erk_densities(shapes, self.sparsity)
-        else:
-            wanted = {n: 1.0 - self.sparsity for n in shapes}
-        self._active = OrderedDict()
-        for name, shape in shapes.items():
-            size = int(np.prod(shape))
-            self._active[name] = min(size, max(1, _count(wanted[name], size)))
+        self._active = _active_counts(chosen, self.sparsity, distribution)
         self._rng = np.random.RandomState(self.seed)
-        initial = OrderedDict()
-        for name, shape in shapes.items():
-            size = int(np.prod(shape))
-            mask = np.zeros(size, dtype=np.uint8)
-            mask[self._rng.permutation(size)[:self._active[name]]] = 1
-            initial[name] = mask.reshape(shape)
+        initial = _random_masks(chosen, self._active, self._rng)
         self.updates = []
         apply_mask(net, initial, combine='replace', mode='update', trainer=trainer)
 

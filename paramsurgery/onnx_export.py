@@ -175,6 +175,90 @@ def _run_onnx(ort, model_bytes, feeds):
     return dict(zip(names, session.run(None, feeds)))
 
 
+class _Converted(NamedTuple):
+    model: object           # the checked onnx.ModelProto
+    data: bytes             # its serialised bytes, what is written
+    batches: list           # the example inputs, one NDArray each
+    ctx: object             # the context the weights were read from
+    baked: set              # the masks baked into their weights
+
+
+class _Agreement(NamedTuple):
+    max_diff: Optional[float]   # the largest |ONNX Runtime - MXNet| over the outputs
+    scale: Optional[float]      # the largest |output| of the net
+
+
+def _convert(net, trace, inputs, shapes, opset) -> _Converted:
+    """The net's traced graph converted by MXNet's exporter, masks baked, checked by onnx."""
+    import onnx  # export_onnx checked that it is installed
+    from onnx import helper, numpy_helper
+    symbol = trace.symbol
+    params = all_params(net)
+    ctx = net_contexts(net)[0]
+    wanted = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
+    wait_for_forwards()  # a queued forward would reorder the weights while they are copied
+    with autograd.pause():
+        arrays = {name: data_on(param, ctx) for name, param in params.items() if name in wanted}
+    batches = input_batches(inputs, shapes)
+    # The exporter pairs the shapes with the data inputs in the symbol's order, which is the
+    # order the graph first reads them, not the order of the net's arguments.
+    order = [name for name in symbol.list_inputs() if name not in arrays]
+    given = dict(zip(trace.input_names, batches))
+    onnx_types = [onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype(given[n].dtype)] for n in order]
+    try:
+        graph = _mx.onnx_graph(symbol, arrays, [given[n].shape for n in order],
+                               onnx_types, opset)
+    except Exception as err:  # pylint: disable=broad-except
+        raise ExportError(
+            "MXNet's ONNX exporter failed on %s '%s' at opset %d: %s: %s. Nothing was "
+            "written. See %s for what it converts."
+            % (type(net).__name__, net.name, opset, type(err).__name__,
+               str(err).splitlines()[0] if str(err) else '', _SUPPORT)) from None
+    masks = set(name for name in arrays if name.endswith(MASK_SUFFIX)
+                and name[:-len(MASK_SUFFIX)] in params)
+    _as_initializers_only(graph)  # first: baking removes the masks' initializers
+    baked = _bake_masks(graph, numpy_helper, masks)
+    model = helper.make_model(graph, producer_name='paramsurgery',
+                              opset_imports=[helper.make_opsetid('', opset)])
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    return _Converted(model, data, batches, ctx, baked)
+
+
+def _check_in_runtime(ort, net, trace, converted) -> _Agreement:
+    """Raise unless ONNX Runtime computes every output of the net within ``RTOL``."""
+    batches, ctx = converted.batches, converted.ctx
+    feeds = {name: b.asnumpy() for name, b in zip(trace.input_names, batches)}
+    try:
+        got = _run_onnx(ort, converted.data, feeds)
+    except Exception as err:  # pylint: disable=broad-except
+        raise ExportError(
+            "ONNX Runtime cannot run the exported %s '%s': %s: %s. Nothing was written. "
+            "See %s." % (type(net).__name__, net.name, type(err).__name__,
+                         str(err).splitlines()[0] if str(err) else '', _SUPPORT)) from None
+    with autograd.predict_mode():
+        expected = flat_outputs(net(*[b.as_in_context(ctx) for b in batches]))
+    names = _output_names(trace.symbol)
+    max_diff = scale = 0.0
+    for name, want in zip(names, expected):
+        want = want.asnumpy()
+        have = got.get(name)
+        one_scale = float(np.abs(want).max()) if want.size else 0.0
+        if have is None or have.shape != want.shape:
+            raise ExportError(
+                "ONNX Runtime's output '%s' has shape %s; the net's has %s. Nothing was "
+                "written." % (name, None if have is None else have.shape, want.shape))
+        diff = float(np.abs(have.astype(np.float64) - want).max()) if want.size else 0.0
+        if not np.isfinite(diff) or diff > RTOL * one_scale:
+            raise ExportError(
+                "ONNX Runtime computes output '%s' of %s '%s' differently: max |difference| "
+                "%.3g, more than %g x max |output| (%.3g). Nothing was written. An operator "
+                "converted with other semantics is the usual cause; see %s."
+                % (name, type(net).__name__, net.name, diff, RTOL, one_scale, _SUPPORT))
+        max_diff, scale = max(max_diff, diff), max(scale, one_scale)
+    return _Agreement(max_diff, scale)
+
+
 def export_onnx(net, path, *, inputs, opset: Optional[int] = None,
                 check: bool = True) -> OnnxExport:
     """Export a HybridBlock to an ONNX file, checked in ONNX Runtime against the net.
@@ -245,8 +329,7 @@ def export_onnx(net, path, *, inputs, opset: Optional[int] = None,
     path = check_path('path', path, write=True)
     shapes = input_shapes(inputs)
     check = check_flag('check', check)
-    onnx = _require('onnx', 'export_onnx')
-    from onnx import helper, numpy_helper
+    _require('onnx', 'export_onnx')
     from onnx.defs import onnx_opset_version
     opset = _check_opset(opset, onnx_opset_version())
     ort = _require('onnxruntime', 'export_onnx(check=True)') if check else None
@@ -259,69 +342,12 @@ def export_onnx(net, path, *, inputs, opset: Optional[int] = None,
     if unconvertible is not None:
         raise unconvertible
 
-    symbol = trace.symbol
-    params = all_params(net)
-    ctx = net_contexts(net)[0]
-    wanted = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
-    wait_for_forwards()  # a queued forward would reorder the weights while they are copied
-    with autograd.pause():
-        arrays = {name: data_on(param, ctx) for name, param in params.items() if name in wanted}
-    batches = input_batches(inputs, shapes)
-    # The exporter pairs the shapes with the data inputs in the symbol's order, which is the
-    # order the graph first reads them, not the order of the net's arguments.
-    order = [name for name in symbol.list_inputs() if name not in arrays]
-    given = dict(zip(trace.input_names, batches))
-    onnx_types = [onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype(given[n].dtype)] for n in order]
-    try:
-        graph = _mx.onnx_graph(symbol, arrays, [given[n].shape for n in order],
-                                      onnx_types, opset)
-    except Exception as err:  # pylint: disable=broad-except
-        raise ExportError(
-            "MXNet's ONNX exporter failed on %s '%s' at opset %d: %s: %s. Nothing was "
-            "written. See %s for what it converts."
-            % (type(net).__name__, net.name, opset, type(err).__name__,
-               str(err).splitlines()[0] if str(err) else '', _SUPPORT)) from None
-    masks = set(name for name in arrays if name.endswith(MASK_SUFFIX)
-                and name[:-len(MASK_SUFFIX)] in params)
-    _as_initializers_only(graph)  # first: baking removes the masks' initializers
-    baked = _bake_masks(graph, numpy_helper, masks)
-    model = helper.make_model(graph, producer_name='paramsurgery',
-                              opset_imports=[helper.make_opsetid('', opset)])
-    onnx.checker.check_model(model)
-    data = model.SerializeToString()
-
-    outputs = tuple(o.name for o in model.graph.output)
-    max_diff = scale = None
-    if check:
-        feeds = {name: b.asnumpy() for name, b in zip(trace.input_names, batches)}
-        try:
-            got = _run_onnx(ort, data, feeds)
-        except Exception as err:  # pylint: disable=broad-except
-            raise ExportError(
-                "ONNX Runtime cannot run the exported %s '%s': %s: %s. Nothing was written. "
-                "See %s." % (type(net).__name__, net.name, type(err).__name__,
-                             str(err).splitlines()[0] if str(err) else '', _SUPPORT)) from None
-        with autograd.predict_mode():
-            expected = flat_outputs(net(*[b.as_in_context(ctx) for b in batches]))
-        names = _output_names(symbol)
-        max_diff = scale = 0.0
-        for name, want in zip(names, expected):
-            want = want.asnumpy()
-            have = got.get(name)
-            one_scale = float(np.abs(want).max()) if want.size else 0.0
-            if have is None or have.shape != want.shape:
-                raise ExportError(
-                    "ONNX Runtime's output '%s' has shape %s; the net's has %s. Nothing was "
-                    "written." % (name, None if have is None else have.shape, want.shape))
-            diff = float(np.abs(have.astype(np.float64) - want).max()) if want.size else 0.0
-            if not np.isfinite(diff) or diff > RTOL * one_scale:
-                raise ExportError(
-                    "ONNX Runtime computes output '%s' of %s '%s' differently: max |difference| "
-                    "%.3g, more than %g x max |output| (%.3g). Nothing was written. An operator "
-                    "converted with other semantics is the usual cause; see %s."
-                    % (name, type(net).__name__, net.name, diff, RTOL, one_scale, _SUPPORT))
-            max_diff, scale = max(max_diff, diff), max(scale, one_scale)
+    converted = _convert(net, trace, inputs, shapes, opset)
+    agreement = _check_in_runtime(ort, net, trace, converted) if check else _Agreement(None, None)
+    model, data = converted.model, converted.data
     write_bytes(path, data)
     return OnnxExport(path=path, opset=opset, inputs=tuple(trace.input_names),
-                      outputs=outputs, initializers=len(model.graph.initializer),
-                      baked_masks=tuple(sorted(baked)), max_diff=max_diff, scale=scale)
+                      outputs=tuple(o.name for o in model.graph.output),
+                      initializers=len(model.graph.initializer),
+                      baked_masks=tuple(sorted(converted.baked)), max_diff=agreement.max_diff,
+                      scale=agreement.scale)

@@ -9,22 +9,15 @@ import mxnet as mx
 import numpy as np
 from mxnet import ndarray as nd
 
+from ._amounts import check_scope, count_to_reach, random_state, scope_groups
 from ._checks import check_flag
 from ._checks import is_int as _is_int
 from ._checks import is_real as _is_real
 from .access import data_on, replicas
 from .errors import SurgeryTypeError, SurgeryValueError
-from .masks.apply import apply_core_masks, check_mode, unmasked_params
-from .pruning_core import (
-    check_scope,
-    count_to_reach,
-    custom_masks,
-    magnitude_masks,
-    random_masks,
-    random_state,
-    scope_groups,
-    structured_masks,
-)
+from .masks.apply import apply_core_masks
+from .masks.modes import check_mode, unmasked_params
+from .pruning_core import custom_masks, magnitude_masks, random_masks, structured_masks
 from .schedules import Schedule
 from .select import MASK_SUFFIX, all_params, select
 

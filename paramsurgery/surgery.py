@@ -1,8 +1,14 @@
-"""Value surgery: scale or set parameters on every context, Trainer-safe, all or nothing."""
+"""Value surgery: scale or set parameters on every context, Trainer-safe, all or nothing.
+
+Everything is validated before the first write; the writes run in one
+:class:`paramsurgery._snapshot.Transaction`, which puts back every replica and Trainer copy
+if one of them fails (see ``docs/value-surgery.md``).
+"""
 from typing import Any, List, Optional
 
 from . import _mx, distributed
 from ._checks import check_flag
+from ._snapshot import Transaction
 from ._values import assign, check_products, multiply, plan, trainers_of
 
 __all__ = ['assign_params', 'set_params']
@@ -24,7 +30,18 @@ def _run(net, key, value, what, write, trainer, allow_nonfinite):
         distributed.warn_if_exposed(t, stacklevel=3)
     for _, param, prepared in steps:
         prepared.prefetch(_mx.context_list(param))
-    # Everything is validated: from here on nothing raises for the user's input.
+    # Everything is validated: from here on nothing raises for the user's input. What
+    # still can (a device or the runtime failing, an interrupt) rolls every replica and
+    # Trainer copy back, at the cost of one device copy of what is written.
+    # over the written parameters only: nothing else changes (no block, no other parameter)
+    with Transaction({name: param for name, param, _ in steps}, trainers, values=params):
+        _write(steps, write)
+        for t in trainers:
+            _mx.sync_trainer(t, params)
+    return [name for name, _, _ in steps]
+
+
+def _write(steps, write):
     for _, param, prepared in steps:
         _mx.write_replicas(param, lambda arr, v=prepared: write(arr, v))
         mask = _mx.update_mask(param)
@@ -38,9 +55,6 @@ def _run(net, key, value, what, write, trainer, allow_nonfinite):
             # the caller may change it
             for arr in _mx.raw_data(param):
                 arr.wait_to_read()
-    for t in trainers:
-        _mx.sync_trainer(t, params)
-    return [name for name, _, _ in steps]
 
 
 def assign_params(net, key, multiplier: Any = None, *, trainer: Optional[Any] = None,
@@ -80,7 +94,9 @@ def assign_params(net, key, multiplier: Any = None, *, trainer: Optional[Any] = 
     SelectionError, SurgeryValueError, SurgeryTypeError, ParameterStateError, TrainerStateError
         Before anything is written: on error no replica has changed. A product that is not
         representable (fp16 overflow to inf, an integer that would wrap around) is a
-        ``SurgeryValueError`` too.
+        ``SurgeryValueError`` too. Should a write fail after that (a device error, an
+        interrupt), every replica and Trainer copy is put back bit for bit before the error
+        is raised.
 
     Examples
     --------

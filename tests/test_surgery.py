@@ -5,6 +5,7 @@ import pytest
 from mxnet import autograd, gluon
 
 import paramsurgery as ps
+from paramsurgery import _mx
 
 from helpers import (
     ONE,
@@ -460,6 +461,98 @@ def test_errors_change_nothing(ctxs, call, error, match):
     with pytest.raises(error, match=match):
         call(net)
     assert_same_bits(before, snapshot(net))
+
+
+def _fail_in_the_second_write(monkeypatch):
+    """Make the low-level write fail inside the second parameter: on two contexts after its
+    first replica is written, on one after its only replica (the first is written in full)."""
+    real = _mx.write_replicas
+    calls = []
+
+    def failing(param, write):
+        calls.append(param.name)
+        if len(calls) < 2:
+            return real(param, write)
+        done = []
+
+        def once(arr):
+            if done:
+                raise RuntimeError('a device write failed')
+            done.append(write(arr))
+
+        real(param, once)
+        raise RuntimeError('a device write failed')
+
+    monkeypatch.setattr(_mx, 'write_replicas', failing)
+    return calls
+
+
+def grads(net):
+    return {name: [g.asnumpy().copy() for g in p.list_grad()]
+            for name, p in net.collect_params().items()}
+
+
+@pytest.mark.parametrize('call', ['assign_params', 'set_params'])
+def test_failure_in_the_middle_of_the_writes_changes_nothing(ctxs, hybridize, call,
+                                                               monkeypatch):
+    net = make_mlp(ctxs, hybridize)
+    forward_backward(net, batch(), ctxs)    # a cached graph and gradients that must stay
+    before, grads_before = snapshot(net), grads(net)
+    rng = np.random.RandomState(3)
+    values = {name: rng.uniform(0.5, 1.5, p.shape).astype(np.float32)
+              for name, p in net.collect_params().items()}
+    calls = _fail_in_the_second_write(monkeypatch)
+    with pytest.raises(RuntimeError, match='a device write failed'):
+        getattr(ps, call)(net, values)
+    assert len(calls) == 2                  # the first parameter was written in full
+    assert_same_bits(before, snapshot(net))
+    assert_same_bits(grads_before, grads(net))
+    monkeypatch.undo()
+    # the net is whole: the same call goes through, and the forward computes with it
+    getattr(ps, call)(net, values)
+    for name, p in net.collect_params().items():
+        for old, new in zip(before[name], all_replicas(p)):
+            want = old * values[name] if call == 'assign_params' else values[name]
+            np.testing.assert_array_equal(new, want)
+
+
+def _train_step(net, trainer, ctxs, x):
+    forward_backward(net, x, ctxs)
+    trainer.step(8)
+
+
+@pytest.mark.parametrize('kvstore, update_on_kvstore, ctxs', TRAINER_SETUPS)
+def test_failure_after_the_trainer_was_synchronised_is_undone(kvstore, update_on_kvstore,
+                                                              ctxs, monkeypatch):
+    """The kvstore's copy (update_on_kvstore) is overwritten before the failure: it is put
+    back too, so the next steps are bit for bit those of a net never touched."""
+    nets, trainers = [], []
+    for _ in range(2):
+        net = Scale(prefix='s_')
+        mx.random.seed(0)
+        net.initialize(ctx=ctxs)
+        nets.append(net)
+        trainers.append(gluon.Trainer(net.collect_params(), 'sgd',
+                                      {'learning_rate': 0.1, 'momentum': 0.9},
+                                      kvstore=kvstore, update_on_kvstore=update_on_kvstore))
+    x = batch()
+    for net, trainer in zip(nets, trainers):
+        _train_step(net, trainer, ctxs, x)
+    before = snapshot(nets[0])
+    real = _mx.sync_trainer
+
+    def sync_then_fail(trainer, params):
+        real(trainer, params)
+        raise RuntimeError('failed after the sync')
+
+    monkeypatch.setattr(_mx, 'sync_trainer', sync_then_fail)
+    with pytest.raises(RuntimeError, match='failed after the sync'):
+        ps.assign_params(nets[0], 's_weight', np.array([0.5, 2.0, -1.0, 3.0], np.float32))
+    assert_same_bits(before, snapshot(nets[0]))
+    for _ in range(2):
+        for net, trainer in zip(nets, trainers):
+            _train_step(net, trainer, ctxs, x)
+    assert_same_bits(snapshot(nets[1]), snapshot(nets[0]))
 
 
 def test_errors_are_builtin_subclasses():

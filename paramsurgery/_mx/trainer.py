@@ -336,17 +336,22 @@ def set_updater_class(updater, cls):
     updater.__class__ = cls
 
 
-def kvstore_copies(trainer):
+def kvstore_copies(trainer, params=None):
     """``{key: NDArray}``: a copy of the weight (or BatchNorm statistic) that a local/device
-    kvstore keeps for each parameter when it runs the optimizer (``update_on_kvstore``); the
-    next ``step`` pulls the weights from there. Empty when there is no such copy."""
+    kvstore keeps for each parameter (of ``params``, default all) when it runs the optimizer
+    (``update_on_kvstore``); the next ``step`` pulls the weights from there. Empty when there
+    is no such copy."""
     kvstore, on_kv, initialized = trainer_kvstore(trainer)
     if not initialized or kvstore is None or not on_kv or is_distributed(kvstore):
         return {}
     pending = set(id(p) for p in trainer._params_to_init)
+    wanted = None if params is None else set(id(p) for p in params)
     copies = {}
     for idx, param in enumerate(trainer._params):
         if id(param) in pending or param._data is None or param._stype != 'default':
+            continue
+        if is_mask_param(param) or (wanted is not None and id(param) not in wanted):
+            # masks never reach the kvstore (see _watching_init_kvstore): no key to pull
             continue
         first = param._data[0]
         buf = nd.zeros(first.shape, ctx=first.context, dtype=first.dtype)

@@ -1,4 +1,5 @@
-"""Applying, reading and removing masks (both modes).
+"""Applying masks (both modes): :func:`apply_mask`, and the same path for the pruning core's
+masks (:func:`apply_core_masks`) and for loaded files (:func:`apply_masks`).
 
 A mask is a non-trainable parameter ``<weight name>_mask`` registered on the block that owns
 the weight. In graph mode that block's ``hybrid_forward`` receives ``weight * mask``
@@ -10,188 +11,31 @@ See ``docs/masks.md``.
 """
 import warnings
 from collections import OrderedDict
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
-import mxnet as mx
 import numpy as np
 from mxnet import autograd
-from mxnet import ndarray as nd
 from mxnet.gluon.parameter import Parameter
 
 from .. import _mx, distributed
-from .._checks import check_flag
-from .._values import Value, check_product, plan, trainers_of
+from .._values import Value, check_product, plan
 from ..access import ensure_usable
-from ..errors import SelectionError, SurgeryTypeError, SurgeryValueError, and_more
-from ..select import MASK_SUFFIX, all_params, mask_names, match, select, unmasked
-from ..surgery import assign_params
+from ..errors import SurgeryValueError
+from ..select import MASK_SUFFIX, all_params, match, unmasked
 from . import forward
 from .forward import restore_default_layout
-from .owners import mask_owners, owner_index, owners_checked, refuse_masks_as_keys, require_block
-from .update_mode import mark_mask_param, set_update_mask, watch_trainer, zero_states_under
+from .modes import COMBINE, UPDATE_MASK_DTYPE, check_mode, mode_of
+from .owners import owner_index, owners_checked, refuse_masks_as_keys, require_block
+from .update_mode import set_update_mask, watch_trainer, zero_states_under
+from .values import (
+    mask_trainers,
+    multiply_value,
+    new_mask_param,
+    refuse_non_binary,
+    write_value,
+)
 
-__all__ = ['apply_mask', 'get_mask', 'masked', 'remove_mask']
-
-COMBINE = ('multiply', 'replace')
-#: Where a mask acts: in every forward graph, or in the stored weights and their updates.
-MODES = ('graph', 'update')
-#: An update-mode mask is only read to zero gradients (MXNet's numpy-frontend operators
-#: multiply a float weight or gradient by it directly): one byte per entry.
-UPDATE_MASK_DTYPE = np.uint8
-
-
-def unmasked_params(net) -> 'OrderedDict[str, Parameter]':
-    """Every parameter of ``net`` except the masks themselves, in ``collect_params()`` order."""
-    return unmasked(all_params(net))
-
-
-def check_mode(mode, what='mode', allow_none=False):
-    """Raise unless ``mode`` is exactly ``'graph'`` or ``'update'`` (or None when allowed)."""
-    if mode is None and allow_none:
-        return
-    if not isinstance(mode, str):
-        raise SurgeryTypeError(
-            "%s must be the string 'graph' or 'update'%s, got %s %r."
-            % (what, ' (or None)' if allow_none else '', type(mode).__name__, mode))
-    if mode not in MODES:
-        raise SurgeryValueError(
-            "%s must be exactly 'graph' (the mask is part of every forward graph) or "
-            "'update' (the Trainer keeps the masked entries of the stored weight at zero), "
-            "got %r." % (what, mode))
-
-
-def mask_mode(net, name) -> str:
-    """``'graph'`` or ``'update'``: the mode of the mask of parameter ``name``.
-
-    Raises ``SelectionError`` when ``name`` has no mask.
-    """
-    params, chosen = _select_masked(net, name, 'mask_mode')
-    return mode_of(chosen[name], params[name + MASK_SUFFIX])
-
-
-def mode_of(param, mask):
-    return 'update' if _mx.update_mask(param) is mask else 'graph'
-
-
-def _binary(value):
-    """True when a planned mask value holds only 0 and 1."""
-    if value.scalar is not None:
-        return value.scalar in (0, 1)
-    array = value.array
-    if isinstance(array, np.ndarray):
-        return bool(np.all((array == 0) | (array == 1)))
-    with autograd.pause():
-        return not (nd.not_equal(array, 0) * nd.not_equal(array, 1)).sum().asscalar()
-
-
-def _refuse_non_binary(name, value, existing, combine):
-    """Update mode keeps the masked entries of the stored weight at zero: only 0/1 masks."""
-    if not _binary(value):
-        raise SurgeryValueError(
-            "Parameter '%s': mode='update' takes binary masks only (every entry 0 or 1), "
-            "because the masked entries of the stored weight are set to 0 and kept there. "
-            "Nothing was changed. Pass a 0/1 mask, or use mode='graph' to scale weights."
-            % name)
-    if existing is not None and combine == 'multiply':
-        with autograd.pause():
-            old = _mx.raw_data(existing)[0].asnumpy()
-        if not np.all((old == 0) | (old == 1)):
-            product = old * (value.scalar if value.scalar is not None else
-                             np.asarray(value.array.asnumpy() if isinstance(
-                                 value.array, nd.NDArray) else value.array))
-            if not np.all((product == 0) | (product == 1)):
-                raise SurgeryValueError(
-                    "Parameter '%s': its graph-mode mask is not binary, so multiplying it "
-                    "with this mask gives a mask that is not binary, which mode='update' "
-                    "cannot keep. Nothing was changed. Pass combine='replace', or keep "
-                    "mode='graph'." % name)
-
-
-def _mask_value_on(value, arr):
-    """A planned mask value as a number or as an NDArray of ``arr``'s shape, dtype and
-    context."""
-    if value.scalar is not None:
-        return value.scalar
-    if isinstance(value.array, np.ndarray):
-        return nd.array(np.broadcast_to(value.array, arr.shape), ctx=arr.context,
-                        dtype=arr.dtype)
-    src = value.on(arr.context)
-    if not value.full:
-        src = nd.broadcast_to(src, shape=arr.shape)
-    return src.astype(arr.dtype, copy=False)
-
-
-def _write_value(arr, value):
-    """Write a planned mask value into a mask replica of any dtype."""
-    if value.array is not None and isinstance(value.array, np.ndarray):
-        # Straight from numpy: no temporary NDArray per context (a full set of masks is as
-        # large as the weights, and freed NDArrays stay in the process's heap).
-        src = value.array
-        if src.dtype == np.bool_ and np.dtype(arr.dtype) == np.uint8:
-            src = src.view(np.uint8)   # the pruning core's masks: no conversion pass
-        arr[:] = np.broadcast_to(src, arr.shape)
-    else:
-        arr[:] = _mask_value_on(value, arr)
-
-
-def _multiply_value(arr, value):
-    """Multiply a planned mask value into a mask replica of any dtype."""
-    factor = _mask_value_on(value, arr)
-    if isinstance(factor, nd.NDArray):
-        _mx.multiply_inplace(arr, factor)
-    else:
-        arr *= factor
-
-
-def _arrays_from_host(value, dtype, contexts):
-    """A full-shape numpy value as one NDArray of ``dtype`` per context, or None for any
-    other value. The host array is read in place (the pruning core's bool masks as uint8,
-    without a conversion pass); any conversion to ``dtype`` runs on each device, in
-    parallel, from a copy a quarter the size for a bool mask into float32."""
-    if not (value.full and isinstance(value.array, np.ndarray) and value.array.size):
-        return None
-    host = value.array
-    if host.dtype == np.bool_:
-        host = host.view(np.uint8)
-    # from_numpy marks what it is given read-only (a view keeps the caller's array as it
-    # was) and keeps it alive while the copies read it
-    src = nd.from_numpy(np.ascontiguousarray(host).view(), zero_copy=True)
-    arrays = []
-    for ctx in contexts:
-        near = src if ctx == src.context else src.copyto(ctx)
-        arrays.append(near.astype(dtype) if near is src or near.dtype != dtype else near)
-    return arrays
-
-
-def _new_mask_param(name, param, mode, contexts, value):
-    """The mask Parameter of ``param``, on ``contexts``. Returns it and whether it already
-    holds ``value`` (made from it with one copy per context), else it holds ones."""
-    # the Parameter keeps the dtype object Gluon users set and compare (np.uint8, not
-    # np.dtype('uint8')); the arrays are made with its np.dtype
-    declared = UPDATE_MASK_DTYPE if mode == 'update' else param.dtype
-    dtype = np.dtype(declared)
-    mask = Parameter(name + MASK_SUFFIX, grad_req='null', shape=param.shape, dtype=declared,
-                     init=mx.init.One(), differentiable=False)
-    mark_mask_param(mask)
-    with autograd.pause():
-        arrays = _arrays_from_host(value, dtype, contexts)
-        if arrays is None:
-            mask.initialize(ctx=contexts)
-        else:
-            # the mask's own init (ones) stays for initialize(force_reinit=True)
-            _mx.initialize_with(mask, arrays, contexts)
-    return mask, arrays is not None
-
-
-def _trainers(params, trainer):
-    """The Trainers to keep in step: the explicit ones, the last one built on each
-    parameter and those built on it while it had an update-mode mask."""
-    found = OrderedDict((id(t), t) for t in trainers_of(params, trainer))
-    for param in params:
-        for t in _mx.known_trainers(param):
-            found.setdefault(id(t), t)
-    return list(found.values())
-
+__all__ = ['apply_mask']
 
 # Update-mode masks are registered on their block but not used by its graph: Gluon warns
 # about such a parameter each time it builds a cached graph. Only warnings that name masks
@@ -363,7 +207,7 @@ def _found_owners(net, key, params, mode):
 
 
 def _to_update_dtype(step, combine):
-    _refuse_non_binary(step.name, step.value, step.existing, combine)
+    refuse_non_binary(step.name, step.value, step.existing, combine)
     if isinstance(step.value.array, np.ndarray):
         step.value.array = step.value.array.astype(UPDATE_MASK_DTYPE)  # a quarter of the bytes
 
@@ -411,7 +255,7 @@ def _check_steps(steps, combine, trainer):
         if kept is not None:
             check_product(step.name + MASK_SUFFIX, kept, step.value, 'mask')
         check_product(step.name, step.param, step.value, 'mask', also=kept)
-    trainers = _trainers([step.param for step in steps], trainer)
+    trainers = mask_trainers([step.param for step in steps], trainer)
     updated = [step.param for step in steps if step.mode == 'update']
     for t in trainers:
         distributed.refuse_update_masks(t, updated)
@@ -463,18 +307,18 @@ def _write_one(step, combine, trainers, core):
         zero_states_under(trainers, param, existing)
     if old_mode == step_mode:
         target = existing
-        write = _multiply_value if combine == 'multiply' else _write_value
+        write = multiply_value if combine == 'multiply' else write_value
         if core and step_mode == 'update':
-            write = _write_value  # the core's masks already hold the old zeros
+            write = write_value  # the core's masks already hold the old zeros
         _mx.write_replicas(target, lambda arr, v=value, w=write: w(arr, v))
     else:
-        target, written = _new_mask_param(name, param, step_mode,
+        target, written = new_mask_param(name, param, step_mode,
                                           _mx.context_list(param), value)
         old = _mx.raw_data(existing) if existing is not None else None
         with autograd.pause():
             for i, arr in enumerate(_mx.raw_data(target)):
                 if not written:
-                    _write_value(arr, value)
+                    write_value(arr, value)
                 if old is not None and combine == 'multiply':
                     _mx.multiply_inplace(arr, old[i].astype(arr.dtype, copy=False))
         for blk, attr in owners:
@@ -496,172 +340,4 @@ def _write_one(step, combine, trainers, core):
         restore_default_layout(param)
     zero_states_under(trainers, param, target)
     return target, graph_changed, written
-
-
-def masked(net) -> List[str]:
-    """The names of the parameters of ``net`` that have a mask, in ``collect_params()`` order.
-
-    Parameters
-    ----------
-    net : Block or ParameterDict or dict of str -> Parameter
-
-    Returns
-    -------
-    list of str
-
-    Examples
-    --------
-    >>> import mxnet as mx, paramsurgery as ps
-    >>> from mxnet.gluon import nn
-    >>> net = nn.Dense(2, in_units=3, prefix='fc_')
-    >>> net.initialize()
-    >>> ps.masked(net)
-    []
-    >>> ps.apply_mask(net, 'fc_bias', 0.5)
-    ['fc_bias']
-    >>> ps.masked(net)
-    ['fc_bias']
-    """
-    params = all_params(net)
-    return [name[:-len(MASK_SUFFIX)] for name in mask_names(params)]
-
-
-def _select_masked(net, key, what):
-    params = all_params(net)
-    refuse_masks_as_keys(key, params, what)
-    chosen = select(unmasked(params), key)
-    missing = [name for name in chosen if name + MASK_SUFFIX not in params]
-    if missing:
-        raise SelectionError(
-            "Parameter %s has no mask (%s needs one). Masked parameters: %s. Select them "
-            "with ps.masked(net), or apply a mask first with ps.apply_mask."
-            % (and_more(missing), what, and_more(masked(params), shown=5) or 'none'))
-    return params, chosen
-
-
-def get_mask(net, key) -> Dict[str, nd.NDArray]:
-    """Copies of the masks of the selected parameters, on each parameter's first context.
-
-    Parameters
-    ----------
-    net : Block or ParameterDict or dict of str -> Parameter
-    key : str or Parameter or list or callable
-        Which masked parameters (see :func:`select`).
-
-    Returns
-    -------
-    dict of str -> NDArray
-        ``{parameter name: mask}``, in the parameter's dtype whatever the mask's mode; the
-        arrays are copies (writing them changes nothing).
-
-    Raises
-    ------
-    SelectionError
-        When the key selects nothing, or a selected parameter has no mask (the message
-        names it).
-
-    Examples
-    --------
-    >>> import mxnet as mx, paramsurgery as ps
-    >>> from mxnet.gluon import nn
-    >>> net = nn.Dense(2, in_units=2, prefix='fc_')
-    >>> net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
-    >>> ps.apply_mask(net, 'fc_weight', mx.nd.array([[1, 0], [0, 1]]))
-    ['fc_weight']
-    >>> m = ps.get_mask(net, '.*weight')['fc_weight']
-    >>> m.context, m.asnumpy().tolist()
-    (cpu(0), [[1.0, 0.0], [0.0, 1.0]])
-    >>> ps.get_mask(net, 'fc_bias')
-    Traceback (most recent call last):
-    ...
-    paramsurgery.errors.SelectionError: Parameter 'fc_bias' has no mask ...
-    """
-    params, chosen = _select_masked(net, key, 'get_mask')
-    out = OrderedDict()
-    with autograd.pause():
-        for name in chosen:
-            mask = params[name + MASK_SUFFIX]
-            ensure_usable(mask)
-            # in the weight's dtype in both modes (an update-mode mask is stored as uint8)
-            out[name] = _mx.raw_data(mask)[0].astype(chosen[name].dtype, copy=True)
-    return out
-
-
-def remove_mask(net, key, *, bake: bool = True, trainer: Optional[Any] = None) -> List[str]:
-    """Remove the masks of the selected parameters.
-
-    Parameters
-    ----------
-    net : Block
-        The network (cached graphs are rebuilt).
-    key : str or Parameter or list or callable
-        Which masked parameters (see :func:`select`).
-    bake : bool, default True
-        Exactly ``True`` or ``False`` (anything else raises ``SurgeryTypeError``). True writes ``weight * mask`` into the stored weight first, through
-        :func:`assign_params` (every context, Trainer-safe, optimizer state kept), so the
-        network computes the same function afterwards; False gives back the stored weight
-        as it is: for a graph-mode mask, masked entries keep the values they had when
-        masked, apart from what the optimizer's weight decay did to them; for an
-        update-mode mask, they are 0. Either way the Trainers stop masking the parameter.
-    trainer : Trainer or list of Trainer, default None
-        With ``bake=True``: Trainers to keep in step besides the last one built on each
-        parameter (see :func:`assign_params`).
-
-    Returns
-    -------
-    list of str
-        The names of the parameters whose mask was removed.
-
-    Raises
-    ------
-    SelectionError
-        When the key selects nothing or a selected parameter has no mask.
-    SurgeryTypeError
-        When a mask was not registered by :func:`apply_mask` (e.g. an imported
-        SymbolBlock, whose graph is fixed).
-
-    Examples
-    --------
-    >>> import mxnet as mx, paramsurgery as ps
-    >>> from mxnet.gluon import nn
-    >>> net = nn.Dense(2, in_units=2, use_bias=False, prefix='fc_')
-    >>> net.initialize(mx.init.One())
-    >>> ps.apply_mask(net, 'fc_weight', mx.nd.array([[1, 0], [0, 3]]))
-    ['fc_weight']
-    >>> ps.remove_mask(net, 'fc_weight')
-    ['fc_weight']
-    >>> net.weight.data().asnumpy().tolist(), ps.masked(net)
-    ([[1.0, 0.0], [0.0, 3.0]], [])
-    """
-    bake = check_flag('bake', bake)
-    require_block(net, 'remove_mask')
-    params, chosen = _select_masked(net, key, 'remove_mask')
-    steps = []
-    for name, param in chosen.items():
-        owners, ours = mask_owners(net, param)
-        if not ours:
-            raise SurgeryTypeError(
-                "Parameter '%s': its mask '%s' was not registered by ps.apply_mask (an "
-                "imported SymbolBlock or a hand-written mask), so it cannot be taken out of "
-                "the graph. Set it to ones instead: ps.set_params(net, '%s', 1)."
-                % (name, name + MASK_SUFFIX, name + MASK_SUFFIX))
-        steps.append((name, owners))
-    if bake:
-        with autograd.pause():
-            factors = {name: _mx.raw_data(params[name + MASK_SUFFIX])[0].astype(
-                chosen[name].dtype, copy=True) for name, _ in steps}
-        # All or nothing: assign_params validates everything (trainers included) first.
-        assign_params(net, factors, trainer=trainer)
-    graph_changed = False
-    for name, owners in steps:
-        param = chosen[name]
-        if mode_of(param, params[name + MASK_SUFFIX]) == 'update':
-            set_update_mask(param, None)
-        else:
-            graph_changed = True
-        for blk, attr in owners:
-            forward.unregister_mask(blk, attr)
-    if graph_changed:
-        _mx.clear_cached_graphs(net)
-    return [name for name, _ in steps]
 

@@ -18,9 +18,16 @@ from .. import _mx
 from .._checks import check_flag
 from .._files import check_path, reading, write_bytes
 from ..access import ensure_usable
-from ..errors import FileFormatError, SelectionError, SurgeryTypeError, SurgeryValueError
+from ..errors import (
+    FileFormatError,
+    SelectionError,
+    SurgeryTypeError,
+    SurgeryValueError,
+)
 from ..select import MASK_SUFFIX, all_params, mask_names
-from .apply import COMBINE, apply_masks, check_mode, masked, mode_of
+from .apply import apply_masks
+from .existing import masked
+from .modes import COMBINE, check_mode, mode_of
 from .owners import require_block
 from .update_mode import mark_mask_param
 
