@@ -125,11 +125,14 @@ class Transaction:
     Used as ``with Transaction(net) as txn: ...``: an exception rolls back and reaches the
     caller; a normal exit commits (keeps the changes). ``values=False`` records no array
     values (nor kvstore copies): for operations that only replace arrays with new ones and
-    never write into the old ones (:func:`paramsurgery.shrink`).
+    never write into the old ones (:func:`paramsurgery.shrink`). ``params``: the net's
+    ``all_params``, if the caller has them.
     """
 
-    def __init__(self, net, trainers=(), *, values=True):
-        params = list(all_params(net).values())
+    def __init__(self, net, trainers=(), *, values=True, params=None):
+        # (``params``: the caller's all_params(net), when it has them: collecting them
+        # again walks every block)
+        params = list((all_params(net) if params is None else params).values())
         blocks = _mx.walk_blocks(net)
         with autograd.pause():
             self._blocks = [(b, _mx.object_state(b), _mx.object_state(b.params))

@@ -1169,3 +1169,47 @@ def test_a_changed_net_is_traced_again(monkeypatch, change, ctxs, hybridize):
     if change == 'head replaced':
         # the new head has no mask, so the channels it reads stay
         assert net.out.weight.shape == (3, 10)
+
+
+def _small(prefix, **dims):
+    net = nn.HybridSequential(prefix=prefix)
+    with net.name_scope():
+        net.add(nn.Conv2D(4, 3, **dims), nn.BatchNorm(), nn.Activation('relu'),
+                nn.GlobalAvgPool2D(), nn.Dense(2))
+    return net
+
+
+def test_a_net_never_initialised_raises_a_typed_error_naming_the_parameter():
+    net = _small('never_', in_channels=3)
+    # (it was Gluon's own RuntimeError from the check's forward)
+    with pytest.raises(ps.ParameterStateError, match="'never_conv0_weight' is not initialised"):
+        ps.shrink(net, inputs=(1, 3, 8, 8))
+
+
+def test_deferred_shapes_are_finished_by_the_check_forward(ctxs, hybridize):
+    net = _small('deferred_')
+    net.initialize(mx.init.Xavier(), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    x = batch()
+    plan = ps.shrink(net, inputs=x)     # nothing masked: nothing removed
+    assert net[0].weight.shape == (4, 3, 3, 3) and plan.kept == {'deferred_conv0_weight':
+                                                                 [0, 1, 2, 3]}
+    ref = outputs(net, x, ctxs)
+    ps.prune_channels(net, 2, inputs=x)
+    masked_out = outputs(net, x, ctxs)
+    ps.shrink(net, inputs=x)
+    assert net[0].weight.shape == (2, 3, 3, 3) and net[4].weight.shape == (2, 2)
+    assert_close(masked_out, outputs(net, x, ctxs), FLOAT32)   # (see FLOAT32)
+    assert all(r.shape == (4, 2) for r in ref)
+
+
+def test_plan_lists_of_plain_ints_are_checked_like_any_other():
+    assert ps.ShrinkPlan({'g': [0, 2]}, {'0.weight': [2, 3]}).shapes == {'0.weight': (2, 3)}
+    assert ps.ShrinkPlan({'g': (np.int64(1),)}, {}).kept == {'g': [1]}
+    with pytest.raises(ps.SurgeryValueError, match=r"kept\['g'\] has a value below 0"):
+        ps.ShrinkPlan({'g': [0, -1]}, {})
+    with pytest.raises(ps.SurgeryValueError, match=r"shapes\['0.weight'\] has a value below 1"):
+        ps.ShrinkPlan({}, {'0.weight': [0, 3]})
+    with pytest.raises(ps.SurgeryTypeError, match=r"kept\['g'\] must be a list of ints"):
+        ps.ShrinkPlan({'g': [0, True]}, {})

@@ -126,7 +126,7 @@ def shrink(net, *, inputs, trainer=None) -> ShrinkPlan:
         changes = _new_arrays(params, keeps, indices)
         rule_kept = {name: {axis: np.flatnonzero(keep) for axis, keep in axis_keeps.items()}
                      for name, axis_keeps in keeps.items()}
-        problem = _commit(net, changes, rule_kept, trainers, check, indices)
+        problem = _commit(net, params, changes, rule_kept, trainers, check, indices)
         if problem is not None:
             raise ShrinkError(problem.message + ' Nothing was changed. ' + _FIX[problem.kind])
     new_shapes = {snames[id(p)]: p.shape for p in params.values() if id(p) in snames}
@@ -256,13 +256,13 @@ def _index_arrays(params, keeps):
     return cache
 
 
-def _commit(net, changes, rule_kept, trainers, check, indices):
+def _commit(net, params, changes, rule_kept, trainers, check, indices):
     """Write ``changes``, resize the blocks, run the rules and the check; commit (the
     Trainers updated) and return None, or put everything back and return the Problem."""
     blocks = resized_blocks(net, [c.param for c in changes])
     # All or nothing, the Trainers included: shrink replaces arrays and states with new ones
     # and never writes into the old ones, so no values need copying.
-    transaction = Transaction(net, trainers, values=False)
+    transaction = Transaction(net, trainers, values=False, params=params)
     differs_at = None
     with transaction:
         for change in changes:
