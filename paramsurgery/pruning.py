@@ -14,7 +14,7 @@ from ._checks import is_int as _is_int
 from ._checks import is_real as _is_real
 from .access import data_on, replicas
 from .errors import SurgeryTypeError, SurgeryValueError
-from .masks.apply import apply_core_masks, check_mode, unmasked_params
+from .masks.apply import apply_core_masks, check_mode
 from .pruning_core import (
     check_scope,
     count_to_reach,
@@ -26,7 +26,7 @@ from .pruning_core import (
     structured_masks,
 )
 from .schedules import Schedule
-from .select import MASK_SUFFIX, all_params, select
+from .select import MASK_SUFFIX, all_params, select, unmasked
 
 __all__ = ['prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner']
 
@@ -59,8 +59,8 @@ def _host(arr):
 def _read(net, key):
     """Selected parameters (masks themselves never selected), their first-context weights and
     existing masks as (read-only) numpy arrays."""
-    params = select(unmasked_params(net), key)
-    everything = all_params(net)
+    everything = all_params(net)   # (once: each collect_params() walks every block)
+    params = select(unmasked(everything), key)
     weights = OrderedDict((name, _host(replicas(p)[0][1])) for name, p in params.items())
     existing = {}
     for name in params:

@@ -1213,3 +1213,14 @@ def test_plan_lists_of_plain_ints_are_checked_like_any_other():
         ps.ShrinkPlan({}, {'0.weight': [0, 3]})
     with pytest.raises(ps.SurgeryTypeError, match=r"kept\['g'\] must be a list of ints"):
         ps.ShrinkPlan({'g': [0, True]}, {})
+
+
+def test_a_pruned_net_is_not_kept_alive_by_its_remembered_trace(ctxs):
+    import gc
+    import weakref
+    net = build('chain', ctxs)
+    ps.prune_channels(net, 0.5, inputs=batch())
+    ref = weakref.ref(net)
+    del net
+    gc.collect()
+    assert ref() is None

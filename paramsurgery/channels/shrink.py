@@ -327,9 +327,9 @@ def _alive_rows(groups, params):
     """``{(parameter, axis): bool array}``: which indices along ``axis`` of each maskable
     member's parameter have a nonzero mask entry (members without a mask are left out).
 
-    Each mask is copied to the host once and reduced once per axis. (On the device, the
-    reductions measured 5 to 10 times slower than this copy and numpy on a CPU context:
-    MXNet's reduce kernels over leading axes, see bench/README.md.)"""
+    Each mask is copied to the host once and reduced once per axis. (On a CPU context the
+    same reductions in MXNet measured about 17 times slower than this copy and numpy; see
+    bench/README.md.)"""
     rows, nonzero = {}, {}
     with autograd.pause():
         for group in groups:

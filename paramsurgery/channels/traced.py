@@ -32,8 +32,8 @@ _LAST = weakref.WeakKeyDictionary()
 
 def _token(value, held, depth=0):
     """A hashable stand-in for ``value``: scalars themselves, containers by their contents
-    (a few levels deep), any other object by identity (and appended to ``held``, which the
-    key's owner keeps: an identity stays unique only while its object lives)."""
+    (a few levels deep), any other object by identity (and a reference to it appended to
+    ``held``: an identity stays unique only while its object lives)."""
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
     if depth < 4:
@@ -42,13 +42,22 @@ def _token(value, held, depth=0):
                                      for k, v in value.items())
         if isinstance(value, (list, tuple)):
             return (type(value).__name__,) + tuple(_token(v, held, depth + 1) for v in value)
-    held.append(value)
+    held.append(_reference(value))
     return ('id', id(value))
+
+
+def _reference(value):
+    """A weak reference where one can be had: a strong one to a block or a method bound to
+    one would keep the net alive through its own entry."""
+    try:
+        return weakref.ref(value)
+    except TypeError:
+        return lambda: value
 
 
 class _Entry(NamedTuple):
     key: tuple
-    held: list      # the objects whose identities the key holds
+    held: list      # references to the objects whose identities the key holds
     graph: Any
 
 
@@ -81,7 +90,9 @@ def traced(net, shapes):
     ``shapes`` are as they were, else a new trace. Forgets the remembered one either way:
     a graph is used once (prune_channels to shrink), never handed out twice."""
     entry = _LAST.pop(net, None) if _weak(net) else None
-    if entry is not None and entry.key == structure_key(net, shapes, []):
+    # (an object the key names by identity that died may have left its id to another)
+    if entry is not None and all(ref() is not None for ref in entry.held) and \
+            entry.key == structure_key(net, shapes, []):
         return entry.graph
     graph = build(net, shapes)
     check_owners(net, graph)
