@@ -15,7 +15,8 @@ channels of every prunable group are masked with ``ps.prune_channels`` (L2), rem
   ``save_parameters`` + ``load_parameters`` round trip of the same dense net, medians of 3
   trials interleaved with the round trips (target for shrink <= 3x; issue 20 compares
   prune_channels + shrink with Torch-Pruning 1.6, which needs torch: only its ratio to the
-  round trip is printed, without a target).
+  round trip is printed, without a target); and the floor of any shrink, timed in the same
+  trials on the masked net: its check's two predict forwards and one copy of every array.
 
 Run: ``PYTHONPATH=. python bench/shrink.py [--repeat 7] [--nets resnet50_v1,mobilenetv2_1.0]``
 """
@@ -106,6 +107,24 @@ class SurgeryTimes(NamedTuple):
     prune: float    # median seconds of ps.prune_channels(net, 0.5, ...)
     shrink: float   # of ps.shrink(net, ...) after it
     trip: float     # of one save_parameters + load_parameters round trip of the dense net
+    floor: float    # of what no shrink can skip: its check's two predict forwards of the
+    #                 masked net and reading their outputs, and one copy of every array
+
+
+def check_floor(net, sample):
+    """What every shrink does at least, on the masked ``net`` (left unchanged)."""
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, size=sample))
+    arrays = [p.data() for p in net.collect_params().values()]
+
+    def run():
+        with autograd.predict_mode():
+            outs = [net(x) for _ in range(2)]
+        copies = [a.copy() for a in arrays]
+        for out in outs:
+            out.asnumpy()
+        mx.nd.waitall()
+        del copies
+    return run
 
 
 def surgery_times(name, dense, sample, trials):
@@ -119,14 +138,19 @@ def surgery_times(name, dense, sample, trials):
         dense.load_parameters(path)
     round_trip()                       # warm-up: the file in the page cache
     ps.prune_channels, ps.shrink       # warm-up: their modules imported
-    prunes, shrinks, trips = [], [], []
+    prunes, shrinks, trips, floors = [], [], [], []
     for _ in range(trials):
         net = clone(name, dense)
         prunes.append(timed(lambda: ps.prune_channels(net, 0.5, inputs=sample,
                                                       importance='l2')))
         shrinks.append(timed(lambda: ps.shrink(net, inputs=sample)))
         trips.append(timed(round_trip))
-    return net, SurgeryTimes(*map(statistics.median, (prunes, shrinks, trips))), path
+        # on a masked copy of its own, so that shrink's timing is what it was without it
+        masked = clone(name, dense)
+        ps.prune_channels(masked, 0.5, inputs=sample, importance='l2')
+        floors.append(timed(check_floor(masked, sample)))
+    times = SurgeryTimes(*map(statistics.median, (prunes, shrinks, trips, floors)))
+    return net, times, path
 
 
 def bench(name, repeat):
@@ -151,6 +175,9 @@ def bench(name, repeat):
           'prune_channels + shrink / round trip %.2f'
           % (name, SURGERY_TRIALS, 1e3 * times.prune, 1e3 * times.shrink, 1e3 * times.trip,
              times.shrink / times.trip, TARGET_SHRINK, (times.prune + times.shrink) / times.trip))
+    print('%s: the floor (two predict forwards of the masked net + one copy of every '
+          'array) %.0f ms: floor / round trip %.2f, shrink / floor %.2f'
+          % (name, 1e3 * times.floor, times.floor / times.trip, times.shrink / times.floor))
     print('RATIO shrink[%s] %.3f <=%.1f' % (name, times.shrink / times.trip, TARGET_SHRINK))
     print('RATIO prune_channels+shrink[%s] %.3f -'
           % (name, (times.prune + times.shrink) / times.trip))

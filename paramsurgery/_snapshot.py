@@ -133,10 +133,13 @@ class Transaction:
     kvstore copies: for operations that write into nothing else
     (:func:`paramsurgery.assign_params`, whose cost is then one copy of what it writes).
     ``net`` may also be a ParameterDict or a dict of Parameters (no blocks to record).
+    ``params``: the net's ``all_params``, if the caller has them.
     """
 
-    def __init__(self, net, trainers=(), *, values=True):
-        params = list(all_params(net).values())
+    def __init__(self, net, trainers=(), *, values=True, params=None):
+        # (``params``: the caller's all_params(net), when it has them: collecting them
+        # again walks every block)
+        params = list((all_params(net) if params is None else params).values())
         blocks = _mx.walk_blocks(net) if isinstance(net, Block) else []
         values = values if isinstance(values, bool) else list(values)
         only = None if isinstance(values, bool) else set(id(p) for p in values)

@@ -16,10 +16,10 @@ from ._checks import is_real as _is_real
 from .access import data_on, replicas
 from .errors import SurgeryTypeError, SurgeryValueError
 from .masks.apply import apply_core_masks
-from .masks.modes import check_mode, unmasked_params
+from .masks.modes import check_mode
 from .pruning_core import custom_masks, magnitude_masks, random_masks, structured_masks
 from .schedules import Schedule
-from .select import MASK_SUFFIX, all_params, select
+from .select import MASK_SUFFIX, all_params, select, unmasked
 
 __all__ = ['prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner']
 
@@ -52,8 +52,8 @@ def _host(arr):
 def _read(net, key):
     """Selected parameters (masks themselves never selected), their first-context weights and
     existing masks as (read-only) numpy arrays."""
-    params = select(unmasked_params(net), key)
-    everything = all_params(net)
+    everything = all_params(net)   # (once: each collect_params() walks every block)
+    params = select(unmasked(everything), key)
     weights = OrderedDict((name, _host(replicas(p)[0][1])) for name, p in params.items())
     existing = {}
     for name in params:

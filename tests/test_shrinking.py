@@ -1089,3 +1089,138 @@ def test_gluoncv_nets_shrink_and_keep_training(name):
     after = snapshot(net)
     assert any(a.tobytes() != b.tobytes() for n in before for a, b in zip(before[n], after[n]))
     assert ps.check_params(net) == []
+
+
+# --------------------------------------------------------------------------- one trace
+
+def counted_traces(monkeypatch):
+    """The input shapes of every trace prune_channels and shrink make from now on."""
+    from paramsurgery.channels import traced
+    calls, real = [], traced.build
+
+    def counting(net, shapes):
+        calls.append([tuple(s) for s in shapes])
+        return real(net, shapes)
+    monkeypatch.setattr(traced, 'build', counting)
+    return calls
+
+
+@pytest.mark.parametrize('kind', ['chain', 'residual'])
+def test_shrink_reuses_the_trace_of_prune_channels(monkeypatch, kind, ctxs, hybridize):
+    from paramsurgery.channels import traced
+    nets = [build(kind, ctxs) for _ in range(2)]
+    x = batch()
+    for net in nets:
+        if hybridize:
+            net.hybridize()
+        warm_up(net, x, ctxs)
+        ps.prune_channels(net, 0.5, inputs=x)
+    calls = counted_traces(monkeypatch)
+    traced._LAST.pop(nets[1])               # the second one traces for itself
+    ref = [outputs(net, x, ctxs) for net in nets]
+    plans = [ps.shrink(net, inputs=x) for net in nets]
+    assert calls == [[tuple(x.shape)]]      # only the second net was traced again
+    assert plans[0] == plans[1] and plans[0].slices == plans[1].slices
+    for net, before in zip(nets, ref):
+        # FLOAT32: the same float32 weights, masked then shrunk: shrink's own check bound
+        assert_close(before, outputs(net, x, ctxs), FLOAT32)
+    assert_same_bits(snapshot(nets[0]), snapshot(nets[1]))
+    assert nets[0] not in traced._LAST     # a graph is used once
+
+
+def _replace_head(net, ctxs):
+    net.out = nn.Dense(3, in_units=10, prefix=net.prefix + 'newout_')
+    net.out.initialize(mx.init.Xavier(), ctx=ctxs)
+
+
+def _unregistered_rule(net, ctxs):
+    ps.register_shrink_rule(nn.Dense, lambda block, kept: None)
+
+
+# What a user may change between prune_channels and shrink; each makes shrink trace again.
+_CHANGES = {
+    'input shape': None,
+    'head replaced': _replace_head,
+    'mask removed': lambda net, ctxs: ps.remove_mask(net, ps.masked(net)[-1:]),
+    'rule registered': _unregistered_rule,
+    'block resized': lambda net, ctxs: ps.shrink(net, inputs=batch()),
+}
+
+
+@pytest.mark.parametrize('change', sorted(_CHANGES))
+def test_a_changed_net_is_traced_again(monkeypatch, change, ctxs, hybridize):
+    net = build('chain', ctxs)
+    if hybridize:
+        net.hybridize()
+    x = batch()
+    warm_up(net, x, ctxs)
+    ps.prune_channels(net, 0.5, inputs=x)
+    try:
+        if _CHANGES[change] is not None:
+            _CHANGES[change](net, ctxs)
+        x = batch(n=2) if change == 'input shape' else x
+        calls = counted_traces(monkeypatch)
+        ref = outputs(net, x, ctxs)
+        ps.shrink(net, inputs=x)
+    finally:
+        ps.register_shrink_rule(nn.Dense, None)
+    assert calls == [[tuple(x.shape)]]
+    assert_close(ref, outputs(net, x, ctxs), FLOAT32)   # (see FLOAT32)
+    if change == 'head replaced':
+        # the new head has no mask, so the channels it reads stay
+        assert net.out.weight.shape == (3, 10)
+
+
+def _small(prefix, **dims):
+    net = nn.HybridSequential(prefix=prefix)
+    with net.name_scope():
+        net.add(nn.Conv2D(4, 3, **dims), nn.BatchNorm(), nn.Activation('relu'),
+                nn.GlobalAvgPool2D(), nn.Dense(2))
+    return net
+
+
+def test_a_net_never_initialised_raises_a_typed_error_naming_the_parameter():
+    net = _small('never_', in_channels=3)
+    # (it was Gluon's own RuntimeError from the check's forward)
+    with pytest.raises(ps.ParameterStateError, match="'never_conv0_weight' is not initialised"):
+        ps.shrink(net, inputs=(1, 3, 8, 8))
+
+
+def test_deferred_shapes_are_finished_by_the_check_forward(ctxs, hybridize):
+    net = _small('deferred_')
+    net.initialize(mx.init.Xavier(), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    x = batch()
+    plan = ps.shrink(net, inputs=x)     # nothing masked: nothing removed
+    assert net[0].weight.shape == (4, 3, 3, 3) and plan.kept == {'deferred_conv0_weight':
+                                                                 [0, 1, 2, 3]}
+    ref = outputs(net, x, ctxs)
+    ps.prune_channels(net, 2, inputs=x)
+    masked_out = outputs(net, x, ctxs)
+    ps.shrink(net, inputs=x)
+    assert net[0].weight.shape == (2, 3, 3, 3) and net[4].weight.shape == (2, 2)
+    assert_close(masked_out, outputs(net, x, ctxs), FLOAT32)   # (see FLOAT32)
+    assert all(r.shape == (4, 2) for r in ref)
+
+
+def test_plan_lists_of_plain_ints_are_checked_like_any_other():
+    assert ps.ShrinkPlan({'g': [0, 2]}, {'0.weight': [2, 3]}).shapes == {'0.weight': (2, 3)}
+    assert ps.ShrinkPlan({'g': (np.int64(1),)}, {}).kept == {'g': [1]}
+    with pytest.raises(ps.SurgeryValueError, match=r"kept\['g'\] has a value below 0"):
+        ps.ShrinkPlan({'g': [0, -1]}, {})
+    with pytest.raises(ps.SurgeryValueError, match=r"shapes\['0.weight'\] has a value below 1"):
+        ps.ShrinkPlan({}, {'0.weight': [0, 3]})
+    with pytest.raises(ps.SurgeryTypeError, match=r"kept\['g'\] must be a list of ints"):
+        ps.ShrinkPlan({'g': [0, True]}, {})
+
+
+def test_a_pruned_net_is_not_kept_alive_by_its_remembered_trace(ctxs):
+    import gc
+    import weakref
+    net = build('chain', ctxs)
+    ps.prune_channels(net, 0.5, inputs=batch())
+    ref = weakref.ref(net)
+    del net
+    gc.collect()
+    assert ref() is None

@@ -10,6 +10,7 @@ from paramsurgery import _mx
 from paramsurgery._snapshot import Transaction
 from paramsurgery.masks import update_mode
 from paramsurgery.masks.forward import MASKS_ATTR
+from paramsurgery.select import all_params
 
 from helpers import TWO, split
 
@@ -169,14 +170,16 @@ def test_removed_masks_and_cached_graph_come_back():
     assert outputs(net, TWO) == ref
 
 
-def test_changed_shapes_and_block_attributes_come_back(ctxs):
-    # shrink's use: arrays replaced (values=False records no values), channel counts changed
+@pytest.mark.parametrize('given', [False, True], ids=['collected', 'params given'])
+def test_changed_shapes_and_block_attributes_come_back(ctxs, given):
+    # shrink's use: arrays replaced (values=False records no values), channel counts changed;
+    # shrink passes the parameters it collected already
     net = small_net(ctxs, False)
     ref = outputs(net, ctxs)
     conv = net[0]
     weight = conv.weight
     old_data = _mx.raw_data(weight)
-    txn = Transaction(net, values=False)
+    txn = Transaction(net, values=False, params=all_params(net) if given else None)
     _mx.set_param_arrays(weight, (2, 2, 3, 3),
                                 [a[0:2].copy() for a in old_data])
     _mx.resize_block(conv, False)

@@ -20,6 +20,7 @@ for the sibling modules, ``_name`` is local to its file)::
     layers -> tensors   operator handlers: layers with parameters; the other operators
     rules               register_shrink_rule; how blocks follow their new shapes
     trace               the symbolic trace, the walk, the operator table; trace_channels
+    traced              the last trace of a net, reused while nothing it reads changed
     ops                 count_ops
     importance          the members' arrays per group, and the channels' scores
     prune               which channels to mask; prune_channels

@@ -19,10 +19,19 @@ from .trace import build
 RTOL = 1e-4
 
 
-def forward(net, batches, ctx):
+def launch(net, batches, ctx):
+    """The net's outputs on ``ctx`` in predict mode, as NDArrays the engine may still be
+    computing: the caller does host work meanwhile and reads them with :func:`read`."""
     with autograd.predict_mode():
-        out = net(*[b.as_in_context(ctx) for b in batches])
-    return [o.asnumpy() for o in flat_outputs(out)]
+        return flat_outputs(net(*[b.as_in_context(ctx) for b in batches]))
+
+
+def read(outputs):
+    return [o.asnumpy() for o in outputs]
+
+
+def forward(net, batches, ctx):
+    return read(launch(net, batches, ctx))
 
 
 class Difference(NamedTuple):
@@ -74,27 +83,39 @@ def failure(net, err, ctx, shapes):
                    % (ctx, where, type(err).__name__, first))
 
 
-def difference(net, graph, batches, saved_params, bad, ctx, kept):
-    where = _first_differing_node(net, graph, batches, saved_params, ctx, kept)
+def internals(net, batches, ctx):
+    """Every operator's output of ``net`` as it is now (a fresh trace), for
+    :func:`difference`; None when they cannot be computed."""
+    try:
+        graph = build(net, [tuple(b.shape) for b in batches])
+        names = dict(zip(graph._trace.input_names, batches))
+        return _internals_outputs(graph._trace.symbol, net, names, ctx)
+    except Exception:  # pylint: disable=broad-except
+        return None
+
+
+def difference(net, batches, bad, ctx, kept, shrunk):
+    """The Problem of a shrunk net that computes otherwise. Called on the masked net (the
+    shrink rolled back), with ``shrunk``: :func:`internals` of the shrunk net."""
+    where = _first_differing_node(net, batches, ctx, kept, shrunk) if shrunk else None
     return Problem('differs', 'The shrunk net computes something else than the masked net on '
                    '%s: output %d differs by %.3g (max |masked output| %.3g, tolerance %.0e of '
                    'it)%s.' % (ctx, bad.index, bad.diff, bad.scale, RTOL,
                                '; the first layer that differs is %s' % where if where else ''))
 
 
-def _first_differing_node(net, graph, batches, saved_params, ctx, kept):
-    """Compare every operator's output, masked (old arrays) vs shrunk, on the kept channels.
+def _first_differing_node(net, batches, ctx, kept, new_vals):
+    """Compare every operator's output, masked (``net`` now) vs shrunk (``new_vals``), on
+    the kept channels.
 
     Returns a description of the first node (topological order) that differs, or None.
     """
     try:
+        graph = build(net, [tuple(b.shape) for b in batches])
         trace = graph._trace
         layout = graph._layout
         names = dict(zip(trace.input_names, batches))
-        old = {p.name: state[1] for p, state in saved_params}
-        old_vals = _internals_outputs(trace.symbol, net, names, ctx, old)
-        new_graph = build(net, [tuple(b.shape) for b in batches])
-        new_vals = _internals_outputs(new_graph._trace.symbol, net, names, ctx, {})
+        old_vals = _internals_outputs(trace.symbol, net, names, ctx)
     except Exception:  # pylint: disable=broad-except
         return None
     groups = graph.groups
@@ -122,9 +143,8 @@ def _first_differing_node(net, graph, batches, saved_params, ctx, kept):
     return None
 
 
-def _internals_outputs(symbol, net, names, ctx, override):
-    """Every internal output of ``symbol`` (predict mode) with the net's parameters, or the
-    arrays in ``override`` (name -> per-context list)."""
+def _internals_outputs(symbol, net, names, ctx):
+    """Every internal output of ``symbol`` (predict mode) with the net's parameters."""
     every = symbol.get_internals()
     # operator outputs only: variables among the heads confuse the executor
     internals = mx.sym.Group([every[i] for i, n in enumerate(every.list_outputs())
@@ -134,7 +154,7 @@ def _internals_outputs(symbol, net, names, ctx, override):
     def value(name, copy=False):
         if name in names:
             return names[name].as_in_context(ctx)
-        arrays = override.get(name, _mx.raw_data(params[name]))
+        arrays = _mx.raw_data(params[name])
         arr = arrays[_mx.context_index(params[name], ctx) or 0]
         return arr.copy() if copy else arr
 

@@ -18,7 +18,7 @@ from ..select import select
 from .graph import ChannelGroup
 from .importance import IMPORTANCES, GroupState, channel_rows, lowest, scores_of
 from .inputs import finish_deferred, input_shapes, is_dim, require_hybrid
-from .trace import build, check_owners
+from .traced import remember, traced
 
 _SCOPES = ('layer', 'global')
 
@@ -119,8 +119,7 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     for one in (amount.values() if isinstance(amount, Mapping) else [amount]):
         _check_amount(one, what='channels')   # type, NaN, sign, float > 1
     shapes = input_shapes(inputs)
-    graph = build(net, shapes)
-    check_owners(net, graph)
+    graph = traced(net, shapes)
     groups = selected_groups(net, graph, key)
     if isinstance(amount, Mapping):
         groups = _named_groups(graph, groups, amount, scope, key)
@@ -149,6 +148,8 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
             np.moveaxis(plan[name], member.axis, 0)[channel_rows(member, chosen)] = 0
     if plan:
         apply_mask(net, plan, combine='multiply', mode=mode)
+    # for shrink, next: its masks change no group (the tracer sees through weight * mask)
+    remember(net, shapes, graph)
     return touched
 
 
