@@ -148,7 +148,7 @@ def prepare(name, param, value, what, allow_nonfinite) -> Value:
     if isinstance(value, nd.NDArray) and dtype.kind in 'iu' and value.stype == 'default':
         # An integer parameter: the exact numpy checks below (no truncation, no wrap-around)
         # must apply to an NDArray exactly as to the same numpy values.
-        value = value.asnumpy()
+        value = _mx.to_host(value)
     if isinstance(value, np.ndarray):
         kind = value.dtype.kind
         vshape = value.shape
@@ -194,7 +194,7 @@ def prepare(name, param, value, what, allow_nonfinite) -> Value:
         if dtype.kind == 'f' and not allow_nonfinite:
             finite = nd.contrib.isfinite(array).min().asscalar()
             if not finite:
-                _check_values(name, what, array.asnumpy(), dtype, allow_nonfinite)
+                _check_values(name, what, _mx.to_host(array), dtype, allow_nonfinite)
     return Value(array=array, full=full_shape == shape)
 
 
@@ -202,7 +202,7 @@ def _numpy_value(value, dtype):
     if value.scalar is not None:
         return np.asarray(value.scalar, dtype=dtype)
     if isinstance(value.array, nd.NDArray):
-        return value.array.asnumpy()
+        return _mx.to_host(value.array)
     return value.array
 
 
@@ -301,9 +301,9 @@ def _exact_check(name, param, value, what, also=None):
     dtype = np.dtype(param.dtype)
     factor = _numpy_value(value, dtype)
     with autograd.pause():
-        olds = [arr.asnumpy() for arr in _mx.raw_data(param)]
+        olds = [_mx.to_host(arr) for arr in _mx.raw_data(param)]
         if also is not None:
-            olds = [old * other.asnumpy() for old, other in zip(olds, _mx.raw_data(also))]
+            olds = [old * _mx.to_host(other) for old, other in zip(olds, _mx.raw_data(also))]
     for old, ctx in zip(olds, _mx.context_list(param)):
         if dtype.kind == 'f':
             with np.errstate(over='ignore', invalid='ignore'):

@@ -100,10 +100,10 @@ def _diverged(param: Parameter) -> List[Problem]:
     data = _mx.raw_data(param)
     if len(data) < 2:
         return []
-    first = data[0].asnumpy()
+    first = _mx.to_host(data[0])
     problems = []
     for ctx, arr in zip(_mx.context_list(param)[1:], data[1:]):
-        other = arr.asnumpy()
+        other = _mx.to_host(arr)
         if first.tobytes() != other.tobytes():  # replicas are copies: bit-identical
             diff = np.abs(first.astype(np.float64) - other.astype(np.float64))
             problems.append(Problem(
@@ -131,7 +131,7 @@ def _not_enforced(param: Parameter) -> List[Problem]:
     masks = _mx.raw_data(mask)
     for ctx, arr, i in zip(_mx.context_list(param), _mx.raw_data(param),
                            range(len(masks))):
-        stray = int(((arr.asnumpy() != 0) & (masks[i].asnumpy() == 0)).sum())
+        stray = int(((_mx.to_host(arr) != 0) & (_mx.to_host(masks[i]) == 0)).sum())
         if stray:
             problems.append(Problem(
                 param.name, ctx, 'mask-not-enforced',

@@ -117,7 +117,7 @@ class _WeightUnits:
         have = set(masked(net))
         self.net = net
         self.importance = importance
-        self.masks = {n: m.asnumpy() for n, m in get_mask(net, [n for n in chosen
+        self.masks = {n: _mx.to_host(m) for n, m in get_mask(net, [n for n in chosen
                                                                  if n in have]).items()} \
             if any(n in have for n in chosen) else {}
         self.names = list(chosen)
@@ -127,7 +127,7 @@ class _WeightUnits:
 
     def prune(self, name, amount):
         param = self.params[name]
-        weight = _mx.raw_data(param)[0].asnumpy()
+        weight = _mx.to_host(_mx.raw_data(param)[0])
         scores = None
         if callable(self.importance):
             scores = {name: np.asarray(self.importance(name, weight), dtype=np.float64)}
@@ -173,9 +173,9 @@ class _ChannelUnits:
         names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.maskable))
         have = set(masked(net))
         with autograd.pause():
-            self.weights = {n: _mx.raw_data(self.params[n])[0].asnumpy() for n in names}
+            self.weights = {n: _mx.to_host(_mx.raw_data(self.params[n])[0]) for n in names}
         mine = [n for n in names if n in have]
-        self.masks = {n: m.asnumpy() for n, m in get_mask(net, mine).items()} if mine else {}
+        self.masks = {n: _mx.to_host(m) for n, m in get_mask(net, mine).items()} if mine else {}
         macs, learnable = op_counts(graph._trace)
         covers = OrderedDict()
         for group in groups:

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from . import _mx
 from ._files import atomic_write, check_path, reading
 from .errors import ParamSurgeryError, SelectionError
 from .pruning_core import magnitude_masks, random_masks, structured_masks
@@ -92,7 +93,7 @@ def _check_count(args, unit, per):
 def _inspect(args) -> int:
     arrays = _load(args.file)
     names = _keys(arrays, args.key, lambda n, a: True) if args.key else None
-    report = arrays_report(OrderedDict((n, a.asnumpy()) for n, a in arrays.items()), names)
+    report = arrays_report(OrderedDict((n, _mx.to_host(a)) for n, a in arrays.items()), names)
     print(report)
     return 0
 
@@ -105,8 +106,8 @@ def _prune(args) -> int:
     target = os.path.abspath(args.output)
     arrays = _load(args.file)
     names = _keys(arrays, args.key, _is_prunable)
-    weights = OrderedDict((n, arrays[n].asnumpy()) for n in names)
-    masks = {n: arrays[n + MASK_SUFFIX].asnumpy() for n in names if n + MASK_SUFFIX in arrays}
+    weights = OrderedDict((n, _mx.to_host(arrays[n])) for n in names)
+    masks = {n: _mx.to_host(arrays[n + MASK_SUFFIX]) for n in names if n + MASK_SUFFIX in arrays}
     if args.method == 'magnitude':
         keeps = magnitude_masks(weights, args.amount, masks=masks, scope=args.scope)
     elif args.method == 'random':
@@ -129,7 +130,7 @@ def _prune(args) -> int:
             out[name] = out[name].tostype(arrays[name].stype)
     with atomic_write(target) as tmp:  # a kill or an error leaves the old file
         mx.nd.save(tmp, out)
-    arrays = OrderedDict((n, a.asnumpy()) for n, a in out.items())
+    arrays = OrderedDict((n, _mx.to_host(a)) for n, a in out.items())
     print(arrays_report(arrays, names))
     print('wrote %s (%s)' % (args.output, 'overwrote the input' if source == target else
                              'input unchanged'))
@@ -271,14 +272,14 @@ def _distance_report(net, shapes, model, amounts, importance):
     params = net.collect_params()
     names = list(OrderedDict.fromkeys(m[0] for g in groups for m in g.members))
     with autograd.pause():
-        weights = {n: params[n].data().asnumpy() for n in names}
+        weights = {n: _mx.to_host(params[n].data()) for n in names}
     batches = [mx.nd.array(np.random.RandomState(i).uniform(-1, 1, size=s))
                for i, s in enumerate(shapes)]
 
     def outputs():
         with autograd.predict_mode():
             out = net(*batches)
-        return np.concatenate([o.asnumpy().ravel() for o in
+        return np.concatenate([_mx.to_host(o).ravel() for o in
                                (out if isinstance(out, (list, tuple)) else [out])])
 
     dense = outputs()
@@ -375,8 +376,8 @@ def _compact(args) -> int:
     # load_compact (a uint8 mask is an update-mode mask, as apply_mask stores it)
     masks = [name for name in arrays if name.endswith(MASK_SUFFIX)
              and name[:-len(MASK_SUFFIX)] in arrays]
-    plain = [([name], arr.asnumpy()) for name, arr in arrays.items() if name not in masks]
-    saved = [(name[:-len(MASK_SUFFIX)], arrays[name].asnumpy(),
+    plain = [([name], _mx.to_host(arr)) for name, arr in arrays.items() if name not in masks]
+    saved = [(name[:-len(MASK_SUFFIX)], _mx.to_host(arrays[name]),
               'update' if arrays[name].dtype == np.uint8 else 'graph') for name in masks]
     write_compact(output, plain, saved)
     before, after = os.path.getsize(source), os.path.getsize(output)

@@ -36,6 +36,7 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
+from . import _mx
 from ._checks import check_flag, is_int, is_real
 from ._files import atomic_write, check_path
 from ._plot import pyplot
@@ -192,7 +193,7 @@ def _latency(net, x, repeat=15):
 def _bits(param):
     """The first copy of ``param`` as unsigned integers: equal bits, not equal values (NaN,
     -0.0)."""
-    arr = param.data(param.list_ctx()[0]).asnumpy()
+    arr = _mx.to_host(param.data(param.list_ctx()[0]))
     return arr.view('u%d' % arr.dtype.itemsize)
 
 

@@ -297,12 +297,12 @@ class DynamicSparsity:
                     "DynamicSparsity.step: parameter '%s' lost its update-mode mask (removed "
                     "or switched to graph mode). Nothing was changed. Fix: keep the masks "
                     "DynamicSparsity made, or build a new DynamicSparsity." % name)
-            mask = _mx.raw_data(mask_param)[0].asnumpy().ravel() != 0
+            mask = _mx.to_host(_mx.raw_data(mask_param)[0]).ravel() != 0
             active = np.flatnonzero(mask)
             count = min(len(active), _count(fraction, len(active)))
             if count == 0:
                 continue
-            weight = param.list_data()[0].asnumpy().ravel()
+            weight = _mx.to_host(param.list_data()[0]).ravel()
             # lexsort sorts by its last key first: magnitude, then index, lowest first
             drop = active[np.lexsort((active, np.abs(weight[active])))[:count]]
             kept = mask.copy()
@@ -310,9 +310,9 @@ class DynamicSparsity:
             candidates = np.flatnonzero(~kept)
             if self.method == 'rigl':
                 grads = param.list_grad()
-                total = grads[0].asnumpy().ravel().copy()
+                total = _mx.to_host(grads[0]).ravel().copy()
                 for grad in grads[1:]:
-                    total += grad.asnumpy().ravel()
+                    total += _mx.to_host(grad).ravel()
                 score = np.abs(total[candidates])
                 grow = candidates[np.lexsort((candidates, -score))[:count]]
             else:
@@ -333,7 +333,7 @@ class DynamicSparsity:
         found = {}
         for name in self._params:
             mask = params.get(name + MASK_SUFFIX)
-            bits = None if mask is None else _mx.raw_data(mask)[0].asnumpy() != 0
+            bits = None if mask is None else _mx.to_host(_mx.raw_data(mask)[0]) != 0
             found[name] = None if bits is None else zlib.crc32(np.packbits(bits).tobytes())
         return found
 

@@ -228,7 +228,7 @@ def _convert(net, trace, inputs, shapes, opset) -> _Converted:
 def _check_in_runtime(ort, net, trace, converted) -> _Agreement:
     """Raise unless ONNX Runtime computes every output of the net within ``RTOL``."""
     batches, ctx = converted.batches, converted.ctx
-    feeds = {name: b.asnumpy() for name, b in zip(trace.input_names, batches)}
+    feeds = {name: _mx.to_host(b) for name, b in zip(trace.input_names, batches)}
     try:
         got = _run_onnx(ort, converted.data, feeds)
     except Exception as err:  # pylint: disable=broad-except
@@ -241,7 +241,7 @@ def _check_in_runtime(ort, net, trace, converted) -> _Agreement:
     names = _output_names(trace.symbol)
     max_diff = scale = 0.0
     for name, want in zip(names, expected):
-        want = want.asnumpy()
+        want = _mx.to_host(want)
         have = got.get(name)
         one_scale = float(np.abs(want).max()) if want.size else 0.0
         if have is None or have.shape != want.shape:

@@ -5,10 +5,9 @@ and :class:`Pruner`, which does it on a schedule (:mod:`paramsurgery.schedules`)
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-import mxnet as mx
 import numpy as np
-from mxnet import ndarray as nd
 
+from . import _mx
 from ._amounts import check_scope, count_to_reach, random_state, scope_groups
 from ._checks import check_flag
 from ._checks import is_int as _is_int
@@ -24,42 +23,17 @@ from .select import MASK_SUFFIX, all_params, select, unmasked
 __all__ = ['prune_magnitude', 'prune_random', 'prune_structured', 'prune_custom', 'Pruner']
 
 
-class _ReadView:
-    """DLPack producer for ``numpy.from_dlpack``: a read-only numpy view of a CPU NDArray."""
-
-    def __init__(self, arr):
-        self.arr = arr
-
-    def __dlpack__(self, stream=None):  # pylint: disable=unused-argument
-        return nd.to_dlpack_for_read(self.arr)
-
-    def __dlpack_device__(self):
-        return (1, 0)  # kDLCPU
-
-
-def _host(arr):
-    """``arr`` as a numpy array: a read-only view of its memory when it is on a CPU and in
-    the default layout (no copy: reading every weight of a network is the largest cost of
-    pruning it otherwise), else a copy."""
-    if arr.context.device_type.startswith('cpu'):
-        try:
-            return np.from_dlpack(_ReadView(arr))
-        except (mx.base.MXNetError, AttributeError, TypeError, BufferError):
-            pass  # an MKLDNN blocked layout has no plain view; numpy without from_dlpack
-    return arr.asnumpy()
-
-
 def _read(net, key):
     """Selected parameters (masks themselves never selected), their first-context weights and
     existing masks as (read-only) numpy arrays."""
     everything = all_params(net)   # (once: each collect_params() walks every block)
     params = select(unmasked(everything), key)
-    weights = OrderedDict((name, _host(replicas(p)[0][1])) for name, p in params.items())
+    weights = OrderedDict((name, _mx.host_array(replicas(p)[0][1])) for name, p in params.items())
     existing = {}
     for name in params:
         mask = everything.get(name + MASK_SUFFIX)
         if mask is not None:
-            existing[name] = _host(data_on(mask, replicas(params[name])[0][0]))
+            existing[name] = _mx.host_array(data_on(mask, replicas(params[name])[0][0]))
     return params, weights, existing
 
 
@@ -141,7 +115,7 @@ def prune_magnitude(net, key, amount: Union[int, float], *, scope: str = 'layer'
     check_mode(mode)
     params, weights, existing = _read(net, key)
     if isinstance(importance, Mapping):
-        importance = {name: s.asnumpy() if hasattr(s, 'asnumpy') else s
+        importance = {name: _mx.to_host(s) if hasattr(s, 'asnumpy') else s
                       for name, s in importance.items()}
     keeps = magnitude_masks(weights, amount, masks=existing, scope=scope, norm=norm,
                             importance=importance)
@@ -331,7 +305,7 @@ def prune_custom(net, key, mask: Any, *, mode: str = 'graph') -> List[str]:
         given = dict(mask)
     else:
         given = {name: mask for name in weights}
-    given = {name: m.asnumpy() if hasattr(m, 'asnumpy') else m for name, m in given.items()}
+    given = {name: _mx.to_host(m) if hasattr(m, 'asnumpy') else m for name, m in given.items()}
     return _apply(net, params, custom_masks(weights, given, masks=existing), mode)
 
 

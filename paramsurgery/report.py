@@ -3,6 +3,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from . import _mx
 from ._files import check_path
 from ._plot import pyplot, save_figure
 from .access import replicas
@@ -196,12 +197,12 @@ def sparsity_report(net, key=None) -> SparsityReport:
     for name, param in chosen.items():
         copies = replicas(param)
         contexts = [ctx for ctx, _, _ in copies]
-        copies = [data.asnumpy() for _, data, _ in copies]
+        copies = [_mx.to_host(data) for _, data, _ in copies]
         equal = all(c.tobytes() == copies[0].tobytes() for c in copies[1:])
         mask_param = params.get(name + MASK_SUFFIX)
         effective = copies[0]
         if mask_param is not None:
-            masks = [data.asnumpy() for _, data, _ in replicas(mask_param)]
+            masks = [_mx.to_host(data) for _, data, _ in replicas(mask_param)]
             equal = equal and all(m.tobytes() == masks[0].tobytes() for m in masks[1:])
             effective = effective * masks[0]
         zeros = _zeros(effective)

@@ -170,7 +170,7 @@ def capture(net, key: Any = None) -> Capture:
     params = _trainable(net, key)
     values = OrderedDict()
     for name, param in params.items():
-        values[name] = param.data(param.list_ctx()[0]).asnumpy()
+        values[name] = _mx.to_host(param.data(param.list_ctx()[0]))
     return Capture(values)
 
 
@@ -258,8 +258,8 @@ def rewind(net, capture: Capture, *, key: Any = None,
                 "capture.shrink(plan), or capture the net in its current shape." % (name, tuple(param.shape), tuple(saved.shape)))
         mask = params.get(name + MASK_SUFFIX)
         if mask is not None:
-            keep = mask.data(mask.list_ctx()[0]).asnumpy() != 0
-            current = param.data(param.list_ctx()[0]).asnumpy()
+            keep = _mx.to_host(mask.data(mask.list_ctx()[0])) != 0
+            current = _mx.to_host(param.data(param.list_ctx()[0]))
             saved = np.where(keep, saved, current)
         new[name] = saved.astype(param.dtype, copy=False)
     for name, value in new.items():

@@ -1,10 +1,14 @@
 """Numpy views of CPU NDArrays (paramsurgery._mx.host): what they see, what writes do, and when
 there is none."""
+import ast
+import pathlib
+
 import mxnet as mx
 import numpy as np
 import pytest
 from mxnet import gluon
 
+import paramsurgery
 from paramsurgery import _mx
 from paramsurgery._mx import host as _host
 
@@ -52,3 +56,21 @@ def test_no_view_of_sparse_or_blocked_arrays():
     if not _mx.is_blocked_layout(weight):
         pytest.skip('this MXNet build left the conv weight in the default layout')
     assert _host.read_view(weight) is None and _host.write_view(weight) is None
+
+
+def test_no_module_reads_an_ndarray_on_the_host_but_through_host():
+    """Every host read settles the engine first (paramsurgery._mx.host explains the race with
+    the layout reorders a predict-mode Convolution queues): so no module but host.py may call
+    ``asnumpy`` or take a DLPack view. Docstring examples are not code and may."""
+    root = pathlib.Path(paramsurgery.__file__).parent
+    found = []
+    for path in sorted(root.rglob('*.py')):
+        if path == root / '_mx' / 'host.py':
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = (node.attr if isinstance(node, ast.Attribute) else
+                    node.id if isinstance(node, ast.Name) else None)
+            if name in ('asnumpy', 'to_dlpack_for_read', 'to_dlpack_for_write', 'from_dlpack'):
+                found.append('%s:%d %s' % (path.relative_to(root), node.lineno, name))
+    assert not found, 'use _mx.to_host / _mx.host_array instead: %s' % found
+

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
+from mxnet.gluon.model_zoo import vision
 
 import paramsurgery as ps
 
@@ -285,3 +286,30 @@ def test_a_list_key_is_not_validated_once_per_entry(monkeypatch):
     monkeypatch.undo()
     # a fixed number of validations (the call's own reads), whatever the number of keys
     assert len(calls) <= 4, len(calls)
+
+
+@pytest.mark.parametrize('mode', ['graph', 'update'])
+def test_masks_chosen_right_after_a_predict_mode_forward(ctxs, hybridize, mode):
+    """A predict-mode forward queues in-place reorders of the conv weights (docs/internals.md):
+    a prune issued while they are pending must read the weights, not half-reordered copies,
+    and so choose exactly the masks it chooses once MXNet is idle."""
+    def pruned(wait_first):
+        mx.random.seed(0)
+        net = vision.resnet18_v1(pretrained=False)
+        net.initialize(mx.init.Xavier(), ctx=ctxs)
+        if hybridize:
+            net.hybridize()
+        for ctx in ctxs:
+            net(mx.nd.zeros((1, 3, 64, 64), ctx=ctx))
+        if wait_first:
+            mx.nd.waitall()
+        ps.prune_magnitude(net, r'.*conv\d+_weight$', 0.9, scope='global', mode=mode)
+        mx.nd.waitall()
+        return {name: [d.asnumpy() for d in p.list_data()]
+                for name, p in net._collect_params_with_prefix().items() if name.endswith('_mask')}
+
+    expected, got = pruned(True), pruned(False)
+    assert sorted(got) == sorted(expected) and len(got) == 20
+    for name in expected:
+        for want, have in zip(expected[name], got[name]):
+            np.testing.assert_array_equal(have, want, err_msg=name)

@@ -6,7 +6,7 @@ version (2.0 renamed ``_ctx_list``/``_ctx_map`` to ``_device_list``/``_device_ma
 this package only. What the attributes mean is explained in ``docs/internals.md``. The
 modules, each importing only from the ones above it (``tests/test_layers.py`` checks this)::
 
-    host                                numpy views of CPU NDArrays' memory
+    host                                host reads (settled), numpy views, MKLDNN's layout
     arrays, blocks, objects, runtime    NDArrays; Blocks; whole-object state; ONNX, threads
     params                              Parameters, ParameterDicts, paramsurgery's marks
     trainer                             Trainers, kvstores, Updaters, Optimizers
@@ -51,7 +51,6 @@ The complete inventory of the private names used here:
 from .arrays import (  # noqa: F401
     as_np,
     fresh_grad,
-    is_blocked_layout,
     is_leaf,
     multiply_inplace,
     set_fresh_grad,
@@ -82,6 +81,7 @@ from .blocks import (  # noqa: F401
     structural_names,
     walk_blocks,
 )
+from .host import host_array, is_blocked_layout, settle, to_host  # noqa: F401
 from .objects import (  # noqa: F401
     object_state,
     restore_object_state,

@@ -1,11 +1,8 @@
-"""NDArrays: autograd leaves, the freshness flag ``_fresh_grad``, MKLDNN's blocked layout,
-and elementwise writes that mix dtypes (the numpy frontend's operators do, the legacy ones
-do not)."""
+"""NDArrays: autograd leaves, the freshness flag ``_fresh_grad``, and elementwise writes that
+mix dtypes (the numpy frontend's operators do, the legacy ones do not)."""
 
 import numpy as np
-from mxnet import ndarray as nd
 from mxnet import numpy as mx_np
-from mxnet.base import MXNetError
 
 from . import host
 
@@ -65,18 +62,3 @@ def zero_where_masked(arr, mask):
     kept = mx_np.where(as_np(mask), as_np(arr), 0)
     out = as_np(arr)
     out[:] = kept.astype(out.dtype, copy=False)
-
-
-def is_blocked_layout(arr):
-    """True when ``arr`` holds its values in an MKLDNN blocked layout.
-
-    A Convolution run in predict mode reorders its weight into such a layout in place.
-    There is no Python accessor for the layout; exporting a DLPack view is refused for
-    exactly these arrays ("We can't generate TBlob for MKLDNN data"), which tells them apart
-    without copying anything.
-    """
-    try:
-        nd.to_dlpack_for_read(arr)
-    except MXNetError as err:
-        return 'MKLDNN' in str(err) or 'DNNL' in str(err)
-    return False

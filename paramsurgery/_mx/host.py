@@ -1,9 +1,18 @@
-"""Numpy views of CPU NDArrays' memory, for elementwise passes that numpy runs several times
-faster than MXNet 1.9.1's kernels (its mixed-dtype multiply above all); ``MXNDArrayGetData`` gives the address.
+"""Every host read of an NDArray in paramsurgery: :func:`to_host` (a numpy copy) and numpy
+views of CPU NDArrays' memory, for elementwise passes that numpy runs several times faster
+than MXNet 1.9.1's kernels (its mixed-dtype multiply above all); ``MXNDArrayGetData`` gives
+the address.
 
-A view is taken only after MXNet has finished what it had queued on the array, and it reads
-or writes the array's own memory, so it must be used and dropped while the NDArray is alive
-and before the next MXNet operator on it is queued.
+Both first :func:`settle` MXNet's engine. A predict-mode Convolution (one run outside
+``autograd.record()``, such as the forward that finishes deferred initialisation) pushes,
+while it runs, an in-place reorder of its weight into oneDNN's blocked layout. A host read
+issued in between waits only for the writes queued *before* it, so it copies (or views) a
+half-reordered array: on resnet50_v1, ``prune_magnitude`` right after such a forward chose
+other masks in about 40 of its 54 weights, and ``save_compact`` stored wrong values. Operators
+queued through MXNet are ordered after the reorder and are not affected; a host read is.
+
+A view reads or writes the array's own memory, so it must be used and dropped while the
+NDArray is alive and before the next MXNet operator on it is queued.
 """
 import ctypes
 from typing import Optional
@@ -15,7 +24,48 @@ from mxnet.base import _LIB, MXNetError, check_call
 __all__ = []
 
 
+def settle() -> None:
+    """Wait until MXNet has run everything queued, the in-place layout reorders that running
+    Convolutions queue included (``nd.waitall``; a fraction of a microsecond when idle)."""
+    nd.waitall()
+
+
+def to_host(arr) -> np.ndarray:
+    """``arr.asnumpy()`` after :func:`settle`: the only way paramsurgery copies an NDArray to
+    the host (``tests/test_host.py`` checks that no other module calls ``asnumpy``)."""
+    settle()
+    return arr.asnumpy()
+
+
+class _ReadView:
+    """DLPack producer for ``numpy.from_dlpack``: a read-only numpy view of a CPU NDArray,
+    which keeps the NDArray alive as long as the view."""
+
+    def __init__(self, arr):
+        self.arr = arr
+
+    def __dlpack__(self, stream=None):  # pylint: disable=unused-argument
+        return nd.to_dlpack_for_read(self.arr)
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU
+
+
+def host_array(arr) -> np.ndarray:
+    """``arr`` as a numpy array, after :func:`settle`: a read-only view of its memory when it
+    is on a CPU and in the default layout (no copy: reading every weight of a network is the
+    largest cost of pruning it otherwise), else a copy. Do not write it."""
+    settle()
+    if arr.context.device_type.startswith('cpu'):
+        try:
+            return np.from_dlpack(_ReadView(arr))
+        except (MXNetError, AttributeError, TypeError, BufferError):
+            pass  # an MKLDNN blocked layout has no plain view; numpy without from_dlpack
+    return arr.asnumpy()
+
+
 def _view(arr, wait) -> Optional[np.ndarray]:
+    settle()
     if not arr.context.device_type.startswith('cpu') or arr.stype != 'default' or not arr.size:
         return None
     try:
@@ -41,3 +91,19 @@ def write_view(arr) -> Optional[np.ndarray]:
     """A writable numpy view of ``arr`` once every queued read and write of it is done, or
     None (as for :func:`read_view`). Writes through it bypass autograd and the engine."""
     return _view(arr, nd.to_dlpack_for_write)
+
+
+def is_blocked_layout(arr):
+    """True when ``arr`` holds its values in an MKLDNN blocked layout.
+
+    A Convolution run in predict mode reorders its weight into such a layout in place.
+    There is no Python accessor for the layout; exporting a DLPack view is refused for
+    exactly these arrays ("We can't generate TBlob for MKLDNN data"), which tells them apart
+    without copying anything.
+    """
+    settle()
+    try:
+        nd.to_dlpack_for_read(arr)
+    except MXNetError as err:
+        return 'MKLDNN' in str(err) or 'DNNL' in str(err)
+    return False

@@ -23,7 +23,7 @@ import numpy as np
 from mxnet import autograd
 from mxnet import ndarray as nd
 
-from .arrays import is_blocked_layout
+from .host import is_blocked_layout
 
 __all__ = []
 

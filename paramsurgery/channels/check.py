@@ -27,7 +27,7 @@ def launch(net, batches, ctx):
 
 
 def read(outputs):
-    return [o.asnumpy() for o in outputs]
+    return [_mx.to_host(o) for o in outputs]
 
 
 def forward(net, batches, ctx):
@@ -173,4 +173,4 @@ def _internals_outputs(symbol, net, names, ctx):
         else:
             os.environ['MXNET_SUBGRAPH_BACKEND'] = previous
     outs = executor.forward(is_train=False)
-    return {n: o.asnumpy() for n, o in zip(internals.list_outputs(), outs)}
+    return {n: _mx.to_host(o) for n, o in zip(internals.list_outputs(), outs)}

@@ -18,6 +18,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
+from .. import _mx
 from ..errors import ShrinkError
 from ..masks import load_exported
 from ..masks.files import quiet_input_types
@@ -142,13 +143,13 @@ def _masked_outputs(block, groups, pruned, removed_rows, batches):
             for member, role in zip(group.members, group.roles):
                 if role in ('bn_mean', 'bn_var'):
                     continue
-                arr = np.moveaxis(params[member.param].data().asnumpy(), member.axis, 0)
+                arr = np.moveaxis(_mx.to_host(params[member.param].data()), member.axis, 0)
                 arr[channel_rows(member, chosen)] = 0
                 params[member.param].set_data(mx.nd.array(np.moveaxis(arr, 0, member.axis),
                                                        dtype=arr.dtype))
         with autograd.predict_mode():
             masked = block(*batches)
-        return [m.asnumpy() for m in flat_outputs(masked)]
+        return [_mx.to_host(m) for m in flat_outputs(masked)]
     finally:
         for name, value in originals.items():
             params[name].set_data(value)
@@ -171,8 +172,8 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
     params = block.collect_params()
     names = list(OrderedDict.fromkeys(m.param for g in groups for m in g.members))
     with autograd.pause():
-        weights = {n: params[n].data().asnumpy() for n in names}
-        masks = {n: params[n + MASK_SUFFIX].data().asnumpy() for n in names
+        weights = {n: _mx.to_host(params[n].data()) for n in names}
+        masks = {n: _mx.to_host(params[n + MASK_SUFFIX].data()) for n in names
                  if n + MASK_SUFFIX in params}
     _check_masks(masks, weights)
     pruned = choose_channels(block, groups, weights, masks, amount, importance, scope,
@@ -190,7 +191,7 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
     symbol = mx.sym.load(symbol_file)
     aux = set(symbol.list_auxiliary_states())
     for name, param in params.items():
-        value = param.data().asnumpy()
+        value = _mx.to_host(param.data())
         for axis, rows in removed_rows.get(name, {}).items():
             value = np.delete(value, rows, axis=axis)
         if name in removed_rows:
@@ -205,7 +206,7 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
         shrunk_params[key.split(':', 1)[1]]._load_init(value, mx.cpu())
     with autograd.predict_mode():
         out = shrunk(*batches)
-    out = [o.asnumpy() for o in flat_outputs(out)]
+    out = [_mx.to_host(o) for o in flat_outputs(out)]
     for i, (a, b) in enumerate(zip(masked, out)):
         scale = max(float(np.abs(a).max()), 1e-12)
         if a.shape != b.shape or float(np.abs(a - b).max()) > _TOLERANCE * scale:

@@ -2,6 +2,7 @@
 scores of each importance ('l1', 'l2', 'bn_gamma', 'taylor' or a callable)."""
 import numpy as np
 
+from .. import _mx
 from ..access import replicas
 from ..errors import SurgeryTypeError, SurgeryValueError
 
@@ -55,7 +56,7 @@ def scores_of(state, importance, net):
     if callable(importance):
         scores = importance(group)
         if hasattr(scores, 'asnumpy'):
-            scores = scores.asnumpy()
+            scores = _mx.to_host(scores)
         try:
             scores = np.asarray(scores, dtype=np.float64)
         except (TypeError, ValueError):
@@ -90,7 +91,7 @@ def scores_of(state, importance, net):
             for _, data, grad in replicas(params[member.param]):
                 if grad is None:
                     continue
-                prod = np.abs(data.asnumpy().astype(np.float64) * grad.asnumpy())
+                prod = np.abs(_mx.to_host(data).astype(np.float64) * _mx.to_host(grad))
                 scores += channel_view(prod, member, size).sum(axis=1)
     if not np.all(np.isfinite(scores)):
         raise SurgeryValueError(

@@ -242,7 +242,7 @@ def apply_plan(net, plan: Union[ShrinkPlan, str, 'os.PathLike']) -> List[str]:
             # in oneDNN's blocked layout kills the process with SIGFPE (MXNet 1.9.1);
             # asnumpy reads it back in the default layout.
             keep = tuple(slice(0, n) for n in new)
-            arrays = [nd.array(a.asnumpy()[keep], ctx=a.context, dtype=a.dtype) for a in data]
+            arrays = [nd.array(_mx.to_host(a)[keep], ctx=a.context, dtype=a.dtype) for a in data]
             _mx.set_param_arrays(param, new, arrays)
         resize(blocks)
         problem = run_rules(net, rule_kept)

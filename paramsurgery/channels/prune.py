@@ -9,6 +9,7 @@ from typing import Any, Callable, List, Union
 import numpy as np
 from mxnet import autograd
 
+from .. import _mx
 from ..access import replicas
 from ..errors import SurgeryTypeError, SurgeryValueError, and_more
 from ..masks import apply_mask, get_mask, masked, unmasked_params
@@ -129,10 +130,10 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     params = net.collect_params()
     names = list(OrderedDict.fromkeys(m.param for g in groups for m in g.members))
     with autograd.pause():
-        weights = {n: replicas(params[n])[0][1].asnumpy() for n in names}
+        weights = {n: _mx.to_host(replicas(params[n])[0][1]) for n in names}
     have = set(masked(net))
     mine = [n for n in names if n in have]
-    existing = {n: m.asnumpy() for n, m in get_mask(net, mine).items()} if mine else {}
+    existing = {n: _mx.to_host(m) for n, m in get_mask(net, mine).items()} if mine else {}
     pruned = choose_channels(net, groups, weights, existing, amount, importance, scope,
                              round_to)
     plan = OrderedDict()

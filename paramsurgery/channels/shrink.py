@@ -170,7 +170,7 @@ def _checked_inputs(inputs, trainer, net):
     shapes = input_shapes(inputs)
     batches = input_batches(inputs, shapes)
     for i, b in enumerate(batches):
-        if not np.all(np.isfinite(b.asnumpy())):
+        if not np.all(np.isfinite(_mx.to_host(b))):
             raise SurgeryValueError('inputs[%d] has NaN or infinite values; the check compares '
                                     'outputs, so pass a finite batch.' % i)
     ctxs = net_contexts(net)
@@ -339,7 +339,7 @@ def _alive_rows(groups, params):
                 if mask is None or key in rows:
                     continue
                 if member.param not in nonzero:
-                    nonzero[member.param] = _mx.raw_data(mask)[0].asnumpy() != 0
+                    nonzero[member.param] = _mx.to_host(_mx.raw_data(mask)[0]) != 0
                 nz = nonzero[member.param]
                 others = tuple(a for a in range(nz.ndim) if a != member.axis)
                 rows[key] = nz.any(axis=others) if others else nz

@@ -114,7 +114,7 @@ def save_masks(net, path: str) -> List[str]:
             skey = keys.get(id(weight))
             if skey is None:
                 continue  # not reachable through save_parameters' naming
-            values = _mx.raw_data(mask)[0].asnumpy()
+            values = _mx.to_host(_mx.raw_data(mask)[0])
             binary = bool(np.all((values == 0) | (values == 1)))
             slot = 'm%d' % len(entries)
             arrays[slot] = np.packbits(values.reshape(-1) != 0) if binary else values

@@ -40,10 +40,10 @@ def refuse_non_binary(name, value, existing, combine):
             % name)
     if existing is not None and combine == 'multiply':
         with autograd.pause():
-            old = _mx.raw_data(existing)[0].asnumpy()
+            old = _mx.to_host(_mx.raw_data(existing)[0])
         if not np.all((old == 0) | (old == 1)):
             product = old * (value.scalar if value.scalar is not None else
-                             np.asarray(value.array.asnumpy() if isinstance(
+                             np.asarray(_mx.to_host(value.array) if isinstance(
                                  value.array, nd.NDArray) else value.array))
             if not np.all((product == 0) | (product == 1)):
                 raise SurgeryValueError(
