@@ -756,6 +756,44 @@ def stepped_trainer(net, x, ctxs, optimizer, settings):
     return trainer
 
 
+def pruned_twins(make, ctxs):
+    """Two nets ``make()`` in float64, warmed up, pruned by half, each with a Trainer that
+    has stepped once: ``(masked, to shrink, [their trainers], the float64 batch)``."""
+    nets, trainers = [], []
+    for _ in range(2):
+        net = make()
+        x = in_float64(net, batch(n=4))
+        warm_up(net, x, ctxs)
+        ps.prune_channels(net, 0.5, inputs=x)
+        nets.append(net)
+        trainers.append(stepped_trainer(net, x, ctxs, 'sgd', {'learning_rate': 0.05,
+                                                             'momentum': 0.9, 'wd': 0}))
+    return nets[0], nets[1], trainers, x
+
+
+def assert_exports_and_rebuilds(shrunk, plan, fresh, x, ctxs, tmp_path):
+    """The shrunk net computes the same after export + load_exported (masks in the graph)
+    and on ``fresh`` (a new net of its class) after apply_plan + load_parameters (masks
+    baked). Files hold the mean over contexts of the running statistics, so every context
+    gets that first."""
+    shrunk.save_parameters(str(tmp_path / 'mean.params'))
+    shrunk.load_parameters(str(tmp_path / 'mean.params'), ctx=ctxs)
+    ref = outputs(shrunk, x, ONE)
+    shrunk.hybridize()      # (export needs the cached graph)
+    outputs(shrunk, x, ONE)
+    prefix = str(tmp_path / 'shrunk')
+    shrunk.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    assert_close(ref, outputs(loaded, x, ONE), FLOAT32)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'net.params'))
+    ps.apply_plan(fresh, plan)
+    fresh.cast('float64')
+    fresh.load_parameters(str(tmp_path / 'net.params'))
+    fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
+
+
 def token_layer(make, x, ctxs, hybridize):
     """The transformer layer ``make()`` initialised deterministically on ``ctxs``, in
     float64 (see FLOAT64), and ``x`` in float64."""
@@ -773,17 +811,11 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
     """Grouped convolutions, gluoncv SE, padded separable, upsample fusion and an FCN head
     with bilinear resize, ones_like and spatial slices: every group not reaching an output is
     prunable, halved; shrunk == masked while training goes on; export and apply_plan."""
-    nets, trainers = [], []
-    for _ in range(2):
+    def make():
         net = build(kind, ctxs, seed=5)
         net.hybridize()
-        x = in_float64(net, batch(n=4))
-        warm_up(net, x, ctxs)
-        ps.prune_channels(net, 0.5, inputs=x)
-        nets.append(net)
-        trainers.append(stepped_trainer(net, x, ctxs, 'sgd', {'learning_rate': 0.05,
-                                                             'momentum': 0.9, 'wd': 0}))
-    masked, shrunk = nets
+        return net
+    masked, shrunk, trainers, x = pruned_twins(make, ctxs)
     graph = ps.trace_channels(shrunk, x)
     blocked = [g for g in graph if not g.prunable]
     assert all(g.name == 'data' or 'reaches the net output' in g.reason for g in blocked), \
@@ -800,23 +832,8 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
             assert groups == blk._channels or (groups == 4 and blk.weight.shape[0] == 4)
     train_alike(masked, shrunk, trainers, x, ctxs, steps=3)
     assert ps.check_params(shrunk) == []
-    # export (masks in the graph) and apply_plan + load_parameters (masks baked); files hold
-    # the mean over contexts of the running statistics, so every context gets that first
-    shrunk.save_parameters(str(tmp_path / 'mean.params'))
-    shrunk.load_parameters(str(tmp_path / 'mean.params'), ctx=ctxs)
-    ref = outputs(shrunk, x, ONE)
-    prefix = str(tmp_path / kind)
-    shrunk.export(prefix)
-    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
-    assert_close(ref, outputs(loaded, x, ONE), FLOAT32)
-    ps.remove_mask(shrunk, ps.masked(shrunk))
-    shrunk.save_parameters(str(tmp_path / 'net.params'))
     fresh = USER_NETS[kind](prefix=kind + '_')
-    ps.apply_plan(fresh, plan)
-    fresh.cast('float64')
-    fresh.load_parameters(str(tmp_path / 'net.params'))
-    fresh.hybridize()
-    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
+    assert_exports_and_rebuilds(shrunk, plan, fresh, x, ctxs, tmp_path)
 
 
 def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize, tmp_path):
@@ -1061,6 +1078,7 @@ GLUONCV = {
     'xception': ((1, 3, 96, 96), 3), 'hrnet_w18_small_v1_c': ((1, 3, 64, 64), 3),
     'fcn_resnet50_voc': ((1, 3, 64, 64), 3), 'simple_pose_resnet18_v1b': ((1, 3, 128, 96), 3),
     'mobilenetv3_large': ((1, 3, 64, 64), 3), 'residualattentionnet56': ((1, 3, 224, 224), 3),
+    'resnest14': ((1, 3, 64, 64), 3),
 }
 
 
@@ -1089,3 +1107,80 @@ def test_gluoncv_nets_shrink_and_keep_training(name):
     after = snapshot(net)
     assert any(a.tobytes() != b.tobytes() for n in before for a, b in zip(before[n], after[n]))
     assert ps.check_params(net) == []
+
+
+# --------------------------------------------------------------------------- split attention
+
+@pytest.fixture
+def split_attention_rules():
+    """The shrink rule of the in-repo SplitAttentionConv, registered for one test."""
+    from channel_nets import SplitAttentionConv, split_attention_rule
+    ps.register_shrink_rule(SplitAttentionConv, split_attention_rule)
+    yield
+    ps.register_shrink_rule(SplitAttentionConv, None)
+
+
+def split_attention_net(groups, ctxs, hybridize):
+    from channel_nets import SplitAttention
+    net = SplitAttention(groups, prefix='splat_')
+    mx.random.seed(5)
+    net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    net(mx.nd.zeros((1, 3, 8, 8), ctx=ctxs[0]))
+    return net
+
+
+@pytest.mark.parametrize('groups', [1, 2])
+def test_split_attention_without_a_rule_says_why(groups):
+    """ResNeSt's split attention reshapes its channels into radix splits by its own
+    ``channels`` attribute: without a rule for it the group is not prunable, and says so."""
+    net = split_attention_net(groups, ONE, hybridize=False)
+    graph = ps.trace_channels(net, batch())
+    assert graph['splat_conv2_weight'].reason == (
+        "splits its channels into radix splits in the reshape "
+        "'splat_splitattentionconv0_reshape0' of SplitAttentionConv "
+        "'splat_splitattentionconv0', whose channel count shrink cannot update: register a "
+        "rule with ps.register_shrink_rule(SplitAttentionConv, rule) "
+        "(docs/shrink.md#blocks-with-their-own-channel-counts)")
+
+
+@pytest.mark.parametrize('groups', [1, 2])
+def test_split_attention_shrinks_exactly_and_keeps_training(groups, ctxs, hybridize,
+                                                            split_attention_rules, tmp_path):
+    """gluoncv's SplitAttentionConv (radix 2; 1 and 2 cardinal groups) in a bottleneck:
+    channel i of every radix split and cardinal group is one channel (the grouped
+    convolution's rows and BatchNorm entries, fc1's columns, fc2's rows and bias, the next
+    convolution's columns), so radix and cardinality are kept and every split loses the same
+    channels; every group not reaching the output is prunable and halved; shrunk == masked
+    (FLOAT64) in both modes while training goes on; export and apply_plan round trips."""
+    masked, shrunk, trainers, x = pruned_twins(
+        lambda: split_attention_net(groups, ctxs, hybridize), ctxs)
+    graph = ps.trace_channels(shrunk, x)
+    assert [g.name for g in graph if not g.prunable] == ['data', 'splat_dense0_weight']
+    per = 8 // groups      # channels per cardinal group of one radix split
+    splits = graph['splat_conv2_weight']
+    assert splits.size == per
+    # conv rows and fc2 rows: split r, cardinal group g at (r * groups + g) * per
+    rows = [(name, 0, off, 1) for name in ('splat_conv2_weight', 'splat_conv4_weight',
+                                           'splat_conv4_bias') for off in range(0, 16, per)]
+    columns = [('splat_conv3_weight', 1, 0, 1)] + [('splat_conv5_weight', 1, off, 1)
+                                                   for off in range(0, 8, per)]
+    assert sorted(m for m in splits.members if 'batchnorm' not in m[0]) == sorted(rows + columns)
+    sizes = {g.name: g.size for g in graph.prunable}
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    assert {k: len(v) for k, v in plan.kept.items()} == {
+        k: n - int(np.floor(0.5 * n + 0.5)) for k, n in sizes.items()}
+    splat = shrunk.splat
+    half = per - int(np.floor(0.5 * per + 0.5))
+    assert splat.channels == half * groups and splat.radix == 2 and splat.cardinality == groups
+    assert splat.conv._kwargs['num_group'] == 2 * groups
+    assert splat.fc1._kwargs['num_group'] == splat.fc2._kwargs['num_group'] == groups
+    assert splat.conv.weight.shape[0] == splat.fc2.weight.shape[0] == 2 * half * groups
+    assert splat.fc1.weight.shape[1] * groups == shrunk.conv3.weight.shape[1] == half * groups
+    train_alike(masked, shrunk, trainers, x, ctxs, steps=3)
+    assert ps.check_params(shrunk) == []
+    from channel_nets import SplitAttention
+    fresh = SplitAttention(groups, prefix='splat_')
+    assert_exports_and_rebuilds(shrunk, plan, fresh, x, ctxs, tmp_path)
+    assert fresh.splat.channels == splat.channels

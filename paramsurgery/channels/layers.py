@@ -151,13 +151,13 @@ def _tied_input(n, segs, groups, channels):
     if len(segs) == 1 and segs[0][1:] == (0, 1) and spaces.size[spaces.find(segs[0][0])] == \
             channels:
         root = spaces.find(segs[0][0])
-        _fold(n, root, groups)
+        fold(n, root, groups)
         return root
     return ("feeds the grouped Convolution '%s' (num_group=%d) with channels that do not "
             "split into its groups the same way" % (n.name, groups))
 
 
-def _fold(n, root, groups):
+def fold(n, root, groups):
     """Make space ``root`` (``C`` channels) the ``C / groups`` positions within a group:
     every member and every tensor layout holding it now holds one slice per group."""
     spaces = n.spaces
