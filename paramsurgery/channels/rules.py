@@ -24,10 +24,11 @@ def register_shrink_rule(block_class: type,
     head count of an attention cell, read in ``hybrid_forward`` to split heads with a
     reshape. After :func:`shrink` (or :func:`apply_plan`) has sliced the parameters of
     such a block and its children, it calls ``rule(block, kept)`` so that the block's
-    attributes match the new shapes. The tracer splits channels into attention heads only
-    inside a block that has a rule (the block or an enclosing one): other head groups are
-    not prunable, and their reason says to register one. See
-    docs/shrink.md#blocks-with-their-own-channel-counts.
+    attributes match the new shapes. The tracer splits channels into attention heads, or
+    into radix splits by a count written in a reshape (ResNeSt's split attention), only
+    inside a block that has a rule (the block or an enclosing one): other such groups are
+    not prunable, and their reason says to register one. gluoncv's ``SplitAttentionConv``
+    has its rule already. See docs/shrink.md#blocks-with-their-own-channel-counts.
 
     Parameters
     ----------
