@@ -323,6 +323,39 @@ class LanguageModel(gluon.HybridBlock):
         return self.decoder(self.encoder(self.proj(self.embedding(x))))
 
 
+class RecurrentStack(gluon.HybridBlock):
+    """Features ``(batch, steps, 7)`` through a projection, a fused ``layers``-layer
+    (bidirectional) LSTM or GRU of 6 hidden units, and a per-step classifier."""
+
+    def __init__(self, mode='lstm', layers=2, bidirectional=True, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.proj = nn.Dense(5, flatten=False)
+            self.encoder = (rnn.LSTM if mode == 'lstm' else rnn.GRU)(
+                6, num_layers=layers, bidirectional=bidirectional, layout='NTC')
+            self.out = nn.Dense(3, flatten=False)
+
+    def hybrid_forward(self, F, x):
+        return self.out(self.encoder(self.proj(x)))
+
+
+class GivenStates(gluon.HybridBlock):
+    """An LSTM run from initial states given as inputs ``(x, h, c)``; it returns its final
+    states too when asked."""
+
+    def __init__(self, return_states=False, **kwargs):
+        super().__init__(**kwargs)
+        self.return_states = return_states
+        with self.name_scope():
+            self.proj = nn.Dense(5, flatten=False)
+            self.encoder = rnn.LSTM(6, layout='NTC')
+            self.out = nn.Dense(3, flatten=False)
+
+    def hybrid_forward(self, F, x, h, c):
+        out, states = self.encoder(self.proj(x), [h, c])
+        return (self.out(out), states) if self.return_states else self.out(out)
+
+
 class SplitAttentionConv(gluon.HybridBlock):
     """gluoncv 0.10's SplitAttentionConv (ResNeSt), written as gluoncv writes it: a
     convolution of ``groups * radix`` groups makes ``radix`` splits (reshaped apart by the

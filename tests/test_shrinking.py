@@ -795,8 +795,8 @@ def assert_exports_and_rebuilds(shrunk, plan, fresh, x, ctxs, tmp_path):
 
 
 def token_layer(make, x, ctxs, hybridize):
-    """The transformer layer ``make()`` initialised deterministically on ``ctxs``, in
-    float64 (see FLOAT64), and ``x`` in float64."""
+    """The token layer ``make()`` (a transformer's, an RNN's) initialised deterministically
+    on ``ctxs``, in float64 (see FLOAT64), and ``x`` in float64."""
     net = make()
     mx.random.seed(2)
     net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
@@ -1022,15 +1022,31 @@ def test_transposed_convolutions_resized_on_both_channel_axes(ctxs, hybridize):
     assert net.head._in_channels == 2
 
 
+GATES = {'lstm': 4, 'gru': 3}
+
+
+def rnn_members(prefix, layer, side, gates, hidden):
+    """The members of one layer's and direction's hidden units, but the next readers'."""
+    name = '%s_%s%d_%s_%s' % (prefix, side, layer, '%s', '%s')
+    return [(name % (kind, t), 0, g * hidden, 1) for g in range(gates)
+            for kind in ('i2h', 'h2h') for t in ('weight', 'bias')] + \
+        [(name % ('h2h', 'weight'), 1, 0, 1)]
+
+
 @pytest.mark.parametrize('mode', ['lstm', 'gru'])
-def test_language_model_embedding_shrinks_rnn_says_why(ctxs, hybridize, mode, tmp_path):
-    """An RNN language model: the embedding's dimension is a group (weight columns, the
-    projection's columns) that shrinks exactly; what feeds the fused RNN and its hidden units
-    are not prunable, and the reasons name the RNN operator; training goes on."""
+def test_language_model_embedding_inputs_and_hidden_units_shrink(ctxs, hybridize, mode,
+                                                                 tmp_path):
+    """An RNN language model: the embedding's dimension (weight columns, the projection's
+    columns), the fused RNN's input features (the projection's rows, the i2h columns) and
+    its hidden units (every gate's rows of the i2h and h2h weights and biases, the h2h
+    columns, the decoder's columns) are groups that shrink exactly: a removed unit's gates
+    see zero input, so from the zero begin state its state and output stay zero; the
+    layer's hidden size follows (its known rule); training goes on."""
     from channel_nets import LanguageModel
     # indices below 49: train_alike steps on tokens + 1 too
     tokens = mx.nd.array(np.random.RandomState(0).randint(0, 49, size=(4, 5)))
     nets, trainers = [], []
+    layer = 'lm_%s0' % mode
     for _ in range(2):
         net = LanguageModel(mode, prefix='lm_')
         mx.random.seed(3)
@@ -1040,32 +1056,99 @@ def test_language_model_embedding_shrinks_rnn_says_why(ctxs, hybridize, mode, tm
         net(tokens.as_in_context(ctxs[0]))
         net.cast('float64')
         graph = ps.trace_channels(net, tokens)
-        assert [g.name for g in graph.prunable] == ['lm_embedding0_weight']
-        what = ("the RNN operator 'lm_%s0_rnn0' (mode=%s), whose weights are slices of one "
-                "flat parameter vector: the tracer does not remove " % (mode, mode))
-        assert graph['lm_dense0_weight'].reason == \
-            'feeds ' + what + 'the input features of an RNN'
-        hidden = graph['lm_%s0_rnn0' % mode]
-        assert hidden.size == 10 and hidden.members == [('lm_dense1_weight', 1, 0, 1)]
-        assert hidden.reason == 'are the hidden units of ' + what + \
-            'the hidden units of %s' % ('an LSTM' if mode == 'lstm' else 'a GRU')
-        assert ps.prune_channels(net, 0.5, inputs=tokens) == ['lm_embedding0_weight']
+        assert [g.name for g in graph.prunable] == [
+            'lm_embedding0_weight', 'lm_dense0_weight', layer + '_l0_i2h_weight']
+        assert ('%s_l0_i2h_weight' % layer, 1, 0, 1) in graph['lm_dense0_weight'].members
+        hidden = graph[layer + '_l0_i2h_weight']
+        assert hidden.size == 10 and sorted(hidden.members) == sorted(
+            rnn_members(layer, 0, 'l', GATES[mode], 10) + [('lm_dense1_weight', 1, 0, 1)])
+        assert ps.prune_channels(net, 0.5, inputs=tokens) == [g.name for g in graph.prunable]
         nets.append(net)
         trainers.append(stepped_trainer(net, tokens, ctxs, 'sgd', {'learning_rate': 0.1,
                                                                   'momentum': 0.9}))
     masked, shrunk = nets
     plan = ps.shrink(shrunk, inputs=tokens, trainer=trainers[1])
-    assert shrunk.embedding.weight.shape == (50, 4) and shrunk.proj.weight.shape == (6, 4)
+    assert shrunk.embedding.weight.shape == (50, 4) and shrunk.proj.weight.shape == (3, 4)
     assert shrunk.embedding._kwargs['output_dim'] == 4
+    gates = GATES[mode]
+    assert shrunk.encoder.l0_i2h_weight.shape == (gates * 5, 3)
+    assert shrunk.encoder.l0_h2h_weight.shape == (gates * 5, 5)
+    assert shrunk.encoder._hidden_size == 5 and shrunk.decoder.weight.shape == (50, 5)
     train_alike(masked, shrunk, trainers, tokens, ctxs, steps=2)
     ref = outputs(shrunk, tokens, ONE)
     ps.remove_mask(shrunk, ps.masked(shrunk))
     shrunk.save_parameters(str(tmp_path / 'lm.params'))
     fresh = LanguageModel(mode, prefix='lm_')
     ps.apply_plan(fresh, plan)
+    assert fresh.encoder._hidden_size == 5
     fresh.cast('float64')
     fresh.load_parameters(str(tmp_path / 'lm.params'))
     assert_close(ref, outputs(fresh, tokens, ONE), FLOAT32)
+
+
+@pytest.mark.parametrize('mode', ['lstm', 'gru'])
+def test_stacked_bidirectional_rnn_hidden_units_shrink(ctxs, hybridize, mode, tmp_path):
+    """A 2-layer bidirectional LSTM or GRU: each layer's and direction's hidden units are a
+    group, read by the next layer's i2h columns of both directions at its offset (forward
+    units first) and, for the last layer, by the classifier; halved, shrunk == masked
+    (FLOAT64) in both modes while training goes on; apply_plan rebuilds it."""
+    from channel_nets import RecurrentStack
+    x = mx.nd.array(np.random.RandomState(1).uniform(-1, 1, size=(4, 5, 7)))
+    nets, trainers = [], []
+    for _ in range(2):
+        net, xs = token_layer(lambda: RecurrentStack(mode, prefix='stack_'), x, ctxs,
+                              hybridize)
+        graph = ps.trace_channels(net, xs)
+        layer, gates = 'stack_%s0' % mode, GATES[mode]
+        units = ['%s_%s%d_i2h_weight' % (layer, side, k) for k in (0, 1) for side in 'lr']
+        assert [g.name for g in graph.prunable] == ['stack_dense0_weight'] + units
+        for k in (0, 1):
+            for d, side in enumerate('lr'):
+                readers = [('%s_%s1_i2h_weight' % (layer, s), 1, d * 6, 1) for s in 'lr'] \
+                    if k == 0 else [('stack_dense1_weight', 1, d * 6, 1)]
+                assert sorted(graph['%s_%s%d_i2h_weight' % (layer, side, k)].members) == \
+                    sorted(rnn_members(layer, k, side, gates, 6) + readers)
+        ps.prune_channels(net, 0.5, inputs=xs)
+        nets.append(net)
+        trainers.append(stepped_trainer(net, xs, ctxs, 'adam', {'learning_rate': 0.01}))
+    masked, shrunk = nets
+    plan = ps.shrink(shrunk, inputs=xs, trainer=trainers[1])
+    assert {k: len(v) for k, v in plan.kept.items()} == {
+        'stack_dense0_weight': 2, **{name: 3 for name in units}}
+    enc = shrunk.encoder
+    assert enc._hidden_size == 3 and enc.l0_i2h_weight.shape == (gates * 3, 2)
+    assert enc.l1_i2h_weight.shape == enc.r1_i2h_weight.shape == (gates * 3, 6)
+    assert enc.r1_h2h_weight.shape == (gates * 3, 3) and shrunk.out.weight.shape == (3, 6)
+    train_alike(masked, shrunk, trainers, xs, ctxs, steps=2)
+    assert ps.check_params(shrunk) == []
+    ref = outputs(shrunk, xs, ONE)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'stack.params'))
+    fresh = RecurrentStack(mode, prefix='stack_')
+    ps.apply_plan(fresh, plan)
+    fresh.cast('float64')
+    fresh.load_parameters(str(tmp_path / 'stack.params'))
+    assert_close(ref, outputs(fresh, xs, ONE), FLOAT32)
+
+
+@pytest.mark.parametrize('return_states', [False, True])
+def test_rnn_hidden_units_from_given_states_or_returned_say_why(return_states):
+    """Hidden units shrink exactly only from a zero initial state, with the final states
+    unread: an LSTM given its states, or returning them, says why its units are not
+    prunable (its input features are not either)."""
+    from channel_nets import GivenStates
+    net = GivenStates(return_states, prefix='given_')
+    net.initialize()
+    x, h = mx.nd.ones((2, 5, 7)), mx.nd.zeros((1, 2, 6))
+    net(x, h, h)
+    graph = ps.trace_channels(net, x, h, h)
+    assert [g.name for g in graph.prunable] == []
+    why = ('its final states are read, and the tracer follows hidden units through its output '
+           'only' if return_states else "its initial state comes from 'data1', not from "
+           "zeros: a removed unit's state would not stay zero")
+    what = "the RNN operator 'given_lstm0_rnn0' (mode=lstm): " + why
+    assert graph['given_dense0_weight'].reason == 'feeds ' + what
+    assert graph['given_lstm0_rnn0'].reason == 'are the hidden units of ' + what
 
 
 # --------------------------------------------------------------------------- gluoncv (optional)

@@ -242,11 +242,13 @@ class Node(NamedTuple):
 
 class Split(NamedTuple):
     """A reshape that splits a group's channels by a count written in the block's code (an
-    attention cell's head count, split attention's channels per radix split): shrink must
-    update that count, so the group is prunable only inside a block with a shrink rule."""
-    node: str       # the reshape
+    attention cell's head count, split attention's channels per radix split; an RNN
+    operator's hidden size): shrink must update that count, so the group is prunable only
+    inside a block with a shrink rule."""
+    node: str       # the reshape (the RNN operator)
     what: str       # what the channels are split into ('attention heads', 'radix splits')
-    count: str      # the count the block holds ('head', 'channel')
+    count: str      # the count the block holds ('head', 'channel', 'hidden unit')
+    op: str = 'reshape'     # what the node is, for the reason
 
 
 class Blocked(NamedTuple):

@@ -28,7 +28,8 @@ def register_shrink_rule(block_class: type,
     into radix splits by a count written in a reshape (ResNeSt's split attention), only
     inside a block that has a rule (the block or an enclosing one): other such groups are
     not prunable, and their reason says to register one. gluoncv's ``SplitAttentionConv``
-    has its rule already. See docs/shrink.md#blocks-with-their-own-channel-counts.
+    and Gluon's ``rnn.LSTM``, ``GRU`` and ``RNN`` layers (their hidden size) have theirs
+    already. See docs/shrink.md#blocks-with-their-own-channel-counts.
 
     Parameters
     ----------
@@ -122,9 +123,18 @@ def _split_attention_rule(block, kept):
     block.channels = block.conv.weight.shape[0] // block.radix
 
 
-# Rules of third-party blocks, by the class's module and name, so that their package need
-# not be imported to know them; a rule registered for the class comes first.
+def _rnn_layer_rule(block, kept):
+    """Gluon's rnn.LSTM, GRU and RNN layers keep their hidden size (which makes their zero
+    begin state and the RNN operator's ``state_size``) in an attribute."""
+    _mx.resize_rnn_layer(block)
+
+
+# Rules of blocks whose counts the generic resize does not know, by the class's module and
+# name, so that their package need not be imported to know them; a rule registered for the
+# class comes first.
 _KNOWN_RULES = {'gluoncv.nn.splat.SplitAttentionConv': _split_attention_rule}
+_KNOWN_RULES.update({'mxnet.gluon.rnn.rnn_layer.' + name: _rnn_layer_rule
+                     for name in ('LSTM', 'GRU', 'RNN')})
 
 
 def shrink_rule_of(block):
@@ -161,12 +171,12 @@ def check_head_rules(net, graph):
             owner = around[0] if around else net
             g.prunable = False
             g.reason = (
-                "splits its channels into %s in the reshape '%s' of %s '%s', whose %s count "
+                "splits its channels into %s in the %s '%s' of %s '%s', whose %s count "
                 "shrink cannot update: register a rule with "
                 "ps.register_shrink_rule(%s, rule) "
                 "(docs/shrink.md#blocks-with-their-own-channel-counts)"
-                % (split.what, split.node, type(owner).__name__, owner.name, split.count,
-                   type(owner).__name__))
+                % (split.what, split.op, split.node, type(owner).__name__, owner.name,
+                   split.count, type(owner).__name__))
             break
 
 

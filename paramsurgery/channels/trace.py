@@ -396,8 +396,11 @@ OPERATORS.update({
     'swapaxes': Rule(tensors.swapaxis, 'as SwapAxis', last=True),
     'Embedding': Rule(layers.embedding, 'starts a group on the last axis (weight columns); the '
                        'indices it reads hold no channels'),
-    'RNN': Rule(layers.rnn, 'blocks its input features and its hidden units (one flat weight '
-                 'vector: LSTM/GRU hidden units are not prunable)', last=True),
+    'RNN': Rule(layers.rnn, "a Gluon rnn.LSTM, GRU or RNN layer's operator: starts a group per "
+                 "layer and direction (every gate's rows of the i2h and h2h weights and "
+                 "biases, the h2h columns; the next layer's i2h columns), reads its input "
+                 "through the first layer's i2h columns; from zero initial states, its final "
+                 "states unread", last=True),
 })
 
 
