@@ -423,16 +423,17 @@ def split_attention_rule(block, kept):
 
 class SplitAttention(gluon.HybridBlock):
     """A ResNeSt bottleneck: a 1x1 convolution, split attention of ``groups`` cardinal groups
-    and radix 2 (8 channels per split), a 1x1 convolution, pooling and a classifier."""
+    and ``radix`` splits (8 channels per split), a 1x1 convolution, pooling and a
+    classifier."""
 
-    def __init__(self, groups=1, **kwargs):
+    def __init__(self, groups=1, radix=2, **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
             self.stem = conv_bn(8)
             self.conv1 = nn.Conv2D(8, 1, use_bias=False)
             self.bn1 = nn.BatchNorm()
-            self.splat = SplitAttentionConv(8, 3, padding=1, groups=groups, in_channels=8,
-                                            use_bias=False)
+            self.splat = SplitAttentionConv(8, 3, padding=1, groups=groups, radix=radix,
+                                            in_channels=8, use_bias=False)
             self.conv3 = nn.Conv2D(12, 1, use_bias=False)
             self.pool = nn.GlobalAvgPool2D()
             self.out = nn.Dense(3)

@@ -1203,9 +1203,9 @@ def split_attention_rules():
     ps.register_shrink_rule(SplitAttentionConv, None)
 
 
-def split_attention_net(groups, ctxs, hybridize):
+def split_attention_net(groups, ctxs, hybridize, radix=2):
     from channel_nets import SplitAttention
-    net = SplitAttention(groups, prefix='splat_')
+    net = SplitAttention(groups, radix, prefix='splat_')
     mx.random.seed(5)
     net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
     if hybridize:
@@ -1228,17 +1228,18 @@ def test_split_attention_without_a_rule_says_why(groups):
         "(docs/shrink.md#blocks-with-their-own-channel-counts)")
 
 
-@pytest.mark.parametrize('groups', [1, 2])
-def test_split_attention_shrinks_exactly_and_keeps_training(groups, ctxs, hybridize,
+@pytest.mark.parametrize('groups, radix', [(1, 2), (2, 2), (2, 1)])
+def test_split_attention_shrinks_exactly_and_keeps_training(groups, radix, ctxs, hybridize,
                                                             split_attention_rules, tmp_path):
-    """gluoncv's SplitAttentionConv (radix 2; 1 and 2 cardinal groups) in a bottleneck:
+    """gluoncv's SplitAttentionConv (radix 2: softmax across the splits; radix 1: a sigmoid;
+    1 and 2 cardinal groups) in a bottleneck:
     channel i of every radix split and cardinal group is one channel (the grouped
     convolution's rows and BatchNorm entries, fc1's columns, fc2's rows and bias, the next
     convolution's columns), so radix and cardinality are kept and every split loses the same
     channels; every group not reaching the output is prunable and halved; shrunk == masked
     (FLOAT64) in both modes while training goes on; export and apply_plan round trips."""
     masked, shrunk, trainers, x = pruned_twins(
-        lambda: split_attention_net(groups, ctxs, hybridize), ctxs)
+        lambda: split_attention_net(groups, ctxs, hybridize, radix), ctxs)
     graph = ps.trace_channels(shrunk, x)
     assert [g.name for g in graph if not g.prunable] == ['data', 'splat_dense0_weight']
     per = 8 // groups      # channels per cardinal group of one radix split
@@ -1246,7 +1247,8 @@ def test_split_attention_shrinks_exactly_and_keeps_training(groups, ctxs, hybrid
     assert splits.size == per
     # conv rows and fc2 rows: split r, cardinal group g at (r * groups + g) * per
     rows = [(name, 0, off, 1) for name in ('splat_conv2_weight', 'splat_conv4_weight',
-                                           'splat_conv4_bias') for off in range(0, 16, per)]
+                                           'splat_conv4_bias')
+            for off in range(0, 8 * radix, per)]
     columns = [('splat_conv3_weight', 1, 0, 1)] + [('splat_conv5_weight', 1, off, 1)
                                                    for off in range(0, 8, per)]
     assert sorted(m for m in splits.members if 'batchnorm' not in m[0]) == sorted(rows + columns)
@@ -1256,14 +1258,14 @@ def test_split_attention_shrinks_exactly_and_keeps_training(groups, ctxs, hybrid
         k: n - int(np.floor(0.5 * n + 0.5)) for k, n in sizes.items()}
     splat = shrunk.splat
     half = per - int(np.floor(0.5 * per + 0.5))
-    assert splat.channels == half * groups and splat.radix == 2 and splat.cardinality == groups
-    assert splat.conv._kwargs['num_group'] == 2 * groups
+    assert splat.channels == half * groups and splat.radix == radix
+    assert splat.cardinality == groups and splat.conv._kwargs['num_group'] == radix * groups
     assert splat.fc1._kwargs['num_group'] == splat.fc2._kwargs['num_group'] == groups
-    assert splat.conv.weight.shape[0] == splat.fc2.weight.shape[0] == 2 * half * groups
+    assert splat.conv.weight.shape[0] == splat.fc2.weight.shape[0] == radix * half * groups
     assert splat.fc1.weight.shape[1] * groups == shrunk.conv3.weight.shape[1] == half * groups
     train_alike(masked, shrunk, trainers, x, ctxs, steps=3)
     assert ps.check_params(shrunk) == []
     from channel_nets import SplitAttention
-    fresh = SplitAttention(groups, prefix='splat_')
+    fresh = SplitAttention(groups, radix, prefix='splat_')
     assert_exports_and_rebuilds(shrunk, plan, fresh, x, ctxs, tmp_path)
     assert fresh.splat.channels == splat.channels
