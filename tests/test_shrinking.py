@@ -1228,6 +1228,30 @@ def test_split_attention_without_a_rule_says_why(groups):
         "(docs/shrink.md#blocks-with-their-own-channel-counts)")
 
 
+def test_split_attention_and_rnn_units_of_an_exported_model_say_why(tmp_path):
+    """An exported model writes split attention's channels per split and an RNN's hidden
+    size into its graph, where no rule can update them: not prunable, and the reason says
+    to shrink the Gluon net."""
+    from channel_nets import RecurrentStack
+    x = mx.nd.array(np.random.RandomState(1).uniform(-1, 1, size=(2, 5, 7)))
+    for net, x, group, split in [
+            (split_attention_net(1, ONE, True), batch(), 'splat_conv2_weight',
+             "radix splits in the reshape 'splat_splitattentionconv0_reshape0' of the "
+             "exported graph, which writes the channel count"),
+            (RecurrentStack(prefix='stack_'), x, 'stack_lstm0_l0_i2h_weight',
+             "hidden units in the RNN operator 'stack_lstm0_rnn0' of the exported graph, "
+             "which writes the hidden unit count")]:
+        net.initialize(force_reinit=True)
+        net.hybridize()
+        net(x)
+        net.export(str(tmp_path / 'net'))
+        loaded = ps.load_exported(str(tmp_path / 'net-symbol.json'), 'data',
+                                  str(tmp_path / 'net-0000.params'))
+        assert ps.trace_channels(loaded, x)[group].reason == (
+            'splits its channels into %s: shrink the Gluon net instead, whose block a rule '
+            'updates (docs/shrink.md#blocks-with-their-own-channel-counts)' % split)
+
+
 @pytest.mark.parametrize('groups, radix', [(1, 2), (2, 2), (2, 1)])
 def test_split_attention_shrinks_exactly_and_keeps_training(groups, radix, ctxs, hybridize,
                                                             split_attention_rules, tmp_path):

@@ -170,6 +170,13 @@ def check_head_rules(net, graph):
                 continue
             owner = around[0] if around else net
             g.prunable = False
+            if isinstance(owner, gluon.SymbolBlock):
+                g.reason = (
+                    "splits its channels into %s in the %s '%s' of the exported graph, which "
+                    "writes the %s count: shrink the Gluon net instead, whose block a rule "
+                    "updates (docs/shrink.md#blocks-with-their-own-channel-counts)"
+                    % (split.what, split.op, split.node, split.count))
+                break
             g.reason = (
                 "splits its channels into %s in the %s '%s' of %s '%s', whose %s count "
                 "shrink cannot update: register a rule with "
