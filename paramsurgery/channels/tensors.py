@@ -162,6 +162,8 @@ def reduction(n):
         # e.g. the sum over the radix splits of split attention: the channel axis moves
         # down by the axes reduced before it
         c = segs.at(len(shape))
+        if n.out_shape() is None:
+            return UNKNOWN
         if n.only_input() and axes and 0 not in axes and c not in axes and segs.inner == 1 \
                 and not flag(n.attrs, 'exclude'):
             at = c if flag(n.attrs, 'keepdims') else c - sum(1 for x in axes if x < c)
