@@ -323,6 +323,126 @@ class LanguageModel(gluon.HybridBlock):
         return self.decoder(self.encoder(self.proj(self.embedding(x))))
 
 
+class RecurrentStack(gluon.HybridBlock):
+    """Features ``(batch, steps, 7)`` through a projection, a fused ``layers``-layer
+    (bidirectional) LSTM or GRU of 6 hidden units, and a per-step classifier."""
+
+    def __init__(self, mode='lstm', layers=2, bidirectional=True, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.proj = nn.Dense(5, flatten=False)
+            self.encoder = (rnn.LSTM if mode == 'lstm' else rnn.GRU)(
+                6, num_layers=layers, bidirectional=bidirectional, layout='NTC')
+            self.out = nn.Dense(3, flatten=False)
+
+    def hybrid_forward(self, F, x):
+        return self.out(self.encoder(self.proj(x)))
+
+
+class GivenStates(gluon.HybridBlock):
+    """An LSTM run from initial states given as inputs ``(x, h, c)``; it returns its final
+    states too when asked."""
+
+    def __init__(self, return_states=False, **kwargs):
+        super().__init__(**kwargs)
+        self.return_states = return_states
+        with self.name_scope():
+            self.proj = nn.Dense(5, flatten=False)
+            self.encoder = rnn.LSTM(6, layout='NTC')
+            self.out = nn.Dense(3, flatten=False)
+
+    def hybrid_forward(self, F, x, h, c):
+        out, states = self.encoder(self.proj(x), [h, c])
+        return (self.out(out), states) if self.return_states else self.out(out)
+
+
+class SplitAttentionConv(gluon.HybridBlock):
+    """gluoncv 0.10's SplitAttentionConv (ResNeSt), written as gluoncv writes it: a
+    convolution of ``groups * radix`` groups makes ``radix`` splits (reshaped apart by the
+    block's own ``channels``, summed), pooled, two grouped 1x1 convolutions give attention
+    weights, softmaxed across the splits (a sigmoid for radix 1), that weigh the splits
+    before they are summed back; see :func:`split_attention_rule`."""
+
+    def __init__(self, channels, kernel_size, strides=(1, 1), padding=(0, 0),
+                 dilation=(1, 1), groups=1, radix=2, in_channels=None, r=2,
+                 norm_layer=nn.BatchNorm, norm_kwargs=None, drop_ratio=0, *args, **kwargs):
+        super().__init__()
+        norm_kwargs = norm_kwargs if norm_kwargs is not None else {}
+        inter_channels = max(in_channels * radix // 2 // r, 32)
+        self.radix = radix
+        self.cardinality = groups
+        self.conv = nn.Conv2D(channels * radix, kernel_size, strides, padding, dilation,
+                              groups=groups * radix, *args, in_channels=in_channels, **kwargs)
+        self.use_bn = norm_layer is not None
+        if self.use_bn:
+            self.bn = norm_layer(in_channels=channels * radix, **norm_kwargs)
+        self.relu = nn.Activation('relu')
+        self.fc1 = nn.Conv2D(inter_channels, 1, in_channels=channels, groups=self.cardinality)
+        if self.use_bn:
+            self.bn1 = norm_layer(in_channels=inter_channels, **norm_kwargs)
+        self.relu1 = nn.Activation('relu')
+        self.drop = nn.Dropout(drop_ratio) if drop_ratio > 0 else None
+        self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter_channels,
+                             groups=self.cardinality)
+        self.channels = channels
+
+    def hybrid_forward(self, F, x):
+        x = self.conv(x)
+        if self.use_bn:
+            x = self.bn(x)
+        x = self.relu(x)
+        if self.radix > 1:
+            splited = F.reshape(x.expand_dims(1), (0, self.radix, self.channels, 0, 0))
+            gap = F.sum(splited, axis=1)
+        else:
+            gap = x
+        gap = F.contrib.AdaptiveAvgPooling2D(gap, 1)
+        gap = self.fc1(gap)
+        if self.use_bn:
+            gap = self.bn1(gap)
+        atten = self.relu1(gap)
+        if self.drop:
+            atten = self.drop(atten)
+        atten = self.fc2(atten).reshape((0, self.cardinality, self.radix, -1)).swapaxes(1, 2)
+        if self.radix > 1:
+            atten = F.softmax(atten, axis=1).reshape((0, self.radix, -1, 1, 1))
+        else:
+            atten = F.sigmoid(atten).reshape((0, -1, 1, 1))
+        if self.radix > 1:
+            out = F.sum(F.broadcast_mul(atten, splited), axis=1)
+        else:
+            out = F.broadcast_mul(atten, x)
+        return out
+
+
+def split_attention_rule(block, kept):
+    """The shrink rule of :class:`SplitAttentionConv` (the one paramsurgery knows for
+    gluoncv's): the channels per radix split follow the convolution."""
+    block.channels = block.conv.weight.shape[0] // block.radix
+
+
+class SplitAttention(gluon.HybridBlock):
+    """A ResNeSt bottleneck: a 1x1 convolution, split attention of ``groups`` cardinal groups
+    and ``radix`` splits (8 channels per split), a 1x1 convolution, pooling and a
+    classifier."""
+
+    def __init__(self, groups=1, radix=2, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.stem = conv_bn(8)
+            self.conv1 = nn.Conv2D(8, 1, use_bias=False)
+            self.bn1 = nn.BatchNorm()
+            self.splat = SplitAttentionConv(8, 3, padding=1, groups=groups, radix=radix,
+                                            in_channels=8, use_bias=False)
+            self.conv3 = nn.Conv2D(12, 1, use_bias=False)
+            self.pool = nn.GlobalAvgPool2D()
+            self.out = nn.Dense(3)
+
+    def hybrid_forward(self, F, x):
+        x = F.relu(self.bn1(self.conv1(self.stem(x))))
+        return self.out(self.pool(self.conv3(self.splat(x))))
+
+
 class MultiHeadAttentionCell(gluon.HybridBlock):
     """gluonnlp 0.10's MultiHeadAttentionCell over a scaled DotProductAttentionCell, written
     as gluonnlp writes it (self-attention, no mask): the head count and the units live in

@@ -756,9 +756,47 @@ def stepped_trainer(net, x, ctxs, optimizer, settings):
     return trainer
 
 
+def pruned_twins(make, ctxs):
+    """Two nets ``make()`` in float64, warmed up, pruned by half, each with a Trainer that
+    has stepped once: ``(masked, to shrink, [their trainers], the float64 batch)``."""
+    nets, trainers = [], []
+    for _ in range(2):
+        net = make()
+        x = in_float64(net, batch(n=4))
+        warm_up(net, x, ctxs)
+        ps.prune_channels(net, 0.5, inputs=x)
+        nets.append(net)
+        trainers.append(stepped_trainer(net, x, ctxs, 'sgd', {'learning_rate': 0.05,
+                                                             'momentum': 0.9, 'wd': 0}))
+    return nets[0], nets[1], trainers, x
+
+
+def assert_exports_and_rebuilds(shrunk, plan, fresh, x, ctxs, tmp_path):
+    """The shrunk net computes the same after export + load_exported (masks in the graph)
+    and on ``fresh`` (a new net of its class) after apply_plan + load_parameters (masks
+    baked). Files hold the mean over contexts of the running statistics, so every context
+    gets that first."""
+    shrunk.save_parameters(str(tmp_path / 'mean.params'))
+    shrunk.load_parameters(str(tmp_path / 'mean.params'), ctx=ctxs)
+    ref = outputs(shrunk, x, ONE)
+    shrunk.hybridize()      # (export needs the cached graph)
+    outputs(shrunk, x, ONE)
+    prefix = str(tmp_path / 'shrunk')
+    shrunk.export(prefix)
+    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
+    assert_close(ref, outputs(loaded, x, ONE), FLOAT32)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'net.params'))
+    ps.apply_plan(fresh, plan)
+    fresh.cast('float64')
+    fresh.load_parameters(str(tmp_path / 'net.params'))
+    fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
+
+
 def token_layer(make, x, ctxs, hybridize):
-    """The transformer layer ``make()`` initialised deterministically on ``ctxs``, in
-    float64 (see FLOAT64), and ``x`` in float64."""
+    """The token layer ``make()`` (a transformer's, an RNN's) initialised deterministically
+    on ``ctxs``, in float64 (see FLOAT64), and ``x`` in float64."""
     net = make()
     mx.random.seed(2)
     net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
@@ -773,17 +811,11 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
     """Grouped convolutions, gluoncv SE, padded separable, upsample fusion and an FCN head
     with bilinear resize, ones_like and spatial slices: every group not reaching an output is
     prunable, halved; shrunk == masked while training goes on; export and apply_plan."""
-    nets, trainers = [], []
-    for _ in range(2):
+    def make():
         net = build(kind, ctxs, seed=5)
         net.hybridize()
-        x = in_float64(net, batch(n=4))
-        warm_up(net, x, ctxs)
-        ps.prune_channels(net, 0.5, inputs=x)
-        nets.append(net)
-        trainers.append(stepped_trainer(net, x, ctxs, 'sgd', {'learning_rate': 0.05,
-                                                             'momentum': 0.9, 'wd': 0}))
-    masked, shrunk = nets
+        return net
+    masked, shrunk, trainers, x = pruned_twins(make, ctxs)
     graph = ps.trace_channels(shrunk, x)
     blocked = [g for g in graph if not g.prunable]
     assert all(g.name == 'data' or 'reaches the net output' in g.reason for g in blocked), \
@@ -800,23 +832,8 @@ def test_coverage_nets_halve_every_group_round_trip_and_keep_training(kind, ctxs
             assert groups == blk._channels or (groups == 4 and blk.weight.shape[0] == 4)
     train_alike(masked, shrunk, trainers, x, ctxs, steps=3)
     assert ps.check_params(shrunk) == []
-    # export (masks in the graph) and apply_plan + load_parameters (masks baked); files hold
-    # the mean over contexts of the running statistics, so every context gets that first
-    shrunk.save_parameters(str(tmp_path / 'mean.params'))
-    shrunk.load_parameters(str(tmp_path / 'mean.params'), ctx=ctxs)
-    ref = outputs(shrunk, x, ONE)
-    prefix = str(tmp_path / kind)
-    shrunk.export(prefix)
-    loaded = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
-    assert_close(ref, outputs(loaded, x, ONE), FLOAT32)
-    ps.remove_mask(shrunk, ps.masked(shrunk))
-    shrunk.save_parameters(str(tmp_path / 'net.params'))
     fresh = USER_NETS[kind](prefix=kind + '_')
-    ps.apply_plan(fresh, plan)
-    fresh.cast('float64')
-    fresh.load_parameters(str(tmp_path / 'net.params'))
-    fresh.hybridize()
-    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
+    assert_exports_and_rebuilds(shrunk, plan, fresh, x, ctxs, tmp_path)
 
 
 def test_bert_layer_feed_forward_units_shrink_layernorm_says_why(ctxs, hybridize, tmp_path):
@@ -1005,15 +1022,31 @@ def test_transposed_convolutions_resized_on_both_channel_axes(ctxs, hybridize):
     assert net.head._in_channels == 2
 
 
+GATES = {'lstm': 4, 'gru': 3}
+
+
+def rnn_members(prefix, layer, side, gates, hidden):
+    """The members of one layer's and direction's hidden units, but the next readers'."""
+    name = '%s_%s%d_%s_%s' % (prefix, side, layer, '%s', '%s')
+    return [(name % (kind, t), 0, g * hidden, 1) for g in range(gates)
+            for kind in ('i2h', 'h2h') for t in ('weight', 'bias')] + \
+        [(name % ('h2h', 'weight'), 1, 0, 1)]
+
+
 @pytest.mark.parametrize('mode', ['lstm', 'gru'])
-def test_language_model_embedding_shrinks_rnn_says_why(ctxs, hybridize, mode, tmp_path):
-    """An RNN language model: the embedding's dimension is a group (weight columns, the
-    projection's columns) that shrinks exactly; what feeds the fused RNN and its hidden units
-    are not prunable, and the reasons name the RNN operator; training goes on."""
+def test_language_model_embedding_inputs_and_hidden_units_shrink(ctxs, hybridize, mode,
+                                                                 tmp_path):
+    """An RNN language model: the embedding's dimension (weight columns, the projection's
+    columns), the fused RNN's input features (the projection's rows, the i2h columns) and
+    its hidden units (every gate's rows of the i2h and h2h weights and biases, the h2h
+    columns, the decoder's columns) are groups that shrink exactly: a removed unit's gates
+    see zero input, so from the zero begin state its state and output stay zero; the
+    layer's hidden size follows (its known rule); training goes on."""
     from channel_nets import LanguageModel
     # indices below 49: train_alike steps on tokens + 1 too
     tokens = mx.nd.array(np.random.RandomState(0).randint(0, 49, size=(4, 5)))
     nets, trainers = [], []
+    layer = 'lm_%s0' % mode
     for _ in range(2):
         net = LanguageModel(mode, prefix='lm_')
         mx.random.seed(3)
@@ -1023,32 +1056,99 @@ def test_language_model_embedding_shrinks_rnn_says_why(ctxs, hybridize, mode, tm
         net(tokens.as_in_context(ctxs[0]))
         net.cast('float64')
         graph = ps.trace_channels(net, tokens)
-        assert [g.name for g in graph.prunable] == ['lm_embedding0_weight']
-        what = ("the RNN operator 'lm_%s0_rnn0' (mode=%s), whose weights are slices of one "
-                "flat parameter vector: the tracer does not remove " % (mode, mode))
-        assert graph['lm_dense0_weight'].reason == \
-            'feeds ' + what + 'the input features of an RNN'
-        hidden = graph['lm_%s0_rnn0' % mode]
-        assert hidden.size == 10 and hidden.members == [('lm_dense1_weight', 1, 0, 1)]
-        assert hidden.reason == 'are the hidden units of ' + what + \
-            'the hidden units of %s' % ('an LSTM' if mode == 'lstm' else 'a GRU')
-        assert ps.prune_channels(net, 0.5, inputs=tokens) == ['lm_embedding0_weight']
+        assert [g.name for g in graph.prunable] == [
+            'lm_embedding0_weight', 'lm_dense0_weight', layer + '_l0_i2h_weight']
+        assert ('%s_l0_i2h_weight' % layer, 1, 0, 1) in graph['lm_dense0_weight'].members
+        hidden = graph[layer + '_l0_i2h_weight']
+        assert hidden.size == 10 and sorted(hidden.members) == sorted(
+            rnn_members(layer, 0, 'l', GATES[mode], 10) + [('lm_dense1_weight', 1, 0, 1)])
+        assert ps.prune_channels(net, 0.5, inputs=tokens) == [g.name for g in graph.prunable]
         nets.append(net)
         trainers.append(stepped_trainer(net, tokens, ctxs, 'sgd', {'learning_rate': 0.1,
                                                                   'momentum': 0.9}))
     masked, shrunk = nets
     plan = ps.shrink(shrunk, inputs=tokens, trainer=trainers[1])
-    assert shrunk.embedding.weight.shape == (50, 4) and shrunk.proj.weight.shape == (6, 4)
+    assert shrunk.embedding.weight.shape == (50, 4) and shrunk.proj.weight.shape == (3, 4)
     assert shrunk.embedding._kwargs['output_dim'] == 4
+    gates = GATES[mode]
+    assert shrunk.encoder.l0_i2h_weight.shape == (gates * 5, 3)
+    assert shrunk.encoder.l0_h2h_weight.shape == (gates * 5, 5)
+    assert shrunk.encoder._hidden_size == 5 and shrunk.decoder.weight.shape == (50, 5)
     train_alike(masked, shrunk, trainers, tokens, ctxs, steps=2)
     ref = outputs(shrunk, tokens, ONE)
     ps.remove_mask(shrunk, ps.masked(shrunk))
     shrunk.save_parameters(str(tmp_path / 'lm.params'))
     fresh = LanguageModel(mode, prefix='lm_')
     ps.apply_plan(fresh, plan)
+    assert fresh.encoder._hidden_size == 5
     fresh.cast('float64')
     fresh.load_parameters(str(tmp_path / 'lm.params'))
     assert_close(ref, outputs(fresh, tokens, ONE), FLOAT32)
+
+
+@pytest.mark.parametrize('mode', ['lstm', 'gru'])
+def test_stacked_bidirectional_rnn_hidden_units_shrink(ctxs, hybridize, mode, tmp_path):
+    """A 2-layer bidirectional LSTM or GRU: each layer's and direction's hidden units are a
+    group, read by the next layer's i2h columns of both directions at its offset (forward
+    units first) and, for the last layer, by the classifier; halved, shrunk == masked
+    (FLOAT64) in both modes while training goes on; apply_plan rebuilds it."""
+    from channel_nets import RecurrentStack
+    x = mx.nd.array(np.random.RandomState(1).uniform(-1, 1, size=(4, 5, 7)))
+    nets, trainers = [], []
+    for _ in range(2):
+        net, xs = token_layer(lambda: RecurrentStack(mode, prefix='stack_'), x, ctxs,
+                              hybridize)
+        graph = ps.trace_channels(net, xs)
+        layer, gates = 'stack_%s0' % mode, GATES[mode]
+        units = ['%s_%s%d_i2h_weight' % (layer, side, k) for k in (0, 1) for side in 'lr']
+        assert [g.name for g in graph.prunable] == ['stack_dense0_weight'] + units
+        for k in (0, 1):
+            for d, side in enumerate('lr'):
+                readers = [('%s_%s1_i2h_weight' % (layer, s), 1, d * 6, 1) for s in 'lr'] \
+                    if k == 0 else [('stack_dense1_weight', 1, d * 6, 1)]
+                assert sorted(graph['%s_%s%d_i2h_weight' % (layer, side, k)].members) == \
+                    sorted(rnn_members(layer, k, side, gates, 6) + readers)
+        ps.prune_channels(net, 0.5, inputs=xs)
+        nets.append(net)
+        trainers.append(stepped_trainer(net, xs, ctxs, 'adam', {'learning_rate': 0.01}))
+    masked, shrunk = nets
+    plan = ps.shrink(shrunk, inputs=xs, trainer=trainers[1])
+    assert {k: len(v) for k, v in plan.kept.items()} == {
+        'stack_dense0_weight': 2, **{name: 3 for name in units}}
+    enc = shrunk.encoder
+    assert enc._hidden_size == 3 and enc.l0_i2h_weight.shape == (gates * 3, 2)
+    assert enc.l1_i2h_weight.shape == enc.r1_i2h_weight.shape == (gates * 3, 6)
+    assert enc.r1_h2h_weight.shape == (gates * 3, 3) and shrunk.out.weight.shape == (3, 6)
+    train_alike(masked, shrunk, trainers, xs, ctxs, steps=2)
+    assert ps.check_params(shrunk) == []
+    ref = outputs(shrunk, xs, ONE)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'stack.params'))
+    fresh = RecurrentStack(mode, prefix='stack_')
+    ps.apply_plan(fresh, plan)
+    fresh.cast('float64')
+    fresh.load_parameters(str(tmp_path / 'stack.params'))
+    assert_close(ref, outputs(fresh, xs, ONE), FLOAT32)
+
+
+@pytest.mark.parametrize('return_states', [False, True])
+def test_rnn_hidden_units_from_given_states_or_returned_say_why(return_states):
+    """Hidden units shrink exactly only from a zero initial state, with the final states
+    unread: an LSTM given its states, or returning them, says why its units are not
+    prunable (its input features are not either)."""
+    from channel_nets import GivenStates
+    net = GivenStates(return_states, prefix='given_')
+    net.initialize()
+    x, h = mx.nd.ones((2, 5, 7)), mx.nd.zeros((1, 2, 6))
+    net(x, h, h)
+    graph = ps.trace_channels(net, x, h, h)
+    assert [g.name for g in graph.prunable] == []
+    why = ('its final states are read, and the tracer follows hidden units through its output '
+           'only' if return_states else "its initial state comes from 'data1', not from "
+           "zeros: a removed unit's state would not stay zero")
+    what = "the RNN operator 'given_lstm0_rnn0' (mode=lstm): " + why
+    assert graph['given_dense0_weight'].reason == 'feeds ' + what
+    assert graph['given_lstm0_rnn0'].reason == 'are the hidden units of ' + what
 
 
 # --------------------------------------------------------------------------- gluoncv (optional)
@@ -1061,6 +1161,7 @@ GLUONCV = {
     'xception': ((1, 3, 96, 96), 3), 'hrnet_w18_small_v1_c': ((1, 3, 64, 64), 3),
     'fcn_resnet50_voc': ((1, 3, 64, 64), 3), 'simple_pose_resnet18_v1b': ((1, 3, 128, 96), 3),
     'mobilenetv3_large': ((1, 3, 64, 64), 3), 'residualattentionnet56': ((1, 3, 224, 224), 3),
+    'resnest14': ((1, 3, 64, 64), 3),
 }
 
 
@@ -1224,3 +1325,106 @@ def test_a_pruned_net_is_not_kept_alive_by_its_remembered_trace(ctxs):
     del net
     gc.collect()
     assert ref() is None
+
+
+# --------------------------------------------------------------------------- split attention
+
+@pytest.fixture
+def split_attention_rules():
+    """The shrink rule of the in-repo SplitAttentionConv, registered for one test."""
+    from channel_nets import SplitAttentionConv, split_attention_rule
+    ps.register_shrink_rule(SplitAttentionConv, split_attention_rule)
+    yield
+    ps.register_shrink_rule(SplitAttentionConv, None)
+
+
+def split_attention_net(groups, ctxs, hybridize, radix=2):
+    from channel_nets import SplitAttention
+    net = SplitAttention(groups, radix, prefix='splat_')
+    mx.random.seed(5)
+    net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
+    if hybridize:
+        net.hybridize()
+    net(mx.nd.zeros((1, 3, 8, 8), ctx=ctxs[0]))
+    return net
+
+
+@pytest.mark.parametrize('groups', [1, 2])
+def test_split_attention_without_a_rule_says_why(groups):
+    """ResNeSt's split attention reshapes its channels into radix splits by its own
+    ``channels`` attribute: without a rule for it the group is not prunable, and says so."""
+    net = split_attention_net(groups, ONE, hybridize=False)
+    graph = ps.trace_channels(net, batch())
+    assert graph['splat_conv2_weight'].reason == (
+        "splits its channels into radix splits in the reshape "
+        "'splat_splitattentionconv0_reshape0' of SplitAttentionConv "
+        "'splat_splitattentionconv0', whose channel count shrink cannot update: register a "
+        "rule with ps.register_shrink_rule(SplitAttentionConv, rule) "
+        "(docs/shrink.md#blocks-with-their-own-channel-counts)")
+
+
+def test_split_attention_and_rnn_units_of_an_exported_model_say_why(tmp_path):
+    """An exported model writes split attention's channels per split and an RNN's hidden
+    size into its graph, where no rule can update them: not prunable, and the reason says
+    to shrink the Gluon net."""
+    from channel_nets import RecurrentStack
+    x = mx.nd.array(np.random.RandomState(1).uniform(-1, 1, size=(2, 5, 7)))
+    for net, x, group, split in [
+            (split_attention_net(1, ONE, True), batch(), 'splat_conv2_weight',
+             "radix splits in the reshape 'splat_splitattentionconv0_reshape0' of the "
+             "exported graph, which writes the channel count"),
+            (RecurrentStack(prefix='stack_'), x, 'stack_lstm0_l0_i2h_weight',
+             "hidden units in the RNN operator 'stack_lstm0_rnn0' of the exported graph, "
+             "which writes the hidden unit count")]:
+        net.initialize(force_reinit=True)
+        net.hybridize()
+        net(x)
+        net.export(str(tmp_path / 'net'))
+        loaded = ps.load_exported(str(tmp_path / 'net-symbol.json'), 'data',
+                                  str(tmp_path / 'net-0000.params'))
+        assert ps.trace_channels(loaded, x)[group].reason == (
+            'splits its channels into %s: shrink the Gluon net instead, whose block a rule '
+            'updates (docs/shrink.md#blocks-with-their-own-channel-counts)' % split)
+
+
+@pytest.mark.parametrize('groups, radix', [(1, 2), (2, 2), (2, 1)])
+def test_split_attention_shrinks_exactly_and_keeps_training(groups, radix, ctxs, hybridize,
+                                                            split_attention_rules, tmp_path):
+    """gluoncv's SplitAttentionConv (radix 2: softmax across the splits; radix 1: a sigmoid;
+    1 and 2 cardinal groups) in a bottleneck:
+    channel i of every radix split and cardinal group is one channel (the grouped
+    convolution's rows and BatchNorm entries, fc1's columns, fc2's rows and bias, the next
+    convolution's columns), so radix and cardinality are kept and every split loses the same
+    channels; every group not reaching the output is prunable and halved; shrunk == masked
+    (FLOAT64) in both modes while training goes on; export and apply_plan round trips."""
+    masked, shrunk, trainers, x = pruned_twins(
+        lambda: split_attention_net(groups, ctxs, hybridize, radix), ctxs)
+    graph = ps.trace_channels(shrunk, x)
+    assert [g.name for g in graph if not g.prunable] == ['data', 'splat_dense0_weight']
+    per = 8 // groups      # channels per cardinal group of one radix split
+    splits = graph['splat_conv2_weight']
+    assert splits.size == per
+    # conv rows and fc2 rows: split r, cardinal group g at (r * groups + g) * per
+    rows = [(name, 0, off, 1) for name in ('splat_conv2_weight', 'splat_conv4_weight',
+                                           'splat_conv4_bias')
+            for off in range(0, 8 * radix, per)]
+    columns = [('splat_conv3_weight', 1, 0, 1)] + [('splat_conv5_weight', 1, off, 1)
+                                                   for off in range(0, 8, per)]
+    assert sorted(m for m in splits.members if 'batchnorm' not in m[0]) == sorted(rows + columns)
+    sizes = {g.name: g.size for g in graph.prunable}
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    assert {k: len(v) for k, v in plan.kept.items()} == {
+        k: n - int(np.floor(0.5 * n + 0.5)) for k, n in sizes.items()}
+    splat = shrunk.splat
+    half = per - int(np.floor(0.5 * per + 0.5))
+    assert splat.channels == half * groups and splat.radix == radix
+    assert splat.cardinality == groups and splat.conv._kwargs['num_group'] == radix * groups
+    assert splat.fc1._kwargs['num_group'] == splat.fc2._kwargs['num_group'] == groups
+    assert splat.conv.weight.shape[0] == splat.fc2.weight.shape[0] == radix * half * groups
+    assert splat.fc1.weight.shape[1] * groups == shrunk.conv3.weight.shape[1] == half * groups
+    train_alike(masked, shrunk, trainers, x, ctxs, steps=3)
+    assert ps.check_params(shrunk) == []
+    from channel_nets import SplitAttention
+    fresh = SplitAttention(groups, radix, prefix='splat_')
+    assert_exports_and_rebuilds(shrunk, plan, fresh, x, ctxs, tmp_path)
+    assert fresh.splat.channels == splat.channels

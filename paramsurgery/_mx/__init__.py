@@ -75,6 +75,7 @@ from .blocks import (  # noqa: F401
     own_structural_names,
     registered_params_live,
     resize_block,
+    resize_rnn_layer,
     restore_block_attrs,
     set_registered_params,
     set_structural_names,

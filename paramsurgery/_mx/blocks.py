@@ -124,6 +124,14 @@ def is_embedding(block):
     return isinstance(block, Embedding)
 
 
+def resize_rnn_layer(block):
+    """Make a Gluon rnn.LSTM, GRU or RNN layer's hidden size (its begin state and the RNN
+    operator's ``state_size``) and input size agree with its resized parameters."""
+    block._hidden_size = block._reg_params['l0_h2h_weight'].shape[1]
+    if block._input_size:
+        block._input_size = block._reg_params['l0_i2h_weight'].shape[1]
+
+
 def is_batchnorm(block):
     from mxnet.gluon.nn.basic_layers import _BatchNorm
     return isinstance(block, _BatchNorm)

@@ -128,7 +128,7 @@ class ChannelGroup:
         self.prunable = bool(prunable)
         self.reason = reason
         self.producers = list(producers)
-        self._heads = list(heads)   # the reshapes that split these channels into attention heads
+        self._heads = list(heads)   # the Splits of these channels whose count a block holds
 
     @property
     def maskable(self) -> List[Member]:
@@ -238,6 +238,17 @@ class Node(NamedTuple):
     def only_input(self):
         """True when the node reads one tensor and no parameter."""
         return len(self.data) == 1 and len(self.node['inputs']) == 1
+
+
+class Split(NamedTuple):
+    """A reshape that splits a group's channels by a count written in the block's code (an
+    attention cell's head count, split attention's channels per radix split; an RNN
+    operator's hidden size): shrink must update that count, so the group is prunable only
+    inside a block with a shrink rule."""
+    node: str       # the reshape (the RNN operator)
+    what: str       # what the channels are split into ('attention heads', 'radix splits')
+    count: str      # the count the block holds ('head', 'channel', 'hidden unit')
+    op: str = 'reshape'     # what the node is, for the reason
 
 
 class Blocked(NamedTuple):

@@ -5,9 +5,11 @@ Each handler is ``handler(node) -> layout`` (see :mod:`.graph` and the table in
 :mod:`.trace`): it records the members it finds in the node's channel spaces and returns
 the layout of the node's output.
 """
+import re
+
 import numpy as np
 
-from .graph import CHANNEL_FIRST, UNKNOWN, Along, Blocked, Lost, Segment, Slot, flag
+from .graph import CHANNEL_FIRST, UNKNOWN, Along, Blocked, Lost, Segment, Slot, Split, flag
 
 
 def batchnorm(n):
@@ -151,13 +153,13 @@ def _tied_input(n, segs, groups, channels):
     if len(segs) == 1 and segs[0][1:] == (0, 1) and spaces.size[spaces.find(segs[0][0])] == \
             channels:
         root = spaces.find(segs[0][0])
-        _fold(n, root, groups)
+        fold(n, root, groups)
         return root
     return ("feeds the grouped Convolution '%s' (num_group=%d) with channels that do not "
             "split into its groups the same way" % (n.name, groups))
 
 
-def _fold(n, root, groups):
+def fold(n, root, groups):
     """Make space ``root`` (``C`` channels) the ``C / groups`` positions within a group:
     every member and every tensor layout holding it now holds one slice per group."""
     spaces = n.spaces
@@ -286,20 +288,91 @@ def embedding(n):
     return Along([Segment(out, 0, 1)])
 
 
+# Gates per hidden unit of the fused RNN operator's modes: each is a block of H rows.
+_GATES = {'lstm': 4, 'gru': 3, 'rnn_tanh': 1, 'rnn_relu': 1}
+
+
+_NOT_GLUON = ('its weights are one flat vector, which the tracer reads back to the parameters '
+              'of a Gluon RNN layer (rnn.LSTM, GRU, RNN) only')
+
+
+_RNN_PARAM = re.compile(r'([lr])(\d+)_(i2h|h2h)_(weight|bias)$')
+
+
 def rnn(n):
-    """The fused RNN operator (Gluon's rnn.LSTM, GRU, RNN layers): its weights are one flat
-    vector concatenated from every gate's reshaped parameters, so neither its input
-    features nor its hidden units are followed; both get a reason that names it."""
+    """The fused RNN operator (Gluon's rnn.LSTM, GRU, RNN layers). Its weights are one flat
+    vector concatenated from every layer's and direction's reshaped parameters; read back to
+    those parameters, each layer's and direction's hidden units are a group (every gate's
+    rows of the i2h and h2h weights and biases, the h2h columns, the next layer's i2h
+    columns or the readers of the output), and the first layer's input features are its
+    i2h columns. A removed unit's gates see zero input, so from a zero initial state its
+    state and output stay zero: exact. Otherwise both get a reason that names it."""
     mode = n.attrs.get('mode', 'rnn')
-    what = "the RNN operator '%s' (mode=%s), whose weights are slices of one flat parameter " \
-           "vector: the tracer does not remove %s" % (n.name, mode, '%s')
-    for segs in n.in_segs:
-        for sp, _, _ in (segs.segs if isinstance(segs, Along) else segs):
-            n.spaces.block(sp, 'feeds ' + what % 'the input features of an RNN')
     shape = n.out_shape()
     if not shape:
         return UNKNOWN
-    kind = {'lstm': 'an LSTM', 'gru': 'a GRU'}.get(mode, 'an RNN')
-    out = n.spaces.new(shape[-1], n.nid, n.name, 'are the hidden units of ' + what % (
-        'the hidden units of %s' % kind))
+    units = _rnn_units(n, mode)
+    if not isinstance(units, str):
+        return units
+    what = "the RNN operator '%s' (mode=%s): %s" % (n.name, mode, units)
+    for segs in n.in_segs:
+        for sp, _, _ in (segs.segs if isinstance(segs, Along) else segs):
+            n.spaces.block(sp, 'feeds ' + what)
+    out = n.spaces.new(shape[-1], n.nid, n.name, 'are the hidden units of ' + what)
     return Along([Segment(out, 0, 1)])
+
+
+def _rnn_units(n, mode):
+    """The output layout of an RNN operator whose hidden units are followed, or why not."""
+    attrs, inputs, nodes = n.attrs, n.node['inputs'], n.trace.nodes
+    layers, hidden = int(attrs.get('num_layers', 1)), int(attrs.get('state_size', 0))
+    dirs = 2 if flag(attrs, 'bidirectional') else 1
+    if mode not in _GATES or attrs.get('projection_size', 'None') != 'None' or \
+            flag(attrs, 'use_sequence_length') or len(inputs) < 3:
+        return 'the tracer does not remove the hidden units of a projected LSTM, or of an ' \
+               'RNN given sequence lengths'
+    params = {}
+    for rid, _, _ in nodes[inputs[1][0]]['inputs']:
+        src = nodes[rid]['inputs'][0][0] if nodes[rid]['inputs'] else None
+        match = _RNN_PARAM.search(n.param_src.get(src, '')) if src is not None else None
+        if nodes[rid]['op'] not in ('Reshape', 'reshape') or match is None:
+            return _NOT_GLUON
+        params[match.groups()] = n.param_src[src]
+    if len(params) != 4 * layers * dirs:
+        return _NOT_GLUON
+    nid = n.nid
+    read = [e for node in nodes for e in node['inputs'] if e[0] == nid and e[1] > 0]
+    if read or any(h[0] == nid and h[1] > 0 for h in n.trace.graph['heads']):
+        return 'its final states are read, and the tracer follows hidden units through its ' \
+               'output only'
+    for sid, _, _ in inputs[2:]:
+        if nodes[sid]['op'] != '_zeros':
+            return "its initial state comes from '%s', not from zeros: a removed unit's " \
+                   "state would not stay zero" % nodes[sid]['name']
+    segs, spaces, gates = n.in_segs[0], n.spaces, _GATES[mode]
+    if not isinstance(segs, Along) or segs.inner != 1 or segs.at(3) != 2:
+        for sp, _, _ in (segs.segs if isinstance(segs, Along) else segs):
+            spaces.block(sp, "feeds the RNN operator '%s' on an axis that is not its input "
+                             "features" % n.name)
+        segs = Along([])
+    dirs_of = ['l', 'r'][:dirs]
+    below = segs.segs       # the layer's input: (space, offset, stride) along its features
+    for layer in range(layers):
+        made = []
+        for d, side in enumerate(dirs_of):
+            mine = {key[2:]: name for key, name in params.items()
+                    if key[:2] == (side, str(layer))}
+            for sp, off, st in below:
+                spaces.add(sp, mine[('i2h', 'weight')], 1, off, st, 'input')
+            out = spaces.new(hidden, nid, mine[('i2h', 'weight')])
+            spaces.producers[out].append(mine[('i2h', 'weight')])
+            for g in range(gates):
+                for kind in ('i2h', 'h2h'):
+                    spaces.add(out, mine[(kind, 'weight')], 0, g * hidden, 1, 'weight')
+                    spaces.add(out, mine[(kind, 'bias')], 0, g * hidden, 1, 'bias')
+            spaces.add(out, mine[('h2h', 'weight')], 1, 0, 1, 'input')
+            spaces.heads[out].append(Split(n.name, 'hidden units', 'hidden unit',
+                                           'RNN operator'))
+            made.append(Segment(out, d * hidden, 1))
+        below = made
+    return Along(below)

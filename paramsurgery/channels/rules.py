@@ -24,10 +24,12 @@ def register_shrink_rule(block_class: type,
     head count of an attention cell, read in ``hybrid_forward`` to split heads with a
     reshape. After :func:`shrink` (or :func:`apply_plan`) has sliced the parameters of
     such a block and its children, it calls ``rule(block, kept)`` so that the block's
-    attributes match the new shapes. The tracer splits channels into attention heads only
-    inside a block that has a rule (the block or an enclosing one): other head groups are
-    not prunable, and their reason says to register one. See
-    docs/shrink.md#blocks-with-their-own-channel-counts.
+    attributes match the new shapes. The tracer splits channels into attention heads, or
+    into radix splits by a count written in a reshape (ResNeSt's split attention), only
+    inside a block that has a rule (the block or an enclosing one): other such groups are
+    not prunable, and their reason says to register one. gluoncv's ``SplitAttentionConv``
+    and Gluon's ``rnn.LSTM``, ``GRU`` and ``RNN`` layers (their hidden size) have theirs
+    already. See docs/shrink.md#blocks-with-their-own-channel-counts.
 
     Parameters
     ----------
@@ -115,11 +117,35 @@ def register_shrink_rule(block_class: type,
     _SHRINK_RULES[block_class] = rule
 
 
+def _split_attention_rule(block, kept):
+    """gluoncv's SplitAttentionConv (ResNeSt) reshapes its convolution's output into radix
+    splits of ``block.channels`` each: that count follows the convolution's rows."""
+    block.channels = block.conv.weight.shape[0] // block.radix
+
+
+def _rnn_layer_rule(block, kept):
+    """Gluon's rnn.LSTM, GRU and RNN layers keep their hidden size (which makes their zero
+    begin state and the RNN operator's ``state_size``) in an attribute."""
+    _mx.resize_rnn_layer(block)
+
+
+# Rules of blocks whose counts the generic resize does not know, by the class's module and
+# name, so that their package need not be imported to know them; a rule registered for the
+# class comes first.
+_KNOWN_RULES = {'gluoncv.nn.splat.SplitAttentionConv': _split_attention_rule}
+_KNOWN_RULES.update({'mxnet.gluon.rnn.rnn_layer.' + name: _rnn_layer_rule
+                     for name in ('LSTM', 'GRU', 'RNN')})
+
+
 def shrink_rule_of(block):
-    """The rule registered for ``block``'s class or its nearest registered base, or None."""
+    """The rule registered for ``block``'s class or its nearest registered base (or known
+    for it: gluoncv's SplitAttentionConv), or None."""
     for cls in type(block).__mro__:
         if cls in _SHRINK_RULES:
             return _SHRINK_RULES[cls]
+        known = _KNOWN_RULES.get('%s.%s' % (cls.__module__, cls.__qualname__))
+        if known is not None:
+            return known
     return None
 
 
@@ -130,25 +156,34 @@ def _enclosing_blocks(blocks, node_name):
 
 
 def check_head_rules(net, graph):
-    """Attention heads shrink exactly only when their block's head count follows: a group
-    split into heads outside every block with a shrink rule is not prunable."""
+    """Attention heads (radix splits) shrink exactly only when their block's head count
+    (channels per split) follows: a group split so outside every block with a shrink rule
+    is not prunable."""
     heads = [g for g in graph.groups if g.prunable and g._heads]
     if not heads:
         return
     blocks = _mx.walk_blocks(net)
     for g in heads:
-        for node in g._heads:
-            around = _enclosing_blocks(blocks, node)
+        for split in g._heads:
+            around = _enclosing_blocks(blocks, split.node)
             if any(shrink_rule_of(b) is not None for b in around):
                 continue
             owner = around[0] if around else net
             g.prunable = False
+            if isinstance(owner, gluon.SymbolBlock):
+                g.reason = (
+                    "splits its channels into %s in the %s '%s' of the exported graph, which "
+                    "writes the %s count: shrink the Gluon net instead, whose block a rule "
+                    "updates (docs/shrink.md#blocks-with-their-own-channel-counts)"
+                    % (split.what, split.op, split.node, split.count))
+                break
             g.reason = (
-                "splits its channels into attention heads in the reshape '%s' of %s '%s', "
-                "whose head count shrink cannot update: register a rule with "
+                "splits its channels into %s in the %s '%s' of %s '%s', whose %s count "
+                "shrink cannot update: register a rule with "
                 "ps.register_shrink_rule(%s, rule) "
                 "(docs/shrink.md#blocks-with-their-own-channel-counts)"
-                % (node, type(owner).__name__, owner.name, type(owner).__name__))
+                % (split.what, split.op, split.node, type(owner).__name__, owner.name,
+                   split.count, type(owner).__name__))
             break
 
 

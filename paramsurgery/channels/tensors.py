@@ -13,11 +13,12 @@ from .graph import (
     Blocked,
     Lost,
     Segment,
+    Split,
     axes_attr,
     flag,
     tuple_attr,
 )
-from .layers import coarsen
+from .layers import coarsen, fold
 
 
 def passthrough(n):
@@ -58,6 +59,10 @@ def reshape(n):
     elif n.only_input() and a and b and len(a) >= 3 and b == (a[0] * a[1],) + a[2:]:
         # (N, H, ...) -> (N * H, ...): attention heads merged into the batch axis
         return Along(segs, 0, a[1])
+    if n.only_input() and a and b and segs is not None:
+        out = _regroup(n, segs, tuple(a), tuple(b))
+        if out is not None:
+            return out
     return Blocked("passes the %s '%s', which reshapes %s into %s: the channel axis is not "
                     "kept" % (n.node['op'], n.name, a, b))
 
@@ -74,7 +79,7 @@ def _reshape_along(n, segs, a, b):
         # (..., H * D) -> (..., H, D): a channel becomes a head of D units
         per = b[-1]
         for sp, _, _ in segs.segs:
-            n.spaces.heads[n.spaces.find(sp)].append(n.name)
+            n.spaces.heads[n.spaces.find(sp)].append(Split(n.name, 'attention heads', 'head'))
         if all(off % per == 0 and st % per == 0 for _, off, st in segs.segs):
             return Along([Segment(sp, off // per, st // per) for sp, off, st in segs.segs], -2)
         roots = {n.spaces.find(sp) for sp, _, _ in segs.segs}
@@ -91,10 +96,80 @@ def _reshape_along(n, segs, a, b):
     return None
 
 
+def _regroup(n, segs, a, b, folded=False):
+    """Reshapes that keep the batch axis and regroup the axes around the channel axis, or
+    None: axes holding no channels merged into it from before (``(N, R, G, C/G) -> (N, R,
+    C)``: G copies of the channels side by side), then split with the innermost new axis
+    holding the channels (ResNeSt's radix splits, ``(N, R * C, ...) -> (N, R, C, ...)``:
+    channel ``i`` of every split is one channel, so each split must hold the same channels
+    in the same places; a whole space of ``R * C`` channels is folded into ``C``)."""
+    if isinstance(segs, Along) and segs.inner != 1:
+        return None
+    c = segs.at(len(a)) if isinstance(segs, Along) else 1
+    inner = list(segs.segs if isinstance(segs, Along) else segs)
+    if c == 0 or not inner or a[0] != b[0]:
+        return None
+    pa, pb = np.cumprod((1,) + a).tolist(), np.cumprod((1,) + b).tolist()
+    # the smallest run of axes around the channel axis that both shapes share
+    common = set(pa[1:]) & set(pb[1:])
+    lo = max(v for v in common if v <= pa[c])
+    hi = min(v for v in common if v >= pa[c + 1])
+    if hi != pa[c + 1]:
+        return None             # axes after the channel axis merge into it (a flatten)
+    axes = [k for k in range(1, len(b)) if pb[k] >= lo and pb[k + 1] <= hi and b[k] > 1]
+    if not axes:
+        return None
+    at, per = axes[-1], b[axes[-1]]
+    size = n.spaces.size
+    find = n.spaces.find
+    merged = [Segment(sp, o * a[c] + off, st) for o in range(pa[c] // lo) for sp, off, st in inner]
+    if any(off // per != (off + size[find(sp)] * st - 1) // per for sp, off, st in merged):
+        # a space across splits: one whole space of R * C channels becomes C channels
+        if folded or any(st != 1 or off % per or size[find(sp)] % per
+                         for sp, off, st in merged
+                         if off // per != (off + size[find(sp)] - 1) // per):
+            return None
+        for root in sorted({find(sp) for sp, off, _ in merged
+                            if off // per != (off + size[find(sp)] - 1) // per}):
+            fold(n, root, size[root] // per)
+        return _regroup(n, n.layout[tuple(n.data[0])], a, b, folded=True)
+    splits = [sorted((off - j * per, st, find(sp)) for sp, off, st in merged
+                     if off // per == j) for j in range(hi // lo // per)]
+    if any(one != splits[0] for one in splits):
+        return None
+    if len(splits) > 1 and _counts_written(n, at, len(b)):
+        for root in {sp for _, _, sp in splits[0]}:
+            n.spaces.heads[root].append(Split(n.name, 'radix splits', 'channel'))
+    out = [Segment(sp, off, st) for off, st, sp in splits[0]]
+    return out if at == 1 else Along(out, at - len(b))
+
+
+def _counts_written(n, axis, ndim):
+    """Whether the reshape's ``shape`` writes the size of output ``axis`` as a number (which
+    a block's attribute gave, and shrink must update) rather than 0 or -1 (derived)."""
+    shape = tuple_attr(n.attrs.get('shape'))
+    return n.node['op'] not in ('Reshape', 'reshape') or not shape or flag(
+        n.attrs, 'reverse') or len(shape) != ndim or any(v is None or v < -1 for v in shape) \
+        or shape[axis] not in (0, -1)
+
+
 def reduction(n):
     # reducing spatial axes only keeps every channel where it was
     shape = n.in_shape() or ()
     axes = axes_attr(n.attrs.get('axis'), len(shape))
+    segs = n.in_segs[0] if n.in_segs else None
+    if isinstance(segs, Along):
+        # e.g. the sum over the radix splits of split attention: the channel axis moves
+        # down by the axes reduced before it
+        c = segs.at(len(shape))
+        if n.out_shape() is None:
+            return UNKNOWN
+        if n.only_input() and axes and 0 not in axes and c not in axes and segs.inner == 1 \
+                and not flag(n.attrs, 'exclude'):
+            at = c if flag(n.attrs, 'keepdims') else c - sum(1 for x in axes if x < c)
+            return segs.segs if at == 1 else segs._replace(axis=at - len(n.out_shape()))
+        return Blocked("passes the %s '%s' over axes %s, which reduces the channel axis"
+                       % (n.node['op'], n.name, axes or 'all'))
     if n.only_input() and axes and min(axes) >= 2 and not flag(n.attrs, 'exclude') and \
             all(st == 1 for _, _, st in n.in_segs[0]):
         return n.in_segs[0]
@@ -297,14 +372,21 @@ def elementwise(n):
 
 
 def _elementwise_last(n, shapes, out_shape):
-    """Elementwise operators on channels on the last axis (a transformer's residual add):
-    every input holds the same channels, or broadcasts one value over them."""
+    """Elementwise operators on channels off axis 1 (a transformer's residual add on the last
+    axis, split attention's weights times its radix splits): every input holds the same
+    channels on that axis, or broadcasts one value over them."""
     spaces = n.spaces
-    full = [segs for segs, shape in zip(n.in_segs, shapes) if shape == out_shape]
-    if len(n.data) != len(n.node['inputs']) or not full or any(
-            shape != out_shape and (shape is None or shape[-1] != 1) for shape in shapes):
+    if out_shape is None or any(shape is None or len(shape) != len(out_shape)
+                                for shape in shapes):
         return UNKNOWN
-    if not all(isinstance(segs, Along) for segs in full):
+    c = next(s for s in n.in_segs if isinstance(s, Along)).at(len(out_shape))
+    # the inputs holding the channels (split attention's weights broadcast over H and W),
+    # and those broadcasting one value over them
+    full = [segs for segs, shape in zip(n.in_segs, shapes) if shape[c] == out_shape[c]]
+    if len(n.data) != len(n.node['inputs']) or not full or any(
+            shape[c] != out_shape[c] and shape[c] != 1 for shape in shapes):
+        return UNKNOWN
+    if not all(isinstance(segs, Along) and segs.at(len(out_shape)) == c for segs in full):
         reason = ("meets, in %s ('%s'), a tensor of the same shape whose last axis holds no "
                   "channel the tracer follows" % (n.node['op'], n.name))
         for segs in full:

@@ -148,7 +148,7 @@ class _Spaces:
     def __init__(self):
         self.parent, self.size, self.members, self.reasons = [], [], [], []
         self.first, self.name, self.producers = [], [], []
-        self.heads = []     # the reshapes that split a space's channels into attention heads
+        self.heads = []     # the Splits of a space's channels (attention heads, radix splits)
 
     def new(self, size, node, name, reason=''):
         self.parent.append(len(self.parent))
@@ -343,11 +343,14 @@ OPERATORS.update({op: Rule(tensors.elementwise, 'joins the channels of its input
 OPERATORS.update({op: Rule(tensors.reshape, 'follows when the batch and channel axes are kept and '
                              'each channel keeps its entries, and the reshapes that split a '
                              'last axis into attention heads, merge heads into the batch axis '
-                             'and back', last=True)
+                             'and back, and those that split channels into radix splits (channel '
+                             'i of every split is one channel) or merge axes into the channel '
+                             'axis', last=True)
                    for op in sorted(_RESHAPES)})
 
 
-OPERATORS.update({op: Rule(tensors.reduction, 'follows when it reduces axes >= 2 only')
+OPERATORS.update({op: Rule(tensors.reduction, 'follows when it reduces neither the batch nor the '
+                             'channel axis (spatial axes, radix splits)', last=True)
                    for op in sorted(_REDUCTIONS)})
 
 
@@ -393,8 +396,11 @@ OPERATORS.update({
     'swapaxes': Rule(tensors.swapaxis, 'as SwapAxis', last=True),
     'Embedding': Rule(layers.embedding, 'starts a group on the last axis (weight columns); the '
                        'indices it reads hold no channels'),
-    'RNN': Rule(layers.rnn, 'blocks its input features and its hidden units (one flat weight '
-                 'vector: LSTM/GRU hidden units are not prunable)', last=True),
+    'RNN': Rule(layers.rnn, "a Gluon rnn.LSTM, GRU or RNN layer's operator: starts a group per "
+                 "layer and direction (every gate's rows of the i2h and h2h weights and "
+                 "biases, the h2h columns; the next layer's i2h columns), reads its input "
+                 "through the first layer's i2h columns; from zero initial states, its final "
+                 "states unread", last=True),
 })
 
 
