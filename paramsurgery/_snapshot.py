@@ -20,9 +20,15 @@ A Trainer created inside the transaction holds nothing of the recorded state: th
 forgets it (the parameters' last Trainer is put back). Used by every
 :func:`paramsurgery.sensitivity` trial, by :func:`paramsurgery.shrink` and
 :func:`paramsurgery.apply_plan`, and by the value surgery (:func:`paramsurgery.assign_params`,
-:func:`paramsurgery.set_params`).
+:func:`paramsurgery.set_params`) when a Trainer keeps its own copy of what it writes.
+
+:func:`held_interrupts` is the other half of all-or-nothing, for a commit that cannot fail
+but can be interrupted: Ctrl-C (SIGINT) is held back until the commit ends, then delivered.
 """
+import contextlib
 import copy
+import signal
+import threading
 from typing import NamedTuple
 
 from mxnet import autograd
@@ -218,3 +224,24 @@ class Transaction:
             for key, state in saved.states.items():
                 updater.states[key] = _put_state(updater.states.get(key), state)
         _mx.put_kvstore_copies(record.trainer, record.kvstore)
+
+
+@contextlib.contextmanager
+def held_interrupts():
+    """Hold back Ctrl-C (SIGINT) inside the ``with`` block and deliver it when the block ends.
+
+    For a commit whose steps cannot fail (staged values written into existing memory): an
+    interrupt between two of them would leave some parameters written and others not. Only
+    the main thread receives signals in Python; elsewhere this holds nothing back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(signal.SIGINT, held[0])

@@ -1,14 +1,20 @@
 """Value surgery: scale or set parameters on every context, Trainer-safe, all or nothing.
 
-Everything is validated before the first write; the writes run in one
+Everything is validated before the first write, so the writes cannot fail for the caller's
+input, and Ctrl-C is held back until they end. A Trainer's own copies (a kvstore that runs
+the optimizer, fp16 master copies) are pushed inside a
 :class:`paramsurgery._snapshot.Transaction`, which puts back every replica and Trainer copy
-if one of them fails (see ``docs/value-surgery.md``).
+if the push fails. Without such copies there is no undo copy: its cost (one device copy of
+everything written) is what the raw loop does not pay; a device or runtime failure in the
+middle of the writes (out of memory for a value's copy to a context) leaves the parameters
+written before it written (see ``docs/value-surgery.md``).
 """
+import contextlib
 from typing import Any, List, Optional
 
 from . import _mx, distributed
 from ._checks import check_flag
-from ._snapshot import Transaction
+from ._snapshot import Transaction, held_interrupts
 from ._values import assign, check_products, multiply, plan, trainers_of
 
 __all__ = ['assign_params', 'set_params']
@@ -30,13 +36,17 @@ def _run(net, key, value, what, write, trainer, allow_nonfinite):
         distributed.warn_if_exposed(t, stacklevel=3)
     for _, param, prepared in steps:
         prepared.prefetch(_mx.context_list(param))
-    # Everything is validated: from here on nothing raises for the user's input. What
-    # still can (a device or the runtime failing, an interrupt) rolls every replica and
-    # Trainer copy back, at the cost of one device copy of what is written.
-    # over the written parameters only: nothing else changes (no block, no other parameter)
-    with Transaction({name: param for name, param, _ in steps}, trainers, values=params):
+    # Everything is validated: the writes below cannot fail for the caller's input, only be
+    # interrupted (held back). Pushing a Trainer's own copies can fail:
+    # then the writes are undone too, at the cost of one device copy of what is written,
+    # recorded over the written parameters only (nothing else changes).
+    syncing = [t for t in trainers if _mx.keeps_copies(t, params)]
+    undo = (Transaction({name: param for name, param, _ in steps}, syncing, values=params)
+            if syncing else contextlib.nullcontext())
+    _mx.settle()  # the writes go through host views (see paramsurgery._mx.host)
+    with held_interrupts(), undo:
         _write(steps, write)
-        for t in trainers:
+        for t in syncing:
             _mx.sync_trainer(t, params)
     return [name for name, _, _ in steps]
 

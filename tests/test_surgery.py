@@ -1,4 +1,6 @@
 """assign_params / set_params: values, autograd, the Trainer, and all-or-nothing validation."""
+import signal
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -463,27 +465,26 @@ def test_errors_change_nothing(ctxs, call, error, match):
     assert_same_bits(before, snapshot(net))
 
 
-def _fail_in_the_second_write(monkeypatch):
-    """Make the low-level write fail inside the second parameter: on two contexts after its
-    first replica is written, on one after its only replica (the first is written in full)."""
+def _interrupt_in_the_second_write(monkeypatch):
+    """Send Ctrl-C (SIGINT) to this process inside the second parameter's write: on two
+    contexts after its first replica is written, on one after its only replica."""
     real = _mx.write_replicas
     calls = []
 
-    def failing(param, write):
+    def interrupting(param, write):
         calls.append(param.name)
-        if len(calls) < 2:
+        if len(calls) != 2:
             return real(param, write)
         done = []
 
         def once(arr):
-            if done:
-                raise RuntimeError('a device write failed')
             done.append(write(arr))
+            if len(done) == 1:
+                signal.raise_signal(signal.SIGINT)
 
-        real(param, once)
-        raise RuntimeError('a device write failed')
+        return real(param, once)
 
-    monkeypatch.setattr(_mx, 'write_replicas', failing)
+    monkeypatch.setattr(_mx, 'write_replicas', interrupting)
     return calls
 
 
@@ -493,27 +494,47 @@ def grads(net):
 
 
 @pytest.mark.parametrize('call', ['assign_params', 'set_params'])
-def test_failure_in_the_middle_of_the_writes_changes_nothing(ctxs, hybridize, call,
-                                                               monkeypatch):
+def test_ctrl_c_in_the_middle_of_the_writes_arrives_after_all_of_them(ctxs, hybridize, call,
+                                                                      monkeypatch):
     net = make_mlp(ctxs, hybridize)
     forward_backward(net, batch(), ctxs)    # a cached graph and gradients that must stay
     before, grads_before = snapshot(net), grads(net)
     rng = np.random.RandomState(3)
     values = {name: rng.uniform(0.5, 1.5, p.shape).astype(np.float32)
               for name, p in net.collect_params().items()}
-    calls = _fail_in_the_second_write(monkeypatch)
-    with pytest.raises(RuntimeError, match='a device write failed'):
+    calls = _interrupt_in_the_second_write(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
         getattr(ps, call)(net, values)
-    assert len(calls) == 2                  # the first parameter was written in full
-    assert_same_bits(before, snapshot(net))
+    assert len(calls) == len(values)        # the interrupt waited for every write
     assert_same_bits(grads_before, grads(net))
-    monkeypatch.undo()
-    # the net is whole: the same call goes through, and the forward computes with it
-    getattr(ps, call)(net, values)
     for name, p in net.collect_params().items():
         for old, new in zip(before[name], all_replicas(p)):
             want = old * values[name] if call == 'assign_params' else values[name]
             np.testing.assert_array_equal(new, want)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize('call', ['assign_params', 'set_params'])
+def test_a_failure_while_staging_the_values_changes_nothing(ctxs, call, monkeypatch):
+    """NDArray values are copied to every context before the first write: a failure there
+    (out of memory) finds every parameter as it was."""
+    from paramsurgery import _values
+    net = make_mlp(ctxs)
+    before = snapshot(net)
+    values = {name: mx.nd.full(p.shape, 0.5) for name, p in net.collect_params().items()}
+    real, staged = _values.Value.prefetch, []
+
+    def failing(self, contexts):
+        staged.append(self)
+        if len(staged) == 2:
+            raise MemoryError('out of memory')
+        return real(self, contexts)
+
+    monkeypatch.setattr(_values.Value, 'prefetch', failing)
+    with pytest.raises(MemoryError):
+        getattr(ps, call)(net, values)
+    assert len(staged) == 2
+    assert_same_bits(before, snapshot(net))
 
 
 def _train_step(net, trainer, ctxs, x):
@@ -521,7 +542,30 @@ def _train_step(net, trainer, ctxs, x):
     trainer.step(8)
 
 
+KEEPS_COPIES = [p for p in TRAINER_SETUPS if p.values[1]]   # the kvstore runs the optimizer
+
+
 @pytest.mark.parametrize('kvstore, update_on_kvstore, ctxs', TRAINER_SETUPS)
+def test_an_undo_copy_only_when_a_trainer_keeps_its_own_copy(kvstore, update_on_kvstore,
+                                                             ctxs, monkeypatch):
+    from paramsurgery import surgery
+    net = Scale(prefix='s_')
+    net.initialize(ctx=ctxs)
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1},
+                            kvstore=kvstore, update_on_kvstore=update_on_kvstore)
+    _train_step(net, trainer, ctxs, batch())
+    recorded, real = [], surgery.Transaction
+
+    def recording(*args, **kwargs):
+        recorded.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(surgery, 'Transaction', recording)
+    ps.assign_params(net, 's_weight', 2.0)
+    assert len(recorded) == (1 if update_on_kvstore else 0)
+
+
+@pytest.mark.parametrize('kvstore, update_on_kvstore, ctxs', KEEPS_COPIES)
 def test_failure_after_the_trainer_was_synchronised_is_undone(kvstore, update_on_kvstore,
                                                               ctxs, monkeypatch):
     """The kvstore's copy (update_on_kvstore) is overwritten before the failure: it is put

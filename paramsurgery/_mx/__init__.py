@@ -130,6 +130,7 @@ from .trainer import (  # noqa: F401
     is_distributed,
     is_watched,
     keep_masks_out_of_kvstore,
+    keeps_copies,
     kvstore_copies,
     kvstore_of,
     kvstore_type,

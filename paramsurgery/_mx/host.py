@@ -3,7 +3,8 @@ views of CPU NDArrays' memory, for elementwise passes that numpy runs several ti
 than MXNet 1.9.1's kernels (its mixed-dtype multiply above all); ``MXNDArrayGetData`` gives
 the address.
 
-Both first :func:`settle` MXNet's engine. A predict-mode Convolution (one run outside
+They first :func:`settle` MXNet's engine (the views leave that to the public call that
+uses them, once). A predict-mode Convolution (one run outside
 ``autograd.record()``, such as the forward that finishes deferred initialisation) pushes,
 while it runs, an in-place reorder of its weight into oneDNN's blocked layout. A host read
 issued in between waits only for the writes queued *before* it, so it copies (or views) a
@@ -65,7 +66,8 @@ def host_array(arr) -> np.ndarray:
 
 
 def _view(arr, wait) -> Optional[np.ndarray]:
-    settle()
+    # not settled here: a loop of views over arrays it queues work for would wait for all of
+    # it each time; the public call that writes weights through views settles once first
     if not arr.context.device_type.startswith('cpu') or arr.stype != 'default' or not arr.size:
         return None
     try:
@@ -100,8 +102,11 @@ def is_blocked_layout(arr):
     There is no Python accessor for the layout; exporting a DLPack view is refused for
     exactly these arrays ("We can't generate TBlob for MKLDNN data"), which tells them apart
     without copying anything.
+
+    The answer can change while a predict-mode Convolution is still queued (its reorder
+    runs later); where that matters, :func:`settle` first. Not settled here: a loop that
+    queues work per array and asks this of each would wait for all of it every time.
     """
-    settle()
     try:
         nd.to_dlpack_for_read(arr)
     except MXNetError as err:

@@ -23,7 +23,7 @@ import numpy as np
 from mxnet import autograd
 from mxnet import ndarray as nd
 
-from .host import is_blocked_layout
+from .host import is_blocked_layout, settle
 
 __all__ = []
 
@@ -170,6 +170,7 @@ def load_init(param, arr):
     (``set_data`` writes ``replica[:] = value``): making an NDArray of it first costs a
     second copy into freshly allocated memory, slower than the copy itself."""
     if isinstance(arr, np.ndarray):
+        settle()  # a queued predict-mode Convolution may still reorder a replica
         # (a replica a predict-mode Convolution reordered into oneDNN's blocked layout
         # refuses a copy from host memory: those get an NDArray, whose copy reorders back)
         if param._data is not None and param._stype == 'default' \

@@ -77,16 +77,10 @@ def sync_trainer(trainer, params):
     that assigns instead of optimising; the optimizer's Updater (with the momentum and
     other states) is put back afterwards, untouched.
     """
-    kvstore, update_on_kvstore, initialized = trainer_kvstore(trainer)
-    if not initialized:
-        # The first step broadcasts replica 0 to the kvstore: nothing to synchronise yet.
-        return
-    pending = set(id(p) for p in trainer._params_to_init)
-    keyed = [(trainer_index(trainer, p), p) for p in params if id(p) not in pending]
-    # masks never reach the kvstore (see _watching_init_kvstore): nothing there to overwrite
-    keyed = [(idx, p) for idx, p in keyed if idx is not None and not is_mask_param(p)]
+    keyed = _keyed_copies(trainer, params)
     if not keyed:
         return
+    kvstore, update_on_kvstore, _ = trainer_kvstore(trainer)
     on_kvstore = kvstore is not None and update_on_kvstore
     if on_kvstore:
         previous = kvstore._updater
@@ -106,6 +100,27 @@ def sync_trainer(trainer, params):
             for master in master_copies(updaters, idx):
                 source = param._data[context_index(param, master.context) or 0]
                 master[:] = source.astype(master.dtype)
+
+
+def _keyed_copies(trainer, params):
+    """``[(kvstore index, param)]`` of the ``params`` whose value ``trainer`` also holds
+    elsewhere (its kvstore runs the optimizer, or a multi-precision fp32 master copy)."""
+    kvstore, update_on_kvstore, initialized = trainer_kvstore(trainer)
+    if not initialized:
+        # The first step broadcasts replica 0 to the kvstore: nothing to synchronise yet.
+        return []
+    on_kvstore = kvstore is not None and update_on_kvstore
+    if not on_kvstore and not trainer._optimizer.multi_precision:
+        return []
+    pending = set(id(p) for p in trainer._params_to_init)
+    keyed = [(trainer_index(trainer, p), p) for p in params if id(p) not in pending]
+    # masks never reach the kvstore (see _watching_init_kvstore): nothing there to overwrite
+    return [(idx, p) for idx, p in keyed if idx is not None and not is_mask_param(p)]
+
+
+def keeps_copies(trainer, params) -> bool:
+    """Whether :func:`sync_trainer` has anything of ``params`` to write for ``trainer``."""
+    return bool(_keyed_copies(trainer, params))
 
 
 def trainer_params(trainer):

@@ -269,6 +269,7 @@ def _write_steps(net, steps, combine, trainer, core):
     the pruning core (binary, and already holding an existing mask's zeros)."""
     trainers, updated = _check_steps(steps, combine, trainer)
     # Everything is validated: from here on nothing raises for the user's input.
+    _mx.settle()  # the writes below go through host views (see paramsurgery._mx.host)
     names = [step.name for step in steps]
     graph_changed = False
     from_host = []
