@@ -340,3 +340,63 @@ def test_reads_wait_for_queued_forwards(tmp_path, monkeypatch):
     ps.load_compact(fresh, str(tmp_path / 'net.compact'))
     assert events[0] == 'wait' and 'write' in events
     assert_same(net, fresh)
+
+
+def fixture_net(prefix, ctxs=(mx.cpu(0),)):
+    """The net whose values tests/data/compact_v*.compact hold, built from numpy draws (not
+    MXNet's initialisers, whose draws may change between builds): a 70% sparse baked weight
+    (its zeros keep their signs) under an update-mode mask, a bias of -0.0, infinities and
+    NaN payloads, and a graph-mode mask over a dense weight."""
+    rng = np.random.RandomState(0)
+    net = nn.HybridSequential(prefix=prefix)
+    with net.name_scope():
+        net.add(nn.Dense(16, in_units=64), nn.Dense(8, in_units=16))
+    net.initialize(ctx=list(ctxs))
+    weight = rng.standard_normal((16, 64)).astype(np.float32)
+    keep = np.abs(weight) >= np.quantile(np.abs(weight), 0.7)
+    ps.set_params(net, net[0].weight, np.where(keep, weight, np.copysign(0, weight)))
+    bias = rng.standard_normal(16).astype(np.float32)
+    bias[0], bias[1], bias[2] = -0.0, np.inf, -np.inf
+    bias.view(np.uint32)[3:5] = 0x7fc00001, 0xffa5a5a5
+    ps.set_params(net, net[0].bias, bias, allow_nonfinite=True)
+    ps.set_params(net, net[1].weight, rng.standard_normal((8, 16)))
+    ps.apply_mask(net, net[0].weight, keep, mode='update')
+    ps.apply_mask(net, net[1].weight, rng.uniform(size=(8, 16)) > 0.5, mode='graph')
+    return net
+
+
+def write_fixture(version):
+    """Run once, with the writer of format ``version``, to write its fixture."""
+    path = os.path.join(os.path.dirname(__file__), 'data', 'compact_v%d.compact' % version)
+    ps.save_compact(fixture_net('fixture_'), path)
+
+
+def header_of(path):
+    import json
+    import struct
+
+    from paramsurgery.compact import MAGIC
+    with open(path, 'rb') as f:
+        assert f.read(len(MAGIC)) == MAGIC
+        return json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
+
+
+@pytest.mark.parametrize('version', [1])
+def test_files_of_every_format_version_load_bit_exact(tmp_path, ctxs, hybridize, version):
+    path = os.path.join(os.path.dirname(__file__), 'data', 'compact_v%d.compact' % version)
+    header = header_of(path)
+    assert header['version'] == version
+    weight = [e for e in header['arrays'] if e['keys'] == ['0.weight']][0]
+    assert weight['kind'] == 'sparse' and {1: 'zero_signs'}[version] in weight
+    want = fixture_net('want_')
+    fresh = fixture_net('fresh_', ctxs)
+    ps.remove_mask(fresh, ps.masked(fresh))
+    ps.set_params(fresh, '.*', 0.5)
+    if hybridize:
+        fresh.hybridize()
+    assert ps.load_compact(fresh, path) == sorted(p.name for p in fresh.collect_params()
+                                                  .values() if not p.name.endswith('_mask'))
+    assert_same(want, fresh)
+    assert [mask_mode(fresh, fresh[i].weight.name) for i in (0, 1)] == ['update', 'graph']
+    x = mx.nd.array(np.random.RandomState(1).standard_normal((2, 64)), ctx=ctxs[0])
+    assert np.array_equal(want(x).asnumpy(), fresh(x).asnumpy(), equal_nan=True)
