@@ -14,6 +14,7 @@ loaded.
 import json
 import os
 import struct
+import threading
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,9 @@ from .select import MASK_SUFFIX, all_params
 __all__ = ['save_compact', 'load_compact']
 
 MAGIC = b'paramsurgery-compact\n'
-VERSION = 1
+VERSION = 2
+#: the versions read_compact reads (format 1 stored the signs of the zeros alone)
+READABLE = (1, 2)
 _FIX = ('Write it again with ps.save_compact(net, path), or pass the file it wrote '
         '(docs/deploy.md#compact-files).')
 
@@ -59,31 +62,32 @@ def _sign_bit(dtype):
     return 1 << (8 * dtype.itemsize - 1)
 
 
-#: A byte plane whose first SAMPLE bytes zlib shrinks by less than 1 - SKIP_RATIO is stored
-#: raw: the low mantissa planes of trained or random weights are noise, and compressing them
-#: anyway took half of save_compact's time on resnet50_v1 for a gain under 1%.
+#: A blob whose first SAMPLE bytes zlib shrinks by less than 1 - SKIP_RATIO is stored raw:
+#: the low mantissa planes of trained or random weights are noise. On a 90% sparse
+#: resnet50_v1 the two lowest planes shrink by 7% and 3%: deflating them took a sixth of
+#: save_compact's time for 0.003x of the save_parameters file.
 SAMPLE = 1 << 14
-SKIP_RATIO = 0.97
+SKIP_RATIO = 0.9
 
 
-def _deflate(data):
-    """``data`` deflated with run-length matching only (zlib's Z_RLE strategy, level 1).
+def _deflate(data, strategy=zlib.Z_RLE):
+    """``data`` deflated at level 1 with run-length matching only (zlib's Z_RLE), or with
+    ``strategy``. Any zlib inflates it.
 
-    A mask or a byte plane of values is close to independent bytes plus runs (a pruned
-    filter, a zero row): Huffman coding of the bytes gets near their entropy and runs
-    still collapse, while LZ77's search for longer matches finds nothing more. Measured on a
-    90% random mask of 25M entries: 0.49 of the bytes in 31 ms, where the default strategy
-    kept 0.58 in 67 ms. Any zlib inflates it."""
-    deflater = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    A mask is close to independent bytes plus runs (a pruned filter, a zero row): Huffman
+    coding of the bytes gets near their entropy and runs still collapse, while LZ77's search
+    for longer matches finds nothing more. Measured on a 90% random mask of 25M entries: 0.49
+    of the bytes in 31 ms, where the default strategy kept 0.58 in 67 ms."""
+    deflater = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
     return deflater.compress(data) + deflater.flush()
 
 
-def _pack(data):
+def _pack(data, strategy=zlib.Z_RLE):
     """``['z', bytes]`` when deflating makes ``data`` smaller, else ``['raw', bytes]``."""
     data = memoryview(data).cast('B')
-    if len(data) > 4 * SAMPLE and len(_deflate(data[:SAMPLE])) > SKIP_RATIO * SAMPLE:
+    if len(data) > 4 * SAMPLE and len(_deflate(data[:SAMPLE], strategy)) > SKIP_RATIO * SAMPLE:
         return ('raw', data)
-    packed = _deflate(data)
+    packed = _deflate(data, strategy)
     return ('z', packed) if len(packed) < len(data) else ('raw', data)
 
 
@@ -122,21 +126,26 @@ class _Writer:
         """The header entry of ``arr``: dense bytes, or the bit mask of its nonzero entries
         with their values, whichever is smaller.
 
-        ``-0.0`` is a zero of the mask whose sign is kept in a second bit mask (one bit per
-        zero, stored only when some zero is negative); a pruned weight's zeros carry the sign
-        of the weight they replaced. The values are split in byte planes: the plane of the
-        sign and exponent bits of large weights compresses to a few bits."""
+        ``-0.0`` is a zero of the mask; when some zero is negative (a pruned weight's zeros
+        carry the sign of the weight they replaced) the sign bits of all entries are stored
+        as a second bit mask, which the reader turns into the zeros' bits in one pass (storing
+        the zeros' signs alone took a gather on writing and a scatter on reading: four times
+        the time, for 1 bit per kept value less). The values are split in byte planes: the
+        plane of the sign and exponent bits of large weights compresses to a few bits."""
         entry = {'dtype': arr.dtype.str, 'shape': list(arr.shape)}
         u = _unsigned(arr)
         sign = _sign_bit(arr.dtype)
         # counted without building the mask first: most arrays of a net are stored dense
         stored = int(np.count_nonzero(u))                    # -0.0 counts here
-        count = stored - int(np.count_nonzero(u == sign)) if sign else stored
+        # no zero bits at all (most dense weights): no -0.0 either, so no second pass
+        count = stored - int(np.count_nonzero(u == sign)) if sign and stored < u.size \
+            else stored
         # all equal (a mask's ones, a fresh BatchNorm); a few entries tell most arrays apart
         if count == u.size and (u[:64] == u[0]).all() and (u == u[0]).all():
             entry.update(kind='constant', data=self.blob(u[:1].tobytes()))
             return entry
-        if (u.size + 7) // 8 + count * u.itemsize >= u.nbytes:
+        mask_bytes = (u.size + 7) // 8
+        if mask_bytes * (1 + (stored != count)) + count * u.itemsize >= u.nbytes:
             entry.update(kind='dense', data=self.blob(u))
             return entry
         # on the float values: NaN != 0 and -0.0 == 0, as on the bits without the sign, in
@@ -149,16 +158,17 @@ class _Writer:
             known = self.patterns[bits] = self.blob(*reversed(_pack(bits)))
         entry['bits'] = known
         if stored != count:  # some -0.0
-            # a zero's bits are 0 or the sign bit: its sign is the float's (a one-byte
-            # gather, not a gather of the values)
-            negative = np.signbit(np.asarray(arr).reshape(-1))[~nonzero]
-            entry['zero_signs'] = self.blob(*reversed(_pack(np.packbits(negative))))
+            entry['signs'] = self.blob(*reversed(_pack(np.packbits(
+                np.signbit(np.asarray(arr).reshape(-1))))))
         values = u[nonzero]
         if count and (values == values[0]).all():
             entry['fill'] = self.blob(values[:1].tobytes())
             return entry
         planes = values.view(np.uint8).reshape(count, u.itemsize)
-        entry['planes'] = [self.blob(*reversed(_pack(np.ascontiguousarray(planes[:, i]))))
+        # a plane has no runs (the zeros are gone): Huffman coding alone, on the sign and
+        # exponent plane of resnet50_v1 1% smaller and a quarter faster than with Z_RLE
+        entry['planes'] = [self.blob(*reversed(_pack(np.ascontiguousarray(planes[:, i]),
+                                                     zlib.Z_HUFFMAN_ONLY)))
                            for i in range(u.itemsize)]
         return entry
 
@@ -266,6 +276,24 @@ def _workers():
     return max(1, min(4, os.cpu_count() or 1))
 
 
+_POOL = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    """The encoding and decoding threads, started once per process: starting them on each
+    call cost a third of load_compact's time on resnet50_v1 on a busy machine (each start
+    waits until the new thread runs). A forked child gets its own (its parent's threads do
+    not exist there)."""
+    with _POOL_LOCK:
+        pool = _POOL.get(os.getpid())
+        if pool is None:
+            _POOL.clear()
+            pool = _POOL[os.getpid()] = ThreadPoolExecutor(
+                _workers(), thread_name_prefix='paramsurgery-compact')
+        return pool
+
+
 def _encode_all(items, patterns):
     """``[(entry, writer)]`` of ``items`` (an iterable of ``(extra header fields, numpy
     array)``), each array encoded on a worker thread with its own writer, in order. The
@@ -275,9 +303,9 @@ def _encode_all(items, patterns):
         fields, arr = item
         writer = _Writer(patterns)
         return dict(writer.array(arr), **fields), writer
-    with ThreadPoolExecutor(_workers()) as pool:
-        futures = [pool.submit(encode, item) for item in items]
-        return [future.result() for future in futures]
+    pool = _pool()
+    futures = [pool.submit(encode, item) for item in items]
+    return [future.result() for future in futures]
 
 
 def write_compact(path, arrays, saved_masks=()):
@@ -362,13 +390,18 @@ def _decode(body, entry, what):
                              % (what, [p.size for p in planes], count))
         values = np.stack(planes, axis=1).reshape(-1).view(utype) if count else \
             np.zeros(0, utype)
-    if 'zero_signs' in entry:
+    if 'signs' in entry:   # format 2: the sign bits of every entry
+        signs = np.frombuffer(_read_blob(body, entry['signs'], what), dtype=np.uint8)
+        if signs.size != (size + 7) // 8:
+            raise ValueError('%s has %d sign bytes for %d entries' % (what, signs.size, size))
+        # the zeros' bits are their sign bits; the values (signed already) overwrite the rest
+        flat = np.unpackbits(signs, count=size).astype(utype) << utype.type(
+            8 * dtype.itemsize - 1)
+    elif 'zero_signs' in entry:   # format 1: the sign bits of the zeros only
         signs = np.frombuffer(_read_blob(body, entry['zero_signs'], what), dtype=np.uint8)
         if signs.size != (size - count + 7) // 8:
             raise ValueError('%s has %d zero-sign bytes for %d zeros'
                              % (what, signs.size, size - count))
-        # the sign bits laid out at the zeros (bytes), then shifted into place: half the
-        # time of writing the zeros' signs into the full array through a gather and a scatter
         negative = np.zeros(size, dtype=bool)
         negative[~nonzero] = np.unpackbits(signs, count=size - count).view(bool)
         flat = negative.view(np.uint8).astype(utype) << utype.type(8 * dtype.itemsize - 1)
@@ -385,8 +418,7 @@ def _decode_all(body, jobs):
         return _decode(body, *job)
     if len(jobs) < 2:
         return [decode(job) for job in jobs]
-    with ThreadPoolExecutor(_workers()) as pool:
-        return list(pool.map(decode, jobs))
+    return list(_pool().map(decode, jobs))
 
 
 def read_compact(path):
@@ -412,10 +444,11 @@ def read_compact(path):
         header = json.loads(body[:length].tobytes().decode('utf-8'))
         body = body[length:]  # a view: the blobs are not copied
         if not isinstance(header, dict) or header.get('format') != 'paramsurgery-compact' \
-                or header.get('version') != VERSION:
-            raise ValueError('format/version %r; this paramsurgery reads version %d'
+                or header.get('version') not in READABLE:
+            raise ValueError('format/version %r; this paramsurgery reads versions %s'
                              % ((header.get('format'), header.get('version'))
-                                if isinstance(header, dict) else header, VERSION))
+                                if isinstance(header, dict) else header,
+                                ' and '.join(map(str, READABLE))))
         jobs = [(entry, 'array %s' % and_more(entry['keys'])) for entry in header['arrays']]
         jobs += [(entry, "the mask of '%s'" % entry['key']) for entry in header['masks']]
         for entry, what in jobs[len(header['arrays']):]:

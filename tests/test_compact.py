@@ -381,13 +381,13 @@ def header_of(path):
         return json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
 
 
-@pytest.mark.parametrize('version', [1])
+@pytest.mark.parametrize('version', [1, 2])
 def test_files_of_every_format_version_load_bit_exact(tmp_path, ctxs, hybridize, version):
     path = os.path.join(os.path.dirname(__file__), 'data', 'compact_v%d.compact' % version)
     header = header_of(path)
     assert header['version'] == version
     weight = [e for e in header['arrays'] if e['keys'] == ['0.weight']][0]
-    assert weight['kind'] == 'sparse' and {1: 'zero_signs'}[version] in weight
+    assert weight['kind'] == 'sparse' and {1: 'zero_signs', 2: 'signs'}[version] in weight
     want = fixture_net('want_')
     fresh = fixture_net('fresh_', ctxs)
     ps.remove_mask(fresh, ps.masked(fresh))
