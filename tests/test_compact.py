@@ -400,3 +400,20 @@ def test_files_of_every_format_version_load_bit_exact(tmp_path, ctxs, hybridize,
     assert [mask_mode(fresh, fresh[i].weight.name) for i in (0, 1)] == ['update', 'graph']
     x = mx.nd.array(np.random.RandomState(1).standard_normal((2, 64)), ctx=ctxs[0])
     assert np.array_equal(want(x).asnumpy(), fresh(x).asnumpy(), equal_nan=True)
+
+
+def test_checksum_finds_every_changed_byte_and_moved_blocks():
+    from paramsurgery.compact import _checksum
+    rng = np.random.RandomState(0)
+    data = bytearray(rng.bytes(3 * 4096 + 13))   # three 4 KiB blocks and a ragged tail
+    want = _checksum(data)
+    assert want == _checksum(bytes(data)) == _checksum(np.frombuffer(data, np.uint8))
+    for i in range(len(data)):
+        for flip in (0x01, 0x80, 1 + rng.randint(255)):  # the lowest bit, the sign bit
+            data[i] ^= flip
+            assert _checksum(data) != want, (i, flip)
+            data[i] ^= flip
+    swapped = data[4096:8192] + data[:4096] + data[8192:]
+    moved = data[:4096] + data[8192:12288] + data[4096:8192] + data[12288:]
+    assert _checksum(swapped) != want and _checksum(moved) != want
+    assert _checksum(b'') == 0
