@@ -13,6 +13,7 @@ position in format 2, a CRC-32 in format 1), so damage anywhere is found before 
 loaded.
 """
 import json
+import math
 import os
 import struct
 import threading
@@ -63,13 +64,16 @@ def _checksum(data):
     but for a chance of 2**-64 (a truncation is found by the lengths first). Not found:
     words swapped within one block."""
     data = memoryview(data).cast('B')
-    full = len(data) - len(data) % (8 * _BLOCK)
-    sums = np.add.reduce(np.frombuffer(data[:full], dtype='<u8').reshape(-1, _BLOCK), axis=1)
-    if full < len(data):   # the last block, zero-padded to whole words
-        rest = np.frombuffer(bytes(data[full:]) + bytes(-len(data) % 8), dtype='<u8')
-        sums = np.append(sums, np.add.reduce(rest, dtype=np.uint64))
-    weights = 2 * np.arange(len(sums), dtype=np.uint64) + np.uint64(1)
-    return int(np.add.reduce(sums * weights, dtype=np.uint64))
+    blocks, tail = divmod(len(data), 8 * _BLOCK)
+    total = 0
+    if blocks:
+        sums = np.add.reduce(np.frombuffer(data[:blocks * 8 * _BLOCK], dtype='<u8')
+                             .reshape(blocks, _BLOCK), axis=1)
+        total = int(np.add.reduce(sums * np.arange(1, 2 * blocks, 2, dtype=np.uint64)))
+    if tail:   # the last block, zero-padded to whole words: most blobs are this block alone
+        rest = bytes(data[blocks * 8 * _BLOCK:]) + bytes(-tail % 8)
+        total += (2 * blocks + 1) * int(np.add.reduce(np.frombuffer(rest, dtype='<u8')))
+    return total % (1 << 64)
 
 
 #: the checksum of each format version read_compact reads (format 1 also stored the signs of
@@ -389,7 +393,7 @@ def _decode(body, entry, what, version):
     shape = tuple(int(n) for n in entry['shape'])
     if any(n < 0 for n in shape):
         raise ValueError('%s has a negative dimension in %s' % (what, shape))
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     utype = np.dtype('u%d' % dtype.itemsize)
     if entry['kind'] == 'dense':
         data = _read_blob(body, entry['data'], what, version)
