@@ -327,6 +327,8 @@ def _pool():
     with _POOL_LOCK:
         pool = _POOL.get(os.getpid())
         if pool is None:
+            for stale in _POOL.values():   # (a parent's: no thread of it to wait for)
+                stale.shutdown(wait=False)
             _POOL.clear()
             pool = _POOL[os.getpid()] = ThreadPoolExecutor(
                 _workers(), thread_name_prefix='paramsurgery-compact')

@@ -417,3 +417,23 @@ def test_checksum_finds_every_changed_byte_and_moved_blocks():
     moved = data[:4096] + data[8192:12288] + data[4096:8192] + data[12288:]
     assert _checksum(swapped) != want and _checksum(moved) != want
     assert _checksum(b'') == 0
+
+
+def test_a_forked_process_starts_its_own_threads(tmp_path, monkeypatch):
+    # a forked child inherits the pool object but not its threads: work queued on it would
+    # never run, so the child must get a pool of its own
+    from paramsurgery import compact
+    parent = compact._pool()
+    assert compact._pool() is parent   # started once per process
+    pid = os.getpid()
+    monkeypatch.setattr(os, 'getpid', lambda: pid + 1)
+    child = compact._pool()
+    assert child is not parent
+    net = conv_net([mx.cpu(0)], 'old_')
+    ps.save_compact(net, str(tmp_path / 'net.compact'))
+    fresh = conv_net([mx.cpu(0)], 'new_')
+    ps.load_compact(fresh, str(tmp_path / 'net.compact'))
+    assert_same(net, fresh)
+    assert compact._pool() is child
+    monkeypatch.undo()
+    assert compact._pool() is not child
