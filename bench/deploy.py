@@ -13,7 +13,9 @@ resnet50_v1 (``pretrained=False``, Xavier weights, seed 0). Printed, each measur
   + ``load_parameters`` (into the same kind of net), interleaved, medians; dense and 90%
   sparse. Target <= 2x. ``save_compact`` writes atomically (a temporary file, fsync, rename);
   ``save_parameters`` writes in place without fsync: the save and load halves are printed,
-  and the ratio against ``save_parameters`` followed by an fsync of its file (``_vs_fsynced``);
+  and the ratio against ``save_parameters`` followed by an fsync of its file (``_vs_fsynced``)
+  and the ratio of CPU times (``compact_cpu_*``: the process's, every thread's, which a busy
+  machine stretches less than wall time);
 - latency: ``ps.export_onnx`` of the dense net and of ``prune_channels(0.5)`` + ``shrink``
   (masks baked), ONNX Runtime (CPU provider, default graph optimisations) against MXNet
   (hybridised with ``static_alloc``, predict mode), batch 1 at 224x224, interleaved, medians;
@@ -97,6 +99,11 @@ def sizes(net, folder):
     return Sizes(os.path.getsize(compact), os.path.getsize(params), floor, entropy)
 
 
+class RoundTrips(NamedTuple):
+    wall: dict   # job -> median seconds
+    cpu: dict    # job -> median CPU seconds of the process (every thread, MXNet's too)
+
+
 def timed(fn):
     start = time.perf_counter()
     fn()
@@ -122,10 +129,14 @@ def round_trips(net, folder, repeat):
             'load_parameters': lambda: target.load_parameters(params),
             'save_parameters_fsync': save_durably}
     times = {name: [] for name in jobs}
+    cpu = {name: [] for name in jobs}
     for _ in range(repeat + 1):          # the first round warms the caches: dropped
         for name, job in jobs.items():
+            start = time.process_time()
             times[name].append(timed(job))
-    return {name: statistics.median(t[1:]) for name, t in times.items()}
+            cpu[name].append(time.process_time() - start)
+    return RoundTrips({name: statistics.median(t[1:]) for name, t in times.items()},
+                      {name: statistics.median(t[1:]) for name, t in cpu.items()})
 
 
 def latencies(net, path, repeat):
@@ -187,7 +198,7 @@ def main():
         print('RATIO compact_size_dense %.4f <=%.2f' % (ratios[0.0], TARGET_SIZE_DENSE))
 
         for sparsity, net in sorted(nets.items()):
-            t = round_trips(net, folder, args.repeat)
+            t, cpu = round_trips(net, folder, args.repeat)
             label = 'dense' if not sparsity else '90'
             compact = t['save_compact'] + t['load_compact']
             plain = t['save_parameters'] + t['load_parameters']
@@ -199,6 +210,10 @@ def main():
             print('RATIO compact_time_%s %.3f <=%.1f' % (label, compact / plain, TARGET_TIME))
             print('RATIO compact_time_%s_vs_fsynced %.3f -'
                   % (label, compact / (t['save_parameters_fsync'] + t['load_parameters'])))
+            # CPU time: the work done, which other processes on a busy machine do not stretch
+            print('RATIO compact_cpu_%s %.3f -'
+                  % (label, (cpu['save_compact'] + cpu['load_compact'])
+                     / (cpu['save_parameters'] + cpu['load_parameters'])))
         del nets
 
         try:
