@@ -187,11 +187,19 @@ def damaged(data, how):
         i = len(data) - 5
     elif how == 'length':
         i = len(b'paramsurgery-compact\n') + 1
+    elif how == 'dense byte':   # in a blob stored raw: only the checksum can tell
+        import json
+        import struct
+        start = len(b'paramsurgery-compact\n') + 8
+        length = struct.unpack('<Q', data[start - 8:start])[0]
+        header = json.loads(data[start:start + length])
+        blob = [e for e in header['arrays'] if e['kind'] == 'dense'][0]['data']
+        i = start + length + blob[1] + blob[2] // 2
     return data[:i] + bytes([data[i] ^ 0x5a]) + data[i + 1:]
 
 
-@pytest.mark.parametrize('how', ['truncated', 'header byte', 'body byte', 'length', 'empty',
-                                 'params file', 'text'])
+@pytest.mark.parametrize('how', ['truncated', 'header byte', 'body byte', 'dense byte', 'length',
+                                 'empty', 'params file', 'text'])
 def test_damaged_files_raise_and_change_nothing(tmp_path, how):
     net = conv_net([mx.cpu(0)], 'old_')
     ps.prune_magnitude(net, net[3].weight, 0.9, mode='update')
