@@ -187,11 +187,19 @@ def damaged(data, how):
         i = len(data) - 5
     elif how == 'length':
         i = len(b'paramsurgery-compact\n') + 1
+    elif how == 'dense byte':   # in a blob stored raw: only the checksum can tell
+        import json
+        import struct
+        start = len(b'paramsurgery-compact\n') + 8
+        length = struct.unpack('<Q', data[start - 8:start])[0]
+        header = json.loads(data[start:start + length])
+        blob = [e for e in header['arrays'] if e['kind'] == 'dense'][0]['data']
+        i = start + length + blob[1] + blob[2] // 2
     return data[:i] + bytes([data[i] ^ 0x5a]) + data[i + 1:]
 
 
-@pytest.mark.parametrize('how', ['truncated', 'header byte', 'body byte', 'length', 'empty',
-                                 'params file', 'text'])
+@pytest.mark.parametrize('how', ['truncated', 'header byte', 'body byte', 'dense byte', 'length',
+                                 'empty', 'params file', 'text'])
 def test_damaged_files_raise_and_change_nothing(tmp_path, how):
     net = conv_net([mx.cpu(0)], 'old_')
     ps.prune_magnitude(net, net[3].weight, 0.9, mode='update')
@@ -340,3 +348,100 @@ def test_reads_wait_for_queued_forwards(tmp_path, monkeypatch):
     ps.load_compact(fresh, str(tmp_path / 'net.compact'))
     assert events[0] == 'wait' and 'write' in events
     assert_same(net, fresh)
+
+
+def fixture_net(prefix, ctxs=(mx.cpu(0),)):
+    """The net whose values tests/data/compact_v*.compact hold, built from numpy draws (not
+    MXNet's initialisers, whose draws may change between builds): a 70% sparse baked weight
+    (its zeros keep their signs) under an update-mode mask, a bias of -0.0, infinities and
+    NaN payloads, and a graph-mode mask over a dense weight."""
+    rng = np.random.RandomState(0)
+    net = nn.HybridSequential(prefix=prefix)
+    with net.name_scope():
+        net.add(nn.Dense(16, in_units=64), nn.Dense(8, in_units=16))
+    net.initialize(ctx=list(ctxs))
+    weight = rng.standard_normal((16, 64)).astype(np.float32)
+    keep = np.abs(weight) >= np.quantile(np.abs(weight), 0.7)
+    ps.set_params(net, net[0].weight, np.where(keep, weight, np.copysign(0, weight)))
+    bias = rng.standard_normal(16).astype(np.float32)
+    bias[0], bias[1], bias[2] = -0.0, np.inf, -np.inf
+    bias.view(np.uint32)[3:5] = 0x7fc00001, 0xffa5a5a5
+    ps.set_params(net, net[0].bias, bias, allow_nonfinite=True)
+    ps.set_params(net, net[1].weight, rng.standard_normal((8, 16)))
+    ps.apply_mask(net, net[0].weight, keep, mode='update')
+    ps.apply_mask(net, net[1].weight, rng.uniform(size=(8, 16)) > 0.5, mode='graph')
+    return net
+
+
+def write_fixture(version):
+    """Run once, with the writer of format ``version``, to write its fixture."""
+    path = os.path.join(os.path.dirname(__file__), 'data', 'compact_v%d.compact' % version)
+    ps.save_compact(fixture_net('fixture_'), path)
+
+
+def header_of(path):
+    import json
+    import struct
+
+    from paramsurgery.compact import MAGIC
+    with open(path, 'rb') as f:
+        assert f.read(len(MAGIC)) == MAGIC
+        return json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
+
+
+@pytest.mark.parametrize('version', [1, 2])
+def test_files_of_every_format_version_load_bit_exact(tmp_path, ctxs, hybridize, version):
+    path = os.path.join(os.path.dirname(__file__), 'data', 'compact_v%d.compact' % version)
+    header = header_of(path)
+    assert header['version'] == version
+    weight = [e for e in header['arrays'] if e['keys'] == ['0.weight']][0]
+    assert weight['kind'] == 'sparse' and {1: 'zero_signs', 2: 'signs'}[version] in weight
+    want = fixture_net('want_')
+    fresh = fixture_net('fresh_', ctxs)
+    ps.remove_mask(fresh, ps.masked(fresh))
+    ps.set_params(fresh, '.*', 0.5)
+    if hybridize:
+        fresh.hybridize()
+    assert ps.load_compact(fresh, path) == sorted(p.name for p in fresh.collect_params()
+                                                  .values() if not p.name.endswith('_mask'))
+    assert_same(want, fresh)
+    assert [mask_mode(fresh, fresh[i].weight.name) for i in (0, 1)] == ['update', 'graph']
+    x = mx.nd.array(np.random.RandomState(1).standard_normal((2, 64)), ctx=ctxs[0])
+    assert np.array_equal(want(x).asnumpy(), fresh(x).asnumpy(), equal_nan=True)
+
+
+def test_checksum_finds_every_changed_byte_and_moved_blocks():
+    from paramsurgery.compact import _checksum
+    rng = np.random.RandomState(0)
+    data = bytearray(rng.bytes(3 * 4096 + 13))   # three 4 KiB blocks and a ragged tail
+    want = _checksum(data)
+    assert want == _checksum(bytes(data)) == _checksum(np.frombuffer(data, np.uint8))
+    for i in range(len(data)):
+        for flip in (0x01, 0x80, 1 + rng.randint(255)):  # the lowest bit, the sign bit
+            data[i] ^= flip
+            assert _checksum(data) != want, (i, flip)
+            data[i] ^= flip
+    swapped = data[4096:8192] + data[:4096] + data[8192:]
+    moved = data[:4096] + data[8192:12288] + data[4096:8192] + data[12288:]
+    assert _checksum(swapped) != want and _checksum(moved) != want
+    assert _checksum(b'') == 0
+
+
+def test_a_forked_process_starts_its_own_threads(tmp_path, monkeypatch):
+    # a forked child inherits the pool object but not its threads: work queued on it would
+    # never run, so the child must get a pool of its own
+    from paramsurgery import compact
+    parent = compact._pool()
+    assert compact._pool() is parent   # started once per process
+    pid = os.getpid()
+    monkeypatch.setattr(os, 'getpid', lambda: pid + 1)
+    child = compact._pool()
+    assert child is not parent
+    net = conv_net([mx.cpu(0)], 'old_')
+    ps.save_compact(net, str(tmp_path / 'net.compact'))
+    fresh = conv_net([mx.cpu(0)], 'new_')
+    ps.load_compact(fresh, str(tmp_path / 'net.compact'))
+    assert_same(net, fresh)
+    assert compact._pool() is child
+    monkeypatch.undo()
+    assert compact._pool() is not child
