@@ -558,7 +558,7 @@ def _entries_clock(monkeypatch):
     (masks, biases and BatchNorm are free), the same alone and in the whole nets, so the
     latency model's fit is exact and every kept count it measured is a fast count."""
     from paramsurgery import latency
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: 1e-6 * sum(
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: 1e-6 * sum(
         a.size for n, a in variant.arrays.items() if a.ndim >= 2 and not n.endswith('_mask')))
 
 

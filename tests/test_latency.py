@@ -29,7 +29,7 @@ def _state(net, x):
     return params, out
 
 
-@pytest.mark.parametrize('runtime', latency.RUNTIMES)
+@pytest.mark.parametrize('runtime', latency.runtimes.RUNTIMES)
 @pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
 @pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
 def test_runtime_runs_and_leaves_the_net_as_it_was(runtime, ctx, hybridize):
@@ -56,7 +56,7 @@ def test_runtime_runs_and_leaves_the_net_as_it_was(runtime, ctx, hybridize):
 
 def test_statistics_come_from_the_samples(monkeypatch):
     samples = iter([0.5, 0.1, 0.3, 0.2, 0.4])
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: next(samples))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: next(samples))
     net = _net([mx.cpu(0)], False)
     lat = ps.measure_latency(net, inputs=(1, 3, 8, 8), repeats=5, threads=2)
     assert lat.median == pytest.approx(0.3, rel=1e-12)   # numpy percentile, exact inputs
@@ -67,7 +67,7 @@ def test_statistics_come_from_the_samples(monkeypatch):
 
 def test_timer_sees_the_nets_parameters(monkeypatch):
     seen = []
-    monkeypatch.setattr(latency, '_TIMER',
+    monkeypatch.setattr(latency.timing, '_TIMER',
                         lambda runtime, variant: seen.append(variant) or 1.0)
     net = _net([mx.cpu(0), mx.cpu(1)], True)
     ps.measure_latency(net, inputs=(1, 3, 8, 8), runtime='mkldnn', repeats=1)
@@ -87,7 +87,7 @@ def test_compare_latency_interleaves_the_nets(monkeypatch, ctx, hybridize):
     def timer(runtime, variant):
         order.append(variant.arrays['net_conv0_weight'].shape[0])
         return 1e-3 * order[-1]          # ms per output channel: each net's time is known
-    monkeypatch.setattr(latency, '_TIMER', timer)
+    monkeypatch.setattr(latency.timing, '_TIMER', timer)
     wide = _net(ctx, hybridize)
     narrow = nn.HybridSequential(prefix='net_')
     with narrow.name_scope():
@@ -136,8 +136,8 @@ def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode):
     ps.apply_mask(net, {'net_conv0_weight': mask}, mode=mode)
     x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)))
     was_hybrid = ps._mx.is_hybridized(net)
-    variant = latency._variant_of(net, [(2, 3, 8, 8)])
-    copy = latency._symbol_block(variant)
+    variant = latency.runtimes.variant_of(net, [(2, 3, 8, 8)])
+    copy = latency.runtimes._symbol_block(variant)
     with mx.autograd.predict_mode():
         want = net(x.as_in_context(ctx[0])).asnumpy()
         got = copy(x).asnumpy()
@@ -169,7 +169,7 @@ def _recording_builders(monkeypatch, seen):
     """Every runtime's builder, wrapped to record what the runner runs with: the OpenMP
     count on MXNet's engine worker (read back there) while timing, and ONNX Runtime's
     session options."""
-    builders = dict(latency._BUILDERS)
+    builders = dict(latency.runtimes.BUILDERS)
 
     def wrap(runtime):
         def build(variant, folder, threads):
@@ -185,7 +185,7 @@ def _recording_builders(monkeypatch, seen):
             return timed
         return build
     for runtime in builders:
-        monkeypatch.setitem(latency._BUILDERS, runtime, wrap(runtime))
+        monkeypatch.setitem(latency.runtimes.BUILDERS, runtime, wrap(runtime))
 
 
 @pytest.mark.parametrize('runtime', ['mxnet', 'mkldnn'])
@@ -260,7 +260,7 @@ def _conv_entries(c):
 @pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
 @pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
 def test_model_tables_predict_and_fit(monkeypatch, ctx, hybridize):
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: _elements(variant))
     net = _two_convs(ctx, hybridize)
     x = mx.nd.ones((1, 3, 8, 8))
     before, out_before = _state(net, x.as_in_context(ctx[0]))
@@ -293,7 +293,7 @@ def test_fast_counts_are_faster_than_every_larger_count(monkeypatch):
         return 1e-6 * sum(a.size * (100 if a.ndim == 4 and a.shape[1] == 3 and a.shape[0] % 8
                                     else 1) for a in variant.arrays.values())
 
-    monkeypatch.setattr(latency, '_TIMER', timer)
+    monkeypatch.setattr(latency.timing, '_TIMER', timer)
     net = _two_convs([mx.cpu(0)], False)
     model = ps.latency_model(net, inputs=(1, 3, 8, 8), counts={'n_conv0_weight': range(1, 17)})
     assert model.fast_counts('n_conv0_weight') == [8, 16]
@@ -306,7 +306,7 @@ def test_fast_counts_are_faster_than_every_larger_count(monkeypatch):
 
 def test_model_save_load_and_damage(monkeypatch, tmp_path):
     import json
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: _elements(variant))
     model = ps.latency_model(_two_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8))
     path = str(tmp_path / 'model.json')
     model.save(path)
@@ -329,7 +329,7 @@ def test_model_save_load_and_damage(monkeypatch, tmp_path):
 
 def test_model_save_is_atomic(monkeypatch, tmp_path):
     import os
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: _elements(variant))
     model = ps.latency_model(_two_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8))
     path = tmp_path / 'model.json'
     path.write_text('old')
@@ -342,7 +342,7 @@ def test_model_save_is_atomic(monkeypatch, tmp_path):
     assert path.read_text() == 'old' and os.listdir(str(tmp_path)) == ['model.json']
 
 
-@pytest.mark.parametrize('runtime', latency.RUNTIMES)
+@pytest.mark.parametrize('runtime', latency.runtimes.RUNTIMES)
 def test_model_runs_on_each_runtime(runtime, tmp_path):
     """The single layers and the shrunk whole nets build and run on the real runtime (no
     timing is asserted: only what the model is made of)."""
@@ -376,24 +376,24 @@ def test_model_stops_timing_a_layer_once_its_samples_agree(monkeypatch):
         if variant.layer is not None and variant.arrays['weight'].shape[0] == 12:
             return 1e-3 * (1 + next(noisy) % 2)       # alternates 1 ms, 2 ms: never settles
         return _elements(variant)
-    monkeypatch.setattr(latency, '_TIMER', timer)
+    monkeypatch.setattr(latency.timing, '_TIMER', timer)
     ps.latency_model(_two_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=7,
                      counts={'n_conv0_weight': [4, 8, 12]})
     layers = {k: n for k, n in calls.items() if not k[0]}
     wholes = [n for k, n in calls.items() if k[0]]
     noisy_layers = [n for k, n in layers.items() if k[2][0] == (12, 3, 3, 3)]
     assert noisy_layers == [7]
-    assert sorted(layers.values()) == [latency._SETTLE_AFTER] * (len(layers) - 1) + [7]
+    assert sorted(layers.values()) == [latency.timing._SETTLE_AFTER] * (len(layers) - 1) + [7]
     # the dense net and the calibration nets (two of them can have the same shapes here)
-    assert sum(wholes) == (1 + len(latency._CALIBRATION) + len(latency._FAST_CALIBRATION)) \
-        * latency._WHOLE_REPEATS
+    assert sum(wholes) == (1 + len(latency.build._CALIBRATION) + len(latency.build._FAST_CALIBRATION)) \
+        * latency.build._WHOLE_REPEATS
 
 
 def test_default_counts_of_a_wide_group_step_by_16(monkeypatch):
     """Above 256 channels the default grid doubles its step (the build time of resnet50_v1
     is mostly its 1024- and 2048-channel groups): multiples of 16, the amounts' counts and
     the size, nothing else."""
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: _elements(variant))
     net = nn.HybridSequential(prefix='w_')
     with net.name_scope():
         net.add(nn.Conv2D(300, 1, in_channels=3), nn.Conv2D(4, 1, in_channels=300))
@@ -401,5 +401,5 @@ def test_default_counts_of_a_wide_group_step_by_16(monkeypatch):
     model = ps.latency_model(net, inputs=(1, 3, 2, 2))
     amounts = {300 - ps.prune_count(t / 10, 300) for t in range(1, 10)}
     assert set(model.table['w_conv0_weight']) == set(range(16, 301, 16)) | amounts | {300}
-    assert [latency._count_step(n) for n in (16, 256, 257, 512, 513, 2048)] == \
+    assert [latency.layers._count_step(n) for n in (16, 256, 257, 512, 513, 2048)] == \
         [8, 8, 16, 16, 32, 64]

@@ -239,11 +239,11 @@ def _one(net):
 def _latency_model(e):
     """A model of e.net built with a fake clock (the rows check arguments, not timing)."""
     from paramsurgery import latency
-    previous, latency._TIMER = latency._TIMER, lambda runtime, variant: 1e-3
+    previous, latency.timing._TIMER = latency.timing._TIMER, lambda runtime, variant: 1e-3
     try:
         return ps.latency_model(e.net, inputs=(1, 3))
     finally:
-        latency._TIMER = previous
+        latency.timing._TIMER = previous
 
 
 def _report():
