@@ -236,11 +236,11 @@ def test_set_omp_threads_reaches_new_operator_threads():
 
 # --------------------------------------------------------------------------- latency_model
 
-def _two_convs(ctx, hybridize):
-    net = nn.HybridSequential(prefix='n_')
+def _two_convs(ctx, hybridize, channels=16, prefix='n_'):
+    net = nn.HybridSequential(prefix=prefix)
     with net.name_scope():
-        net.add(nn.Conv2D(16, 3, in_channels=3), nn.Activation('relu'),
-                nn.Conv2D(4, 3, in_channels=16))
+        net.add(nn.Conv2D(channels, 3, in_channels=3), nn.Activation('relu'),
+                nn.Conv2D(4, 3, in_channels=channels))
     net.initialize(mx.init.Xavier(), ctx=ctx)
     if hybridize:
         net.hybridize()
@@ -357,7 +357,8 @@ def test_model_runs_on_each_runtime(runtime, tmp_path):
                                                 'n_conv2_weight': [3]})
     assert list(model.sizes) == ['n_conv0_weight', 'n_conv2_weight']
     assert list(model.table['n_conv0_weight']) == [5, 8, 16]
-    assert len(model.calibration) == 7 and all(c['seconds'] > 0 for c in model.calibration)
+    assert len(model.calibration) == 1 + len(latency.build._CALIBRATION) + len(
+        latency.build._FAST_CALIBRATION) and all(c['seconds'] > 0 for c in model.calibration)
     assert model.predict({'n_conv0_weight': 7, 'n_conv2_weight': 2}) > 0
     model.plot(str(tmp_path / 'model.png'))
     assert (tmp_path / 'model.png').stat().st_size > 0
@@ -384,9 +385,11 @@ def test_model_stops_timing_a_layer_once_its_samples_agree(monkeypatch):
     noisy_layers = [n for k, n in layers.items() if k[2][0] == (12, 3, 3, 3)]
     assert noisy_layers == [7]
     assert sorted(layers.values()) == [latency.timing._SETTLE_AFTER] * (len(layers) - 1) + [7]
-    # the dense net and the calibration nets (two of them can have the same shapes here)
-    assert sum(wholes) == (1 + len(latency.build._CALIBRATION) + len(latency.build._FAST_CALIBRATION)) \
-        * latency.build._WHOLE_REPEATS
+    # the dense net in each of the two runs (uniform, then fast counts) and the calibration
+    # nets (some of them can have the same shapes here)
+    build = latency.build
+    assert sum(wholes) == (2 + len(build._CALIBRATION) + len(build._FAST_CALIBRATION)) \
+        * build._WHOLE_REPEATS
 
 
 def test_default_counts_of_a_wide_group_step_by_16(monkeypatch):
@@ -403,3 +406,114 @@ def test_default_counts_of_a_wide_group_step_by_16(monkeypatch):
     assert set(model.table['w_conv0_weight']) == set(range(16, 301, 16)) | amounts | {300}
     assert [latency.layers._count_step(n) for n in (16, 256, 257, 512, 513, 2048)] == \
         [8, 8, 16, 16, 32, 64]
+
+
+def _wide_convs(ctx, hybridize):
+    """conv0 (48 channels, its group) feeding conv1: 50% keeps 24, a multiple of 8 but not
+    of 16."""
+    return _two_convs(ctx, hybridize, 48, 'w_')
+
+
+def _sixteen_clock(runtime, variant):
+    """Layers alone cost their entries; a whole net costs 3x its entries when conv0's
+    count is not a multiple of 16 (what layers timed alone cannot see: a fused runtime's
+    reorders between layers)."""
+    seconds = _elements(variant)
+    if variant.layer is None and variant.arrays['w_conv0_weight'].shape[0] % 16:
+        seconds *= 3
+    return seconds
+
+
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_alignment_comes_from_the_whole_nets(monkeypatch, ctx, hybridize):
+    """The 50% nets at 'odd', 8, 16 and 32 are measured whole; the fastest (16) sets the
+    alignment, and the fast counts are its multiples, although every multiple of 8 is
+    faster than the larger ones layer by layer."""
+    monkeypatch.setattr(latency.timing, '_TIMER', _sixteen_clock)
+    net = _wide_convs(ctx, hybridize)
+    before, _ = _state(net, mx.nd.ones((1, 3, 8, 8), ctx=ctx[0]))
+    model = ps.latency_model(net, inputs=(1, 3, 8, 8), runtime='mkldnn')
+    after, _ = _state(net, mx.nd.ones((1, 3, 8, 8), ctx=ctx[0]))
+    assert all(np.array_equal(a, b) for n in before for a, b in zip(before[n], after[n]))
+    assert model.align == 16
+    assert model.fast_counts('w_conv0_weight') == [16, 32, 48]
+    assert model.round('w_conv0_weight', 24) == 32     # a tie goes to the larger count
+    # the fit learnt what unaligned counts cost: 24 channels predicted slower than 32
+    assert model.predict({'w_conv0_weight': 24}) > model.predict({'w_conv0_weight': 32})
+    back = ps.LatencyModel(dict(model._data))
+    assert back.align == 16 and back.fast_counts('w_conv0_weight') == [16, 32, 48]
+
+
+def test_alignment_needs_a_clear_margin(monkeypatch):
+    """Whole nets that do not care (the layers' entries, nothing more): the finest
+    alignment, 1, and every measured count can be fast."""
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: _elements(variant))
+    model = ps.latency_model(_wide_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8))
+    assert model.align == 1
+    assert model.fast_counts('w_conv0_weight') == sorted(model.table['w_conv0_weight'])
+
+
+def test_a_file_without_alignment_reads_as_8(monkeypatch, tmp_path):
+    import json
+    monkeypatch.setattr(latency.timing, '_TIMER', _sixteen_clock)
+    model = ps.latency_model(_wide_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8))
+    path = tmp_path / 'model.json'
+    model.save(str(path))
+    data = json.loads(path.read_text())
+    assert data['align'] == 16
+    del data['align']
+    path.write_text(json.dumps(data))
+    assert ps.LatencyModel.load(str(path)).align == 8
+    data['align'] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(ps.FileFormatError, match='align'):
+        ps.LatencyModel.load(str(path))
+
+
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_measure_adds_a_whole_net_and_fits_again(monkeypatch, tmp_path, ctx, hybridize):
+    """A whole net at a count no calibration net has, 5x slower than its layers say: the
+    measured ratio is returned, the net joins the calibration, the prediction moves to it;
+    the user's net is never touched; a loaded model cannot measure."""
+    state = {'slow': 20}
+
+    def clock(runtime, variant):
+        seconds = _elements(variant)
+        if variant.layer is None and variant.arrays['w_conv0_weight'].shape[0] == state['slow']:
+            seconds *= 5
+        return seconds
+    monkeypatch.setattr(latency.timing, '_TIMER', clock)
+    net = _wide_convs(ctx, hybridize)
+    x = mx.nd.ones((1, 3, 8, 8), ctx=ctx[0])
+    before, out_before = _state(net, x)
+    model = ps.latency_model(net, inputs=(1, 3, 8, 8))
+    assert all(c['kept'].get('w_conv0_weight') != 20 for c in model.calibration)
+    calibration = list(model.calibration)
+    predicted = model.predict({'w_conv0_weight': 20})
+    dense = 1e-6 * (48 * 27 + 48 + 4 * 48 * 9 + 4)
+    slow = 5e-6 * (20 * 27 + 20 + 4 * 20 * 9 + 4)
+    assert model.measure({'w_conv0_weight': 20}) == pytest.approx(dense / slow, rel=1e-12)
+    assert model.calibration[:-1] == calibration
+    assert model.calibration[-1]['kept'] == {'w_conv0_weight': 20}
+    assert model.calibration[-1]['seconds'] == pytest.approx(slow, rel=1e-12)
+    assert predicted < model.predict({'w_conv0_weight': 20})
+    after, out_after = _state(net, x)
+    assert all(np.array_equal(a, b) for n in before for a, b in zip(before[n], after[n]))
+    assert np.array_equal(out_before, out_after) and ps._mx.is_hybridized(net) == hybridize
+    # bad counts: typed errors, the calibration as it was
+    for kept, error in [({'w_conv0_weight': 0}, ps.SurgeryValueError),
+                        ({'nope': 3}, ps.SurgeryValueError),
+                        ({'w_conv0_weight': 2.5}, ps.SurgeryTypeError),
+                        ([20], ps.SurgeryTypeError)]:
+        with pytest.raises(error):
+            model.measure(kept)
+    assert len(model.calibration) == len(calibration) + 1
+    path = str(tmp_path / 'model.json')
+    model.save(path)
+    back = ps.LatencyModel.load(path)
+    assert model.can_measure and not back.can_measure
+    with pytest.raises(ps.SurgeryValueError, match='loaded from a file'):
+        back.measure({'w_conv0_weight': 20})
+

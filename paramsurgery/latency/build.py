@@ -14,21 +14,29 @@ from .layers import (
     check_counts,
     layer_dims,
     layer_variant,
-    misaligned_volume,
     shrunk_variant,
     timed_layers,
     uniform_kept,
 )
-from .model import LatencyModel
+from .model import LatencyModel, WholeNet, refit
 from .runtimes import check_runtime, variant_of
 from .timing import check_count, thread_count, time_variants
 
 # Calibration nets measured whole next to the dense one: every group at the count that
-# these amounts keep, rounded to a multiple of 8 (aligned for oneDNN's blocked layouts) or
-# made odd (never aligned, also where every exact count would be: resnet's sizes), so the
-# fit sees both sides of what a fused runtime does between layers.
-_CALIBRATION = ((0.5, 'odd'), (0.5, 8), (0.25, 'odd'), (0.75, 8))
-# and at the fast counts (of the layers alone) nearest to what these amounts keep
+# these amounts keep, rounded to a multiple of 8, 16 or 32 (oneDNN's blocked layouts use 8
+# or 16 channels; depthwise kernels and ONNX Runtime's may prefer wider) or made odd (never
+# aligned, also where every exact count would be: resnet's sizes), so the fit sees both
+# sides of what a fused runtime does between layers.
+_CALIBRATION = ((0.5, 'odd'), (0.5, 8), (0.5, 16), (0.5, 32), (0.25, 'odd'), (0.75, 8))
+# The 50% nets above, one per alignment: the fastest measured decides the model's alignment
+# (the channel multiple its fast counts keep). Layers timed alone cannot see it: at batch 1
+# on mobilenet_v2_1_0 their fastest counts (multiples of 8 only, some not even that)
+# measured 1.7x where multiples of 16 measured 2.1x (oneDNN) and of 8 2.95x (ONNX Runtime).
+_ALIGNMENTS = (('odd', 1), (8, 8), (16, 16), (32, 32))
+# A coarser alignment must be faster than a finer one by more than this fraction (a
+# coarser one leaves fewer counts to choose from, so noise alone should not pick it).
+_ALIGN_MARGIN = 0.03
+# and at the fast counts (of the layers alone, aligned) nearest to what these amounts keep
 _FAST_CALIBRATION = (0.5, 0.75)
 # A single layer's samples within this fraction of their median need no more repeats: the
 # fast counts compare layers whose times differ by more (an aligned count of oneDNN is
@@ -36,26 +44,6 @@ _FAST_CALIBRATION = (0.5, 0.75)
 _LAYER_SETTLE = 0.05
 # The whole nets are few and decide every predicted ratio: at least this many repeats.
 _WHOLE_REPEATS = 10
-
-
-def _fit(sums, misaligned, seconds):
-    """``(a, b, c)`` with ``seconds ~ a * sum + b * misaligned + c``, ``a, b >= 0``: the
-    per-layer sums scaled to the whole net, what unaligned counts cost between layers, and
-    what no group shapes. Least squares over the whole-net measurements."""
-    best = None
-    x = np.column_stack([sums, misaligned, np.ones(len(sums))])
-    y = np.asarray(seconds)
-    # the non-negative solutions lie on the faces: try each subset of free columns
-    for cols in ([0, 1, 2], [0, 2], [1, 2], [2], [0, 1], [0]):
-        coef, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
-        full = np.zeros(3)
-        full[cols] = coef
-        if full[0] < 0 or full[1] < 0:
-            continue
-        err = float(np.sum((x @ full - y) ** 2))
-        if best is None or err < best[0] - 1e-30:
-            best = (err, full)
-    return tuple(float(v) for v in best[1])
 
 
 def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
@@ -142,8 +130,7 @@ def latency_model(net, *, inputs, runtime: str = 'mxnet', key=None, counts=None,
         'weights': _channel_volumes(layers, sizes),
         'calibration': [], 'fit': [1.0, 0.0, 0.0],
     }
-    _calibrate(data, variant, groups, runtime, repeats, threads)
-    return LatencyModel(data)
+    return _calibrate(data, variant, groups, runtime, repeats, threads)
 
 
 def _layer_key(layer, dims):
@@ -201,26 +188,46 @@ def _channel_volumes(layers, sizes):
 
 
 def _calibrate(data, variant, groups, runtime, repeats, threads):
-    """Measure the whole net dense and at the calibration counts, and fit the per-layer
-    sums to them: sets ``data``'s ``measured``, ``calibration`` and ``fit``."""
-    sizes = OrderedDict((g.name, g.size) for g in groups)
+    """Measure the whole net dense and at the calibration counts, choose the alignment and
+    fit the per-layer sums to the measurements: sets ``data``'s ``measured``, ``align``,
+    ``calibration`` and ``fit``; returns the model."""
+    repeats = max(repeats, _WHOLE_REPEATS)
+    uniform = [uniform_kept(groups, amount, r) for amount, r in _CALIBRATION]
+    whole = _time_wholes(variant, groups, uniform, runtime, repeats, threads)
+    data['measured'] = whole[0]
+    at_half = {r: t for (amount, r), t in zip(_CALIBRATION, whole[1:]) if amount == 0.5}
+    data['align'] = _alignment(at_half)
     # Counts picked as the fastest of noisy layer tables are, on average, the ones whose
     # time was measured low: the whole nets at such counts (what round_to='fast' and
     # latency plans build) show the fit that bias, the uniform ones what fusion costs.
     layers_only = LatencyModel(data)
-    calibration = [uniform_kept(groups, amount, r) for amount, r in _CALIBRATION] + [
-        {g: layers_only.round(g, k) for g, k in uniform_kept(groups, amount, 1).items()}
-        for amount in _FAST_CALIBRATION]
-    wholes = [variant] + [shrunk_variant(variant, groups, kept) for kept in calibration]
-    # the whole nets interleaved among themselves only: their ratios are what is fitted
-    seconds = time_variants(runtime, wholes, max(repeats, _WHOLE_REPEATS), 1, threads,
-                            desc='latency model, whole nets (%s)' % runtime)
-    whole = [float(np.median(s)) for s in seconds]
-    data['measured'] = whole[0]
+    fast = [{g: layers_only.round(g, k) for g, k in uniform_kept(groups, amount, 1).items()}
+            for amount in _FAST_CALIBRATION]
+    dense, *rest = _time_wholes(variant, groups, fast, runtime, repeats, threads)
+    # the second run's nets on the first run's scale: only ratios to a dense net measured
+    # in the same run are compared
+    scaled = [t * whole[0] / dense for t in rest]
     data['calibration'] = [{'kept': {}, 'seconds': whole[0]}] + [
-        {'kept': kept, 'seconds': s} for kept, s in zip(calibration, whole[1:])]
-    model = LatencyModel(data)
-    sums = [model._sum(c['kept']) for c in data['calibration']]
-    mis = [misaligned_volume(dict(sizes, **c['kept']), sizes, data['weights'])
-           for c in data['calibration']]
-    data['fit'] = list(_fit(sums, mis, [c['seconds'] for c in data['calibration']]))
+        {'kept': kept, 'seconds': t} for kept, t in zip(uniform + fast, whole[1:] + scaled)]
+    model = LatencyModel(data, WholeNet(variant, tuple(groups), repeats))
+    refit(model)
+    return model
+
+
+def _time_wholes(variant, groups, kept_list, runtime, repeats, threads):
+    """Median seconds of the dense net and of it shrunk to each of ``kept_list``, the
+    whole nets interleaved among themselves only (their ratios are what is fitted)."""
+    wholes = [variant] + [shrunk_variant(variant, groups, kept) for kept in kept_list]
+    seconds = time_variants(runtime, wholes, repeats, 1, threads,
+                            desc='latency model, whole nets (%s)' % runtime)
+    return [float(np.median(s)) for s in seconds]
+
+
+def _alignment(at_half):
+    """The channel multiple whose 50% net measured fastest (``at_half``: rounding ->
+    seconds), a coarser one only when faster by more than ``_ALIGN_MARGIN``."""
+    best_round, best_align = _ALIGNMENTS[0]
+    for rounding, align in _ALIGNMENTS[1:]:
+        if at_half[rounding] < at_half[best_round] * (1 - _ALIGN_MARGIN):
+            best_round, best_align = rounding, align
+    return best_align

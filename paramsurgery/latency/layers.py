@@ -161,11 +161,14 @@ def uniform_kept(groups, amount, round_to):
     return kept
 
 
-def misaligned_volume(kept, sizes, weights):
+def misaligned_volume(kept, sizes, weights, align=8):
     """Channel volume (``weights``: activation elements per channel) of the groups whose
-    kept count is not a multiple of 8: what a fused runtime pays layout reorders for."""
+    kept count is not a multiple of ``align``: what a fused runtime pays layout reorders
+    and slower kernels for (``align`` 1: nothing)."""
+    if align <= 1:
+        return 0.0
     return float(sum(weights[g] * kept.get(g, sizes[g]) for g in sizes
-                     if kept.get(g, sizes[g]) % 8))
+                     if kept.get(g, sizes[g]) % align))
 
 
 def check_counts(counts, groups):

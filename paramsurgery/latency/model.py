@@ -5,7 +5,7 @@ import json
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import List
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -13,11 +13,24 @@ from .._checks import is_int, is_real
 from .._files import check_path, reading, write_bytes
 from .._plot import pyplot, save_figure
 from ..errors import FileFormatError, SurgeryTypeError, SurgeryValueError
-from .layers import misaligned_volume
-from .runtimes import RUNTIMES
+from .layers import misaligned_volume, shrunk_variant
+from .runtimes import RUNTIMES, Variant
+from .timing import time_variants
 
 _MODEL_FORMAT = 'paramsurgery-latency-model'
 _MODEL_VERSION = 1
+# Models written before the alignment was measured: oneDNN's block of 8 channels.
+_DEFAULT_ALIGN = 8
+# Whole nets measured by LatencyModel.measure: at least this many timed runs each.
+_MEASURE_REPEATS = 10
+
+
+class WholeNet(NamedTuple):
+    """The net a model was built from, as :meth:`LatencyModel.measure` times it: kept in
+    memory only (a file holds the tables, not the net's arrays)."""
+    variant: Variant
+    groups: Tuple
+    repeats: int
 
 
 class LatencyModel:
@@ -42,10 +55,15 @@ class LatencyModel:
         The model's prediction for the dense net.
     calibration : list of dict
         The whole nets measured to correct the per-layer sums (``kept``, ``seconds``).
+    align : int
+        The channel multiple the runtime prefers, from whole-net measurements (1: none):
+        fast counts are its multiples.
     """
 
-    def __init__(self, data):
+    def __init__(self, data, whole: Optional[WholeNet] = None):
         self._data = data
+        self._whole = whole
+        self.align = int(data.get('align', _DEFAULT_ALIGN))
         self.runtime = data['runtime']
         self.shapes = tuple(tuple(s) for s in data['shapes'])
         self.threads = int(data['threads'])
@@ -122,11 +140,13 @@ class LatencyModel:
         a, b, c = self._fit
         full = {g: n for g, n in self.sizes.items()}
         full.update(kept)
-        return a * self._sum(kept) + b * misaligned_volume(full, self.sizes, self._weights) + c
+        return a * self._sum(kept) + b * misaligned_volume(full, self.sizes, self._weights,
+                                                           self.align) + c
 
     def fast_counts(self, name: str) -> List[int]:
-        """The measured kept counts of group ``name`` that are faster than every larger
-        count (where the runtime speeds up), smallest first.
+        """The measured kept counts of group ``name`` that are multiples of :attr:`align`
+        and faster than every larger such count (where the runtime speeds up), smallest
+        first; the size is always one.
 
         Examples
         --------
@@ -145,14 +165,60 @@ class LatencyModel:
                 "fast_counts: channel group %r is not in this latency model; its groups "
                 "are: %s." % (name, ', '.join(list(self.sizes)[:5])
                               + (', ...' if len(self.sizes) > 5 else '')))
-        counts = sorted(self.table[name])
-        times = {c: self.predict({name: c}) for c in counts}
+        size = self.sizes[name]
+        counts = [c for c in sorted(self.table[name]) if c % self.align == 0 or c == size]
+        # the layer sums alone: every candidate is aligned (the size is the reference), so
+        # the fit's misalignment term is the same for all, and a fit whose layer term is
+        # zero (a net too small to see it) does not make every count look alike
+        times = {c: self._sum({name: c}) for c in counts}
         fast, best = [], float('inf')
         for c in reversed(counts):
             if times[c] < best or c == counts[-1]:
                 fast.append(c)
                 best = min(best, times[c])
         return sorted(fast)
+
+    def measure(self, kept: Mapping[str, int]) -> float:
+        """Measure the whole net with each named group at its kept count against the dense
+        net (interleaved, on the model's runtime and threads), add the measurement to the
+        model's calibration and fit the correction again; returns the measured ratio
+        dense / shrunk. Only a model built in this process can (it holds a copy of the
+        net's arrays, which a file does not); see :attr:`can_measure`.
+
+        Examples
+        --------
+        >>> import mxnet as mx, paramsurgery as ps
+        >>> from mxnet.gluon import nn
+        >>> net = nn.HybridSequential(prefix='n_')
+        >>> with net.name_scope():
+        ...     net.add(nn.Conv2D(16, 3, in_channels=3), nn.Conv2D(4, 3, in_channels=16))
+        >>> net.initialize()
+        >>> model = ps.latency_model(net, inputs=(1, 3, 16, 16), repeats=1, threads=1)
+        >>> before = len(model.calibration)
+        >>> model.measure({'n_conv0_weight': 8}) > 0, len(model.calibration) - before
+        (True, 1)
+        """
+        kept = self._check_kept(kept)
+        if self._whole is None:
+            raise SurgeryValueError(
+                'measure: this latency model was loaded from a file, which holds its tables '
+                'but not the net: build it with ps.latency_model(net, inputs=..., '
+                'runtime=...) in this process to measure whole nets.')
+        whole = self._whole
+        seconds = time_variants(
+            self.runtime, [whole.variant, shrunk_variant(whole.variant, whole.groups, kept)],
+            max(whole.repeats, _MEASURE_REPEATS), 1, self.threads,
+            desc='latency model, whole net (%s)' % self.runtime)
+        dense, small = (float(np.median(s)) for s in seconds)
+        # on the scale of the build's dense measurement, as the other calibration nets
+        self._data['calibration'].append({'kept': kept, 'seconds': small * self.measured / dense})
+        refit(self)
+        return dense / small
+
+    @property
+    def can_measure(self) -> bool:
+        """Whether :meth:`measure` can time whole nets (built in this process, not loaded)."""
+        return self._whole is not None
 
     def round(self, name: str, count: int) -> int:
         """The fast count of group ``name`` nearest to ``count`` (ties to the larger)."""
@@ -227,6 +293,42 @@ class LatencyModel:
             return cls(data)
 
 
+def refit(model) -> None:
+    """Fit ``model``'s correction to its calibration nets (whole nets measured):
+    ``seconds ~ a * (sum of the layers) + b * (unaligned channel volume) + c``."""
+    data = model._data
+    sums = [model._sum(c['kept']) for c in data['calibration']]
+    mis = [misaligned_volume(dict(model.sizes, **c['kept']), model.sizes, model._weights,
+                             model.align) for c in data['calibration']]
+    data['fit'] = list(_fit(sums, mis, [c['seconds'] for c in data['calibration']]))
+    model.calibration = [dict(kept=dict(c['kept']), seconds=float(c['seconds']))
+                         for c in data['calibration']]
+    model._fit = tuple(data['fit'])
+    model.dense = model.predict({})
+
+
+def _fit(sums, misaligned, seconds):
+    """``(a, b, c)`` with ``seconds ~ a * sum + b * misaligned + c``, all ``>= 0``: the
+    per-layer sums scaled to the whole net, what unaligned counts cost between layers, and
+    what no group shapes (a negative one, which noise can fit, makes the predicted time of
+    a small net fall towards zero and its ratio explode). Least squares over the whole-net
+    measurements."""
+    best = None
+    x = np.column_stack([sums, misaligned, np.ones(len(sums))])
+    y = np.asarray(seconds)
+    # the non-negative solutions lie on the faces: try each subset of free columns
+    for cols in ([0, 1, 2], [0, 2], [1, 2], [2], [0, 1], [0], [1]):
+        coef, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
+        full = np.zeros(3)
+        full[cols] = coef
+        if (full < 0).any():
+            continue
+        err = float(np.sum((x @ full - y) ** 2))
+        if best is None or err < best[0] - 1e-30:
+            best = (err, full)
+    return tuple(float(v) for v in best[1])
+
+
 def _is_seconds(v):
     return is_real(v) and math.isfinite(v) and v >= 0
 
@@ -276,6 +378,8 @@ def _check_model(path, data):
             bad('it has no field %r' % field)
         if not check(data[field]):
             bad('%r should be %s' % (field, should))
+    if 'align' in data and not (is_int(data['align']) and data['align'] >= 1):
+        bad("'align' should be an integer >= 1")
     sizes = {g for g, _ in data['sizes']}
     for where, names in [('table', data['table']), ('weights', data['weights'])] + [
             ('layer %d' % i, layer['tables']) for i, layer in enumerate(data['layers'])]:
