@@ -26,7 +26,7 @@ its modules; ``tests/test_layers.py`` checks this against the real imports::
     report -> _sensitivity -> analysis    sparsity reports; sensitivity reports and trials
     compact -> onnx_export           compact files; ONNX export checked in ONNX Runtime
     rewinding, dynamic               capture and rewind (lottery tickets); RigL and SET
-    latency                          latency measured on a runtime; latency models
+    latency                          latency measured on a runtime; latency models (subpackage)
     demo -> cli                      the demo and the command line
 """
 import importlib as _importlib

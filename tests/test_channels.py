@@ -687,7 +687,7 @@ def _fast_model(monkeypatch, net, counts):
     """A latency model whose clock counts parameter entries: latency grows with every kept
     channel, so the fast counts are exactly the measured ones (and the size)."""
     from paramsurgery import latency
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: 1e-6 * sum(
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: 1e-6 * sum(
         a.size for a in variant.arrays.values()))
     return ps.latency_model(net, inputs=(1, 3, 8, 8), counts=counts)
 

@@ -516,7 +516,7 @@ def weight_clock(monkeypatch):
     def seconds(variant):
         return 1e-6 * sum(a.size for n, a in variant.arrays.items()
                           if a.ndim >= 2 and not n.endswith('_mask'))
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: seconds(variant))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: seconds(variant))
     return seconds
 
 
@@ -549,8 +549,8 @@ def test_shrink_to_a_latency_ratio(exported, tmp_path, capsys, weight_clock):
     assert predicted >= 1.5 and measured == predicted     # the fake clock is exact
     small = ps.load_exported(out + '-symbol.json', 'data', out + '-0000.params')
     dense = ps.load_exported(prefix + '-symbol.json', 'data', prefix + '-0000.params')
-    ratio = (weight_clock(ps.latency._variant_of(dense, [(1, 3, 32, 32)])) /
-             weight_clock(ps.latency._variant_of(small, [(1, 3, 32, 32)])))
+    ratio = (weight_clock(ps.latency.runtimes.variant_of(dense, [(1, 3, 32, 32)])) /
+             weight_clock(ps.latency.runtimes.variant_of(small, [(1, 3, 32, 32)])))
     assert ratio >= 1.5 and '%.2f' % ratio == found.group(2)
 
 

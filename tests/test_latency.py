@@ -29,7 +29,7 @@ def _state(net, x):
     return params, out
 
 
-@pytest.mark.parametrize('runtime', latency.RUNTIMES)
+@pytest.mark.parametrize('runtime', latency.runtimes.RUNTIMES)
 @pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
 @pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
 def test_runtime_runs_and_leaves_the_net_as_it_was(runtime, ctx, hybridize):
@@ -56,7 +56,7 @@ def test_runtime_runs_and_leaves_the_net_as_it_was(runtime, ctx, hybridize):
 
 def test_statistics_come_from_the_samples(monkeypatch):
     samples = iter([0.5, 0.1, 0.3, 0.2, 0.4])
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: next(samples))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: next(samples))
     net = _net([mx.cpu(0)], False)
     lat = ps.measure_latency(net, inputs=(1, 3, 8, 8), repeats=5, threads=2)
     assert lat.median == pytest.approx(0.3, rel=1e-12)   # numpy percentile, exact inputs
@@ -67,7 +67,7 @@ def test_statistics_come_from_the_samples(monkeypatch):
 
 def test_timer_sees_the_nets_parameters(monkeypatch):
     seen = []
-    monkeypatch.setattr(latency, '_TIMER',
+    monkeypatch.setattr(latency.timing, '_TIMER',
                         lambda runtime, variant: seen.append(variant) or 1.0)
     net = _net([mx.cpu(0), mx.cpu(1)], True)
     ps.measure_latency(net, inputs=(1, 3, 8, 8), runtime='mkldnn', repeats=1)
@@ -87,7 +87,7 @@ def test_compare_latency_interleaves_the_nets(monkeypatch, ctx, hybridize):
     def timer(runtime, variant):
         order.append(variant.arrays['net_conv0_weight'].shape[0])
         return 1e-3 * order[-1]          # ms per output channel: each net's time is known
-    monkeypatch.setattr(latency, '_TIMER', timer)
+    monkeypatch.setattr(latency.timing, '_TIMER', timer)
     wide = _net(ctx, hybridize)
     narrow = nn.HybridSequential(prefix='net_')
     with narrow.name_scope():
@@ -136,8 +136,8 @@ def test_the_timed_copy_computes_what_the_net_computes(ctx, hybridize, mode):
     ps.apply_mask(net, {'net_conv0_weight': mask}, mode=mode)
     x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)))
     was_hybrid = ps._mx.is_hybridized(net)
-    variant = latency._variant_of(net, [(2, 3, 8, 8)])
-    copy = latency._symbol_block(variant)
+    variant = latency.runtimes.variant_of(net, [(2, 3, 8, 8)])
+    copy = latency.runtimes._symbol_block(variant)
     with mx.autograd.predict_mode():
         want = net(x.as_in_context(ctx[0])).asnumpy()
         got = copy(x).asnumpy()
@@ -169,7 +169,7 @@ def _recording_builders(monkeypatch, seen):
     """Every runtime's builder, wrapped to record what the runner runs with: the OpenMP
     count on MXNet's engine worker (read back there) while timing, and ONNX Runtime's
     session options."""
-    builders = dict(latency._BUILDERS)
+    builders = dict(latency.runtimes.BUILDERS)
 
     def wrap(runtime):
         def build(variant, folder, threads):
@@ -185,7 +185,7 @@ def _recording_builders(monkeypatch, seen):
             return timed
         return build
     for runtime in builders:
-        monkeypatch.setitem(latency._BUILDERS, runtime, wrap(runtime))
+        monkeypatch.setitem(latency.runtimes.BUILDERS, runtime, wrap(runtime))
 
 
 @pytest.mark.parametrize('runtime', ['mxnet', 'mkldnn'])
@@ -236,11 +236,11 @@ def test_set_omp_threads_reaches_new_operator_threads():
 
 # --------------------------------------------------------------------------- latency_model
 
-def _two_convs(ctx, hybridize):
-    net = nn.HybridSequential(prefix='n_')
+def _two_convs(ctx, hybridize, channels=16, prefix='n_'):
+    net = nn.HybridSequential(prefix=prefix)
     with net.name_scope():
-        net.add(nn.Conv2D(16, 3, in_channels=3), nn.Activation('relu'),
-                nn.Conv2D(4, 3, in_channels=16))
+        net.add(nn.Conv2D(channels, 3, in_channels=3), nn.Activation('relu'),
+                nn.Conv2D(4, 3, in_channels=channels))
     net.initialize(mx.init.Xavier(), ctx=ctx)
     if hybridize:
         net.hybridize()
@@ -260,7 +260,7 @@ def _conv_entries(c):
 @pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
 @pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
 def test_model_tables_predict_and_fit(monkeypatch, ctx, hybridize):
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: _elements(variant))
     net = _two_convs(ctx, hybridize)
     x = mx.nd.ones((1, 3, 8, 8))
     before, out_before = _state(net, x.as_in_context(ctx[0]))
@@ -293,7 +293,7 @@ def test_fast_counts_are_faster_than_every_larger_count(monkeypatch):
         return 1e-6 * sum(a.size * (100 if a.ndim == 4 and a.shape[1] == 3 and a.shape[0] % 8
                                     else 1) for a in variant.arrays.values())
 
-    monkeypatch.setattr(latency, '_TIMER', timer)
+    monkeypatch.setattr(latency.timing, '_TIMER', timer)
     net = _two_convs([mx.cpu(0)], False)
     model = ps.latency_model(net, inputs=(1, 3, 8, 8), counts={'n_conv0_weight': range(1, 17)})
     assert model.fast_counts('n_conv0_weight') == [8, 16]
@@ -306,7 +306,7 @@ def test_fast_counts_are_faster_than_every_larger_count(monkeypatch):
 
 def test_model_save_load_and_damage(monkeypatch, tmp_path):
     import json
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: _elements(variant))
     model = ps.latency_model(_two_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8))
     path = str(tmp_path / 'model.json')
     model.save(path)
@@ -329,7 +329,7 @@ def test_model_save_load_and_damage(monkeypatch, tmp_path):
 
 def test_model_save_is_atomic(monkeypatch, tmp_path):
     import os
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: _elements(variant))
     model = ps.latency_model(_two_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8))
     path = tmp_path / 'model.json'
     path.write_text('old')
@@ -342,7 +342,7 @@ def test_model_save_is_atomic(monkeypatch, tmp_path):
     assert path.read_text() == 'old' and os.listdir(str(tmp_path)) == ['model.json']
 
 
-@pytest.mark.parametrize('runtime', latency.RUNTIMES)
+@pytest.mark.parametrize('runtime', latency.runtimes.RUNTIMES)
 def test_model_runs_on_each_runtime(runtime, tmp_path):
     """The single layers and the shrunk whole nets build and run on the real runtime (no
     timing is asserted: only what the model is made of)."""
@@ -357,7 +357,8 @@ def test_model_runs_on_each_runtime(runtime, tmp_path):
                                                 'n_conv2_weight': [3]})
     assert list(model.sizes) == ['n_conv0_weight', 'n_conv2_weight']
     assert list(model.table['n_conv0_weight']) == [5, 8, 16]
-    assert len(model.calibration) == 7 and all(c['seconds'] > 0 for c in model.calibration)
+    assert len(model.calibration) == 1 + len(latency.build._CALIBRATION) + len(
+        latency.build._FAST_CALIBRATION) and all(c['seconds'] > 0 for c in model.calibration)
     assert model.predict({'n_conv0_weight': 7, 'n_conv2_weight': 2}) > 0
     model.plot(str(tmp_path / 'model.png'))
     assert (tmp_path / 'model.png').stat().st_size > 0
@@ -376,24 +377,26 @@ def test_model_stops_timing_a_layer_once_its_samples_agree(monkeypatch):
         if variant.layer is not None and variant.arrays['weight'].shape[0] == 12:
             return 1e-3 * (1 + next(noisy) % 2)       # alternates 1 ms, 2 ms: never settles
         return _elements(variant)
-    monkeypatch.setattr(latency, '_TIMER', timer)
+    monkeypatch.setattr(latency.timing, '_TIMER', timer)
     ps.latency_model(_two_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=7,
                      counts={'n_conv0_weight': [4, 8, 12]})
     layers = {k: n for k, n in calls.items() if not k[0]}
     wholes = [n for k, n in calls.items() if k[0]]
     noisy_layers = [n for k, n in layers.items() if k[2][0] == (12, 3, 3, 3)]
     assert noisy_layers == [7]
-    assert sorted(layers.values()) == [latency._SETTLE_AFTER] * (len(layers) - 1) + [7]
-    # the dense net and the calibration nets (two of them can have the same shapes here)
-    assert sum(wholes) == (1 + len(latency._CALIBRATION) + len(latency._FAST_CALIBRATION)) \
-        * latency._WHOLE_REPEATS
+    assert sorted(layers.values()) == [latency.timing._SETTLE_AFTER] * (len(layers) - 1) + [7]
+    # the dense net in each of the two runs (uniform, then fast counts) and the calibration
+    # nets (some of them can have the same shapes here)
+    build = latency.build
+    assert sum(wholes) == (2 + len(build._CALIBRATION) + len(build._FAST_CALIBRATION)) \
+        * build._WHOLE_REPEATS
 
 
 def test_default_counts_of_a_wide_group_step_by_16(monkeypatch):
     """Above 256 channels the default grid doubles its step (the build time of resnet50_v1
     is mostly its 1024- and 2048-channel groups): multiples of 16, the amounts' counts and
     the size, nothing else."""
-    monkeypatch.setattr(latency, '_TIMER', lambda runtime, variant: _elements(variant))
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: _elements(variant))
     net = nn.HybridSequential(prefix='w_')
     with net.name_scope():
         net.add(nn.Conv2D(300, 1, in_channels=3), nn.Conv2D(4, 1, in_channels=300))
@@ -401,5 +404,116 @@ def test_default_counts_of_a_wide_group_step_by_16(monkeypatch):
     model = ps.latency_model(net, inputs=(1, 3, 2, 2))
     amounts = {300 - ps.prune_count(t / 10, 300) for t in range(1, 10)}
     assert set(model.table['w_conv0_weight']) == set(range(16, 301, 16)) | amounts | {300}
-    assert [latency._count_step(n) for n in (16, 256, 257, 512, 513, 2048)] == \
+    assert [latency.layers._count_step(n) for n in (16, 256, 257, 512, 513, 2048)] == \
         [8, 8, 16, 16, 32, 64]
+
+
+def _wide_convs(ctx, hybridize):
+    """conv0 (48 channels, its group) feeding conv1: 50% keeps 24, a multiple of 8 but not
+    of 16."""
+    return _two_convs(ctx, hybridize, 48, 'w_')
+
+
+def _sixteen_clock(runtime, variant):
+    """Layers alone cost their entries; a whole net costs 3x its entries when conv0's
+    count is not a multiple of 16 (what layers timed alone cannot see: a fused runtime's
+    reorders between layers)."""
+    seconds = _elements(variant)
+    if variant.layer is None and variant.arrays['w_conv0_weight'].shape[0] % 16:
+        seconds *= 3
+    return seconds
+
+
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_alignment_comes_from_the_whole_nets(monkeypatch, ctx, hybridize):
+    """The 50% nets at 'odd', 8, 16 and 32 are measured whole; the fastest (16) sets the
+    alignment, and the fast counts are its multiples, although every multiple of 8 is
+    faster than the larger ones layer by layer."""
+    monkeypatch.setattr(latency.timing, '_TIMER', _sixteen_clock)
+    net = _wide_convs(ctx, hybridize)
+    before, _ = _state(net, mx.nd.ones((1, 3, 8, 8), ctx=ctx[0]))
+    model = ps.latency_model(net, inputs=(1, 3, 8, 8), runtime='mkldnn')
+    after, _ = _state(net, mx.nd.ones((1, 3, 8, 8), ctx=ctx[0]))
+    assert all(np.array_equal(a, b) for n in before for a, b in zip(before[n], after[n]))
+    assert model.align == 16
+    assert model.fast_counts('w_conv0_weight') == [16, 32, 48]
+    assert model.round('w_conv0_weight', 24) == 32     # a tie goes to the larger count
+    # the fit learnt what unaligned counts cost: 24 channels predicted slower than 32
+    assert model.predict({'w_conv0_weight': 24}) > model.predict({'w_conv0_weight': 32})
+    back = ps.LatencyModel(dict(model._data))
+    assert back.align == 16 and back.fast_counts('w_conv0_weight') == [16, 32, 48]
+
+
+def test_alignment_needs_a_clear_margin(monkeypatch):
+    """Whole nets that do not care (the layers' entries, nothing more): the finest
+    alignment, 1, and every measured count can be fast."""
+    monkeypatch.setattr(latency.timing, '_TIMER', lambda runtime, variant: _elements(variant))
+    model = ps.latency_model(_wide_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8))
+    assert model.align == 1
+    assert model.fast_counts('w_conv0_weight') == sorted(model.table['w_conv0_weight'])
+
+
+def test_a_file_without_alignment_reads_as_8(monkeypatch, tmp_path):
+    import json
+    monkeypatch.setattr(latency.timing, '_TIMER', _sixteen_clock)
+    model = ps.latency_model(_wide_convs([mx.cpu(0)], False), inputs=(1, 3, 8, 8))
+    path = tmp_path / 'model.json'
+    model.save(str(path))
+    data = json.loads(path.read_text())
+    assert data['align'] == 16
+    del data['align']
+    path.write_text(json.dumps(data))
+    assert ps.LatencyModel.load(str(path)).align == 8
+    data['align'] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(ps.FileFormatError, match='align'):
+        ps.LatencyModel.load(str(path))
+
+
+@pytest.mark.parametrize('ctx', CTXS, ids=['1ctx', '2ctx'])
+@pytest.mark.parametrize('hybridize', [False, True], ids=['imperative', 'hybrid'])
+def test_measure_adds_a_whole_net_and_fits_again(monkeypatch, tmp_path, ctx, hybridize):
+    """A whole net at a count no calibration net has, 5x slower than its layers say: the
+    measured ratio is returned, the net joins the calibration, the prediction moves to it;
+    the user's net is never touched; a loaded model cannot measure."""
+    state = {'slow': 20}
+
+    def clock(runtime, variant):
+        seconds = _elements(variant)
+        if variant.layer is None and variant.arrays['w_conv0_weight'].shape[0] == state['slow']:
+            seconds *= 5
+        return seconds
+    monkeypatch.setattr(latency.timing, '_TIMER', clock)
+    net = _wide_convs(ctx, hybridize)
+    x = mx.nd.ones((1, 3, 8, 8), ctx=ctx[0])
+    before, out_before = _state(net, x)
+    model = ps.latency_model(net, inputs=(1, 3, 8, 8))
+    assert all(c['kept'].get('w_conv0_weight') != 20 for c in model.calibration)
+    calibration = list(model.calibration)
+    predicted = model.predict({'w_conv0_weight': 20})
+    dense = 1e-6 * (48 * 27 + 48 + 4 * 48 * 9 + 4)
+    slow = 5e-6 * (20 * 27 + 20 + 4 * 20 * 9 + 4)
+    assert model.measure({'w_conv0_weight': 20}) == pytest.approx(dense / slow, rel=1e-12)
+    assert model.calibration[:-1] == calibration
+    assert model.calibration[-1]['kept'] == {'w_conv0_weight': 20}
+    assert model.calibration[-1]['seconds'] == pytest.approx(slow, rel=1e-12)
+    assert predicted < model.predict({'w_conv0_weight': 20})
+    after, out_after = _state(net, x)
+    assert all(np.array_equal(a, b) for n in before for a, b in zip(before[n], after[n]))
+    assert np.array_equal(out_before, out_after) and ps._mx.is_hybridized(net) == hybridize
+    # bad counts: typed errors, the calibration as it was
+    for kept, error in [({'w_conv0_weight': 0}, ps.SurgeryValueError),
+                        ({'nope': 3}, ps.SurgeryValueError),
+                        ({'w_conv0_weight': 2.5}, ps.SurgeryTypeError),
+                        ([20], ps.SurgeryTypeError)]:
+        with pytest.raises(error):
+            model.measure(kept)
+    assert len(model.calibration) == len(calibration) + 1
+    path = str(tmp_path / 'model.json')
+    model.save(path)
+    back = ps.LatencyModel.load(path)
+    assert model.can_measure and not back.can_measure
+    with pytest.raises(ps.SurgeryValueError, match='loaded from a file'):
+        back.measure({'w_conv0_weight': 20})
+

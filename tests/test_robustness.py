@@ -239,11 +239,11 @@ def _one(net):
 def _latency_model(e):
     """A model of e.net built with a fake clock (the rows check arguments, not timing)."""
     from paramsurgery import latency
-    previous, latency._TIMER = latency._TIMER, lambda runtime, variant: 1e-3
+    previous, latency.timing._TIMER = latency.timing._TIMER, lambda runtime, variant: 1e-3
     try:
         return ps.latency_model(e.net, inputs=(1, 3))
     finally:
-        latency._TIMER = previous
+        latency.timing._TIMER = previous
 
 
 def _report():
@@ -889,6 +889,10 @@ BAD = {
         ('predict 1.5', lambda e: _latency_model(e).predict({'net_dense0_weight': 1.5}), TE),
         ('predict a list', lambda e: _latency_model(e).predict([1]), TE),
         ('fast_counts of an unknown group', lambda e: _latency_model(e).fast_counts('x'), VE),
+        ('measure an unknown group', lambda e: _latency_model(e).measure({'x': 1}), VE),
+        ('measure 0 kept', lambda e: _latency_model(e).measure({'net_dense0_weight': 0}), VE),
+        ('measure 1.5', lambda e: _latency_model(e).measure({'net_dense0_weight': 1.5}), TE),
+        ('measure a list', lambda e: _latency_model(e).measure([1]), TE),
         ('save to an int path', lambda e: _latency_model(e).save(e.fd), TE),
         ('save to a missing folder', lambda e: _latency_model(e).save(e.missing_dir), VE),
         ('load an empty file', lambda e: ps.LatencyModel.load(e.f('empty.json')), FE),
