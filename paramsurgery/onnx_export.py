@@ -29,7 +29,6 @@ from .channels.inputs import (
     net_contexts,
 )
 from .channels.trace import Trace
-from .compact import wait_for_forwards
 from .errors import (
     ExportError,
     MissingDependencyError,
@@ -196,7 +195,7 @@ def _convert(net, trace, inputs, shapes, opset) -> _Converted:
     params = all_params(net)
     ctx = net_contexts(net)[0]
     wanted = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
-    wait_for_forwards()  # a queued forward would reorder the weights while they are copied
+    _mx.settle()  # a queued forward would reorder the weights while they are copied
     with autograd.pause():
         arrays = {name: data_on(param, ctx) for name, param in params.items() if name in wanted}
     batches = input_batches(inputs, shapes)

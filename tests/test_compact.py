@@ -331,10 +331,14 @@ def test_saved_right_after_a_forward_holds_the_net_values(tmp_path):
 def test_reads_wait_for_queued_forwards(tmp_path, monkeypatch):
     from paramsurgery import compact
     events = []
-    real_wait, real_copy = mx.nd.waitall, compact._first_copy
+    real_wait, real_copy = mx.nd.waitall, compact._mx.to_host
     monkeypatch.setattr(mx.nd, 'waitall', lambda: events.append('wait') or real_wait())
-    monkeypatch.setattr(compact, '_first_copy',
-                        lambda p: events.append('read') or real_copy(p))
+
+    def reading(arr):
+        out = real_copy(arr)
+        events.append('read')
+        return out
+    monkeypatch.setattr(compact._mx, 'to_host', reading)
     net = conv_net([mx.cpu(0), mx.cpu(1)], 'w_')
     net(mx.nd.ones((1, 3, 8, 8)))
     ps.save_compact(net, str(tmp_path / 'net.compact'))

@@ -40,7 +40,7 @@ def variant_of(net, shapes) -> Variant:
     symbol = trace.symbol
     names = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
     with autograd.pause():
-        arrays = {n: _mx.raw_data(p)[0].asnumpy() for n, p in params.items()
+        arrays = {n: _mx.to_host(_mx.raw_data(p)[0]) for n, p in params.items()
                   if n in names}
     return Variant(symbol.tojson(), tuple(trace.input_names), tuple(shapes), arrays)
 
