@@ -30,7 +30,6 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from ._amounts import (
-    check_amount,
     check_masks,
     check_norm,
     check_per_name,
@@ -48,10 +47,6 @@ from .errors import SurgeryTypeError, SurgeryValueError
 
 __all__ = ['prune_count', 'magnitude_masks', 'random_masks', 'structured_masks',
            'custom_masks']
-
-# channels/ checks its amounts with the core's rule under this name
-_check_amount = check_amount
-
 
 def magnitude_masks(weights: Mapping[str, np.ndarray], amount: Union[int, float], *,
                     masks: Optional[Mapping[str, Optional[np.ndarray]]] = None,

@@ -19,10 +19,10 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from .. import _mx
+from .._amounts import check_amount
 from ..errors import ShrinkError
 from ..masks import load_exported
 from ..masks.files import quiet_input_types
-from ..pruning_core import _check_amount
 from ..select import MASK_SUFFIX
 from .importance import GroupState, channel_rows
 from .inputs import flat_outputs, input_names
@@ -164,7 +164,7 @@ def shrink_exported(symbol_file, param_file, shapes, amount, *, importance='l2',
     """
     # type, NaN, sign, float > 1: first (a dict, from a plan, names every group)
     for one in (amount.values() if isinstance(amount, dict) else [amount]):
-        _check_amount(one, what='channels')
+        check_amount(one, what='channels')
     round_to = check_round_to(round_to)
     block = _load(symbol_file, param_file, len(shapes))
     graph = build(block, shapes)

@@ -10,11 +10,12 @@ import numpy as np
 from mxnet import autograd
 
 from .. import _mx
+from .._amounts import check_amount
 from ..access import replicas
 from ..errors import SurgeryTypeError, SurgeryValueError, and_more
 from ..masks import apply_mask, get_mask, masked, unmasked_params
 from ..masks.apply import check_mode
-from ..pruning_core import _check_amount, prune_count
+from ..pruning_core import prune_count
 from ..select import select
 from .graph import ChannelGroup
 from .importance import IMPORTANCES, GroupState, channel_rows, lowest, scores_of
@@ -118,7 +119,7 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
             % (', '.join(repr(i) for i in IMPORTANCES), importance))
     round_to = rounding(round_to, latency)
     for one in (amount.values() if isinstance(amount, Mapping) else [amount]):
-        _check_amount(one, what='channels')   # type, NaN, sign, float > 1
+        check_amount(one, what='channels')   # type, NaN, sign, float > 1
     shapes = input_shapes(inputs)
     graph = traced(net, shapes)
     groups = selected_groups(net, graph, key)
