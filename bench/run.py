@@ -12,6 +12,7 @@ runs it with ``OMP_NUM_THREADS=1`` unless set: the figures in docs/ were measure
 import argparse
 import os
 import platform
+import signal
 import subprocess
 import sys
 from collections import OrderedDict
@@ -27,6 +28,9 @@ SCRIPTS = OrderedDict([
     ('shrink', ['--nets', 'resnet50_v1']),
     ('sensitivity', []),
 ])
+
+# what libstdc++ prints when MXNet's engine threads are destroyed still joinable at exit
+EXIT_ABORT = 'terminate called without an active exception'
 
 
 class Ratio(NamedTuple):
@@ -57,9 +61,19 @@ def run_script(name, args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(HERE)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
     print('$ %s' % ' '.join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = done.stdout
     print(out, end='', flush=True)
-    return [r for r in map(parse, out.splitlines()) if r is not None]
+    ratios = [r for r in map(parse, out.splitlines()) if r is not None]
+    if done.returncode == -signal.SIGABRT and ratios and EXIT_ABORT in done.stderr:
+        # MXNet 1.9.1 sometimes aborts while the interpreter shuts down, after everything
+        # ran and printed (apache/mxnet#14775): the figures stand
+        print('(%s: MXNet aborted at exit, after its figures: "%s")' % (name, EXIT_ABORT),
+              flush=True)
+    elif done.returncode:
+        sys.stderr.write(done.stderr)
+        raise subprocess.CalledProcessError(done.returncode, cmd, out, done.stderr)
+    return ratios
 
 
 def machine():
