@@ -206,3 +206,22 @@ def test_updaters_get_their_class_back(ctxs, update_on_kvstore):
     txn.rollback()
     assert [type(u) for u in _mx.process_updaters(trainer)] == classes
     assert '_init_kvstore' not in trainer.__dict__
+
+
+def test_held_interrupts_deliver_ctrl_c_once_after_the_block():
+    import signal
+
+    from paramsurgery._snapshot import held_interrupts
+    calls = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    try:
+        with held_interrupts():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            assert calls == []                       # held inside the block
+        assert calls == [signal.SIGINT]              # delivered once, after it
+        with held_interrupts():
+            pass
+        assert calls == [signal.SIGINT]              # nothing held: nothing delivered
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -23,7 +23,7 @@ import numpy as np
 from mxnet import autograd
 from mxnet import ndarray as nd
 
-from .host import is_blocked_layout, settle
+from .host import is_blocked_layout
 
 __all__ = []
 
@@ -168,9 +168,11 @@ def load_init(param, arr):
 
     An initialised parameter gets a numpy value copied straight into its replicas
     (``set_data`` writes ``replica[:] = value``): making an NDArray of it first costs a
-    second copy into freshly allocated memory, slower than the copy itself."""
+    second copy into freshly allocated memory, slower than the copy itself. That copy is a
+    host write: the caller settles the engine first (:func:`paramsurgery._mx.host.settle`,
+    once for all its parameters), or a queued predict-mode Convolution may reorder a replica
+    while it is written."""
     if isinstance(arr, np.ndarray):
-        settle()  # a queued predict-mode Convolution may still reorder a replica
         # (a replica a predict-mode Convolution reordered into oneDNN's blocked layout
         # refuses a copy from host memory: those get an NDArray, whose copy reorders back)
         if param._data is not None and param._stype == 'default' \
