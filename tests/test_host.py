@@ -52,6 +52,7 @@ def test_no_view_of_sparse_or_blocked_arrays():
     net = gluon.nn.Conv2D(8, 3, in_channels=4)
     net.initialize()
     net(mx.nd.ones((1, 4, 8, 8)))          # predict mode: may reorder the weight
+    mx.nd.waitall()                        # the reorder is queued by the running forward
     weight = net.weight.data()
     if not _mx.is_blocked_layout(weight):
         pytest.skip('this MXNet build left the conv weight in the default layout')

@@ -800,6 +800,7 @@ def test_multiply_inplace_on_a_blocked_layout_uses_mxnet(monkeypatch):
     net = gluon.nn.Conv2D(8, 3, in_channels=4)
     net.initialize(mx.init.Uniform(1.0))
     net(mx.nd.ones((1, 4, 8, 8)))          # predict mode: may reorder the weight
+    mx.nd.waitall()                        # the reorder is queued by the running forward
     weight = net.weight.data()
     if not _mx.is_blocked_layout(weight):
         pytest.skip('this MXNet build left the conv weight in the default layout')

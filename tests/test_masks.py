@@ -580,6 +580,7 @@ def test_mkldnn_blocked_weight_is_restored_in_place(hybrid):
         assert not forward.is_blocked_layout(w)
     for ctx in ctxs:                        # predict mode again: the conv only sees w * mask
         net(nd.array(x, ctx=ctx))
+    nd.waitall()                            # a reorder would be queued by the running forward
     assert not any(forward.is_blocked_layout(a) for a in owner.weight.list_data())
     assert ps.check_params(net) == []
 
