@@ -28,9 +28,14 @@ $(VENV)/.installed-demo: $(BIN)/python $(CONSTRAINTS) setup.cfg setup.py
 	$(PIP_INSTALL) -e '.[demo]'
 	touch $@
 
+# The suite runs with TMPDIR set to a scratch folder of its own, removed when it ends: pytest's
+# tmp_path folders, the doc examples' tempfile.mkdtemp() folders and whatever a killed or
+# aborted subprocess leaves behind go with it (CI machines have little disk to spare).
 test: $(VENV)/.installed-test
 	$(LINT)
-	$(BIN)/python -m pytest -q
+	scratch=$$(mktemp -d "$${TMPDIR:-/tmp}/paramsurgery-test.XXXXXX") && \
+	TMPDIR="$$scratch" $(BIN)/python -m pytest -q; \
+	rc=$$?; rm -rf "$$scratch"; exit $$rc
 
 lint: $(VENV)/.installed-test
 	$(LINT)

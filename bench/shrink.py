@@ -51,10 +51,10 @@ def build(name, seed=0):
 
 def clone(name, net):
     other = build(name)
-    folder = tempfile.mkdtemp()
-    path = os.path.join(folder, 'w.params')
-    net.save_parameters(path)
-    other.load_parameters(path)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'w.params')
+        net.save_parameters(path)
+        other.load_parameters(path)
     return other
 
 
@@ -76,10 +76,10 @@ def interleaved(fns, repeat):
 
 
 def file_size(net):
-    folder = tempfile.mkdtemp()
-    path = os.path.join(folder, 'w.params')
-    net.save_parameters(path)
-    return os.path.getsize(path)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'w.params')
+        net.save_parameters(path)
+        return os.path.getsize(path)
 
 
 def infer(net, x):
@@ -222,8 +222,15 @@ def main():
     parser.add_argument('--repeat', type=int, default=7)
     parser.add_argument('--nets', default='resnet50_v1,mobilenetv2_1.0')
     args = parser.parse_args()
-    for name in args.nets.split(','):
-        bench(name, args.repeat)
+    # the round trip's parameter file (kept for the training step) goes in one scratch
+    # folder, removed at the end
+    with tempfile.TemporaryDirectory(prefix='bench-shrink-') as scratch:
+        tempfile.tempdir = scratch
+        try:
+            for name in args.nets.split(','):
+                bench(name, args.repeat)
+        finally:
+            tempfile.tempdir = None
 
 
 if __name__ == '__main__':

@@ -188,6 +188,26 @@ def _recording_builders(monkeypatch, seen):
         monkeypatch.setitem(latency.runtimes.BUILDERS, runtime, wrap(runtime))
 
 
+@pytest.mark.parametrize('runtime', latency.runtimes.RUNTIMES)
+def test_timing_leaves_no_file_behind(monkeypatch, tmp_path, runtime):
+    """A runner's files (the ONNX model) are gone once it is built, not only when the
+    chunk of variants ends: a latency model builds thousands, and a killed run would
+    leave them all on the disk."""
+    monkeypatch.setattr('tempfile.tempdir', str(tmp_path))
+    builders = dict(latency.runtimes.BUILDERS)
+    left = []
+
+    def build(variant, folder, threads):
+        run = builders[runtime](variant, folder, threads)
+        left.append(sorted(p.name for p in tmp_path.rglob('*') if p.is_file()))
+        return run
+    monkeypatch.setitem(latency.runtimes.BUILDERS, runtime, build)
+    lat = ps.measure_latency(_net([mx.cpu(0)], False), inputs=(1, 3, 8, 8), repeats=1,
+                             warmup=0, threads=1, runtime=runtime)
+    assert lat.repeats == 1 and left == [[]]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize('runtime', ['mxnet', 'mkldnn'])
 def test_threads_reach_the_operators_of_mxnet(monkeypatch, runtime):
     """MXSetNumOMPThreads alone sets the calling thread's count, which MXNet's operators

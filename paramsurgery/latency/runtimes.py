@@ -9,6 +9,7 @@ node directly) and run by ONNX Runtime's CPU provider.
 import contextlib
 import io
 import os
+import shutil
 from typing import NamedTuple, Optional, Tuple
 
 import mxnet as mx
@@ -176,17 +177,23 @@ def _onnx_layer(variant, path):
 
 def _onnxruntime_runner(variant, folder, threads):
     _, ort = _onnx_modules()
-    os.mkdir(folder)
-    path = os.path.join(folder, 'net.onnx')
-    if variant.layer is not None:
-        _onnx_layer(variant, path)
-    else:
-        _export_onnx(variant, path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    os.mkdir(folder)
+    try:
+        path = os.path.join(folder, 'net.onnx')
+        if variant.layer is not None:
+            _onnx_layer(variant, path)
+        else:
+            _export_onnx(variant, path)
+        session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    finally:
+        # the session holds the model in memory: a latency model builds thousands of
+        # variants, and their files would otherwise pile up until the chunk ends (or for
+        # good, when the process is killed)
+        shutil.rmtree(folder, ignore_errors=True)
     feed = {i.name: b for i, b in zip(session.get_inputs(), _batches(variant))}
 
     def run():
