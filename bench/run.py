@@ -27,6 +27,8 @@ SCRIPTS = OrderedDict([
     ('mask_overhead', ['--alloc', 'static', '--rounds', '30']),
     ('shrink', ['--nets', 'resnet50_v1']),
     ('sensitivity', []),
+    # prints its ratio only with a torch Python given (PARAMSURGERY_TORCH_PYTHON)
+    ('torch_pruning', []),
 ])
 
 # what libstdc++ prints when MXNet's engine threads are destroyed still joinable at exit

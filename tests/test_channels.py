@@ -292,6 +292,37 @@ def test_amounts_follow_section_7_and_are_fractions_of_what_is_left():
     assert (~channel_alive(net, g())).sum() == 9            # at least one channel kept
 
 
+@pytest.mark.parametrize('mode', ['graph', 'update'])
+@pytest.mark.parametrize('ctxs', [ONE, TWO], ids=['1ctx', '2ctx'])
+def test_channel_masks_multiply_into_existing_masks(ctxs, mode):
+    """Pruning channels on top of an existing mask keeps its values where the channel
+    survives and its zeros everywhere (a soft graph-mode mask stays soft; a binary one
+    becomes an update-mode mask with the weight zero under it), on every context."""
+    net = build('chain', ctxs)
+    name = 'chain_conv0_weight'
+    w = net.collect_params()[name]
+    rs = np.random.RandomState(5)
+    # (update mode keeps binary masks only: a soft one it refuses, tested in test_masks)
+    old = rs.choice([0.0, 0.5, 1.0] if mode == 'graph' else [0.0, 1.0],
+                    size=w.shape).astype(np.float32)
+    old[:, 0] = 1    # no channel dead yet
+    ps.apply_mask(net, {name: old})
+    weight = w.data(ctxs[0]).asnumpy()
+    ps.prune_channels(net, 2, inputs=(1, 3, 8, 8), key=name, mode=mode)
+    g = ps.trace_channels(net, (1, 3, 8, 8))[name]
+    dead = ~channel_alive(net, g)
+    assert dead.sum() == 2
+    keep = np.ones(w.shape, dtype=bool)
+    keep[dead] = False
+    want = old * keep    # get_mask answers in the weight's dtype in both modes
+    assert ps.masks.mask_mode(net, name) == mode
+    for ctx in ctxs:
+        mask = ps.get_mask(net, name)[name].as_in_context(ctx).asnumpy()
+        assert np.array_equal(mask, want)
+        stored = w.data(ctx).asnumpy()
+        assert np.array_equal(stored, weight if mode == 'graph' else weight * want)
+
+
 def test_lowest_l1_and_l2_channels_go_first_ties_by_index():
     net = build('chain', ONE)
     w = net.body[4][0].weight
@@ -304,6 +335,26 @@ def test_lowest_l1_and_l2_channels_go_first_ties_by_index():
     ps.prune_channels(net, 3, inputs=(1, 3, 8, 8), key=w.name, importance='l1')
     g = ps.trace_channels(net, (1, 3, 8, 8))[w.name]
     assert np.flatnonzero(~channel_alive(net, g)).tolist() == [2, 3, 5]
+
+
+@pytest.mark.parametrize('shape, axis, offset, stride', [
+    ((6, 4, 3, 3), 0, 0, 1), ((6, 4, 3, 3), 1, 1, 1), ((5, 12), 1, 0, 3),
+    ((5, 13), 1, 1, 4), ((7,), 0, 2, 1), ((2, 6, 3, 3, 3), 1, 0, 2)])
+def test_channel_sums_are_the_norms_of_the_channel_slices(shape, axis, offset, stride):
+    """channel_sums reduces in place what channel_view copies out: the same float64 sums
+    (summed in another order: equal to float64 rounding, 1e-12 relative is thousands of
+    ulps), members on any axis, with an offset (a concatenated input) and several entries
+    per channel (a Dense reading a Flatten)."""
+    from paramsurgery.channels.graph import Member
+    from paramsurgery.channels.importance import channel_sums, channel_view
+    arr = np.random.RandomState(0).uniform(-2, 2, shape).astype(np.float32)
+    size = (shape[axis] - offset) // stride
+    member = Member('w', axis, offset, stride)
+    view = channel_view(arr, member, size).astype(np.float64)
+    np.testing.assert_allclose(channel_sums(arr, member, size, 'l1'),
+                               np.abs(view).sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(channel_sums(arr, member, size, 'l2'),
+                               (view ** 2).sum(axis=1), rtol=1e-12)
 
 
 def test_bn_gamma_taylor_and_callable_importance():

@@ -16,6 +16,25 @@ def channel_view(arr, member, size):
     return moved.reshape(size, -1)
 
 
+def channel_sums(arr, member, size, norm):
+    """Per channel of a member, the float64 sum of ``|x|`` (``norm='l1'``) or of ``x**2``
+    (``'l2'``) over its entries of ``arr``.
+
+    Reduced over every axis but the member's, in place: a :func:`channel_view` of a member
+    whose axis is not the first is a copy, and a float64 copy of it another (for resnet50's
+    weights these copies took five times as long as the sums)."""
+    _, axis, off, st = member
+    if norm == 'l2':
+        letters = 'abcdefgh'[:arr.ndim]
+        # float64 products and sums (the float32 operands are cast in buffered chunks)
+        per_index = np.einsum('%s,%s->%s' % (letters, letters, letters[axis]), arr, arr,
+                              dtype=np.float64)
+    else:
+        others = tuple(i for i in range(arr.ndim) if i != axis)
+        per_index = np.add.reduce(np.abs(arr), axis=others, dtype=np.float64)
+    return per_index[off:off + size * st].reshape(size, st).sum(axis=1)
+
+
 def channel_rows(member, channels):
     """Indices along the member's axis that hold ``channels``."""
     _, _, off, st = member
@@ -70,9 +89,8 @@ def scores_of(state, importance, net):
     elif importance in ('l1', 'l2'):
         scores = np.zeros(size)
         for member in group.maskable:
-            view = channel_view(state.effective(member.param), member, size).astype(np.float64)
-            scores += np.abs(view).sum(axis=1) if importance == 'l1' else \
-                np.sqrt((view ** 2).sum(axis=1))
+            sums = channel_sums(state.effective(member.param), member, size, importance)
+            scores += sums if importance == 'l1' else np.sqrt(sums)
     elif importance == 'bn_gamma':
         gammas = [m for m, r in zip(group.members, group.roles) if r == 'bn_gamma']
         if not gammas:

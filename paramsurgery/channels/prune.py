@@ -13,8 +13,8 @@ from .. import _mx
 from .._amounts import check_amount
 from ..access import replicas
 from ..errors import SurgeryTypeError, SurgeryValueError, and_more
-from ..masks import apply_mask, get_mask, masked, unmasked_params
-from ..masks.apply import check_mode
+from ..masks import get_mask, masked, unmasked_params
+from ..masks.apply import apply_core_masks, check_mode
 from ..pruning_core import prune_count
 from ..select import select
 from .graph import ChannelGroup
@@ -137,7 +137,9 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     existing = {n: _mx.to_host(m) for n, m in get_mask(net, mine).items()} if mine else {}
     pruned = choose_channels(net, groups, weights, existing, amount, importance, scope,
                              round_to)
-    plan = OrderedDict()
+    # binary keep masks as the pruning core makes them (False where an existing mask is
+    # zero too), applied as the core's are: exact by construction, no validation pass
+    keeps = OrderedDict()
     touched = []
     for group, chosen in zip(groups, pruned):
         if not len(chosen):
@@ -145,11 +147,12 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
         touched.append(group.name)
         for member in group.maskable:
             name = member.param
-            if name not in plan:
-                plan[name] = np.ones(weights[name].shape, dtype=np.dtype(params[name].dtype))
-            np.moveaxis(plan[name], member.axis, 0)[channel_rows(member, chosen)] = 0
-    if plan:
-        apply_mask(net, plan, combine='multiply', mode=mode)
+            if name not in keeps:
+                keeps[name] = np.ones(weights[name].shape, dtype=bool) \
+                    if name not in existing else existing[name] != 0
+            np.moveaxis(keeps[name], member.axis, 0)[channel_rows(member, chosen)] = False
+    if keeps:
+        apply_core_masks(net, keeps, mode)
     # for shrink, next: its masks change no group (the tracer sees through weight * mask)
     remember(net, shapes, graph)
     return touched
