@@ -33,8 +33,8 @@ class Value:
     """A value validated for one parameter, ready to be written on each of its contexts.
 
     ``scalar`` is a Python number; otherwise ``array`` is a numpy array or an NDArray of
-    the parameter's dtype and number of dimensions, and ``full`` says whether it already
-    has the parameter's whole shape (else it is broadcast).
+    the parameter's dtype (a mask: also a bool numpy array) and number of dimensions, and
+    ``full`` says whether it already has the parameter's whole shape (else it is broadcast).
     """
 
     def __init__(self, scalar=None, array=None, full=False, largest=None):
@@ -174,6 +174,12 @@ def prepare(name, param, value, what, allow_nonfinite) -> Value:
             % (name, what, vshape, shape, (shape[0],) + (1,) * (len(shape) - 1)
                if shape else ()))
     full_shape = (1,) * (len(shape) - len(vshape)) + vshape
+    if what == 'mask' and isinstance(value, np.ndarray) and kind == 'b':
+        # A bool mask is exact in every dtype and finite: kept as it is, as the pruning
+        # core's masks are (the mask writers convert it per replica). Cast here, a whole
+        # set of masks was held at once as float copies as large as the weights.
+        return Value(array=value.reshape(full_shape), full=full_shape == shape,
+                     largest=float(value.any()))
     if isinstance(value, np.ndarray):
         array = value.astype(dtype, copy=False).reshape(full_shape)
         extremes = _host_extremes(array)

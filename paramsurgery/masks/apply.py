@@ -208,8 +208,11 @@ def _found_owners(net, key, params, mode):
 
 def _to_update_dtype(step, combine):
     refuse_non_binary(step.name, step.value, step.existing, combine)
-    if isinstance(step.value.array, np.ndarray):
-        step.value.array = step.value.array.astype(UPDATE_MASK_DTYPE)  # a quarter of the bytes
+    array = step.value.array
+    if isinstance(array, np.ndarray):
+        # a quarter of float32's bytes; a bool mask is viewed as it is, not copied
+        step.value.array = array.view(UPDATE_MASK_DTYPE) if array.dtype == np.bool_ else \
+            array.astype(UPDATE_MASK_DTYPE)
 
 
 def apply_masks(net, key, mask, *, combine, mode, trainer=None) -> List[str]:

@@ -25,7 +25,7 @@ def is_binary(value):
         return value.scalar in (0, 1)
     array = value.array
     if isinstance(array, np.ndarray):
-        return bool(np.all((array == 0) | (array == 1)))
+        return array.dtype == np.bool_ or bool(np.all((array == 0) | (array == 1)))
     with autograd.pause():
         return not (nd.not_equal(array, 0) * nd.not_equal(array, 1)).sum().asscalar()
 
