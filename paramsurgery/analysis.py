@@ -28,14 +28,14 @@ from ._checks import check_flag, is_real
 from ._sensitivity import KINDS, SensitivityReport
 from ._snapshot import Transaction
 from .channels import count_ops
-from .channels.importance import IMPORTANCES, channel_rows
+from .channels.importance import IMPORTANCES
 from .channels.inputs import finish_deferred, input_shapes, require_hybrid
 from .channels.ops import op_counts
-from .channels.prune import FastCounts, choose_channels, rounding, selected_groups
+from .channels.prune import FastCounts, choose_channels, keep_masks, rounding, selected_groups
 from .channels.trace import build as build_channel_graph
 from .channels.trace import check_owners
 from .errors import SurgeryTypeError, SurgeryValueError
-from .masks import apply_mask, get_mask, masked, unmasked_params
+from .masks import get_mask, masked, unmasked_params
 from .masks.apply import apply_core_masks
 from .masks.owners import owner_index, owners_checked
 from .pruning_core import magnitude_masks
@@ -200,14 +200,9 @@ class _ChannelUnits:
                                  self.importance, 'layer', self.round_to)[0]
         # Held masked exactly as prune_channels({name: amount}) masks them (so an evaluate
         # that trains cannot revive them); the trial's transaction takes the masks away.
-        plan = OrderedDict()
-        for member in group.maskable if len(chosen) else ():
-            param = self.params[member[0]]
-            if member[0] not in plan:
-                plan[member[0]] = np.ones(param.shape, dtype=np.dtype(param.dtype))
-            np.moveaxis(plan[member[0]], member[1], 0)[channel_rows(member, chosen)] = 0
-        if plan:
-            apply_mask(self.net, plan, combine='multiply', mode='graph')
+        keeps = keep_masks([(group, chosen)], self.weights, self.masks)
+        if keeps:
+            apply_core_masks(self.net, keeps, 'graph')
         removed = len(chosen)
         report = SensitivityReport('channels', 0.0, [], [{'name': name, 'amount': amount,
                                                           'removed': removed}], 0, 0,

@@ -137,25 +137,32 @@ def prune_channels(net, amount: Union[int, float], *, inputs, key=None,
     existing = {n: _mx.to_host(m) for n, m in get_mask(net, mine).items()} if mine else {}
     pruned = choose_channels(net, groups, weights, existing, amount, importance, scope,
                              round_to)
-    # binary keep masks as the pruning core makes them (False where an existing mask is
-    # zero too), applied as the core's are: exact by construction, no validation pass
+    keeps = keep_masks(zip(groups, pruned), weights, existing)
+    if keeps:
+        apply_core_masks(net, keeps, mode)
+    touched = [group.name for group, chosen in zip(groups, pruned) if len(chosen)]
+    # for shrink, next: its masks change no group (the tracer sees through weight * mask)
+    remember(net, shapes, graph)
+    return touched
+
+
+def keep_masks(chosen, weights, existing):
+    """The masks that remove the ``chosen`` channels of each ``(group, channel indices)``
+    pair from every maskable member: bool, True where kept, False where an ``existing``
+    mask (name -> numpy array) is zero too, as the pruning core makes them, so that
+    ``apply_core_masks`` multiplies them in without a validation pass (exact by
+    construction). ``weights`` (name -> numpy array) gives the shapes."""
     keeps = OrderedDict()
-    touched = []
-    for group, chosen in zip(groups, pruned):
-        if not len(chosen):
+    for group, channels in chosen:
+        if not len(channels):
             continue
-        touched.append(group.name)
         for member in group.maskable:
             name = member.param
             if name not in keeps:
                 keeps[name] = np.ones(weights[name].shape, dtype=bool) \
                     if name not in existing else existing[name] != 0
-            np.moveaxis(keeps[name], member.axis, 0)[channel_rows(member, chosen)] = False
-    if keeps:
-        apply_core_masks(net, keeps, mode)
-    # for shrink, next: its masks change no group (the tracer sees through weight * mask)
-    remember(net, shapes, graph)
-    return touched
+            np.moveaxis(keeps[name], member.axis, 0)[channel_rows(member, channels)] = False
+    return keeps
 
 
 def choose_channels(net, groups, weights, existing, amount, importance, scope, round_to):
