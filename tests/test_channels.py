@@ -705,6 +705,27 @@ def test_bert_hidden_stream_reason_names_layernorm_not_arange_like():
     assert "'bert_cells_bertcell0_ffn_ln_layernorm0'" in stream[3].reason
 
 
+def test_a_parameter_rearranged_for_anything_but_a_dense_weight_blocks():
+    """A per-channel scale reshaped to (1, C, 1, 1) and multiplied in: the tracer reads
+    rearranged parameters back only for the layer whose weight they are, so the channels it
+    meets are not prunable (shrink would not slice the scale), and the reason names the
+    reshape."""
+    class Scaled(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.conv1, self.conv2 = nn.Conv2D(4, 3), nn.Conv2D(2, 1)
+                self.scale = self.params.get('scale', shape=(4,), init='ones')
+
+        def hybrid_forward(self, F, x, scale):
+            return self.conv2(F.broadcast_mul(self.conv1(x), scale.reshape((1, -1, 1, 1))))
+
+    group = ps.trace_channels(Scaled(prefix='s_'), (1, 3, 8, 8))['s_conv0_weight']
+    assert not group.prunable
+    assert group.reason == ("is made from parameters by the Reshape 's_reshape0', which the "
+                            "tracer reads back only for the layer whose weight it is")
+
+
 def test_interleaved_self_attention_heads_are_one_group():
     """gluonnlp's interleaved self-attention (query, key and value weights reshaped by head
     and concatenated, MXNet's fused interleaved_matmul_selfatt_qk / _valatt): a head is its

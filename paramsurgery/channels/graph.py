@@ -268,6 +268,9 @@ class Rule(NamedTuple):
     # the data inputs that may hold no channels (Lost) without blocking the output: the
     # indices of an embedding, a softmax's lengths, the input of a layer making its own
     lost: tuple = ()
+    # whether its handler reads back a weight rearranged from parameters (the walk's
+    # ``derived`` nodes); any other operator sees such a tensor as one of unknown channels
+    rearranged: bool = False
 
 
 # ``Rule.lost`` of an operator whose every data input may hold no channels.

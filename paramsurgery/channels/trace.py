@@ -268,11 +268,18 @@ class _Walk:
             # weight, an RNN's flat weight vector): the layer's handler reads them back
             self.derived.add(nid)
             return
+        rule = OPERATORS.get(op)
+        reads_back = rule is not None and rule.rearranged
+        for i, o, _ in inputs:
+            if i in self.derived and not reads_back and (i, o) not in self.layout:
+                self.layout[(i, o)] = self.fresh(
+                    i, "is made from parameters by the %s '%s', which the tracer reads back "
+                    "only for the layer whose weight it is" % (self.trace.nodes[i]['op'],
+                                                               self.trace.nodes[i]['name']))
         data = [(i, o) for i, o, _ in inputs
-                if i not in self.param_src and i not in self.derived]
+                if i not in self.param_src and not (reads_back and i in self.derived)]
         in_segs = [self.segs_of(e) for e in data]
         lost = next((s for s in in_segs if isinstance(s, Lost)), None)
-        rule = OPERATORS.get(op)
         if lost is not None and rule is not None and all(
                 k in rule.lost for k, s in enumerate(in_segs) if isinstance(s, Lost)):
             # inputs whose channels the output does not carry (indices, lengths, the input
@@ -382,7 +389,7 @@ OPERATORS.update({
                             'flatten=False on rank > 2: the last axis; a weight interleaving '
                             'the rows of several parameters by heads (gluonnlp\'s query, key '
                             'and value): a group of whole heads', last=True,
-                            lost=EVERY_INPUT),
+                            lost=EVERY_INPUT, rearranged=True),
     'BatchNorm': Rule(layers.batchnorm, 'gamma, beta, running mean and variance are members'),
     'BatchNormWithReLU': Rule(layers.batchnorm, 'as BatchNorm'),
     '_contrib_BatchNormWithReLU': Rule(layers.batchnorm, 'as BatchNorm'),
@@ -431,7 +438,7 @@ OPERATORS.update({
                  "layer and direction (every gate's rows of the i2h and h2h weights and "
                  "biases, the h2h columns; the next layer's i2h columns), reads its input "
                  "through the first layer's i2h columns; from zero initial states, its final "
-                 "states unread", last=True, lost=EVERY_INPUT),
+                 "states unread", last=True, lost=EVERY_INPUT, rearranged=True),
 })
 
 
