@@ -523,3 +523,145 @@ def build(kind, ctxs, seed=0, init=None):
 def batch(n=4, seed=3, size=8):
     import numpy as np
     return mx.nd.array(np.random.RandomState(seed).uniform(-1, 1, size=(n, 3, size, size)))
+
+
+class SelfAttentionCell(gluon.HybridBlock):
+    """gluonnlp 0.10's DotProductSelfAttentionCell (BERT's), written as gluonnlp writes it:
+    query, key and value weights of its own, each reshaped into heads and concatenated into
+    one interleaved projection (whose output's last axis is ``(heads, 3, head units)``),
+    MXNet's fused ``interleaved_matmul_selfatt_qk`` and ``_valatt`` operators, and a softmax
+    over the valid lengths. Inputs are ``(tokens, batch, units)`` and the valid lengths
+    ``(batch, tokens)``; the head count and the units live in attributes (see
+    :func:`self_attention_rule`)."""
+
+    def __init__(self, units, num_heads, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self._num_heads = num_heads
+        self.units = units
+        with self.name_scope():
+            for name in ('query', 'key', 'value'):
+                setattr(self, name + '_bias', self.params.get(name + '_bias', shape=(units,),
+                                                              init='zeros'))
+            for name in ('query', 'key', 'value'):
+                setattr(self, name + '_weight', self.params.get(
+                    name + '_weight', shape=(units, units), allow_deferred_init=True))
+            self.dropout_layer = nn.Dropout(dropout)
+
+    def hybrid_forward(self, F, qkv, valid_len, query_bias, key_bias, value_bias,
+                       query_weight, key_weight, value_weight):
+        weights = [w.reshape(shape=(self._num_heads, -1, 0), reverse=True)
+                   for w in (query_weight, key_weight, value_weight)]
+        in_weight = F.concat(*weights, dim=-2).reshape(shape=(-1, 0), reverse=True)
+        biases = [b.reshape(shape=(self._num_heads, -1), reverse=True)
+                  for b in (query_bias, key_bias, value_bias)]
+        in_bias = F.stack(*biases, axis=1).reshape(-1)
+        qkv_proj = F.FullyConnected(data=qkv, weight=in_weight, bias=in_bias,
+                                    num_hidden=self.units * 3, no_bias=False, flatten=False)
+        att_score = F.contrib.interleaved_matmul_selfatt_qk(qkv_proj, heads=self._num_heads)
+        valid_len = F.broadcast_axis(F.expand_dims(valid_len, axis=1), axis=1,
+                                     size=self._num_heads)
+        valid_len = valid_len.reshape(shape=(-1, 0), reverse=True)
+        att_weights = F.softmax(att_score, length=valid_len, use_length=True, axis=-1)
+        att_weights = self.dropout_layer(att_weights)
+        context = F.contrib.interleaved_matmul_selfatt_valatt(qkv_proj, att_weights,
+                                                              heads=self._num_heads)
+        att_weights = att_weights.reshape(shape=(-1, self._num_heads, 0, 0), reverse=True)
+        return context, att_weights
+
+
+def self_attention_rule(cell, kept):
+    """The shrink rule of :class:`SelfAttentionCell` (the one paramsurgery knows for
+    gluonnlp's class): whole heads were removed, so the units per head are unchanged."""
+    per_head = cell.units // cell._num_heads
+    cell.units = cell.query_weight.shape[0]
+    cell._num_heads = cell.units // per_head
+
+
+class BertCell(gluon.HybridBlock):
+    """gluonnlp's BERTEncoderCell: the interleaved self-attention cell, the output
+    projection, a residual add and LayerNorm, the position-wise feed-forward block (dense,
+    GELU, dense, residual add, LayerNorm). Inputs are ``(tokens, batch, units)`` and the
+    valid lengths ``(batch, tokens)``."""
+
+    def __init__(self, units=16, hidden=32, heads=4, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.attention_cell = SelfAttentionCell(units, heads, prefix='attention_')
+            self.proj = nn.Dense(units, flatten=False, prefix='proj_')
+            self.ffn_1 = nn.Dense(hidden, flatten=False, prefix='ffn_1_')
+            self.activation = nn.GELU()
+            self.ffn_2 = nn.Dense(units, flatten=False, prefix='ffn_2_')
+            self.ffn_layer_norm = nn.LayerNorm(prefix='ffn_ln_')
+            self.layer_norm = nn.LayerNorm(prefix='ln_')
+
+    def hybrid_forward(self, F, x, valid_len):
+        context, _ = self.attention_cell(x, valid_len)
+        x = self.layer_norm(self.proj(context) + x)
+        return self.ffn_layer_norm(self.ffn_2(self.activation(self.ffn_1(x))) + x)
+
+
+class Bert(gluon.HybridBlock):
+    """gluonnlp's BERTModel over its BERTEncoder, written as gluonnlp writes them: token
+    embeddings turned to the ``(tokens, batch, units)`` layout, positions from
+    ``arange_like`` embedded and added, LayerNorm, :class:`BertCell` layers given the valid
+    lengths, ``SequenceMask`` and the layout turned back. The input is the token indices
+    ``(batch, tokens)``; the valid lengths are made from its shape (tokens, tokens - 1, ...;
+    batch <= tokens), so that the net has one input."""
+
+    def __init__(self, units=16, hidden=32, heads=4, layers=2, vocab=20, max_length=16,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self._units, self._max_length = units, max_length
+        with self.name_scope():
+            self.word_embed = nn.Embedding(vocab, units, prefix='word_embed_')
+            self.position_weight = self.params.get('position_weight',
+                                                   shape=(max_length, units))
+            self.layer_norm = nn.LayerNorm(prefix='ln_')
+            self.cells = nn.HybridSequential(prefix='cells_')
+            with self.cells.name_scope():
+                for _ in range(layers):
+                    self.cells.add(BertCell(units, hidden, heads))
+
+    def hybrid_forward(self, F, tokens, position_weight):
+        x = self.word_embed(tokens).transpose((1, 0, 2))
+        steps = F.contrib.arange_like(x, axis=0)
+        valid_length = F.broadcast_sub(F.sum(F.ones_like(steps), axis=0, keepdims=True),
+                                       F.contrib.arange_like(x, axis=1))
+        valid_len = F.broadcast_add(F.reshape(valid_length, shape=(-1, 1)),
+                                    F.reshape(F.zeros_like(steps), shape=(1, -1)))
+        valid_len = F.cast(valid_len, dtype='int32')
+        positions = F.Embedding(steps, position_weight, self._max_length, self._units)
+        x = self.layer_norm(F.broadcast_add(x, F.expand_dims(positions, axis=1)))
+        for cell in self.cells:
+            x = cell(x, valid_len)
+        x = F.SequenceMask(x, sequence_length=valid_length, use_sequence_length=True, axis=0)
+        return x.transpose((1, 0, 2))
+
+
+class FusedAttention(gluon.HybridBlock):
+    """MXNet's fused self-attention fed by one Dense of ``3 * units`` features (its rows laid
+    out ``(heads, 3, head units)``), and an output projection. Inputs are ``(tokens, batch,
+    units)``; the head count lives in an attribute (see :func:`fused_attention_rule`)."""
+
+    def __init__(self, units=8, heads=2, **kwargs):
+        super().__init__(**kwargs)
+        self._units, self._heads = units, heads
+        with self.name_scope():
+            self.qkv = nn.Dense(3 * units, flatten=False, prefix='qkv_')
+            self.out = nn.Dense(units, flatten=False, prefix='out_')
+            self.ln = nn.LayerNorm(prefix='ln_')
+
+    def hybrid_forward(self, F, x):
+        proj = self.qkv(x)
+        att = F.softmax(F.contrib.interleaved_matmul_selfatt_qk(proj, heads=self._heads),
+                        axis=-1)
+        context = F.contrib.interleaved_matmul_selfatt_valatt(proj, att, heads=self._heads)
+        return self.ln(x + self.out(context))
+
+
+def fused_attention_rule(block, kept):
+    """The shrink rule of :class:`FusedAttention`: whole heads were removed, so the units per
+    head are unchanged."""
+    per_head = block._units // block._heads
+    block._units = block.out.weight.shape[1]
+    block._heads = block._units // per_head

@@ -21,10 +21,13 @@ def hybridize(request):
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gluoncv`` need gluoncv (``pip install --no-deps gluoncv==0.10.5.post0
     portalocker``): they run when asked for (``-m gluoncv``), and then fail if it is
-    missing; otherwise they are skipped, saying how to run them."""
-    if 'gluoncv' in (config.getoption('-m') or ''):
-        return
-    skip = pytest.mark.skip(reason='gluoncv nets: run with -m gluoncv (see docs/shrink.md)')
-    for item in items:
-        if 'gluoncv' in item.keywords:
-            item.add_marker(skip)
+    missing; otherwise they are skipped, saying how to run them. Tests marked ``gluonnlp``
+    likewise run only with ``-m gluonnlp`` (and skip when gluonnlp is not importable)."""
+    for marker in ('gluoncv', 'gluonnlp'):
+        if marker in (config.getoption('-m') or ''):
+            continue
+        skip = pytest.mark.skip(reason='%s nets: run with -m %s (see docs/shrink.md)'
+                                % (marker, marker))
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)

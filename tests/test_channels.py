@@ -732,6 +732,89 @@ def test_register_shrink_rule_bad_arguments(block_class, rule, text):
     with pytest.raises(ps.SurgeryTypeError, match=text):
         ps.register_shrink_rule(block_class, rule)
     assert dict(_SHRINK_RULES) == before
+def test_bert_hidden_stream_reason_names_layernorm_not_arange_like():
+    """A BERT written as gluonnlp writes it ((tokens, batch, units) layout, positions from
+    arange_like embedded and added): arange_like reads only a shape, so the hidden stream
+    (token and position embeddings, every residual) is blocked by the LayerNorms that
+    normalise it, and its reason says so; the position embedding's columns are members."""
+    from channel_nets import Bert
+    graph = ps.trace_channels(Bert(prefix='bert_'), (4, 5))
+    stream = [graph[name] for name in (
+        'bert_word_embed_weight', 'bert_cells_bertcell0_proj_weight',
+        'bert_cells_bertcell0_ffn_2_weight', 'bert_cells_bertcell1_proj_weight',
+        'bert_cells_bertcell1_ffn_2_weight')]
+    for group in stream:
+        assert not group.prunable and group.size == 16
+        assert 'arange_like' not in group.reason and 'SequenceMask' not in group.reason
+        assert group.reason.startswith("passes the LayerNorm 'bert_"), group.reason
+        assert 'which normalises over axis -1: removing a channel changes the mean and ' \
+            'variance of every other one' in group.reason
+    assert stream[0].members == [('bert_word_embed_weight', 1, 0, 1),
+                                 ('bert_position_weight', 1, 0, 1)]
+    assert "passes the LayerNorm 'bert_ln_layernorm0'" in stream[0].reason
+    # the second cell's residual reads what the first cell's feed-forward LayerNorm made
+    assert "'bert_cells_bertcell0_ffn_ln_layernorm0'" in stream[3].reason
+
+
+def test_a_parameter_rearranged_for_anything_but_a_dense_weight_blocks():
+    """A per-channel scale reshaped to (1, C, 1, 1) and multiplied in: the tracer reads
+    rearranged parameters back only for the layer whose weight they are, so the channels it
+    meets are not prunable (shrink would not slice the scale), and the reason names the
+    reshape."""
+    class Scaled(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.conv1, self.conv2 = nn.Conv2D(4, 3), nn.Conv2D(2, 1)
+                self.scale = self.params.get('scale', shape=(4,), init='ones')
+
+        def hybrid_forward(self, F, x, scale):
+            return self.conv2(F.broadcast_mul(self.conv1(x), scale.reshape((1, -1, 1, 1))))
+
+    group = ps.trace_channels(Scaled(prefix='s_'), (1, 3, 8, 8))['s_conv0_weight']
+    assert not group.prunable
+    assert group.reason == ("is made from parameters by the Reshape 's_reshape0', which the "
+                            "tracer reads back only for the layer whose weight it is")
+
+
+def test_interleaved_self_attention_heads_are_one_group():
+    """gluonnlp's interleaved self-attention (query, key and value weights reshaped by head
+    and concatenated, MXNet's fused interleaved_matmul_selfatt_qk / _valatt): a head is its
+    rows of the three weights and biases and its columns of the output projection; the
+    group names the fused operator and the cell until the cell's rule is registered; the
+    feed-forward units are a group too."""
+    from channel_nets import Bert, SelfAttentionCell, self_attention_rule
+    name = 'bert_cells_bertcell0_attention_query_weight'
+    cell = 'bert_cells_bertcell0_attention_'
+    plain = ps.trace_channels(Bert(prefix='bert_'), (4, 5))
+    heads = plain[name]
+    assert heads.size == 4 and not heads.prunable
+    # 4 heads of 4 units: head h is rows 4h..4h+3 of each weight and bias, and columns
+    # 4h..4h+3 of the output projection
+    assert heads.members == [(cell + part, 0, 0, 4) for kind in ('query', 'key', 'value')
+                             for part in (kind + '_weight', kind + '_bias')] + [
+        ('bert_cells_bertcell0_proj_weight', 1, 0, 4)]
+    assert heads.producers == [cell + 'query_weight', cell + 'key_weight',
+                               cell + 'value_weight']
+    assert heads.reason == (
+        "splits its channels into attention heads in the _contrib_interleaved_matmul_selfatt_qk "
+        "'%sinterleaved_matmul_selfatt_qk0' of SelfAttentionCell '%s', whose head count "
+        "shrink cannot update: register a rule with ps.register_shrink_rule("
+        "SelfAttentionCell, rule) (docs/shrink.md#blocks-with-their-own-channel-counts)"
+        % (cell, cell[:-1]))
+    assert [g.name for g in plain.prunable] == ['bert_cells_bertcell0_ffn_1_weight',
+                                                'bert_cells_bertcell1_ffn_1_weight']
+    try:
+        ps.register_shrink_rule(SelfAttentionCell, self_attention_rule)
+        graph = ps.trace_channels(Bert(prefix='bert_'), (4, 5))
+    finally:
+        ps.register_shrink_rule(SelfAttentionCell, None)
+    assert graph[name].prunable and graph[name].members == heads.members
+    assert [g.name for g in graph.prunable] == [
+        name, 'bert_cells_bertcell0_ffn_1_weight',
+        'bert_cells_bertcell1_attention_query_weight', 'bert_cells_bertcell1_ffn_1_weight']
+
+
 # --------------------------------------------------------------------------- round_to='fast'
 
 def _fast_model(monkeypatch, net, counts):

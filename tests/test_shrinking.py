@@ -35,6 +35,14 @@ FLOAT64 = 1e-9
 # is at most 1.2e-6 relative per net (two nets: 2.4e-6) over the zoo nets; shrink's own check
 # bound (1e-4) holds that with a 40x margin, and nothing here may be looser than that check.
 FLOAT32 = RTOL
+# FUSED32: does shrink slice right, on a net MXNet runs in float32 only (its fused attention
+# operators, interleaved_matmul_selfatt_*, refuse float64 on CPU)? The masked and the shrunk
+# net add the same non-zero products in another order: rounding only, eps32 (6e-8) times the
+# net's error growth. LayerNorm nets grow less than FLOAT64's worst (~600 eps, train-mode
+# BatchNorm): 600 * 6e-8 = 3.6e-5 bounds it, and shrink's own check bound (RTOL, 1e-4) is
+# above that; a wrong slice (another head's rows, a head count that did not follow) moves
+# outputs by 1e-2 relative and more.
+FUSED32 = RTOL
 
 
 def in_float64(net, *arrays):
@@ -738,13 +746,13 @@ def test_update_mode_channel_masks_shrink_and_keep_training(ctxs):
 COVERAGE = ['resnext', 'gluoncv_se', 'xception', 'hrnet', 'fcn', 'deconv']
 
 
-def train_alike(masked, shrunk, trainers, x, ctxs, steps):
-    """Shrunk == masked (FLOAT64) in predict and train mode, before each of ``steps``
-    training steps of both nets."""
+def train_alike(masked, shrunk, trainers, x, ctxs, steps, rtol=FLOAT64):
+    """Shrunk == masked (FLOAT64 unless told) in predict and train mode, before each of
+    ``steps`` training steps of both nets."""
     for i in range(steps):
-        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs), FLOAT64)
+        assert_close(outputs(masked, x, ctxs), outputs(shrunk, x, ctxs), rtol)
         assert_close(outputs(masked, x, ctxs, train=True), outputs(shrunk, x, ctxs, train=True),
-                     FLOAT64)
+                     rtol)
         step(masked, trainers[0], x + i, ctxs)
         step(shrunk, trainers[1], x + i, ctxs)
 
@@ -994,6 +1002,108 @@ def test_a_failing_shrink_rule_changes_nothing(ctxs, tmp_path):
         ps.register_shrink_rule(MultiHeadAttentionCell, None)
 
 
+@pytest.fixture
+def self_attention_rules():
+    """The shrink rule of the gluonnlp-style interleaved self-attention cell, for one test."""
+    from channel_nets import SelfAttentionCell, self_attention_rule
+    ps.register_shrink_rule(SelfAttentionCell, self_attention_rule)
+    yield
+    ps.register_shrink_rule(SelfAttentionCell, None)
+
+
+def test_interleaved_self_attention_heads_shrink_and_keep_training(ctxs, hybridize,
+                                                                   self_attention_rules,
+                                                                   tmp_path):
+    """A BERT written as gluonnlp writes it (interleaved query/key/value projection, MXNet's
+    fused self-attention operators, valid lengths): half the heads of every layer (the
+    three weights' and biases' rows of whole heads, the output projection's columns; the
+    cell's head count and units through its rule) and half the feed-forward units removed;
+    shrunk == masked in predict and train mode, before and while training (FUSED32); every
+    counted layer loses half: 2x fewer MACs; apply_plan + load_parameters rebuild it."""
+    from channel_nets import Bert
+    x = mx.nd.array(np.random.RandomState(4).randint(0, 20, size=(4, 5)))
+    nets, trainers = [], []
+    for _ in range(2):
+        net = Bert(prefix='bert_')
+        mx.random.seed(2)
+        net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
+        if hybridize:
+            net.hybridize()
+        assert ps.prune_channels(net, 0.5, inputs=x) == [
+            'bert_cells_bertcell0_attention_query_weight', 'bert_cells_bertcell0_ffn_1_weight',
+            'bert_cells_bertcell1_attention_query_weight', 'bert_cells_bertcell1_ffn_1_weight']
+        nets.append(net)
+        trainers.append(stepped_trainer(net, x, ctxs, 'adam', {'learning_rate': 0.01}))
+    masked, shrunk = nets
+    macs = ps.count_ops(shrunk, x)[0]
+    # (count_ops counts per entry of axis 0: the 4 sequences of the (tokens, batch) layout)
+    assert macs == 2 * 4 * (3 * 16 * 16 + 16 * 16 + 2 * 16 * 32)
+    before = {n: p.data(ctxs[0]).asnumpy() for n, p in shrunk.collect_params().items()}
+    plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+    for k, layer in enumerate(shrunk.cells):
+        cell, prefix = layer.attention_cell, 'bert_cells_bertcell%d_' % k
+        heads = plan.kept[prefix + 'attention_query_weight']
+        assert len(heads) == 2 and cell._num_heads == 2 and cell.units == 8
+        rows = (4 * np.asarray(heads)[:, None] + np.arange(4)).ravel()   # whole heads of 4
+        for part in ('query', 'key', 'value'):
+            for kind in ('weight', 'bias'):
+                param = getattr(cell, '%s_%s' % (part, kind))
+                np.testing.assert_array_equal(
+                    param.data(ctxs[0]).asnumpy(),
+                    before['%sattention_%s_%s' % (prefix, part, kind)][rows])
+        np.testing.assert_array_equal(layer.proj.weight.data(ctxs[0]).asnumpy(),
+                                      before[prefix + 'proj_weight'][:, rows])
+        assert layer.proj._in_units == 8 and layer.ffn_1._units == 16
+    assert ps.count_ops(shrunk, x)[0] * 2 == macs
+    train_alike(masked, shrunk, trainers, x, ctxs, steps=2, rtol=FUSED32)
+    assert ps.check_params(shrunk) == []
+    ref = outputs(shrunk, x, ONE)
+    ps.remove_mask(shrunk, ps.masked(shrunk))
+    shrunk.save_parameters(str(tmp_path / 'bert.params'))
+    fresh = Bert(prefix='bert_')
+    ps.apply_plan(fresh, plan)
+    assert [c.attention_cell._num_heads for c in fresh.cells] == [2, 2]
+    fresh.load_parameters(str(tmp_path / 'bert.params'))
+    if hybridize:
+        fresh.hybridize()
+    assert_close(ref, outputs(fresh, x, ONE), FLOAT32)
+
+
+def test_fused_attention_after_one_dense_shrinks_whole_heads(ctxs, hybridize):
+    """MXNet's fused self-attention fed by one Dense: a head is 3 * head units consecutive
+    rows of it (query, key, value) and head units columns of the output projection; with the
+    block's rule, half the heads go and shrunk == masked (FUSED32) while training."""
+    from channel_nets import FusedAttention, fused_attention_rule
+    x = mx.nd.array(np.random.RandomState(4).uniform(-1, 1, size=(5, 4, 8)))
+    ps.register_shrink_rule(FusedAttention, fused_attention_rule)
+    try:
+        nets, trainers = [], []
+        for _ in range(2):
+            net = FusedAttention(8, 4, prefix='fa_')
+            mx.random.seed(2)
+            net.initialize(mx.init.Xavier(magnitude=2.5), ctx=ctxs)
+            if hybridize:
+                net.hybridize()
+            group = ps.trace_channels(net, x)['fa_qkv_weight']
+            assert group.size == 4 and group.members == [
+                ('fa_qkv_weight', 0, 0, 6), ('fa_qkv_bias', 0, 0, 6), ('fa_out_weight', 1, 0, 2)]
+            assert ps.prune_channels(net, 0.5, inputs=x) == ['fa_qkv_weight']
+            nets.append(net)
+            trainers.append(stepped_trainer(net, x, ctxs, 'sgd', {'learning_rate': 0.05,
+                                                                 'momentum': 0.9}))
+        masked, shrunk = nets
+        plan = ps.shrink(shrunk, inputs=x, trainer=trainers[1])
+        heads = plan.kept['fa_qkv_weight']
+        assert len(heads) == 2 and shrunk._heads == 2 and shrunk.qkv.weight.shape == (12, 8)
+        np.testing.assert_array_equal(
+            shrunk.out.weight.data(ctxs[0]).asnumpy(),
+            masked.out.weight.data(ctxs[0]).asnumpy()[
+                :, (2 * np.asarray(heads)[:, None] + np.arange(2)).ravel()])
+        train_alike(masked, shrunk, trainers, x, ctxs, steps=2, rtol=FUSED32)
+    finally:
+        ps.register_shrink_rule(FusedAttention, None)
+
+
 def test_transposed_convolutions_resized_on_both_channel_axes(ctxs, hybridize):
     """A transposed convolution's weight is (in, out / groups, k, k): shrink keeps the rows
     of the kept input channels and the columns of the kept output channels, and the block's
@@ -1190,6 +1300,72 @@ def test_gluoncv_nets_shrink_and_keep_training(name):
     after = snapshot(net)
     assert any(a.tobytes() != b.tobytes() for n in before for a, b in zip(before[n], after[n]))
     assert ps.check_params(net) == []
+
+
+# --------------------------------------------------------------------------- gluonnlp (optional)
+
+def gluonnlp_bert():
+    """gluonnlp 0.10.0's BERTModel with a BERT-base-shaped encoder of 2 layers (768 units,
+    12 heads, 3072 feed-forward units), built directly (get_model downloads)."""
+    pytest.importorskip('gluonnlp')
+    from gluonnlp.model.bert import BERTEncoder, BERTModel
+    encoder = BERTEncoder(num_layers=2, units=768, hidden_size=3072, max_length=64,
+                          num_heads=12, dropout=0.0, output_attention=False,
+                          output_all_encodings=False, prefix='enc_')
+    return BERTModel(encoder, vocab_size=30, token_type_vocab_size=2, units=768,
+                     embed_size=768, word_embed=None, use_pooler=False, use_decoder=False,
+                     use_classifier=False, prefix='bert_')
+
+
+@pytest.mark.gluonnlp
+def test_gluonnlp_bert_heads_and_feed_forward_units_shrink(tmp_path):
+    """gluonnlp's real BERT (its DotProductSelfAttentionCell's interleaved projection and
+    MXNet's fused operators, valid lengths): prune_channels(0.5) removes half the heads and
+    half the feed-forward units of every layer; shrink (gluonnlp's cell's rule is known)
+    computes what the masked net did on two contexts, hybridised (FUSED32); every counted
+    layer loses half: exactly 2x fewer MACs; apply_plan rebuilds it; training goes on."""
+    inputs = (mx.nd.array(np.random.RandomState(0).randint(0, 30, size=(4, 8))),
+              mx.nd.array(np.random.RandomState(1).randint(0, 2, size=(4, 8))),
+              mx.nd.array([8, 5, 3, 8]))
+    nets = []
+    for _ in range(2):
+        net = gluonnlp_bert()
+        mx.random.seed(0)
+        net.initialize(mx.init.Xavier(), ctx=TWO)
+        net.hybridize()
+        cells = ['enc_transformer%d_%s' % (k, name) for k in range(2) for name in (
+            'dotproductselfattentioncell0_query_weight', 'positionwiseffn0_ffn_1_weight')]
+        assert [(g.name, g.size) for g in ps.trace_channels(net, *inputs).prunable] == [
+            (name, 12 if 'query' in name else 3072) for name in cells]
+        assert ps.prune_channels(net, 0.5, inputs=inputs) == cells
+        nets.append(net)
+    masked, shrunk = nets
+    macs = ps.count_ops(shrunk, *inputs)[0]
+    trainer = gluon.Trainer(shrunk.collect_params(), 'sgd', {'learning_rate': 0.01,
+                                                              'momentum': 0.9})
+    plan = ps.shrink(shrunk, inputs=inputs, trainer=trainer)
+    assert ps.count_ops(shrunk, *inputs)[0] * 2 == macs
+    for layer in shrunk.encoder.transformer_cells:
+        cell = layer.attention_cell
+        assert cell._num_heads == 6 and cell.units == 384
+        assert cell.query_weight.shape == cell.value_weight.shape == (384, 768)
+        assert layer.proj.weight.shape == (768, 384)
+        assert layer.ffn.ffn_1.weight.shape == (1536, 768)
+    for ctx in TWO:
+        on = [a.as_in_context(ctx) for a in inputs]
+        assert_close([masked(*on).asnumpy()], [shrunk(*on).asnumpy()], FUSED32)
+    fresh = gluonnlp_bert()
+    ps.apply_plan(fresh, plan)
+    assert [c.attention_cell._num_heads for c in fresh.encoder.transformer_cells] == [6, 6]
+    before = snapshot(shrunk)
+    with autograd.record():
+        losses = [(shrunk(*[a.as_in_context(ctx) for a in inputs]) ** 2).mean() for ctx in TWO]
+    autograd.backward(losses)
+    trainer.step(4)
+    after = snapshot(shrunk)
+    assert all(any(a.tobytes() != b.tobytes() for a, b in zip(before[n], after[n]))
+               for n in before if n.endswith('query_weight'))
+    assert ps.check_params(shrunk) == []
 
 
 # --------------------------------------------------------------------------- one trace

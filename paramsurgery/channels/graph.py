@@ -63,6 +63,9 @@ class Lost(NamedTuple):
     channel-last Pooling, a Dense with flatten=False on rank > 2): nothing downstream is
     followed, and a Convolution or Dense reading it starts a group of its own."""
     reason: str
+    # False when the operator read only its input's shape (``arange_like``): the input's
+    # channels are not blocked by it
+    blocks: bool = True
 
 
 class Along(NamedTuple):
@@ -219,6 +222,7 @@ class Node(NamedTuple):
     in_segs: list       # the layout of each data input
     param_src: dict     # node id -> the parameter that node stands for
     layout: dict        # (node id, output) -> layout, for the tensors traced so far
+    derived: Any = frozenset()  # nodes computing a tensor from parameters (reshape, concat)
 
     @property
     def name(self):
@@ -261,6 +265,16 @@ class Rule(NamedTuple):
     handler: Callable[[Node], Any]
     channels: str       # what the operator does with channels (docs/shrink.md's table)
     last: bool = False  # whether it also follows channels on the last axis (Along)
+    # the data inputs that may hold no channels (Lost) without blocking the output: the
+    # indices of an embedding, a softmax's lengths, the input of a layer making its own
+    lost: tuple = ()
+    # whether its handler reads back a weight rearranged from parameters (the walk's
+    # ``derived`` nodes); any other operator sees such a tensor as one of unknown channels
+    rearranged: bool = False
+
+
+# ``Rule.lost`` of an operator whose every data input may hold no channels.
+EVERY_INPUT = tuple(range(8))
 
 
 class Problem(NamedTuple):

@@ -6,9 +6,12 @@ Each handler is ``handler(node) -> layout`` (see :mod:`.graph` and the table in
 the layout of the node's output.
 """
 import re
+from typing import NamedTuple
 
+import mxnet as mx
 import numpy as np
 
+from .. import _mx
 from .graph import CHANNEL_FIRST, UNKNOWN, Along, Blocked, Lost, Segment, Slot, Split, flag
 
 
@@ -224,6 +227,9 @@ def dense(n):
     bias = None if no_bias else n.param(2)
     flatten = flag(attrs, 'flatten', 'True')
     shape = n.in_shape()
+    if len(n.data) == 1 and shape is not None and weight is None and \
+            n.node['inputs'][1][0] in n.derived:
+        return _interleaved_dense(n, no_bias, flatten, shape)
     if len(n.data) != 1 or weight is None or (not no_bias and bias is None) or shape is None:
         return UNKNOWN
     segs, units = n.in_segs[0], int(attrs['num_hidden'])
@@ -254,6 +260,95 @@ def dense(n):
             n.spaces.add(sp, weight, 1, off * mult, st * mult, 'input')
     out = _produced(n.spaces, n.spaces.new(units, n.nid, weight), weight, bias)
     return Along(out) if len(shape) > 2 and not flatten else out
+
+
+class Interleaved(NamedTuple):
+    """A weight (or bias) whose rows interleave the rows of several parameters by heads:
+    row ``h * J * D + j * D + d`` is row ``h * D + d`` of ``params[j]`` (gluonnlp's
+    self-attention: J = 3, query, key and value)."""
+    params: list
+    heads: int
+    per: int        # D, the rows of one head of one parameter
+
+
+def param_rows(n, k):
+    """``(params, rows)``: for every row of input ``k`` of the node, computed from parameters
+    by reshapes, concatenations and stacks, the parameter and its row it copies (each row
+    copied whole); None when it is not such a tensor. The arrangement is computed by
+    running those operators on the parameters' row numbers."""
+    nodes, param_src = n.trace.nodes, n.param_src
+    names = []
+
+    def value(nid, which):
+        if nid in param_src:
+            name = param_src[nid]
+            shape = n.trace.shapes.get(name) or n.trace.all_params[name].shape
+            if name not in names:
+                names.append(name)
+            if which == 'rows':
+                code = names.index(name) * 2 ** 24 + np.arange(shape[0])
+                return np.broadcast_to(code.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+            return np.broadcast_to(np.arange(int(np.prod(shape[1:])), dtype=np.float64)
+                                   .reshape((1,) + tuple(shape[1:])), shape)
+        node = nodes[nid]
+        args = [mx.nd.array(value(i, which), dtype='float64') for i, _, _ in node['inputs']]
+        attrs = node.get('attrs', node.get('attr', {})) or {}
+        return _mx.to_host(getattr(mx.nd, node['op'])(*args, **attrs))
+
+    nid = n.node['inputs'][k][0]
+    try:
+        rows, cols = value(nid, 'rows'), value(nid, 'cols')
+    except (mx.base.MXNetError, AttributeError, TypeError, ValueError):
+        return None
+    rows = rows.reshape(rows.shape[0], -1)
+    if (rows != rows[:, :1]).any() or (cols.reshape(cols.shape[0], -1) !=
+                                       np.arange(rows.shape[1])).any():
+        return None
+    rows = rows[:, 0].astype(np.int64)
+    return names, [(names[r >> 24], int(r & (2 ** 24 - 1))) for r in rows]
+
+
+def interleaved(n, k):
+    """The :class:`Interleaved` arrangement of input ``k`` of the node, or None."""
+    found = param_rows(n, k)
+    if found is None or len(found[0]) < 2:
+        return None
+    names, rows = found
+    total = len(rows) // len(names)
+    for heads in range(1, total + 1):
+        per = total // heads
+        if total % heads == 0 and rows == [
+                (names[j], h * per + d) for h in range(heads) for j in range(len(names))
+                for d in range(per)]:
+            return Interleaved(names, heads, per)
+    return None
+
+
+def _interleaved_dense(n, no_bias, flatten, shape):
+    """A FullyConnected whose weight interleaves the rows of several parameters by heads:
+    a head (its rows of every parameter, and of the biases arranged the same way) is one
+    channel of the output, which holds it in ``J * D`` consecutive features."""
+    weight = interleaved(n, 1)
+    bias = None if no_bias else interleaved(n, 2)
+    if weight is None or (not no_bias and (bias is None or bias[1:] != weight[1:])) or \
+            isinstance(n.in_segs[0], Along) and (n.in_segs[0].at(len(shape)) != len(shape) - 1
+                                                 or n.in_segs[0].inner != 1) or \
+            not isinstance(n.in_segs[0], Along) and n.in_segs[0]:
+        return Blocked("passes the FullyConnected '%s', whose weight is computed from "
+                       "parameters in a way the tracer does not read back (it reads rows "
+                       "of several parameters interleaved by heads)" % n.name)
+    spaces = n.spaces
+    for param in weight.params:
+        for sp, off, st in (n.in_segs[0].segs if n.in_segs[0] else ()):
+            spaces.add(sp, param, 1, off, st, 'input')
+    out = spaces.new(weight.heads, n.nid, weight.params[0])
+    for j, param in enumerate(weight.params):
+        spaces.producers[out].append(param)
+        spaces.add(out, param, 0, 0, weight.per, 'weight')
+        if bias is not None:
+            spaces.add(out, bias.params[j], 0, 0, weight.per, 'bias')
+    segs = [Segment(out, 0, len(weight.params) * weight.per)]
+    return Along(segs) if len(shape) > 2 and not flatten else segs
 
 
 def leaky(n):

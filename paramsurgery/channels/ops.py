@@ -66,7 +66,9 @@ def op_counts(trace):
         inputs = node['inputs']
         if op in ('Convolution', 'Deconvolution', 'FullyConnected'):
             wname = src(inputs[1])
-            wshape = trace.shapes.get(wname)
+            # the weight the layer reads: a parameter's shape, or that of the parameters
+            # rearranged into it (gluonnlp's interleaved query, key and value: 3x its rows)
+            wshape = trace.shape(*inputs[1][:2]) or trace.shapes.get(wname)
             out = trace.shape(nid)
             if wshape is None or out is None:
                 continue

@@ -27,9 +27,10 @@ def register_shrink_rule(block_class: type,
     attributes match the new shapes. The tracer splits channels into attention heads, or
     into radix splits by a count written in a reshape (ResNeSt's split attention), only
     inside a block that has a rule (the block or an enclosing one): other such groups are
-    not prunable, and their reason says to register one. gluoncv's ``SplitAttentionConv``
-    and Gluon's ``rnn.LSTM``, ``GRU`` and ``RNN`` layers (their hidden size) have theirs
-    already. See docs/shrink.md#blocks-with-their-own-channel-counts.
+    not prunable, and their reason says to register one. gluoncv's ``SplitAttentionConv``,
+    gluonnlp's ``DotProductSelfAttentionCell`` (BERT's fused self-attention) and Gluon's
+    ``rnn.LSTM``, ``GRU`` and ``RNN`` layers (their hidden size) have theirs already. See
+    docs/shrink.md#blocks-with-their-own-channel-counts.
 
     Parameters
     ----------
@@ -123,6 +124,16 @@ def _split_attention_rule(block, kept):
     block.channels = block.conv.weight.shape[0] // block.radix
 
 
+def _self_attention_rule(cell, kept):
+    """gluonnlp's DotProductSelfAttentionCell (BERT's) keeps its head count and units in
+    attributes: its reshapes split the query, key and value weights into ``_num_heads``
+    heads and its FullyConnected makes ``units * 3`` features. Whole heads were removed, so
+    the units per head are unchanged."""
+    per_head = cell.units // cell._num_heads
+    cell.units = cell.query_weight.shape[0]
+    cell._num_heads = cell.units // per_head
+
+
 def _rnn_layer_rule(block, kept):
     """Gluon's rnn.LSTM, GRU and RNN layers keep their hidden size (which makes their zero
     begin state and the RNN operator's ``state_size``) in an attribute."""
@@ -132,14 +143,15 @@ def _rnn_layer_rule(block, kept):
 # Rules of blocks whose counts the generic resize does not know, by the class's module and
 # name, so that their package need not be imported to know them; a rule registered for the
 # class comes first.
-_KNOWN_RULES = {'gluoncv.nn.splat.SplitAttentionConv': _split_attention_rule}
+_KNOWN_RULES = {'gluoncv.nn.splat.SplitAttentionConv': _split_attention_rule,
+                'gluonnlp.model.bert.DotProductSelfAttentionCell': _self_attention_rule}
 _KNOWN_RULES.update({'mxnet.gluon.rnn.rnn_layer.' + name: _rnn_layer_rule
                      for name in ('LSTM', 'GRU', 'RNN')})
 
 
 def shrink_rule_of(block):
     """The rule registered for ``block``'s class or its nearest registered base (or known
-    for it: gluoncv's SplitAttentionConv), or None."""
+    for it: gluoncv's SplitAttentionConv, gluonnlp's DotProductSelfAttentionCell), or None."""
     for cls in type(block).__mro__:
         if cls in _SHRINK_RULES:
             return _SHRINK_RULES[cls]

@@ -74,6 +74,13 @@ def _reshape_along(n, segs, a, b):
         return list(segs.segs)                     # (N * H, ...) -> (N, H, ...)
     if segs.inner != 1:
         return None
+    kept_a = [k for k, d in enumerate(a) if d != 1]
+    kept_b = [k for k, d in enumerate(b) if d != 1]
+    if len(a) != len(b) and c in kept_a and [a[k] for k in kept_a] == [b[k] for k in kept_b]:
+        # axes of size 1 added or removed (expand_dims to broadcast over the batch)
+        at = kept_b[kept_a.index(c)]
+        if at:
+            return list(segs.segs) if at == 1 else Along(segs.segs, at - len(b))
     if c == len(a) - 1 and len(b) == len(a) + 1 and b[:-2] == a[:-1] and \
             b[-2] * b[-1] == a[-1]:
         # (..., H * D) -> (..., H, D): a channel becomes a head of D units
@@ -193,7 +200,91 @@ def _along_axis(n, axis, what):
 
 
 def softmax(n):
+    if flag(n.attrs, 'use_length') and len(n.data) == 2 == len(n.node['inputs']):
+        # the lengths (a row's valid entries, the same for every head) hold no channels
+        for sp, _, _ in n.in_segs[1]:
+            n.spaces.block(sp, "gives the lengths of the softmax '%s'" % n.name)
+        n = n._replace(data=n.data[:1], in_segs=n.in_segs[:1],
+                       node=dict(n.node, inputs=n.node['inputs'][:1]))
     return _along_axis(n, int(n.attrs.get('axis', -1)), 'over')
+
+
+def sequence_mask(n):
+    """``SequenceMask`` zeroes whole steps of the sequence axis: the channels on a third
+    axis stay where they are; the lengths hold no channels."""
+    segs, ndim = n.in_segs[0] if n.in_segs else None, len(n.in_shape() or ())
+    axis = int(n.attrs.get('axis', 0))
+    if not isinstance(segs, Along) or not ndim or segs.at(ndim) in (0, 1) or \
+            segs.inner != 1 or len(n.data) != len(n.node['inputs']):
+        return Blocked("passes the SequenceMask '%s' (axis=%d) with its channels on the "
+                       "sequence or batch axis" % (n.name, axis))
+    for sp, _, _ in (n.in_segs[1] if len(n.in_segs) > 1 else ()):
+        n.spaces.block(sp, "gives the lengths of the SequenceMask '%s'" % n.name)
+    return segs
+
+
+def shape_only(n):
+    """``arange_like``: the values come from the input's shape, so the input's channels are
+    not read; the output holds none."""
+    if not n.only_input():
+        return UNKNOWN
+    return Lost("reads the output of %s ('%s'), which holds positions, no channels"
+                % (n.node['op'], n.name), blocks=False)
+
+
+def _interleaved(n, segs, heads):
+    """The space of the heads on the last axis of the interleaved query/key/value tensor
+    ``segs`` (``(tokens, batch, heads * 3 * head units)``), or the reason it is not one."""
+    shape = n.in_shape()
+    what = "the %s '%s' (heads=%d)" % (n.node['op'], n.name, heads)
+    if not isinstance(segs, Along) or segs.inner != 1 or len(shape) != 3 or \
+            segs.at(3) != 2 or shape[-1] % (3 * heads):
+        return 'passes %s with its channels not on the last axis of its interleaved input' \
+            % what
+    per = shape[-1] // heads
+    spaces = n.spaces
+    if len(segs.segs) == 1 and segs.segs[0][1:] == (0, 1) and \
+            spaces.size[spaces.find(segs.segs[0][0])] == shape[-1]:
+        coarsen(n, spaces.find(segs.segs[0][0]), per)     # one Dense making the heads
+        segs = n.layout[tuple(n.data[0])]
+    if len(segs.segs) != 1 or segs.segs[0][1:] != (0, per) or \
+            spaces.size[spaces.find(segs.segs[0][0])] != heads:
+        return 'passes %s with channels that are not its whole heads' % what
+    space = spaces.find(segs.segs[0][0])
+    spaces.heads[space].append(Split(n.name, 'attention heads', 'head', n.node['op']))
+    return space
+
+
+def interleaved_qk(n):
+    """MXNet's fused self-attention scores: the heads of the interleaved projection (its
+    last axis is ``(heads, 3, head units)``) become the heads merged into the batch axis of
+    ``(batch * heads, tokens, tokens)``."""
+    if not n.only_input():
+        return UNKNOWN
+    heads = int(n.attrs['heads'])
+    space = _interleaved(n, n.in_segs[0], heads)
+    if isinstance(space, str):
+        return Blocked(space)
+    return Along([Segment(space, 0, 1)], 0, heads)
+
+
+def interleaved_valatt(n):
+    """MXNet's fused attention-times-values: head ``h`` of the attention weights (merged
+    into the batch axis) meets head ``h`` of the interleaved projection, and the output's
+    last axis holds head ``h`` in its ``h``-th run of head units."""
+    if len(n.data) != 2 or len(n.node['inputs']) != 2:
+        return UNKNOWN
+    heads = int(n.attrs['heads'])
+    space = _interleaved(n, n.in_segs[0], heads)
+    if isinstance(space, str):
+        return Blocked(space)
+    att = n.in_segs[1]
+    if not isinstance(att, Along) or att.at(3) != 0 or att.inner != heads or \
+            len(att.segs) != 1 or att.segs[0][1:] != (0, 1):
+        return Blocked("passes the %s '%s' with attention weights whose heads are not "
+                       "merged into the batch axis" % (n.node['op'], n.name))
+    n.spaces.union(space, att.segs[0][0])
+    return Along([Segment(space, 0, n.in_shape()[-1] // heads // 3)])
 
 
 def slice_axis(n):

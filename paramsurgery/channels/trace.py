@@ -20,6 +20,7 @@ from ..masks import unmasked_params
 from ..masks.forward import real_deconvolution
 from . import layers, tensors
 from .graph import (
+    EVERY_INPUT,
     UNKNOWN,
     Along,
     Blocked,
@@ -68,6 +69,11 @@ _ELEMENTWISE = {
 # Operators a masked parameter goes through before its layer reads it (``weight * mask``).
 _PARAM_EXPR = {'elemwise_mul', 'broadcast_mul', '_mul', '_Mul', '_mul_scalar', '_copy',
                'identity', 'Cast'}
+
+
+# Operators that rearrange parameters into the weight a layer reads (the layer's handler
+# reads the arrangement back: layers.param_rows).
+_PARAM_LAYOUT = {'Reshape', 'reshape', 'Concat', 'concat', 'stack'}
 
 
 class Trace:
@@ -219,6 +225,7 @@ class _Walk:
         # a Lost
         self.layout = {}
         self.param_src = {}     # node id -> the parameter it stands for (weight * mask: weight)
+        self.derived = set()    # nodes rearranging parameters only (see _PARAM_LAYOUT)
         self.param_names = set(trace.all_params)
 
     def segs_of(self, entry):
@@ -255,12 +262,28 @@ class _Walk:
         if inputs and all(i in self.param_src for i, _, _ in inputs) and op in _PARAM_EXPR:
             self.param_src[nid] = self.param_src[inputs[0][0]]
             return
-        data = [(i, o) for i, o, _ in inputs if i not in self.param_src]
+        if inputs and op in _PARAM_LAYOUT and all(
+                i in self.param_src or i in self.derived for i, _, _ in inputs):
+            # parameters rearranged for a layer (gluonnlp's interleaved query/key/value
+            # weight, an RNN's flat weight vector): the layer's handler reads them back
+            self.derived.add(nid)
+            return
+        rule = OPERATORS.get(op)
+        reads_back = rule is not None and rule.rearranged
+        for i, o, _ in inputs:
+            if i in self.derived and not reads_back and (i, o) not in self.layout:
+                self.layout[(i, o)] = self.fresh(
+                    i, "is made from parameters by the %s '%s', which the tracer reads back "
+                    "only for the layer whose weight it is" % (self.trace.nodes[i]['op'],
+                                                               self.trace.nodes[i]['name']))
+        data = [(i, o) for i, o, _ in inputs
+                if i not in self.param_src and not (reads_back and i in self.derived)]
         in_segs = [self.segs_of(e) for e in data]
         lost = next((s for s in in_segs if isinstance(s, Lost)), None)
-        if lost is not None and op in ('Convolution', 'FullyConnected', 'RNN'):
-            # the input's channels cannot be followed, its own output channels can (an
-            # RNN's weights are one flat vector of reshaped parameters: a Lost input)
+        if lost is not None and rule is not None and all(
+                k in rule.lost for k, s in enumerate(in_segs) if isinstance(s, Lost)):
+            # inputs whose channels the output does not carry (indices, lengths, the input
+            # of a layer that starts its own group): the output's channels can be followed
             in_segs = [[] if isinstance(s, Lost) else s for s in in_segs]
         elif lost is not None:
             self.block_all(data, lost.reason)
@@ -300,10 +323,10 @@ class _Walk:
             return UNKNOWN, why
         attrs = node.get('attrs', node.get('attr', {})) or {}
         out = rule.handler(Node(self.trace, self.spaces, nid, node, attrs, data, in_segs,
-                                self.param_src, self.layout))
+                                self.param_src, self.layout, self.derived))
         if isinstance(out, Blocked):
             return UNKNOWN, out.reason
-        if isinstance(out, Lost):
+        if isinstance(out, Lost) and out.blocks:
             self.block_all(data, out.reason)
         return out, why
 
@@ -357,12 +380,16 @@ OPERATORS.update({op: Rule(tensors.reduction, 'follows when it reduces neither t
 OPERATORS.update({
     'Convolution': Rule(layers.conv, 'starts a group (weight rows, bias); reads its input through '
                          'weight columns; depthwise: one group in and out; grouped: a group '
-                         'is a position within every convolution group (num_group kept)'),
+                         'is a position within every convolution group (num_group kept)',
+                         lost=EVERY_INPUT),
     'Deconvolution': Rule(layers.deconv, 'starts a group (weight axis 1, bias); reads its input '
                            'through weight axis 0; depthwise: one group in and out'),
     'FullyConnected': Rule(layers.dense, 'starts a group (weight rows, bias); reads its input '
                             'through weight columns (H*W per channel after Flatten); '
-                            'flatten=False on rank > 2: the last axis', last=True),
+                            'flatten=False on rank > 2: the last axis; a weight interleaving '
+                            'the rows of several parameters by heads (gluonnlp\'s query, key '
+                            'and value): a group of whole heads', last=True,
+                            lost=EVERY_INPUT, rearranged=True),
     'BatchNorm': Rule(layers.batchnorm, 'gamma, beta, running mean and variance are members'),
     'BatchNormWithReLU': Rule(layers.batchnorm, 'as BatchNorm'),
     '_contrib_BatchNormWithReLU': Rule(layers.batchnorm, 'as BatchNorm'),
@@ -384,9 +411,9 @@ OPERATORS.update({
     'slice_like': Rule(tensors.slice_like, 'follows with axes >= 2 (the second input gives a '
                         'shape only)'),
     'Crop': Rule(tensors.first_input, _SPATIAL + ' (the second input gives a shape only)'),
-    'softmax': Rule(tensors.softmax, 'follows over any axis but the channel axis (and the batch)',
-                     last=True),
-    'log_softmax': Rule(tensors.softmax, 'as softmax', last=True),
+    'softmax': Rule(tensors.softmax, 'follows over any axis but the channel axis (and the batch); '
+                     'its lengths (use_length) hold no channels', last=True, lost=(1,)),
+    'log_softmax': Rule(tensors.softmax, 'as softmax', last=True, lost=(1,)),
     'transpose': Rule(tensors.transpose, 'moves the channel axis where the axes say (not into the '
                        'batch axis)', last=True),
     'batch_dot': Rule(tensors.batch_dot, 'joins the attention heads of its two inputs (heads merged '
@@ -395,12 +422,23 @@ OPERATORS.update({
                       'axis 1 onto another axis but the batch axis', last=True),
     'swapaxes': Rule(tensors.swapaxis, 'as SwapAxis', last=True),
     'Embedding': Rule(layers.embedding, 'starts a group on the last axis (weight columns); the '
-                       'indices it reads hold no channels'),
+                       'indices it reads hold no channels', lost=(0,)),
+    'SequenceMask': Rule(tensors.sequence_mask, 'follows channels on an axis after the sequence '
+                          'and batch axes; its lengths hold no channels', last=True, lost=(1,)),
+    '_contrib_arange_like': Rule(tensors.shape_only, 'reads its input\'s shape only (not its '
+                                  'channels); its output holds no channels (positions)',
+                                  last=True),
+    '_contrib_interleaved_matmul_selfatt_qk': Rule(
+        tensors.interleaved_qk, 'reads the heads of its input\'s last axis (heads, 3, head '
+        'units: query, key, value) and merges them into the batch axis', last=True),
+    '_contrib_interleaved_matmul_selfatt_valatt': Rule(
+        tensors.interleaved_valatt, 'joins the heads of its two inputs; a head is head units '
+        'of the last axis out', last=True),
     'RNN': Rule(layers.rnn, "a Gluon rnn.LSTM, GRU or RNN layer's operator: starts a group per "
                  "layer and direction (every gate's rows of the i2h and h2h weights and "
                  "biases, the h2h columns; the next layer's i2h columns), reads its input "
                  "through the first layer's i2h columns; from zero initial states, its final "
-                 "states unread", last=True),
+                 "states unread", last=True, lost=EVERY_INPUT, rearranged=True),
 })
 
 
