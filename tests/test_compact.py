@@ -393,13 +393,13 @@ def header_of(path):
         return json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
 
 
-@pytest.mark.parametrize('version', [1, 2])
+@pytest.mark.parametrize('version', [1, 2, 3])
 def test_files_of_every_format_version_load_bit_exact(tmp_path, ctxs, hybridize, version):
     path = os.path.join(os.path.dirname(__file__), 'data', 'compact_v%d.compact' % version)
     header = header_of(path)
     assert header['version'] == version
     weight = [e for e in header['arrays'] if e['keys'] == ['0.weight']][0]
-    assert weight['kind'] == 'sparse' and {1: 'zero_signs', 2: 'signs'}[version] in weight
+    assert weight['kind'] == 'sparse' and {1: 'zero_signs', 2: 'signs', 3: 'signs'}[version] in weight
     want = fixture_net('want_')
     fresh = fixture_net('fresh_', ctxs)
     ps.remove_mask(fresh, ps.masked(fresh))
@@ -429,6 +429,33 @@ def test_checksum_finds_every_changed_byte_and_moved_blocks():
     moved = data[:4096] + data[8192:12288] + data[4096:8192] + data[12288:]
     assert _checksum(swapped) != want and _checksum(moved) != want
     assert _checksum(b'') == 0
+
+
+def test_checksum_finds_words_swapped_within_a_block():
+    from paramsurgery.compact import _checksum
+    rng = np.random.RandomState(0)
+    words = rng.randint(0, 2 ** 63, size=2 * 512 + 7, dtype=np.uint64) * 2 + 1
+    want = _checksum(words.tobytes())
+    # the definition, on Python integers: word i of block b weighted by (2i + 1)(1 + 1024 b)
+    assert want == sum(int(w) * (2 * (k % 512) + 1) * (1 + 1024 * (k // 512))
+                       for k, w in enumerate(words)) % 2 ** 64
+    # neighbours, a block's two ends, far apart, and inside the ragged last block
+    for i, j in [(0, 1), (0, 511), (100, 355), (512, 513), (600, 1023), (1024, 1030)]:
+        swapped = words.copy()
+        swapped[[i, j]] = swapped[[j, i]]
+        assert _checksum(swapped.tobytes()) != want, (i, j)
+    # two float32 values swapped inside one word too
+    pairs = words.view(np.uint32).copy()
+    pairs[[0, 1]] = pairs[[1, 0]]
+    assert _checksum(pairs.tobytes()) != want
+
+
+def test_format_2_checksum_is_kept_for_its_files():
+    from paramsurgery.compact import _CHECKS
+    data = np.random.RandomState(0).bytes(2 * 4096 + 13)
+    words = np.frombuffer(data + bytes(3), dtype='<u8')
+    assert _CHECKS[2](data) == sum(int(w) * (2 * (k // 512) + 1)
+                                   for k, w in enumerate(words)) % 2 ** 64
 
 
 def test_a_forked_process_starts_its_own_threads(tmp_path, monkeypatch):
