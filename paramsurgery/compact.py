@@ -313,10 +313,14 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
     saved_masks = [(key, _first_array(mask), mode_of(weight, mask))
                    for key, weight, mask in mask_pairs]
     with autograd.pause():
-        # every copy read before the encoding starts: read while the encoding threads ran,
-        # each copy waited for the GIL behind them (a 10% slower save_compact on 2 cores)
-        write_compact(path, [(k, _mx.to_host(arr)) for k, arr in arrays],
-                      [(key, _mx.to_host(arr), mode) for key, arr, mode in saved_masks])
+        # views of the arrays' memory (copies of those in oneDNN's blocked layout), all
+        # taken before the encoding starts: copies taken while the encoding threads ran each
+        # waited for the GIL behind them (a 10% slower save_compact on 2 cores)
+        host = list(_mx.host_arrays([arr for _, arr in arrays] +
+                                    [arr for _, arr, _ in saved_masks]))
+        write_compact(path, [(k, value) for (k, _), value in zip(arrays, host)],
+                      [(key, value, mode) for (key, _, mode), value
+                       in zip(saved_masks, host[len(arrays):])])
     return sorted(k for _, names_of in names.values() for k in names_of)
 
 
@@ -612,7 +616,9 @@ def load_compact(net, path) -> List[str]:
     _mx.settle()  # a queued predict-mode forward would reorder the weights being written
     with autograd.pause():
         for sname, param in structural.items():
-            _mx.load_init(param, arrays[sname])
+            # an NDArray over the decoded memory: one copy into each replica, queued (into a
+            # replica in oneDNN's blocked layout too, which refuses a copy from numpy)
+            _mx.load_init(param, _mx.shared_ndarray(arrays[sname]))
         for key, value, mode in saved_masks:
             apply_mask(net, structural[key], value, combine='replace', mode=mode)
     return sorted(set(param.name for param in structural.values()))

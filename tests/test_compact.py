@@ -331,14 +331,14 @@ def test_saved_right_after_a_forward_holds_the_net_values(tmp_path):
 def test_reads_wait_for_queued_forwards(tmp_path, monkeypatch):
     from paramsurgery import compact
     events = []
-    real_wait, real_copy = mx.nd.waitall, compact._mx.to_host
+    real_wait, real_read = mx.nd.waitall, compact._mx.host_arrays
     monkeypatch.setattr(mx.nd, 'waitall', lambda: events.append('wait') or real_wait())
 
-    def reading(arr):
-        out = real_copy(arr)
-        events.append('read')
-        return out
-    monkeypatch.setattr(compact._mx, 'to_host', reading)
+    def reading(arrs):
+        for out in real_read(arrs):
+            events.append('read')
+            yield out
+    monkeypatch.setattr(compact._mx, 'host_arrays', reading)
     net = conv_net([mx.cpu(0), mx.cpu(1)], 'w_')
     net(mx.nd.ones((1, 3, 8, 8)))
     ps.save_compact(net, str(tmp_path / 'net.compact'))
