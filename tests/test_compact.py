@@ -164,6 +164,25 @@ def test_large_noisy_planes_are_stored_raw_and_round_trip(tmp_path):
     assert fresh.weight.data().asnumpy().tobytes() == net.weight.data().asnumpy().tobytes()
 
 
+def test_writeback_of_a_large_file_starts_while_it_is_written(tmp_path, monkeypatch):
+    # the atomic write's fsync then waits for the last bytes only; every byte is started
+    # once, in order, and the file is the same
+    from paramsurgery import compact
+    started = []
+    monkeypatch.setattr(compact, '_SYNC_FILE_RANGE',
+                        lambda fd, offset, length, flags: started.append((offset, length, flags)))
+    net = nn.Dense(2048, in_units=1200, prefix='big_')   # 9.8 MB of dense weights
+    net.initialize()
+    path = str(tmp_path / 'net.compact')
+    ps.save_compact(net, path)
+    assert started and started[0][0] == 0 and all(flags == 2 for _, _, flags in started)
+    assert all(a + n == b for (a, n, _), (b, _, _) in zip(started, started[1:]))
+    assert compact._WRITEBACK <= sum(n for _, n, _ in started) <= os.path.getsize(path)
+    fresh = nn.Dense(2048, in_units=1200, prefix='other_')
+    ps.load_compact(fresh, path)
+    assert fresh.weight.data().asnumpy().tobytes() == net.weight.data().asnumpy().tobytes()
+
+
 def test_shrunk_net_loads_into_apply_plan_net(tmp_path, ctxs):
     net = build('concat', ctxs)
     ps.prune_channels(net, 0.5, inputs=batch(), mode='update')
