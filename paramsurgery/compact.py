@@ -31,7 +31,7 @@ from ._checks import check_flag
 from ._files import atomic_write, check_path, reading
 from .access import data_on
 from .errors import FileFormatError, SurgeryTypeError, SurgeryValueError, and_more
-from .masks import apply_mask, masked, structural_keys
+from .masks import apply_mask, masked
 from .masks.apply import mode_of
 from .select import MASK_SUFFIX, all_params
 
@@ -299,15 +299,19 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
         raise SurgeryTypeError('save_compact needs a gluon.Block, got %s.' % type(net).__name__)
     path = check_path('path', path, write=True)
     masks = check_flag('masks', masks)
+    # the net walked once for its parameters and once for their structural names (each walk
+    # of resnet50_v1 takes 7 ms: walking it for every question took a tenth of the round trip)
     params = all_params(net)
-    mask_ids = set(id(params[n + MASK_SUFFIX]) for n in masked(net))
+    masked_names = masked(params)
+    mask_ids = set(id(params[n + MASK_SUFFIX]) for n in masked_names)
     names = OrderedDict()
     for sname, param in _mx.structural_names(net).items():
         if id(param) not in mask_ids:
             names.setdefault(id(param), (param, []))[1].append(sname)
-    keys = structural_keys(net) if masks else {}
+    # (structural_keys(net), without walking the net again)
+    keys = {pid: snames[0] for pid, (_, snames) in names.items()} if masks else {}
     mask_pairs = [(keys[id(params[name])], params[name], params[name + MASK_SUFFIX])
-                  for name in masked(net) if id(params[name]) in keys]
+                  for name in masked_names if id(params[name]) in keys]
     # (a mask whose weight is not in keys is not reachable through save_parameters' names)
     # every check before anything is read (and before the encoding threads start)
     arrays = [(sorted(k), _first_array(p)) for p, k in names.values()]
@@ -642,7 +646,7 @@ def load_compact(net, path) -> List[str]:
                               "ps.save_compact (an interrupted copy?). %s" % (path, _FIX))
     arrays, saved_masks = read_compact(path)
     params = all_params(net)
-    mask_ids = set(id(params[n + MASK_SUFFIX]) for n in masked(net))
+    mask_ids = set(id(params[n + MASK_SUFFIX]) for n in masked(params))
     structural = OrderedDict((k, p) for k, p in _mx.structural_names(net).items()
                              if id(p) not in mask_ids)
     _check_fits(net, path, arrays, saved_masks, structural)
