@@ -11,7 +11,9 @@ resnet50_v1 (``pretrained=False``, Xavier weights, seed 0). Printed, each measur
   dense <= 1.01x;
 - times: ``save_compact`` + ``load_compact`` (into a freshly built net) / ``save_parameters``
   + ``load_parameters`` (into the same kind of net), interleaved, medians; dense and 90%
-  sparse. Target <= 2x. ``save_compact`` writes atomically (a temporary file, fsync, rename);
+  sparse. Target <= 2x. Each job's time includes the work it queued on MXNet's engine
+  (``mx.nd.waitall()`` before its clock stops: ``load_parameters`` returns with its copies
+  into the parameters still queued, which the next job would wait for). ``save_compact`` writes atomically (a temporary file, fsync, rename);
   ``save_parameters`` writes in place without fsync: the save and load halves are printed,
   and the ratio against ``save_parameters`` followed by an fsync of its file (``_vs_fsynced``)
   and the ratio of CPU times (``compact_cpu_*``: the process's, every thread's, which a busy
@@ -133,7 +135,7 @@ def round_trips(net, folder, repeat):
     for _ in range(repeat + 1):          # the first round warms the caches: dropped
         for name, job in jobs.items():
             start = time.process_time()
-            times[name].append(timed(job))
+            times[name].append(timed(lambda: job() or mx.nd.waitall()))
             cpu[name].append(time.process_time() - start)
     return RoundTrips({name: statistics.median(t[1:]) for name, t in times.items()},
                       {name: statistics.median(t[1:]) for name, t in cpu.items()})

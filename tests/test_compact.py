@@ -164,6 +164,25 @@ def test_large_noisy_planes_are_stored_raw_and_round_trip(tmp_path):
     assert fresh.weight.data().asnumpy().tobytes() == net.weight.data().asnumpy().tobytes()
 
 
+def test_writeback_of_a_large_file_starts_while_it_is_written(tmp_path, monkeypatch):
+    # the atomic write's fsync then waits for the last bytes only; every byte is started
+    # once, in order, and the file is the same
+    from paramsurgery import compact
+    started = []
+    monkeypatch.setattr(compact, '_SYNC_FILE_RANGE',
+                        lambda fd, offset, length, flags: started.append((offset, length, flags)))
+    net = nn.Dense(2048, in_units=1200, prefix='big_')   # 9.8 MB of dense weights
+    net.initialize()
+    path = str(tmp_path / 'net.compact')
+    ps.save_compact(net, path)
+    assert started and started[0][0] == 0 and all(flags == 2 for _, _, flags in started)
+    assert all(a + n == b for (a, n, _), (b, _, _) in zip(started, started[1:]))
+    assert compact._WRITEBACK <= sum(n for _, n, _ in started) <= os.path.getsize(path)
+    fresh = nn.Dense(2048, in_units=1200, prefix='other_')
+    ps.load_compact(fresh, path)
+    assert fresh.weight.data().asnumpy().tobytes() == net.weight.data().asnumpy().tobytes()
+
+
 def test_shrunk_net_loads_into_apply_plan_net(tmp_path, ctxs):
     net = build('concat', ctxs)
     ps.prune_channels(net, 0.5, inputs=batch(), mode='update')
@@ -331,14 +350,14 @@ def test_saved_right_after_a_forward_holds_the_net_values(tmp_path):
 def test_reads_wait_for_queued_forwards(tmp_path, monkeypatch):
     from paramsurgery import compact
     events = []
-    real_wait, real_copy = mx.nd.waitall, compact._mx.to_host
+    real_wait, real_read = mx.nd.waitall, compact._mx.host_arrays
     monkeypatch.setattr(mx.nd, 'waitall', lambda: events.append('wait') or real_wait())
 
-    def reading(arr):
-        out = real_copy(arr)
-        events.append('read')
-        return out
-    monkeypatch.setattr(compact._mx, 'to_host', reading)
+    def reading(arrs):
+        for out in real_read(arrs):
+            events.append('read')
+            yield out
+    monkeypatch.setattr(compact._mx, 'host_arrays', reading)
     net = conv_net([mx.cpu(0), mx.cpu(1)], 'w_')
     net(mx.nd.ones((1, 3, 8, 8)))
     ps.save_compact(net, str(tmp_path / 'net.compact'))
@@ -393,13 +412,13 @@ def header_of(path):
         return json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
 
 
-@pytest.mark.parametrize('version', [1, 2])
+@pytest.mark.parametrize('version', [1, 2, 3])
 def test_files_of_every_format_version_load_bit_exact(tmp_path, ctxs, hybridize, version):
     path = os.path.join(os.path.dirname(__file__), 'data', 'compact_v%d.compact' % version)
     header = header_of(path)
     assert header['version'] == version
     weight = [e for e in header['arrays'] if e['keys'] == ['0.weight']][0]
-    assert weight['kind'] == 'sparse' and {1: 'zero_signs', 2: 'signs'}[version] in weight
+    assert weight['kind'] == 'sparse' and {1: 'zero_signs', 2: 'signs', 3: 'signs'}[version] in weight
     want = fixture_net('want_')
     fresh = fixture_net('fresh_', ctxs)
     ps.remove_mask(fresh, ps.masked(fresh))
@@ -429,6 +448,33 @@ def test_checksum_finds_every_changed_byte_and_moved_blocks():
     moved = data[:4096] + data[8192:12288] + data[4096:8192] + data[12288:]
     assert _checksum(swapped) != want and _checksum(moved) != want
     assert _checksum(b'') == 0
+
+
+def test_checksum_finds_words_swapped_within_a_block():
+    from paramsurgery.compact import _checksum
+    rng = np.random.RandomState(0)
+    words = rng.randint(0, 2 ** 63, size=2 * 512 + 7, dtype=np.uint64) * 2 + 1
+    want = _checksum(words.tobytes())
+    # the definition, on Python integers: word i of block b weighted by (2i + 1)(1 + 1024 b)
+    assert want == sum(int(w) * (2 * (k % 512) + 1) * (1 + 1024 * (k // 512))
+                       for k, w in enumerate(words)) % 2 ** 64
+    # neighbours, a block's two ends, far apart, and inside the ragged last block
+    for i, j in [(0, 1), (0, 511), (100, 355), (512, 513), (600, 1023), (1024, 1030)]:
+        swapped = words.copy()
+        swapped[[i, j]] = swapped[[j, i]]
+        assert _checksum(swapped.tobytes()) != want, (i, j)
+    # two float32 values swapped inside one word too
+    pairs = words.view(np.uint32).copy()
+    pairs[[0, 1]] = pairs[[1, 0]]
+    assert _checksum(pairs.tobytes()) != want
+
+
+def test_format_2_checksum_is_kept_for_its_files():
+    from paramsurgery.compact import _CHECKS
+    data = np.random.RandomState(0).bytes(2 * 4096 + 13)
+    words = np.frombuffer(data + bytes(3), dtype='<u8')
+    assert _CHECKS[2](data) == sum(int(w) * (2 * (k // 512) + 1)
+                                   for k, w in enumerate(words)) % 2 ** 64
 
 
 def test_a_forked_process_starts_its_own_threads(tmp_path, monkeypatch):

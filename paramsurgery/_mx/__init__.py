@@ -82,7 +82,14 @@ from .blocks import (  # noqa: F401
     structural_names,
     walk_blocks,
 )
-from .host import host_array, is_blocked_layout, settle, to_host  # noqa: F401
+from .host import (  # noqa: F401
+    host_array,
+    host_arrays,
+    is_blocked_layout,
+    settle,
+    shared_ndarray,
+    to_host,
+)
 from .objects import (  # noqa: F401
     object_state,
     restore_object_state,
