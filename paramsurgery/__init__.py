@@ -24,7 +24,7 @@ its modules; ``tests/test_layers.py`` checks this against the real imports::
     pruning, _usage -> _diagnosis -> stale, samplers  pruning; the stale-gradient doctor; samplers
     channels -> shrinking            channel groups, pruning and shrink (a subpackage); the old path
     report -> _sensitivity -> analysis    sparsity reports; sensitivity reports and trials
-    compact -> onnx_export           compact files; ONNX export checked in ONNX Runtime
+    _blobs -> compact -> onnx_export    a compact file's bytes; compact files; ONNX export
     rewinding, dynamic               capture and rewind (lottery tickets); RigL and SET
     latency                          latency measured on a runtime; latency models (subpackage)
     demo -> cli                      the demo and the command line

@@ -12,21 +12,19 @@ describes (offset, length and checksum of each: a 64-bit sum of words weighted b
 position in format 3, of 4 KiB blocks weighted by theirs in format 2, a CRC-32 in format 1),
 so damage anywhere is found before anything is loaded.
 """
-import ctypes
 import json
 import math
 import os
 import struct
-import threading
 import zlib
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from typing import List, NamedTuple
+from typing import List
 
 import numpy as np
 from mxnet import autograd, gluon
 
 from . import _mx
+from ._blobs import CHECKS, WRITEBACK, Blob, checksum, pack, pool, read_blob, start_writeback
 from ._checks import check_flag
 from ._files import atomic_write, check_path, reading
 from .access import data_on
@@ -43,72 +41,6 @@ _FIX = ('Write it again with ps.save_compact(net, path), or pass the file it wro
         '(docs/deploy.md#compact-files).')
 
 
-class _Blob(NamedTuple):
-    offset: int
-    length: int
-    check: int   # _checksum of the stored bytes (format 1: their CRC-32)
-
-
-#: 64-bit words per block of the checksums (4 KiB: a file system's block)
-_BLOCK = 512
-#: the weight of each word of a block in _checksum: its position, odd (1, 3, 5, ...)
-_WORD_WEIGHTS = np.arange(1, 2 * _BLOCK, 2, dtype=np.uint64)
-
-
-def _words(data):
-    """``data`` as little-endian 64-bit words: ``(whole blocks, (blocks, _BLOCK) view, the
-    zero-padded words of the last partial block)``."""
-    data = memoryview(data).cast('B')
-    blocks, tail = divmod(len(data), 8 * _BLOCK)
-    whole = np.frombuffer(data[:blocks * 8 * _BLOCK], dtype='<u8').reshape(blocks, _BLOCK)
-    rest = np.frombuffer(bytes(data[blocks * 8 * _BLOCK:]) + bytes(-tail % 8), dtype='<u8')
-    return blocks, whole, rest
-
-
-def _checksum(data):
-    """A 64-bit checksum of ``data`` (format 3): the sum of its little-endian 64-bit words
-    (the last one zero-padded), the word at position ``i`` of 4 KiB block ``b`` weighted by
-    ``(2i + 1) * (1 + 1024 b)``, modulo 2**64.
-
-    Every weight is odd, so any damage within one word (every flipped bit, every changed
-    byte) changes it: an odd weight times a nonzero change is nonzero modulo 2**64. Two
-    words ``x``, ``y`` swapped change it by ``(x - y)`` times the difference of their
-    weights, which has at most 9 factors of two inside a block (``2 (i - j)``, ``|i - j| <
-    512``): found unless the words are equal in their low 55 bits. Blocks swapped or moved,
-    and other damage, are found but for a chance of about 2**-54 (a truncation is found by
-    the lengths first). One numpy pass over a view of the bytes (no copy), as fast as the
-    plain sum of :func:`_checksum_v2`."""
-    blocks, whole, rest = _words(data)
-    total = 0
-    if blocks:
-        sums = np.einsum('ij,j->i', whole, _WORD_WEIGHTS)
-        sums *= np.arange(1, 1024 * blocks, 1024, dtype=np.uint64)
-        total = int(np.add.reduce(sums))
-    if rest.size:  # the last block: most blobs are this block alone
-        total += (1 + 1024 * blocks) * int(np.dot(rest, _WORD_WEIGHTS[:rest.size]))
-    return total % (1 << 64)
-
-
-def _checksum_v2(data):
-    """The checksum of format 2: the sum of each 4 KiB block's little-endian 64-bit words,
-    weighted by the block's position (1, 3, 5, ...), modulo 2**64. It found every change
-    within one word and blocks moved or swapped, but not two words swapped within a block
-    (format 3's :func:`_checksum` does)."""
-    blocks, whole, rest = _words(data)
-    total = 0
-    if blocks:
-        sums = np.add.reduce(whole, axis=1)
-        total = int(np.add.reduce(sums * np.arange(1, 2 * blocks, 2, dtype=np.uint64)))
-    if rest.size:
-        total += (2 * blocks + 1) * int(np.add.reduce(rest))
-    return total % (1 << 64)
-
-
-#: the checksum of each format version read_compact reads (format 1 also stored the signs of
-#: the zeros alone; formats 2 and 3 differ only in their checksum)
-_CHECKS = {1: zlib.crc32, 2: _checksum_v2, 3: _checksum}
-
-
 def _unsigned(arr):
     """``arr`` viewed as unsigned integers of its item size, flat."""
     flat = np.ascontiguousarray(arr).reshape(-1)
@@ -120,43 +52,6 @@ def _sign_bit(dtype):
     if dtype.kind != 'f':
         return 0
     return 1 << (8 * dtype.itemsize - 1)
-
-
-#: A blob whose first SAMPLE bytes zlib shrinks by less than 1 - SKIP_RATIO is stored raw:
-#: the low mantissa planes of trained or random weights are noise. On a 90% sparse
-#: resnet50_v1 the two lowest planes shrink by 7% and 3%: deflating them took a sixth of
-#: save_compact's time for 0.003x of the save_parameters file.
-SAMPLE = 1 << 14
-SKIP_RATIO = 0.9
-
-
-def _deflate(data, strategy=zlib.Z_RLE):
-    """``data`` deflated at level 1 with run-length matching only (zlib's Z_RLE), or with
-    ``strategy``. Any zlib inflates it.
-
-    A mask is close to independent bytes plus runs (a pruned filter, a zero row): Huffman
-    coding of the bytes gets near their entropy and runs still collapse, while LZ77's search
-    for longer matches finds nothing more. Measured on a 90% random mask of 25M entries: 0.49
-    of the bytes in 31 ms, where the default strategy kept 0.58 in 67 ms."""
-    deflater = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
-    return deflater.compress(data) + deflater.flush()
-
-
-def _pack(data, strategy=zlib.Z_RLE):
-    """``['z', bytes]`` when deflating makes ``data`` smaller, else ``['raw', bytes]``."""
-    data = memoryview(data).cast('B')
-    if len(data) > 4 * SAMPLE and len(_deflate(data[:SAMPLE], strategy)) > SKIP_RATIO * SAMPLE:
-        return ('raw', data)
-    packed = _deflate(data, strategy)
-    return ('z', packed) if len(packed) < len(data) else ('raw', data)
-
-
-def _unpack(how, data):
-    if how == 'z':
-        return zlib.decompress(data)
-    if how == 'raw':
-        return data
-    raise ValueError('unknown packing %r' % (how,))
 
 
 class _Writer:
@@ -178,7 +73,7 @@ class _Writer:
                 if isinstance(data, np.ndarray) else memoryview(data).cast('B')
         self.blobs.append(data)
         self.size += len(data)
-        ref = [how] + list(_Blob(self.size - len(data), len(data), _checksum(data)))
+        ref = [how] + list(Blob(self.size - len(data), len(data), checksum(data)))
         self.refs.append(ref)
         return ref
 
@@ -221,10 +116,10 @@ class _Writer:
         entry.update(kind='sparse', count=count)
         known = self.patterns.get(bits)
         if known is None:
-            known = self.patterns[bits] = self.blob(*reversed(_pack(bits)))
+            known = self.patterns[bits] = self.blob(*reversed(pack(bits)))
         entry['bits'] = known
         if stored != count:  # some -0.0
-            entry['signs'] = self.blob(*reversed(_pack(np.packbits(
+            entry['signs'] = self.blob(*reversed(pack(np.packbits(
                 np.signbit(np.asarray(arr).reshape(-1))))))
         values = np.compress(nonzero, u)   # a quarter faster than u[nonzero]
         if count and (values == values[0]).all():
@@ -233,7 +128,7 @@ class _Writer:
         planes = values.view(np.uint8).reshape(count, u.itemsize)
         # a plane has no runs (the zeros are gone): Huffman coding alone, on the sign and
         # exponent plane of resnet50_v1 1% smaller and a quarter faster than with Z_RLE
-        entry['planes'] = [self.blob(*reversed(_pack(np.ascontiguousarray(planes[:, i]),
+        entry['planes'] = [self.blob(*reversed(pack(np.ascontiguousarray(planes[:, i]),
                                                      zlib.Z_HUFFMAN_ONLY)))
                            for i in range(u.itemsize)]
         return entry
@@ -329,32 +224,6 @@ def save_compact(net, path, *, masks: bool = True) -> List[str]:
     return sorted(k for _, names_of in names.values() for k in names_of)
 
 
-def _workers():
-    """Threads for encoding and decoding: one per core, at most 4 (past that the passes
-    wait on memory bandwidth)."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-_POOL = {}
-_POOL_LOCK = threading.Lock()
-
-
-def _pool():
-    """The encoding and decoding threads, started once per process: starting them on each
-    call cost a third of load_compact's time on resnet50_v1 on a busy machine (each start
-    waits until the new thread runs). A forked child gets its own (its parent's threads do
-    not exist there)."""
-    with _POOL_LOCK:
-        pool = _POOL.get(os.getpid())
-        if pool is None:
-            for stale in _POOL.values():   # (a parent's: no thread of it to wait for)
-                stale.shutdown(wait=False)
-            _POOL.clear()
-            pool = _POOL[os.getpid()] = ThreadPoolExecutor(
-                _workers(), thread_name_prefix='paramsurgery-compact')
-        return pool
-
-
 def _encode_all(items, patterns):
     """``[(entry, writer)]`` of ``items`` (an iterable of ``(extra header fields, numpy
     array)``), each array encoded on a worker thread with its own writer, in order. The
@@ -364,36 +233,9 @@ def _encode_all(items, patterns):
         fields, arr = item
         writer = _Writer(patterns)
         return dict(writer.array(arr), **fields), writer
-    pool = _pool()
-    futures = [pool.submit(encode, item) for item in items]
+    executor = pool()
+    futures = [executor.submit(encode, item) for item in items]
     return [future.result() for future in futures]
-
-
-#: bytes written between two starts of their writeback (see _start_writeback)
-_WRITEBACK = 8 << 20
-
-
-def _sync_file_range():
-    """Linux's ``sync_file_range`` from the C library, or None."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return function
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
-
-
-def _start_writeback(fd, start, end):
-    """Start writing bytes ``start:end`` of ``fd`` to the disk without waiting, and return
-    ``end``. The atomic write's fsync then waits only for the last few: on resnet50_v1
-    (100 MB) writing and syncing took 54 ms instead of 85 ms. Where the C library has no
-    ``sync_file_range`` (not Linux), the fsync writes it all."""
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, start, end - start, 2)   # SYNC_FILE_RANGE_WRITE
-    return end
 
 
 def write_compact(path, arrays, saved_masks=()):
@@ -421,23 +263,13 @@ def write_compact(path, arrays, saved_masks=()):
             for _, writer in encoded + encoded_masks:
                 for data in writer.blobs:
                     f.write(data)
-                if f.tell() - started >= _WRITEBACK:
+                if f.tell() - started >= WRITEBACK:
                     f.flush()
-                    started = _start_writeback(f.fileno(), started, f.tell())
+                    started = start_writeback(f.fileno(), started, f.tell())
             f.flush()
 
 
 # --------------------------------------------------------------------------- reading
-
-def _read_blob(body, blob, what, version):
-    how, offset, length, check = blob[0], int(blob[1]), int(blob[2]), int(blob[3])
-    if offset < 0 or length < 0 or offset + length > len(body):
-        raise ValueError('%s lies past the end of the file (truncated?)' % what)
-    data = body[offset:offset + length]
-    if _CHECKS[version](data) != check:
-        raise ValueError('%s fails its checksum (damaged bytes)' % what)
-    return _unpack(how, data)
-
 
 def _decode(body, entry, what, version):
     dtype = np.dtype(str(entry['dtype']))
@@ -449,20 +281,20 @@ def _decode(body, entry, what, version):
     size = math.prod(shape)
     utype = np.dtype('u%d' % dtype.itemsize)
     if entry['kind'] == 'dense':
-        data = _read_blob(body, entry['data'], what, version)
+        data = read_blob(body, entry['data'], what, version)
         if len(data) != size * dtype.itemsize:
             raise ValueError('%s has %d bytes for %d entries' % (what, len(data), size))
         # a view of the file's buffer (read into a writable array): no second copy
         return np.frombuffer(data, dtype=utype).view(dtype).reshape(shape)
     if entry['kind'] == 'constant':
-        data = _read_blob(body, entry['data'], what, version)
+        data = read_blob(body, entry['data'], what, version)
         if len(data) != dtype.itemsize:
             raise ValueError('%s has a constant of %d bytes' % (what, len(data)))
         return np.full(size, np.frombuffer(data, dtype=utype)[0], dtype=utype).view(
             dtype).reshape(shape)
     if entry['kind'] != 'sparse':
         raise ValueError('%s has an unknown kind %r' % (what, entry['kind']))
-    bits = _read_blob(body, entry['bits'], what + "'s bit mask", version)
+    bits = read_blob(body, entry['bits'], what + "'s bit mask", version)
     if len(bits) != (size + 7) // 8:
         raise ValueError('%s has %d mask bytes for %d entries' % (what, len(bits), size))
     nonzero = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=size).view(bool)
@@ -471,11 +303,11 @@ def _decode(body, entry, what, version):
         raise ValueError('%s has %d entries in its mask, the header says %d'
                          % (what, count, entry['count']))
     if 'fill' in entry:
-        values = np.frombuffer(_read_blob(body, entry['fill'], what, version), dtype=utype)
+        values = np.frombuffer(read_blob(body, entry['fill'], what, version), dtype=utype)
         if values.size != 1:
             raise ValueError('%s has a fill value of %d bytes' % (what, values.nbytes))
     else:
-        planes = [np.frombuffer(_read_blob(body, blob, what, version), dtype=np.uint8)
+        planes = [np.frombuffer(read_blob(body, blob, what, version), dtype=np.uint8)
                   for blob in entry['planes']]
         if len(planes) != dtype.itemsize or any(p.size != count for p in planes):
             raise ValueError('%s has byte planes of %s values for %d nonzero entries'
@@ -483,7 +315,7 @@ def _decode(body, entry, what, version):
         values = np.stack(planes, axis=1).reshape(-1).view(utype) if count else \
             np.zeros(0, utype)
     if 'signs' in entry:   # format 2: the sign bits of every entry
-        signs = np.frombuffer(_read_blob(body, entry['signs'], what, version), dtype=np.uint8)
+        signs = np.frombuffer(read_blob(body, entry['signs'], what, version), dtype=np.uint8)
         if signs.size != (size + 7) // 8:
             raise ValueError('%s has %d sign bytes for %d entries' % (what, signs.size, size))
         # the zeros' bits are their sign bits; the values (signed already) overwrite the rest
@@ -491,7 +323,7 @@ def _decode(body, entry, what, version):
         flat = np.left_shift(np.unpackbits(signs, count=size),
                              utype.type(8 * dtype.itemsize - 1), dtype=utype)
     elif 'zero_signs' in entry:   # format 1: the sign bits of the zeros only
-        signs = np.frombuffer(_read_blob(body, entry['zero_signs'], what, version),
+        signs = np.frombuffer(read_blob(body, entry['zero_signs'], what, version),
                               dtype=np.uint8)
         if signs.size != (size - count + 7) // 8:
             raise ValueError('%s has %d zero-sign bytes for %d zeros'
@@ -512,7 +344,7 @@ def _decode_all(body, jobs, version):
         return _decode(body, *job, version)
     if len(jobs) < 2:
         return [decode(job) for job in jobs]
-    return list(_pool().map(decode, jobs))
+    return list(pool().map(decode, jobs))
 
 
 def read_compact(path):
@@ -538,11 +370,11 @@ def read_compact(path):
         header = json.loads(body[:length].tobytes().decode('utf-8'))
         body = body[length:]  # a view: the blobs are not copied
         if not isinstance(header, dict) or header.get('format') != 'paramsurgery-compact' \
-                or header.get('version') not in _CHECKS:
+                or header.get('version') not in CHECKS:
             raise ValueError('format/version %r; this paramsurgery reads versions %s'
                              % ((header.get('format'), header.get('version'))
                                 if isinstance(header, dict) else header,
-                                ' and '.join(map(str, sorted(_CHECKS)))))
+                                ' and '.join(map(str, sorted(CHECKS)))))
         jobs = [(entry, 'array %s' % and_more(entry['keys'])) for entry in header['arrays']]
         jobs += [(entry, "the mask of '%s'" % entry['key']) for entry in header['masks']]
         for entry, what in jobs[len(header['arrays']):]:

@@ -167,9 +167,9 @@ def test_large_noisy_planes_are_stored_raw_and_round_trip(tmp_path):
 def test_writeback_of_a_large_file_starts_while_it_is_written(tmp_path, monkeypatch):
     # the atomic write's fsync then waits for the last bytes only; every byte is started
     # once, in order, and the file is the same
-    from paramsurgery import compact
+    from paramsurgery import _blobs
     started = []
-    monkeypatch.setattr(compact, '_SYNC_FILE_RANGE',
+    monkeypatch.setattr(_blobs, '_SYNC_FILE_RANGE',
                         lambda fd, offset, length, flags: started.append((offset, length, flags)))
     net = nn.Dense(2048, in_units=1200, prefix='big_')   # 9.8 MB of dense weights
     net.initialize()
@@ -177,7 +177,7 @@ def test_writeback_of_a_large_file_starts_while_it_is_written(tmp_path, monkeypa
     ps.save_compact(net, path)
     assert started and started[0][0] == 0 and all(flags == 2 for _, _, flags in started)
     assert all(a + n == b for (a, n, _), (b, _, _) in zip(started, started[1:]))
-    assert compact._WRITEBACK <= sum(n for _, n, _ in started) <= os.path.getsize(path)
+    assert _blobs.WRITEBACK <= sum(n for _, n, _ in started) <= os.path.getsize(path)
     fresh = nn.Dense(2048, in_units=1200, prefix='other_')
     ps.load_compact(fresh, path)
     assert fresh.weight.data().asnumpy().tobytes() == net.weight.data().asnumpy().tobytes()
@@ -434,27 +434,27 @@ def test_files_of_every_format_version_load_bit_exact(tmp_path, ctxs, hybridize,
 
 
 def test_checksum_finds_every_changed_byte_and_moved_blocks():
-    from paramsurgery.compact import _checksum
+    from paramsurgery._blobs import checksum
     rng = np.random.RandomState(0)
     data = bytearray(rng.bytes(3 * 4096 + 13))   # three 4 KiB blocks and a ragged tail
-    want = _checksum(data)
-    assert want == _checksum(bytes(data)) == _checksum(np.frombuffer(data, np.uint8))
+    want = checksum(data)
+    assert want == checksum(bytes(data)) == checksum(np.frombuffer(data, np.uint8))
     for i in range(len(data)):
         for flip in (0x01, 0x80, 1 + rng.randint(255)):  # the lowest bit, the sign bit
             data[i] ^= flip
-            assert _checksum(data) != want, (i, flip)
+            assert checksum(data) != want, (i, flip)
             data[i] ^= flip
     swapped = data[4096:8192] + data[:4096] + data[8192:]
     moved = data[:4096] + data[8192:12288] + data[4096:8192] + data[12288:]
-    assert _checksum(swapped) != want and _checksum(moved) != want
-    assert _checksum(b'') == 0
+    assert checksum(swapped) != want and checksum(moved) != want
+    assert checksum(b'') == 0
 
 
 def test_checksum_finds_words_swapped_within_a_block():
-    from paramsurgery.compact import _checksum
+    from paramsurgery._blobs import checksum
     rng = np.random.RandomState(0)
     words = rng.randint(0, 2 ** 63, size=2 * 512 + 7, dtype=np.uint64) * 2 + 1
-    want = _checksum(words.tobytes())
+    want = checksum(words.tobytes())
     # the definition, on Python integers: word i of block b weighted by (2i + 1)(1 + 1024 b)
     assert want == sum(int(w) * (2 * (k % 512) + 1) * (1 + 1024 * (k // 512))
                        for k, w in enumerate(words)) % 2 ** 64
@@ -462,36 +462,36 @@ def test_checksum_finds_words_swapped_within_a_block():
     for i, j in [(0, 1), (0, 511), (100, 355), (512, 513), (600, 1023), (1024, 1030)]:
         swapped = words.copy()
         swapped[[i, j]] = swapped[[j, i]]
-        assert _checksum(swapped.tobytes()) != want, (i, j)
+        assert checksum(swapped.tobytes()) != want, (i, j)
     # two float32 values swapped inside one word too
     pairs = words.view(np.uint32).copy()
     pairs[[0, 1]] = pairs[[1, 0]]
-    assert _checksum(pairs.tobytes()) != want
+    assert checksum(pairs.tobytes()) != want
 
 
 def test_format_2_checksum_is_kept_for_its_files():
-    from paramsurgery.compact import _CHECKS
+    from paramsurgery._blobs import CHECKS
     data = np.random.RandomState(0).bytes(2 * 4096 + 13)
     words = np.frombuffer(data + bytes(3), dtype='<u8')
-    assert _CHECKS[2](data) == sum(int(w) * (2 * (k // 512) + 1)
+    assert CHECKS[2](data) == sum(int(w) * (2 * (k // 512) + 1)
                                    for k, w in enumerate(words)) % 2 ** 64
 
 
 def test_a_forked_process_starts_its_own_threads(tmp_path, monkeypatch):
     # a forked child inherits the pool object but not its threads: work queued on it would
     # never run, so the child must get a pool of its own
-    from paramsurgery import compact
-    parent = compact._pool()
-    assert compact._pool() is parent   # started once per process
+    from paramsurgery import _blobs
+    parent = _blobs.pool()
+    assert _blobs.pool() is parent   # started once per process
     pid = os.getpid()
     monkeypatch.setattr(os, 'getpid', lambda: pid + 1)
-    child = compact._pool()
+    child = _blobs.pool()
     assert child is not parent
     net = conv_net([mx.cpu(0)], 'old_')
     ps.save_compact(net, str(tmp_path / 'net.compact'))
     fresh = conv_net([mx.cpu(0)], 'new_')
     ps.load_compact(fresh, str(tmp_path / 'net.compact'))
     assert_same(net, fresh)
-    assert compact._pool() is child
+    assert _blobs.pool() is child
     monkeypatch.undo()
-    assert compact._pool() is not child
+    assert _blobs.pool() is not child
