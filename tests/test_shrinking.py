@@ -1604,3 +1604,40 @@ def test_split_attention_shrinks_exactly_and_keeps_training(groups, radix, ctxs,
     fresh = SplitAttention(groups, radix, prefix='splat_')
     assert_exports_and_rebuilds(shrunk, plan, fresh, x, ctxs, tmp_path)
     assert fresh.splat.channels == splat.channels
+
+
+@pytest.mark.gluonnlp
+def test_gluonnlp_transformer_encoder_heads_and_feed_forward_units_shrink():
+    """gluonnlp's real TransformerEncoder (its MultiHeadAttentionCell splits the query, key
+    and value projections into heads by reshape; the cell's rule is known): half the heads
+    and half the feed-forward units of every layer are removed, on two contexts, hybridised;
+    the shrunk net computes what the masked one did, with the head count and units updated;
+    every counted layer loses half: exactly 2x fewer MACs."""
+    pytest.importorskip('gluonnlp')
+    from gluonnlp.model.transformer import TransformerEncoder
+    x = mx.nd.array(np.random.RandomState(0).normal(size=(2, 8, 64)))
+    nets = []
+    for _ in range(2):
+        net = TransformerEncoder(num_layers=2, units=64, hidden_size=256, max_length=32,
+                                 num_heads=4, dropout=0.0, prefix='enc_')
+        mx.random.seed(0)
+        net.initialize(mx.init.Xavier(), ctx=TWO)
+        net.hybridize()
+        cells = ['enc_transformer%d_%s' % (k, name) for k in range(2) for name in (
+            'multiheadattentioncell0_query_weight', 'positionwiseffn0_ffn_1_weight')]
+        assert [(g.name, g.size) for g in ps.trace_channels(net, x).prunable] == [
+            (name, 4 if 'query' in name else 256) for name in cells]
+        assert ps.prune_channels(net, 0.5, inputs=x) == cells
+        nets.append(net)
+    masked, shrunk = nets
+    macs = ps.count_ops(shrunk, x)[0]
+    ps.shrink(shrunk, inputs=x)
+    assert ps.count_ops(shrunk, x)[0] * 2 == macs
+    for layer in shrunk.transformer_cells:
+        cell = layer.attention_cell
+        assert cell._num_heads == 2
+        assert cell._query_units == cell._key_units == cell._value_units == 32
+        assert cell.proj_key.weight.shape == (32, 64) and layer.proj.weight.shape == (64, 32)
+    for ctx in TWO:
+        on = x.as_in_context(ctx)
+        assert_close([masked(on)[0].asnumpy()], [shrunk(on)[0].asnumpy()], FUSED32)

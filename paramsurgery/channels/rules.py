@@ -28,8 +28,9 @@ def register_shrink_rule(block_class: type,
     into radix splits by a count written in a reshape (ResNeSt's split attention), only
     inside a block that has a rule (the block or an enclosing one): other such groups are
     not prunable, and their reason says to register one. gluoncv's ``SplitAttentionConv``,
-    gluonnlp's ``DotProductSelfAttentionCell`` (BERT's fused self-attention) and Gluon's
-    ``rnn.LSTM``, ``GRU`` and ``RNN`` layers (their hidden size) have theirs already. See
+    gluonnlp's ``DotProductSelfAttentionCell`` (BERT's fused self-attention) and
+    ``MultiHeadAttentionCell`` (its Transformer's), and Gluon's ``rnn.LSTM``, ``GRU`` and
+    ``RNN`` layers (their hidden size) have theirs already. See
     docs/shrink.md#blocks-with-their-own-channel-counts.
 
     Parameters
@@ -134,6 +135,17 @@ def _self_attention_rule(cell, kept):
     cell._num_heads = cell.units // per_head
 
 
+def _multi_head_rule(cell, kept):
+    """gluonnlp's MultiHeadAttentionCell (its Transformer's) keeps its head count and the
+    units of its query, key and value projections in attributes; whole heads were removed,
+    so the units per head are unchanged."""
+    for name in ('query', 'key', 'value'):
+        per_head = getattr(cell, '_%s_units' % name) // cell._num_heads
+        units = getattr(cell, 'proj_' + name).weight.shape[0]
+        setattr(cell, '_%s_units' % name, units)
+    cell._num_heads = units // per_head
+
+
 def _rnn_layer_rule(block, kept):
     """Gluon's rnn.LSTM, GRU and RNN layers keep their hidden size (which makes their zero
     begin state and the RNN operator's ``state_size``) in an attribute."""
@@ -144,14 +156,16 @@ def _rnn_layer_rule(block, kept):
 # name, so that their package need not be imported to know them; a rule registered for the
 # class comes first.
 _KNOWN_RULES = {'gluoncv.nn.splat.SplitAttentionConv': _split_attention_rule,
-                'gluonnlp.model.bert.DotProductSelfAttentionCell': _self_attention_rule}
+                'gluonnlp.model.bert.DotProductSelfAttentionCell': _self_attention_rule,
+                'gluonnlp.model.attention_cell.MultiHeadAttentionCell': _multi_head_rule}
 _KNOWN_RULES.update({'mxnet.gluon.rnn.rnn_layer.' + name: _rnn_layer_rule
                      for name in ('LSTM', 'GRU', 'RNN')})
 
 
 def shrink_rule_of(block):
     """The rule registered for ``block``'s class or its nearest registered base (or known
-    for it: gluoncv's SplitAttentionConv, gluonnlp's DotProductSelfAttentionCell), or None."""
+    for it: gluoncv's SplitAttentionConv, gluonnlp's DotProductSelfAttentionCell and
+    MultiHeadAttentionCell), or None."""
     for cls in type(block).__mro__:
         if cls in _SHRINK_RULES:
             return _SHRINK_RULES[cls]
