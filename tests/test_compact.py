@@ -495,3 +495,31 @@ def test_a_forked_process_starts_its_own_threads(tmp_path, monkeypatch):
     assert _blobs.pool() is child
     monkeypatch.undo()
     assert _blobs.pool() is not child
+
+
+@pytest.mark.parametrize('update_on_kvstore', [False, True])
+def test_a_trainer_keeps_what_load_compact_wrote(tmp_path, ctxs, hybridize, update_on_kvstore):
+    """Loaded into a net whose Trainer has stepped: a step with zero gradients (plain SGD)
+    leaves the loaded values. A Trainer updating on its kvstore holds its own copy of the
+    weights, which would overwrite them on the next step unless it is reset (as
+    load_parameters does it, through set_data)."""
+    if update_on_kvstore and len(ctxs) == 1:
+        pytest.skip('one context: MXNet makes no kvstore to update on')
+    source = conv_net(ctxs, 'old_')
+    source[0].weight.set_data(source[0].weight.data() * 3 + 1)   # unlike the fresh net's
+    path = str(tmp_path / 'net.compact')
+    ps.save_compact(source, path)
+    net = conv_net(ctxs, 'new_', hybridize)
+    trainer = mx.gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.5},
+                               kvstore='device', update_on_kvstore=update_on_kvstore)
+    x = mx.nd.array(np.random.RandomState(0).uniform(size=(2, 3, 8, 8)))
+    with autograd.record():
+        losses = [net(x.as_in_context(ctx)).sum() for ctx in ctxs]
+    autograd.backward(losses)
+    trainer.step(2)
+    ps.load_compact(net, path)
+    with autograd.record(train_mode=False):   # zero gradients; running statistics kept
+        losses = [net(x.as_in_context(ctx)).sum() * 0 for ctx in ctxs]
+    autograd.backward(losses)
+    trainer.step(2)
+    assert_same(source, net)
