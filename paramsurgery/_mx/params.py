@@ -168,10 +168,12 @@ def load_init(param, arr):
 
     An initialised parameter gets a numpy value copied straight into its replicas
     (``set_data`` writes ``replica[:] = value``): making an NDArray of it first costs a
-    second copy into freshly allocated memory, slower than the copy itself. That copy is a
-    host write: the caller settles the engine first (:func:`paramsurgery._mx.host.settle`,
-    once for all its parameters), or a queued predict-mode Convolution may reorder a replica
-    while it is written."""
+    second copy into freshly allocated memory, slower than the copy itself. An NDArray value
+    that fits is copied into each replica with one queued copy, unless a Trainer updates
+    the parameter on its kvstore (``set_data`` then resets that kvstore's copy). A copy from
+    numpy memory is a host write: the caller settles the engine first
+    (:func:`paramsurgery._mx.host.settle`, once for all its parameters), or a queued
+    predict-mode Convolution may reorder a replica while it is written."""
     if isinstance(arr, np.ndarray):
         # (a replica a predict-mode Convolution reordered into oneDNN's blocked layout
         # refuses a copy from host memory: those get an NDArray, whose copy reorders back)

@@ -139,11 +139,10 @@ def _multi_head_rule(cell, kept):
     """gluonnlp's MultiHeadAttentionCell (its Transformer's) keeps its head count and the
     units of its query, key and value projections in attributes; whole heads were removed,
     so the units per head are unchanged."""
+    heads = cell.proj_query.weight.shape[0] // (cell._query_units // cell._num_heads)
     for name in ('query', 'key', 'value'):
-        per_head = getattr(cell, '_%s_units' % name) // cell._num_heads
-        units = getattr(cell, 'proj_' + name).weight.shape[0]
-        setattr(cell, '_%s_units' % name, units)
-    cell._num_heads = units // per_head
+        setattr(cell, '_%s_units' % name, getattr(cell, 'proj_' + name).weight.shape[0])
+    cell._num_heads = heads
 
 
 def _rnn_layer_rule(block, kept):
