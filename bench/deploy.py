@@ -135,7 +135,7 @@ def round_trips(net, folder, repeat):
     for _ in range(repeat + 1):          # the first round warms the caches: dropped
         for name, job in jobs.items():
             start = time.process_time()
-            times[name].append(timed(lambda: job() or mx.nd.waitall()))
+            times[name].append(timed(lambda: (job(), mx.nd.waitall())))
             cpu[name].append(time.process_time() - start)
     return RoundTrips({name: statistics.median(t[1:]) for name, t in times.items()},
                       {name: statistics.median(t[1:]) for name, t in cpu.items()})

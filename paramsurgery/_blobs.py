@@ -125,19 +125,22 @@ _POOL = {}
 _POOL_LOCK = threading.Lock()
 
 
-def pool():
-    """The encoding and decoding threads, started once per process: starting them on each
-    call cost a third of load_compact's time on resnet50_v1 on a busy machine (each start
-    waits until the new thread runs). A forked child gets its own (its parent's threads do
-    not exist there)."""
+def pool(kind='code'):
+    """The encoding and decoding threads (``kind='code'``), or the one thread that writes a
+    compact file while the next arrays are encoded (``'write'``), started once per process:
+    starting them on each call cost a third of load_compact's time on resnet50_v1 on a busy
+    machine (each start waits until the new thread runs). A forked child gets its own (its
+    parent's threads do not exist there)."""
     with _POOL_LOCK:
-        pool = _POOL.get(os.getpid())
-        if pool is None:
+        if any(pid != os.getpid() for pid, _ in _POOL):
             for stale in _POOL.values():   # (a parent's: no thread of it to wait for)
                 stale.shutdown(wait=False)
             _POOL.clear()
-            pool = _POOL[os.getpid()] = ThreadPoolExecutor(
-                workers(), thread_name_prefix='paramsurgery-compact')
+        pool = _POOL.get((os.getpid(), kind))
+        if pool is None:
+            pool = _POOL[os.getpid(), kind] = ThreadPoolExecutor(
+                workers() if kind == 'code' else 1,
+                thread_name_prefix='paramsurgery-compact-' + kind)
         return pool
 
 

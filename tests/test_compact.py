@@ -217,9 +217,14 @@ def damaged(data, how):
     return data[:i] + bytes([data[i] ^ 0x5a]) + data[i + 1:]
 
 
+@pytest.mark.parametrize('chunk', [8 << 20, 64], ids=['whole', 'chunked'])
 @pytest.mark.parametrize('how', ['truncated', 'header byte', 'body byte', 'dense byte', 'length',
                                  'empty', 'params file', 'text'])
-def test_damaged_files_raise_and_change_nothing(tmp_path, how):
+def test_damaged_files_raise_and_change_nothing(tmp_path, monkeypatch, how, chunk):
+    # chunked: the file read 64 bytes at a time (the header across several reads too), each
+    # array decoded as soon as its blobs are in, while the rest is read
+    from paramsurgery import compact
+    monkeypatch.setattr(compact, 'READ_CHUNK', chunk)
     net = conv_net([mx.cpu(0)], 'old_')
     ps.prune_magnitude(net, net[3].weight, 0.9, mode='update')
     path = tmp_path / 'net.compact'
@@ -238,6 +243,55 @@ def test_damaged_files_raise_and_change_nothing(tmp_path, how):
         ps.load_compact(fresh, str(path))
     assert_same_bits(before, snapshot(fresh))
     assert ps.masked(fresh) == []
+
+
+@pytest.mark.parametrize('chunk', [8 << 20, 100, 4096])
+def test_a_file_read_in_chunks_loads_the_same(tmp_path, monkeypatch, ctxs, chunk):
+    from paramsurgery import compact
+    monkeypatch.setattr(compact, 'READ_CHUNK', chunk)
+    net = conv_net(ctxs, 'old_')
+    ps.prune_magnitude(net, net[0].weight, 0.5, mode='graph')
+    ps.prune_magnitude(net, net[3].weight, 0.9, mode='update')
+    path = str(tmp_path / 'net.compact')
+    ps.save_compact(net, path)
+    fresh = conv_net(ctxs, 'new_')
+    ps.load_compact(fresh, path)
+    assert_same(net, fresh)
+    assert sorted(ps.masked(fresh)) == ['new_conv0_weight', 'new_dense0_weight']
+
+
+def test_a_large_file_reserves_its_header_and_a_small_one_does_not(tmp_path):
+    # a large file's blobs are written while the next arrays are encoded, after room for the
+    # longest header its arrays can have (every kind of entry, every blob reference); the
+    # header written into it is padded with spaces, which JSON ignores
+    import json
+    import struct
+
+    from paramsurgery import _blobs, compact
+    rng = np.random.RandomState(0)
+    big = rng.standard_normal(_blobs.WRITEBACK // 8 + 1)        # float64: 8 byte planes
+    big[rng.uniform(size=big.size) < 0.9] = 0
+    big[:100] = -0.0                                            # signs stored too
+    arrays = [(['a'], big), (['b'], np.ones(7, np.float32)), (['c'], np.zeros(3, np.int8))]
+    masks = [('a', (big != 0).astype(np.float64), 'update')]
+    for name, items, padded in (('big', arrays, True), ('small', arrays[1:], False)):
+        path = str(tmp_path / name)
+        compact.write_compact(path, items, masks if padded else ())
+        data = open(path, 'rb').read()
+        start = len(compact.MAGIC) + 8
+        length = struct.unpack('<Q', data[start - 8:start])[0]
+        text = data[start:start + length].decode('utf-8')
+        header = json.loads(text)
+        assert (len(text.rstrip(' ')) < length) == padded
+        fields = [({'keys': k}, a) for k, a in items]
+        mask_fields = [({'key': k, 'mode': m}, a) for k, a, m in (masks if padded else ())]
+        assert len(text.rstrip(' ')) <= compact._header_bound(fields, mask_fields)
+        read, saved = compact.read_compact(path)
+        for keys, arr in items:
+            assert read[keys[0]].tobytes() == arr.tobytes()
+        if padded:
+            assert header['arrays'][0]['kind'] == 'sparse' and 'signs' in header['arrays'][0]
+            assert saved[0][1].tobytes() == masks[0][1].tobytes()
 
 
 def narrow_net():
