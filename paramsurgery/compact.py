@@ -408,11 +408,11 @@ READ_CHUNK = 8 << 20
 def _blob_end(entry):
     """Where the last blob of a header entry ends in the body (the byte after it); None for
     an entry whose blob references are malformed (its decoding says how)."""
-    refs = [entry[k] for k in ('data', 'bits', 'fill', 'signs', 'zero_signs') if k in entry]
-    refs += list(entry.get('planes', ()))
     try:
+        refs = [entry[k] for k in ('data', 'bits', 'fill', 'signs', 'zero_signs') if k in entry]
+        refs += list(entry.get('planes', ()))
         return max((int(ref[1]) + int(ref[2]) for ref in refs), default=0)
-    except (TypeError, ValueError, IndexError, KeyError):
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError):
         return None
 
 

@@ -260,6 +260,30 @@ def test_a_file_read_in_chunks_loads_the_same(tmp_path, monkeypatch, ctxs, chunk
     assert sorted(ps.masked(fresh)) == ['new_conv0_weight', 'new_dense0_weight']
 
 
+@pytest.mark.parametrize('planes', [7, 'x', [['raw', 'a', 1, 0]], {'p': 1}])
+def test_a_malformed_blob_reference_is_a_format_error(tmp_path, planes):
+    import json
+    import struct
+    net = conv_net([mx.cpu(0)], 'old_')
+    ps.prune_magnitude(net, net[3].weight, 0.9, mode='update')
+    path = tmp_path / 'net.compact'
+    ps.save_compact(net, str(path))
+    data = path.read_bytes()
+    start = len(b'paramsurgery-compact\n') + 8
+    length = struct.unpack('<Q', data[start - 8:start])[0]
+    header = json.loads(data[start:start + length])
+    entry = [e for e in header['arrays'] if e['kind'] == 'sparse'][0]
+    entry['planes'] = planes
+    text = json.dumps(header).encode('utf-8')
+    path.write_bytes(data[:start - 8] + struct.pack('<Q', len(text)) + text
+                     + data[start + length:])
+    fresh = conv_net([mx.cpu(0)], 'new_')
+    before = snapshot(fresh)
+    with pytest.raises(ps.FileFormatError, match='net.compact'):
+        ps.load_compact(fresh, str(path))
+    assert_same_bits(before, snapshot(fresh))
+
+
 def test_a_large_file_reserves_its_header_and_a_small_one_does_not(tmp_path):
     # a large file's blobs are written while the next arrays are encoded, after room for the
     # longest header its arrays can have (every kind of entry, every blob reference); the
